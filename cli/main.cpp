@@ -1,0 +1,56 @@
+// shoal: one executable, one subcommand per job (see docs/architecture.md).
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "kernels/kernels.h"
+
+namespace shoal::cli {
+
+int fail(const Status& s) {
+  std::fprintf(stderr, "shoal: error: %s\n", s.to_string().c_str());
+  return 1;
+}
+
+StatusOr<std::vector<int32_t>> parse_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  std::string word;
+  auto flush = [&]() -> Status {
+    if (word.empty()) return {};
+    size_t used = 0;
+    long long v = -1;
+    try { v = std::stoll(word, &used); } catch (...) { used = 0; }
+    if (used != word.size() || v < 0 || v > INT32_MAX)
+      return invalid_argument("'" + word + "' in --ids is not a token id (a non-negative integer)");
+    ids.push_back(int32_t(v));
+    word.clear();
+    return {};
+  };
+  for (char ch : text) {
+    if (ch == ' ' || ch == ',' || ch == '\t' || ch == '\n') SHOAL_RETURN_IF_ERROR(flush());
+    else word += ch;
+  }
+  SHOAL_RETURN_IF_ERROR(flush());
+  if (ids.empty()) return invalid_argument("--ids '" + text + "' holds no token ids");
+  return ids;
+}
+
+}  // namespace shoal::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"shoal: DeepSeek-V3/R1-class MoE models on the machines you already have"};
+  app.require_subcommand(1);
+  std::string version = std::string("shoal ") + SHOAL_VERSION + " (" + SHOAL_GIT_COMMIT + ")" +
+                        (shoal::kernels::cuda_built() ? ", cuda" : ", cpu only");
+  app.set_version_flag("--version", version);
+  int rc = 0;
+  shoal::cli::add_run(app, rc);
+  shoal::cli::add_logits(app, rc);
+  shoal::cli::add_synth(app, rc);
+  shoal::cli::add_inspect(app, rc);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  return rc;
+}

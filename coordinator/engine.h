@@ -1,0 +1,56 @@
+// The engine of one process: embedding, one stage holding every layer, and the head.
+// The distributed runtime splits exactly these three parts over ranks.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "model/checkpoint.h"
+#include "node/stage.h"
+
+namespace shoal {
+
+struct EngineOptions {
+  int64_t n_slots = 1;       // sequences in flight
+  int64_t max_seq_len = 0;   // 0: max_position_embeddings, capped at kDefaultMaxSeqLen
+  AttnImpl attn_impl = AttnImpl::kAuto;
+};
+
+inline constexpr int64_t kDefaultMaxSeqLen = 4096;
+
+class Engine {
+ public:
+  static StatusOr<std::unique_ptr<Engine>> open(const std::filesystem::path& model_dir, const EngineOptions& opts);
+
+  const ModelConfig& config() const { return ck_->config(); }
+  int64_t max_seq_len() const { return stage_->max_seq_len(); }
+
+  // Runs one batch through every layer; returns logits [logit_rows.size(), vocab] of the given
+  // token rows. Token ids, positions and slots are checked: bad ones are an error, not a crash.
+  StatusOr<std::vector<float>> forward(const Batch& batch, const std::vector<int64_t>& logit_rows);
+
+ private:
+  Status check(const Batch& batch) const;
+
+  std::unique_ptr<Checkpoint> ck_;
+  kernels::Matrix embed_;
+  HeadWeights head_;
+  std::unique_ptr<Stage> stage_;
+  kernels::Context ctx_;
+};
+
+struct GreedyResult {
+  std::vector<std::vector<std::vector<float>>> prompt_logits;  // [seq][position][vocab] if asked
+  std::vector<std::vector<int32_t>> ids;                       // [seq][step]
+  std::vector<std::vector<std::vector<float>>> step_logits;    // [seq][step][vocab] if asked
+  double prefill_seconds = 0, decode_seconds = 0;
+  int64_t prefill_tokens = 0, decode_tokens = 0;
+};
+
+// Prefills every prompt together (slot b for prompt b), then decodes `steps` greedy tokens for
+// all of them, one batch per step. Step 0's token is the argmax after the prompt.
+StatusOr<GreedyResult> generate_greedy(Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
+                                       int64_t steps, bool want_prompt_logits, bool want_step_logits);
+
+}  // namespace shoal

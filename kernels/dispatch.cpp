@@ -1,0 +1,97 @@
+// The public kernel entries: validate once, then run on the backend ctx names.
+#include "common/check.h"
+#include "kernels/cpu/cpu.h"
+#include "kernels/kernels.h"
+
+namespace shoal::kernels {
+
+#define SHOAL_DISPATCH(op, ...)                                                         \
+  do {                                                                                  \
+    if (ctx.device == Device::kCpu) return cpu::op(__VA_ARGS__);                        \
+    ::shoal::detail::check_failed(__FILE__, __LINE__,                                   \
+                                  "kernel " #op " is not built for this device yet");   \
+  } while (0)
+
+namespace {
+void check_matrix(const Matrix& w) {
+  SHOAL_CHECK(w.data != nullptr);
+  SHOAL_CHECK(w.rows >= 0 && w.cols > 0);
+  if (w.dtype == DType::kF8E4M3) SHOAL_CHECK(w.scale_inv != nullptr && w.block > 0);
+}
+}  // namespace
+
+Matrix Matrix::slice_rows(int64_t first, int64_t n) const {
+  SHOAL_CHECK(first >= 0 && n >= 0 && first + n <= rows);
+  Matrix m = *this;
+  m.row0 = row0 + first;
+  m.rows = n;
+  return m;
+}
+
+void dequantize_row(float* out, const Matrix& w, int64_t r) {
+  check_matrix(w);
+  SHOAL_CHECK(r >= 0 && r < w.rows);
+  cpu::dequantize_span(out, w, r, 0, w.cols);
+}
+
+void linear(float* out, const float* x, const Matrix& w, int64_t n, const Context& ctx) {
+  check_matrix(w);
+  SHOAL_CHECK(n >= 0);
+  SHOAL_DISPATCH(linear, out, x, w, n, ctx);
+}
+
+void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Context& ctx) {
+  check_matrix(w);
+  SHOAL_CHECK(n >= 0);
+  SHOAL_DISPATCH(linear_t, out, x, w, n, ctx);
+}
+
+void rms_norm(float* out, const float* x, const Matrix& weight, int64_t n, float eps, const Context& ctx) {
+  check_matrix(weight);
+  SHOAL_CHECK_EQ(weight.rows, 1);
+  SHOAL_DISPATCH(rms_norm, out, x, weight, n, eps, ctx);
+}
+
+void embedding(float* out, const int32_t* ids, const Matrix& w, int64_t n, const Context& ctx) {
+  check_matrix(w);
+  for (int64_t t = 0; t < n; ++t) SHOAL_CHECK(ids[t] >= 0 && ids[t] < w.rows);
+  SHOAL_DISPATCH(embedding, out, ids, w, n, ctx);
+}
+
+void silu_mul(float* out, const float* gate, const float* up, int64_t n, int64_t d, const Context& ctx) {
+  SHOAL_DISPATCH(silu_mul, out, gate, up, n, d, ctx);
+}
+
+void rope(const RopeParams& p, const Context& ctx) {
+  SHOAL_CHECK(p.rope_dim % 2 == 0);
+  SHOAL_DISPATCH(rope, p, ctx);
+}
+
+void attention(const AttentionParams& p, const Context& ctx) {
+  SHOAL_CHECK(p.n_kv >= 0 && p.n_q >= 0 && p.dv > 0);
+  for (int64_t i = 0; i < p.n_q; ++i) SHOAL_CHECK(p.q_pos[i] >= 0);
+  SHOAL_DISPATCH(attention, p, ctx);
+}
+
+void route(const RouteParams& p, const Context& ctx) {
+  SHOAL_CHECK(p.n_groups > 0 && p.n_experts % p.n_groups == 0);
+  SHOAL_CHECK_LE(p.topk_groups, p.n_groups);
+  SHOAL_CHECK_LE(p.topk, p.n_experts);
+  SHOAL_DISPATCH(route, p, ctx);
+}
+
+}  // namespace shoal::kernels
+
+#ifdef SHOAL_HAVE_CUDA
+namespace shoal::kernels::cuda { int device_count(); }
+#endif
+
+namespace shoal::kernels {
+#ifdef SHOAL_HAVE_CUDA
+bool cuda_built() { return true; }
+int cuda_device_count() { return cuda::device_count(); }
+#else
+bool cuda_built() { return false; }
+int cuda_device_count() { return 0; }
+#endif
+}  // namespace shoal::kernels

@@ -1,0 +1,40 @@
+// A micro-batch: tokens of several sequences, each sequence's tokens contiguous and at
+// consecutive positions. Prefill and decode are the same thing with different counts.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace shoal {
+
+struct SeqRange {
+  int64_t begin = 0;  // first token of this sequence in the batch
+  int64_t count = 0;  // tokens of this sequence in the batch
+  int32_t slot = 0;   // KV cache slot holding this sequence
+  int32_t start_pos = 0;  // position of its first token here (tokens before it are cached)
+};
+
+struct Batch {
+  std::vector<int32_t> tokens;     // [n_tokens]
+  std::vector<int32_t> positions;  // [n_tokens]
+  std::vector<SeqRange> seqs;
+
+  int64_t n_tokens() const { return int64_t(tokens.size()); }
+  void add_sequence(int32_t slot, int32_t start_pos, const std::vector<int32_t>& ids) {
+    seqs.push_back({n_tokens(), int64_t(ids.size()), slot, start_pos});
+    for (size_t k = 0; k < ids.size(); ++k) {
+      tokens.push_back(ids[k]);
+      positions.push_back(start_pos + int32_t(k));
+    }
+  }
+};
+
+// The latent KV cache rows of one sequence in one layer: rows [0, capacity), row p for position p.
+struct SeqKv {
+  float* kv = nullptr;  // [capacity, kv_lora_rank]  normalised latent c_kv
+  float* pe = nullptr;  // [capacity, qk_rope_head_dim]  roped k_pe
+  int64_t capacity = 0;
+};
+
+}  // namespace shoal

@@ -1,0 +1,56 @@
+// A Hugging Face checkpoint folder: config.json plus either model.safetensors.index.json with
+// its shards, or a single *.safetensors file. Shards are opened (memory-mapped) only when a
+// tensor in them is first asked for; tensors are returned as views into the mapping.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "kernels/kernels.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+
+namespace shoal {
+
+struct TensorRef {
+  const TensorInfo* info = nullptr;
+  const std::byte* data = nullptr;
+};
+
+class Checkpoint {
+ public:
+  static StatusOr<std::unique_ptr<Checkpoint>> open(const std::filesystem::path& dir);
+
+  const ModelConfig& config() const { return config_; }
+  const std::filesystem::path& dir() const { return dir_; }
+  bool has_weights() const { return !where_.empty(); }
+  bool has(const std::string& name) const { return where_.count(name) != 0; }
+  std::vector<std::string> names() const;
+
+  StatusOr<TensorRef> tensor(const std::string& name);
+  // A weight matrix [rows, cols], checked against the expected shape; F8_E4M3 weights come with
+  // their `_scale_inv` block scales, checked too.
+  StatusOr<kernels::Matrix> matrix(const std::string& name, int64_t rows, int64_t cols);
+  // A 1-D weight [n] as a Matrix [1, n] (norm weights), or F32 vector data (router bias).
+  StatusOr<kernels::Matrix> vector(const std::string& name, int64_t n);
+
+  // Tensor headers of every shard (opens all shards, reads no data): for inspect.
+  StatusOr<std::vector<TensorInfo>> all_tensor_infos();
+
+ private:
+  Checkpoint() = default;
+  StatusOr<SafetensorsFile*> shard(const std::string& file);
+
+  std::filesystem::path dir_;
+  ModelConfig config_;
+  std::map<std::string, std::string> where_;  // tensor name -> shard file name
+  std::map<std::string, std::unique_ptr<SafetensorsFile>> shards_;
+  std::mutex mu_;  // guards shards_
+};
+
+}  // namespace shoal

@@ -1,0 +1,74 @@
+// ModelConfig: the fields of a DeepSeek-V2/V3 config.json that change the computation, under
+// DeepSeek's names. Parsed strictly: a missing field, a wrong type, an unknown model_type or an
+// unsupported value is an error naming the field.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace shoal {
+
+enum class ModelType { kDeepseekV2, kDeepseekV3 };
+enum class ScoringFunc { kSoftmax, kSigmoid };
+// greedy: plain top-k; group_limited_greedy: groups ranked by their best expert (V2);
+// noaux_tc: groups ranked by the sum of their top-2 biased scores, bias used for selection only (V3).
+enum class TopkMethod { kGreedy, kGroupLimitedGreedy, kNoauxTc };
+
+struct YarnScaling {
+  bool enabled = false;          // rope_scaling.type == "yarn"
+  double factor = 1.0;
+  double beta_fast = 32, beta_slow = 1;
+  double mscale = 1.0, mscale_all_dim = 0.0;
+  int64_t original_max_position_embeddings = 0;
+};
+
+struct ModelConfig {
+  ModelType model_type = ModelType::kDeepseekV3;
+  int64_t vocab_size = 0;
+  int64_t dim = 0;                  // hidden_size
+  int64_t inter_dim = 0;            // intermediate_size (dense MLP)
+  int64_t moe_inter_dim = 0;        // moe_intermediate_size
+  int64_t n_layers = 0;             // num_hidden_layers (the MTP layers come after these)
+  int64_t n_mtp_layers = 0;         // num_nextn_predict_layers
+  int64_t n_dense_layers = 0;       // first_k_dense_replace
+  int64_t moe_layer_freq = 1;
+  int64_t n_heads = 0;
+  int64_t n_routed_experts = 0;     // 0: no MoE layers at all
+  int64_t n_shared_experts = 0;
+  int64_t n_activated_experts = 0;  // num_experts_per_tok
+  int64_t n_expert_groups = 1;      // n_group
+  int64_t n_limited_groups = 1;     // topk_group
+  ScoringFunc score_func = ScoringFunc::kSigmoid;
+  TopkMethod topk_method = TopkMethod::kNoauxTc;
+  bool norm_topk_prob = true;
+  double route_scale = 1.0;         // routed_scaling_factor
+  int64_t q_lora_rank = 0;          // 0: q_lora_rank null, a plain q_proj
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0;
+  int64_t qk_rope_head_dim = 0;
+  int64_t v_head_dim = 0;
+  double rope_theta = 10000.0;
+  YarnScaling yarn;
+  double rms_norm_eps = 1e-6;
+  int64_t max_position_embeddings = 0;
+  bool tie_word_embeddings = false;
+  int64_t bos_token_id = -1, eos_token_id = -1;
+  // quantization_config: fp8 e4m3 with [block, block] weight scales, when present.
+  bool fp8 = false;
+  int64_t fp8_block = 128;
+
+  int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  // HF: a layer is MoE when experts exist, it is past the dense prefix, and the frequency hits.
+  bool is_moe_layer(int64_t layer) const {
+    return n_routed_experts > 0 && layer >= n_dense_layers && layer % moe_layer_freq == 0;
+  }
+};
+
+StatusOr<ModelConfig> parse_config(std::string_view json_text);
+StatusOr<ModelConfig> load_config(const std::filesystem::path& path);  // a file or a folder
+
+}  // namespace shoal

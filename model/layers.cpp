@@ -1,0 +1,198 @@
+#include "model/layers.h"
+
+#include <algorithm>
+
+#include "common/check.h"
+
+namespace shoal {
+namespace {
+
+using kernels::Matrix;
+
+// Copies a strided [n, width] block out of rows of `stride` floats starting at `offset`.
+void gather_cols(float* dst, const float* src, int64_t n, int64_t stride, int64_t offset, int64_t width) {
+  for (int64_t t = 0; t < n; ++t) std::copy_n(src + t * stride + offset, width, dst + t * width);
+}
+void scatter_cols(float* dst, const float* src, int64_t n, int64_t stride, int64_t offset, int64_t width) {
+  for (int64_t t = 0; t < n; ++t) std::copy_n(src + t * width, width, dst + t * stride + offset);
+}
+
+// Naive attention of one sequence: expand the latents of positions [0, end) with kv_b_proj into
+// per-head k_nope and v, then attend with q = [q_nope, q_pe].
+void attend_naive(float* o, const float* q, const AttnWeights& w, const SeqRange& s, const int32_t* pos,
+                  const SeqKv& kv, const LayerContext& lc) {
+  const ModelConfig& c = *lc.config;
+  const int64_t H = c.n_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
+  const int64_t end = pos[s.count - 1] + 1, kvw = dn + dv;
+  std::vector<float> kv_full(static_cast<size_t>(end * H * kvw));  // [end, H, dn + dv]
+  kernels::linear(kv_full.data(), kv.kv, w.wkv_b, end, lc.kernels);
+  kernels::AttentionParams p{};
+  p.out = o;
+  p.q_a = q; p.q_b = q + dn;
+  p.q_token_stride = p.q_b_token_stride = H * (dn + dr);
+  p.q_head_stride = p.q_b_head_stride = dn + dr;
+  p.k_a = kv_full.data(); p.k_a_token_stride = H * kvw; p.k_a_head_stride = kvw;
+  p.k_b = kv.pe; p.k_b_token_stride = dr; p.k_b_head_stride = 0;
+  p.v = kv_full.data() + dn; p.v_token_stride = H * kvw; p.v_head_stride = kvw;
+  p.q_pos = pos;
+  p.n_q = s.count; p.n_kv = end; p.n_heads = H; p.da = dn; p.db = dr; p.dv = dv;
+  p.scale = lc.rope->softmax_scale;
+  kernels::attention(p, lc.kernels);
+}
+
+// Absorbed attention of one sequence: q_lat = q_nope · W_uk (per head, into the latent space),
+// scores against the cached latents directly, context in latent space, then · W_uvᵀ.
+void attend_absorbed(float* o, const float* q, const AttnWeights& w, const SeqRange& s, const int32_t* pos,
+                     const SeqKv& kv, const LayerContext& lc) {
+  const ModelConfig& c = *lc.config;
+  const int64_t H = c.n_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
+  const int64_t C = c.kv_lora_rank, m = s.count, qw = dn + dr;
+  std::vector<float> q_lat(static_cast<size_t>(m * H * C)), ctx_lat(static_cast<size_t>(m * H * C));  // [m, H, C]
+  std::vector<float> a(static_cast<size_t>(m * std::max(dn, C))), b(static_cast<size_t>(m * std::max(dv, C)));
+  for (int64_t h = 0; h < H; ++h) {
+    gather_cols(a.data(), q, m, H * qw, h * qw, dn);
+    kernels::linear_t(b.data(), a.data(), w.wkv_b.slice_rows(h * (dn + dv), dn), m, lc.kernels);
+    scatter_cols(q_lat.data(), b.data(), m, H * C, h * C, C);
+  }
+  kernels::AttentionParams p{};
+  p.out = ctx_lat.data();
+  p.q_a = q_lat.data(); p.q_token_stride = H * C; p.q_head_stride = C;
+  p.q_b = q + dn; p.q_b_token_stride = H * qw; p.q_b_head_stride = qw;
+  p.k_a = kv.kv; p.k_a_token_stride = C; p.k_a_head_stride = 0;
+  p.k_b = kv.pe; p.k_b_token_stride = dr; p.k_b_head_stride = 0;
+  p.v = kv.kv; p.v_token_stride = C; p.v_head_stride = 0;
+  p.q_pos = pos;
+  p.n_q = m; p.n_kv = pos[m - 1] + 1; p.n_heads = H; p.da = C; p.db = dr; p.dv = C;
+  p.scale = lc.rope->softmax_scale;
+  kernels::attention(p, lc.kernels);
+  for (int64_t h = 0; h < H; ++h) {
+    gather_cols(a.data(), ctx_lat.data(), m, H * C, h * C, C);
+    kernels::linear(b.data(), a.data(), w.wkv_b.slice_rows(h * (dn + dv) + dn, dv), m, lc.kernels);
+    scatter_cols(o, b.data(), m, H * dv, h * dv, dv);
+  }
+}
+
+// Naive costs end*(dn+dv)*C per head to expand the cache, absorbed costs about m*end*(2C-dn)
+// more in scores and context: expanding pays off once a sequence brings this many new tokens.
+bool use_naive(const ModelConfig& c, int64_t new_tokens, AttnImpl impl) {
+  if (impl != AttnImpl::kAuto) return impl == AttnImpl::kNaive;
+  const int64_t C = c.kv_lora_rank;
+  return new_tokens * (2 * C - c.qk_nope_head_dim) > (c.qk_nope_head_dim + c.v_head_dim) * C;
+}
+
+}  // namespace
+
+void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& batch,
+                 const std::vector<SeqKv>& kv, const LayerContext& lc) {
+  const ModelConfig& c = *lc.config;
+  const int64_t n = batch.n_tokens(), H = c.n_heads, C = c.kv_lora_rank, dr = c.qk_rope_head_dim;
+  const int64_t qw = c.qk_head_dim();
+  const auto& ctx = lc.kernels;
+  SHOAL_CHECK_EQ(kv.size(), batch.seqs.size());
+
+  std::vector<float> q(static_cast<size_t>(n * H * qw));  // [n, H, dn + dr]
+  if (c.q_lora_rank > 0) {
+    std::vector<float> qa(static_cast<size_t>(n * c.q_lora_rank));
+    kernels::linear(qa.data(), h, w.wq_a, n, ctx);
+    kernels::rms_norm(qa.data(), qa.data(), w.q_norm, n, float(c.rms_norm_eps), ctx);
+    kernels::linear(q.data(), qa.data(), w.wq_b, n, ctx);
+  } else {
+    kernels::linear(q.data(), h, w.wq, n, ctx);
+  }
+  std::vector<float> kv_a(static_cast<size_t>(n * (C + dr)));  // [n, C + dr]: latent, then k_pe
+  kernels::linear(kv_a.data(), h, w.wkv_a, n, ctx);
+  const int32_t* pos = batch.positions.data();
+  kernels::rope({q.data() + c.qk_nope_head_dim, pos, lc.rope->inv_freq.data(), n, H, dr, H * qw, qw,
+                 lc.rope->attn_factor}, ctx);
+  kernels::rope({kv_a.data() + C, pos, lc.rope->inv_freq.data(), n, 1, dr, C + dr, 0, lc.rope->attn_factor}, ctx);
+  std::vector<float> latent(static_cast<size_t>(n * C));
+  gather_cols(latent.data(), kv_a.data(), n, C + dr, 0, C);
+  kernels::rms_norm(latent.data(), latent.data(), w.kv_norm, n, float(c.rms_norm_eps), ctx);
+
+  std::vector<float> o(static_cast<size_t>(n * H * c.v_head_dim));  // [n, H, dv]
+  for (size_t si = 0; si < batch.seqs.size(); ++si) {
+    const SeqRange& s = batch.seqs[si];
+    for (int64_t t = s.begin; t < s.begin + s.count; ++t) {
+      SHOAL_CHECK_LT(int64_t(pos[t]), kv[si].capacity);
+      std::copy_n(latent.data() + t * C, C, kv[si].kv + int64_t(pos[t]) * C);
+      std::copy_n(kv_a.data() + t * (C + dr) + C, dr, kv[si].pe + int64_t(pos[t]) * dr);
+    }
+    float* os = o.data() + s.begin * H * c.v_head_dim;
+    const float* qs = q.data() + s.begin * H * qw;
+    if (use_naive(c, s.count, lc.attn_impl)) attend_naive(os, qs, w, s, pos + s.begin, kv[si], lc);
+    else attend_absorbed(os, qs, w, s, pos + s.begin, kv[si], lc);
+  }
+  kernels::linear(out, o.data(), w.wo, n, ctx);
+}
+
+void mlp_forward(float* out, const float* h, const MlpWeights& w, int64_t n, const kernels::Context& ctx) {
+  const int64_t inter = w.gate.rows;
+  std::vector<float> g(static_cast<size_t>(n * inter)), u(static_cast<size_t>(n * inter));
+  kernels::linear(g.data(), h, w.gate, n, ctx);
+  kernels::linear(u.data(), h, w.up, n, ctx);
+  kernels::silu_mul(g.data(), g.data(), u.data(), n, inter, ctx);
+  kernels::linear(out, g.data(), w.down, n, ctx);
+}
+
+void gate_forward(std::vector<int32_t>& indices, std::vector<float>& weights, const float* h,
+                  const LayerWeights& w, int64_t n, const LayerContext& lc) {
+  const ModelConfig& c = *lc.config;
+  const int64_t E = c.n_routed_experts, k = c.n_activated_experts;
+  std::vector<float> logits(static_cast<size_t>(n * E));
+  kernels::linear(logits.data(), h, w.gate, n, lc.kernels);
+  indices.resize(static_cast<size_t>(n * k));
+  weights.resize(static_cast<size_t>(n * k));
+  kernels::RouteParams p{};
+  p.indices = indices.data();
+  p.weights = weights.data();
+  p.logits = logits.data();
+  p.bias = w.gate_bias.empty() ? nullptr : w.gate_bias.data();
+  p.n = n; p.n_experts = E; p.topk = k;
+  p.n_groups = c.n_expert_groups; p.topk_groups = c.n_limited_groups;
+  p.scoring = c.score_func == ScoringFunc::kSigmoid ? kernels::Scoring::kSigmoid : kernels::Scoring::kSoftmax;
+  p.group_score = c.topk_method == TopkMethod::kNoauxTc              ? kernels::GroupScore::kTop2Sum
+                  : c.topk_method == TopkMethod::kGroupLimitedGreedy ? kernels::GroupScore::kMax
+                                                                     : kernels::GroupScore::kNone;
+  // V3 normalises (when asked) and then always scales; V2 scales only when it does not normalise.
+  p.normalize = c.norm_topk_prob && k > 1;
+  const bool scale = c.model_type == ModelType::kDeepseekV3 || !p.normalize;
+  p.scale = scale ? float(c.route_scale) : 1.0f;
+  kernels::route(p, lc.kernels);
+}
+
+void moe_forward(float* out, const float* h, const LayerWeights& w, int64_t n, const LayerContext& lc) {
+  const ModelConfig& c = *lc.config;
+  const int64_t dim = c.dim, k = c.n_activated_experts;
+  std::vector<int32_t> idx;
+  std::vector<float> wt;
+  gate_forward(idx, wt, h, w, n, lc);
+
+  std::vector<float> y(static_cast<size_t>(n * dim), 0.0f), xs, ys;
+  std::vector<int64_t> rows;
+  for (int64_t e = 0; e < c.n_routed_experts; ++e) {  // expert order, as model.py sums
+    rows.clear();
+    for (int64_t i = 0; i < n * k; ++i)
+      if (idx[size_t(i)] == e) rows.push_back(i);
+    if (rows.empty()) continue;
+    const auto& expert = w.experts[size_t(e)];
+    SHOAL_CHECK(expert.has_value());
+    const int64_t m = int64_t(rows.size());
+    xs.resize(static_cast<size_t>(m * dim));
+    ys.resize(static_cast<size_t>(m * dim));
+    for (int64_t r = 0; r < m; ++r) std::copy_n(h + (rows[size_t(r)] / k) * dim, dim, xs.data() + r * dim);
+    mlp_forward(ys.data(), xs.data(), *expert, m, lc.kernels);
+    for (int64_t r = 0; r < m; ++r) {
+      const float weight = wt[size_t(rows[size_t(r)])];
+      float* yt = y.data() + (rows[size_t(r)] / k) * dim;
+      for (int64_t d = 0; d < dim; ++d) yt[d] += ys[size_t(r * dim + d)] * weight;
+    }
+  }
+  if (w.shared) {
+    mlp_forward(out, h, *w.shared, n, lc.kernels);
+    for (int64_t i = 0; i < n * dim; ++i) out[i] += y[size_t(i)];
+  } else {
+    std::copy(y.begin(), y.end(), out);
+  }
+}
+
+}  // namespace shoal

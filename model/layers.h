@@ -1,0 +1,44 @@
+// The layer functions of DeepSeek-V2/V3, written against the kernel interface. Each takes the
+// normalised input h [n_tokens, dim] of a batch and writes its output [n_tokens, dim]; the
+// residual additions are the caller's (node/stage.cpp), as in model.py's Block.forward.
+#pragma once
+
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "model/batch.h"
+#include "model/config.h"
+#include "model/rope.h"
+#include "model/weights.h"
+
+namespace shoal {
+
+// How MLA attends. kAbsorb folds kv_b_proj into the query and the output (model.py's default,
+// cheap for decode: the latent cache is read as is); kNaive expands the cached latents into
+// per-head keys and values (cheaper for long prefills); kAuto picks per sequence by cost.
+enum class AttnImpl { kAuto, kNaive, kAbsorb };
+
+struct LayerContext {
+  const ModelConfig* config;
+  const RopeTable* rope;
+  AttnImpl attn_impl = AttnImpl::kAuto;
+  kernels::Context kernels;
+};
+
+// Multi-head latent attention. Writes this batch's latents into the cache rows of each sequence
+// (kv[s] is sequence s's cache for this layer) and attends over positions [0, pos].
+void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& batch,
+                 const std::vector<SeqKv>& kv, const LayerContext& lc);
+
+// SwiGLU MLP: out[n, dim] = down(silu(gate h) * up h).
+void mlp_forward(float* out, const float* h, const MlpWeights& w, int64_t n, const kernels::Context& ctx);
+
+// Router: expert indices and weights [n, n_activated_experts] for each token.
+void gate_forward(std::vector<int32_t>& indices, std::vector<float>& weights, const float* h,
+                  const LayerWeights& w, int64_t n, const LayerContext& lc);
+
+// MoE: the routed experts' weighted sum plus the shared experts. Every selected expert must be
+// loaded in w.experts.
+void moe_forward(float* out, const float* h, const LayerWeights& w, int64_t n, const LayerContext& lc);
+
+}  // namespace shoal

@@ -1,0 +1,90 @@
+#include "model/weights.h"
+
+#include "model/tensor_names.h"
+
+namespace shoal {
+namespace {
+
+StatusOr<MlpWeights> load_mlp(Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t inter) {
+  MlpWeights m;
+  SHOAL_ASSIGN_OR_RETURN(m.gate, ck.matrix(prefix + "gate_proj.weight", inter, dim));
+  SHOAL_ASSIGN_OR_RETURN(m.up, ck.matrix(prefix + "up_proj.weight", inter, dim));
+  SHOAL_ASSIGN_OR_RETURN(m.down, ck.matrix(prefix + "down_proj.weight", dim, inter));
+  return m;
+}
+
+StatusOr<AttnWeights> load_attn(Checkpoint& ck, int64_t i) {
+  const ModelConfig& c = ck.config();
+  auto name = [&](const char* s) { return names::layer(i, s); };
+  const int64_t q_out = c.n_heads * c.qk_head_dim();
+  AttnWeights a;
+  if (c.q_lora_rank > 0) {
+    SHOAL_ASSIGN_OR_RETURN(a.wq_a, ck.matrix(name("self_attn.q_a_proj.weight"), c.q_lora_rank, c.dim));
+    SHOAL_ASSIGN_OR_RETURN(a.q_norm, ck.vector(name("self_attn.q_a_layernorm.weight"), c.q_lora_rank));
+    SHOAL_ASSIGN_OR_RETURN(a.wq_b, ck.matrix(name("self_attn.q_b_proj.weight"), q_out, c.q_lora_rank));
+  } else {
+    SHOAL_ASSIGN_OR_RETURN(a.wq, ck.matrix(name("self_attn.q_proj.weight"), q_out, c.dim));
+  }
+  SHOAL_ASSIGN_OR_RETURN(a.wkv_a, ck.matrix(name("self_attn.kv_a_proj_with_mqa.weight"),
+                                            c.kv_lora_rank + c.qk_rope_head_dim, c.dim));
+  SHOAL_ASSIGN_OR_RETURN(a.kv_norm, ck.vector(name("self_attn.kv_a_layernorm.weight"), c.kv_lora_rank));
+  SHOAL_ASSIGN_OR_RETURN(a.wkv_b, ck.matrix(name("self_attn.kv_b_proj.weight"),
+                                            c.n_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank));
+  SHOAL_ASSIGN_OR_RETURN(a.wo, ck.matrix(name("self_attn.o_proj.weight"), c.dim, c.n_heads * c.v_head_dim));
+  return a;
+}
+
+StatusOr<std::vector<float>> load_floats(Checkpoint& ck, const std::string& name, int64_t n) {
+  SHOAL_ASSIGN_OR_RETURN(Matrix v, ck.vector(name, n));
+  std::vector<float> out(static_cast<size_t>(n));
+  kernels::dequantize_row(out.data(), v, 0);
+  return out;
+}
+
+}  // namespace
+
+StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter& experts) {
+  const ModelConfig& c = ck.config();
+  auto name = [&](const char* s) { return names::layer(i, s); };
+  LayerWeights l;
+  l.index = i;
+  l.moe = c.is_moe_layer(i);
+  SHOAL_ASSIGN_OR_RETURN(l.attn_norm, ck.vector(name("input_layernorm.weight"), c.dim));
+  SHOAL_ASSIGN_OR_RETURN(l.ffn_norm, ck.vector(name("post_attention_layernorm.weight"), c.dim));
+  SHOAL_ASSIGN_OR_RETURN(l.attn, load_attn(ck, i));
+  if (!l.moe) {
+    SHOAL_ASSIGN_OR_RETURN(l.mlp, load_mlp(ck, names::layer(i, "mlp."), c.dim, c.inter_dim));
+    return l;
+  }
+  SHOAL_ASSIGN_OR_RETURN(l.gate, ck.matrix(name("mlp.gate.weight"), c.n_routed_experts, c.dim));
+  if (c.topk_method == TopkMethod::kNoauxTc) {
+    SHOAL_ASSIGN_OR_RETURN(l.gate_bias, load_floats(ck, name("mlp.gate.e_score_correction_bias"), c.n_routed_experts));
+  }
+  if (c.n_shared_experts > 0) {
+    SHOAL_ASSIGN_OR_RETURN(l.shared, load_mlp(ck, names::layer(i, "mlp.shared_experts."), c.dim,
+                                              c.n_shared_experts * c.moe_inter_dim));
+  }
+  l.experts.resize(static_cast<size_t>(c.n_routed_experts));
+  for (int64_t j = 0; j < c.n_routed_experts; ++j) {
+    if (!experts.empty() && !experts[size_t(j)]) continue;
+    const std::string prefix = names::layer(i, "mlp.experts." + std::to_string(j) + ".");
+    SHOAL_ASSIGN_OR_RETURN(l.experts[size_t(j)], load_mlp(ck, prefix, c.dim, c.moe_inter_dim));
+  }
+  return l;
+}
+
+StatusOr<Matrix> load_embedding(Checkpoint& ck) {
+  const ModelConfig& c = ck.config();
+  return ck.matrix(names::embed(), c.vocab_size, c.dim);
+}
+
+StatusOr<HeadWeights> load_head(Checkpoint& ck) {
+  const ModelConfig& c = ck.config();
+  HeadWeights h;
+  SHOAL_ASSIGN_OR_RETURN(h.norm, ck.vector(names::final_norm(), c.dim));
+  const std::string head = c.tie_word_embeddings ? names::embed() : names::lm_head();
+  SHOAL_ASSIGN_OR_RETURN(h.lm_head, ck.matrix(head, c.vocab_size, c.dim));
+  return h;
+}
+
+}  // namespace shoal

@@ -1,0 +1,56 @@
+// Weights of the units a process hosts, as views into the memory-mapped checkpoint, in their
+// stored dtype. Loading checks every name, dtype and shape against the config.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "model/checkpoint.h"
+
+namespace shoal {
+
+using kernels::Matrix;
+
+struct MlpWeights {  // w2(silu(w1 x) * w3 x)
+  Matrix gate;       // w1 [inter, dim]
+  Matrix up;         // w3 [inter, dim]
+  Matrix down;       // w2 [dim, inter]
+};
+
+struct AttnWeights {
+  Matrix wq;          // [n_heads * qk_head_dim, dim]            when q_lora_rank is null
+  Matrix wq_a;        // [q_lora_rank, dim]
+  Matrix q_norm;      // [1, q_lora_rank]
+  Matrix wq_b;        // [n_heads * qk_head_dim, q_lora_rank]
+  Matrix wkv_a;       // [kv_lora_rank + qk_rope_head_dim, dim]
+  Matrix kv_norm;     // [1, kv_lora_rank]
+  Matrix wkv_b;       // [n_heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank]
+  Matrix wo;          // [dim, n_heads * v_head_dim]
+};
+
+struct LayerWeights {
+  int64_t index = 0;
+  bool moe = false;
+  Matrix attn_norm;                  // input_layernorm [1, dim]
+  Matrix ffn_norm;                   // post_attention_layernorm [1, dim]
+  AttnWeights attn;
+  MlpWeights mlp;                    // dense layers
+  Matrix gate;                       // router [n_routed_experts, dim]
+  std::vector<float> gate_bias;      // e_score_correction_bias [n_routed_experts], empty if none
+  std::optional<MlpWeights> shared;  // n_shared_experts * moe_inter_dim wide
+  std::vector<std::optional<MlpWeights>> experts;  // [n_routed_experts]; only hosted ones are set
+};
+
+// Which routed experts of a layer to load (all of them in a single process).
+using ExpertFilter = std::vector<bool>;
+
+StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter& experts);
+StatusOr<Matrix> load_embedding(Checkpoint& ck);
+struct HeadWeights {
+  Matrix norm;     // [1, dim]
+  Matrix lm_head;  // [vocab, dim] (the embedding when tie_word_embeddings)
+};
+StatusOr<HeadWeights> load_head(Checkpoint& ck);
+
+}  // namespace shoal

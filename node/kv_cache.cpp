@@ -1,0 +1,19 @@
+#include "node/kv_cache.h"
+
+#include "common/check.h"
+
+namespace shoal {
+
+KvCache::KvCache(const ModelConfig& c, int64_t n_layers, int64_t n_slots, int64_t capacity)
+    : n_layers_(n_layers), n_slots_(n_slots), capacity_(capacity), kv_width_(c.kv_lora_rank),
+      pe_width_(c.qk_rope_head_dim),
+      data_(static_cast<size_t>(n_layers * n_slots * capacity * (c.kv_lora_rank + c.qk_rope_head_dim)), 0.0f) {}
+
+SeqKv KvCache::view(int64_t layer, int32_t slot) {
+  SHOAL_CHECK(layer >= 0 && layer < n_layers_);
+  SHOAL_CHECK(slot >= 0 && slot < n_slots_);
+  float* base = data_.data() + (layer * n_slots_ + slot) * capacity_ * (kv_width_ + pe_width_);
+  return {base, base + capacity_ * kv_width_, capacity_};
+}
+
+}  // namespace shoal

@@ -1,0 +1,28 @@
+// The MLA latent KV cache of the layers a stage hosts: per layer and sequence slot, rows of
+// kv_lora_rank latent values and qk_rope_head_dim roped key values (float32), one per position.
+// Contiguous per slot for now; the paged cache arrives with continuous batching.
+#pragma once
+
+#include <vector>
+
+#include "model/batch.h"
+#include "model/config.h"
+
+namespace shoal {
+
+class KvCache {
+ public:
+  KvCache(const ModelConfig& c, int64_t n_layers, int64_t n_slots, int64_t capacity);
+
+  int64_t n_slots() const { return n_slots_; }
+  int64_t capacity() const { return capacity_; }
+  int64_t bytes() const { return int64_t(data_.size() * sizeof(float)); }
+  // Cache rows of `slot` in local layer `layer` (0-based within the stage).
+  SeqKv view(int64_t layer, int32_t slot);
+
+ private:
+  int64_t n_layers_, n_slots_, capacity_, kv_width_, pe_width_;
+  std::vector<float> data_;  // [n_layers, n_slots, capacity, kv_width + pe_width]
+};
+
+}  // namespace shoal

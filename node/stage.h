@@ -1,0 +1,44 @@
+// A pipeline stage: a contiguous range of decoder layers with their weights and KV cache.
+// forward() is model.py's Block.forward over the stage's layers.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "model/checkpoint.h"
+#include "model/layers.h"
+#include "node/kv_cache.h"
+
+namespace shoal {
+
+struct StageOptions {
+  int64_t first_layer = 0, last_layer = -1;  // [first, last); -1: to the end
+  int64_t n_slots = 1;                        // sequences cached at once
+  int64_t max_seq_len = 0;                    // positions per slot; 0: max_position_embeddings
+  AttnImpl attn_impl = AttnImpl::kAuto;
+  kernels::Context kernels;
+};
+
+class Stage {
+ public:
+  static StatusOr<std::unique_ptr<Stage>> load(Checkpoint& ck, const StageOptions& opts);
+
+  // x [n_tokens, dim]: the hidden states of the batch, updated in place.
+  void forward(float* x, const Batch& batch);
+
+  int64_t max_seq_len() const { return cache_.capacity(); }
+  int64_t n_slots() const { return cache_.n_slots(); }
+
+ private:
+  Stage(const ModelConfig& c, const StageOptions& o, int64_t n_layers);
+  void attn(float* out, const float* h, const LayerWeights& layer, int64_t local, const Batch& batch);
+  void ffn(float* out, const float* h, const LayerWeights& layer, int64_t n);
+
+  ModelConfig config_;
+  RopeTable rope_;
+  LayerContext lc_;
+  std::vector<LayerWeights> layers_;
+  KvCache cache_;
+};
+
+}  // namespace shoal

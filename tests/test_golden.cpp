@@ -1,0 +1,108 @@
+// The forward pass against golden logits from DeepSeek's inference/model.py (tests/fixtures/*/
+// golden.json, see their README.md): every prompt position and greedy step within
+// |got - want| <= atol + rtol |want|, greedy ids exact. Both MLA paths, both fixtures.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "coordinator/engine.h"
+
+using nlohmann::json;
+using namespace shoal;
+
+namespace {
+
+json read_json(const std::string& path) {
+  std::ifstream in(path);
+  REQUIRE(in.good());
+  return json::parse(in);
+}
+
+struct Tolerance {
+  double atol, rtol;
+};
+
+// Returns the worst excess over the tolerance (<= 0 when every value is within it).
+double worst_excess(const std::vector<float>& got, const json& want, const Tolerance& tol) {
+  REQUIRE(got.size() == want.size());
+  double worst = -1e30;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double w = want[i].get<double>();
+    worst = std::max(worst, std::fabs(double(got[i]) - w) - (tol.atol + tol.rtol * std::fabs(w)));
+  }
+  return worst;
+}
+
+void check_fixture(const std::string& name, AttnImpl impl) {
+  const std::string dir = std::string(SHOAL_FIXTURES) + "/" + name;
+  const json golden = read_json(dir + "/golden.json");
+  const Tolerance tol{golden["tolerance"]["atol"].get<double>(), golden["tolerance"]["rtol"].get<double>()};
+  const int64_t steps = golden["greedy_steps"].get<int64_t>();
+  for (const json& c : golden["cases"]) {
+    const auto prompts = c["prompt_ids"].get<std::vector<std::vector<int32_t>>>();
+    EngineOptions eo;
+    eo.n_slots = int64_t(prompts.size());
+    eo.attn_impl = impl;
+    auto engine = Engine::open(dir, eo);
+    REQUIRE(engine.ok());
+    auto r = generate_greedy(**engine, prompts, steps, true, true);
+    REQUIRE(r.ok());
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      INFO(name << " case " << c["name"].get<std::string>() << " sequence " << b);
+      CHECK(r->ids[b] == c["greedy_ids"][b].get<std::vector<int32_t>>());
+      for (size_t p = 0; p < prompts[b].size(); ++p) {
+        INFO("prompt position " << p);
+        CHECK(worst_excess(r->prompt_logits[b][p], c["prompt_logits"][b][p], tol) <= 0.0);
+      }
+      for (int64_t k = 0; k < steps; ++k) {
+        INFO("greedy step " << k);
+        CHECK(worst_excess(r->step_logits[b][size_t(k)], c["greedy_logits"][b][size_t(k)], tol) <= 0.0);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("bf16 fixture matches DeepSeek's reference, absorbed MLA", "[golden]") {
+  check_fixture("tiny-v3-bf16", AttnImpl::kAbsorb);
+}
+TEST_CASE("bf16 fixture matches DeepSeek's reference, naive MLA", "[golden]") {
+  check_fixture("tiny-v3-bf16", AttnImpl::kNaive);
+}
+TEST_CASE("fp8 fixture matches DeepSeek's reference, absorbed MLA", "[golden]") {
+  check_fixture("tiny-v3-fp8", AttnImpl::kAbsorb);
+}
+TEST_CASE("fp8 fixture matches DeepSeek's reference, naive MLA", "[golden]") {
+  check_fixture("tiny-v3-fp8", AttnImpl::kNaive);
+}
+
+TEST_CASE("shoal logits CLI prints the golden numbers", "[golden][cli]") {
+  const std::string dir = std::string(SHOAL_FIXTURES) + "/tiny-v3-bf16";
+  const json golden = read_json(dir + "/golden.json");
+  const json& c = golden["cases"].back();  // the batched case: two sequences
+  std::string cmd = std::string(SHOAL_BINARY) + " logits --model " + dir + " --greedy 8";
+  for (const auto& ids : c["prompt_ids"]) {
+    std::string s;
+    for (const auto& id : ids) s += std::to_string(id.get<int>()) + " ";
+    cmd += " --ids \"" + s + "\"";
+  }
+  std::FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[1 << 16];
+  size_t got;
+  while ((got = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
+  REQUIRE(pclose(p) == 0);
+  const json j = json::parse(out);
+  const Tolerance tol{2e-4, 1e-4};
+  CHECK(j["greedy_ids"] == c["greedy_ids"]);
+  for (size_t b = 0; b < c["prompt_ids"].size(); ++b) {
+    for (size_t pos = 0; pos < c["prompt_ids"][b].size(); ++pos)
+      CHECK(worst_excess(j["prompt_logits"][b][pos].get<std::vector<float>>(), c["prompt_logits"][b][pos], tol) <= 0);
+    for (size_t k = 0; k < 8; ++k)
+      CHECK(worst_excess(j["greedy_logits"][b][k].get<std::vector<float>>(), c["greedy_logits"][b][k], tol) <= 0);
+  }
+}
