@@ -4,6 +4,8 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <unistd.h>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -105,4 +107,68 @@ TEST_CASE("shoal logits CLI prints the golden numbers", "[golden][cli]") {
     for (size_t k = 0; k < 8; ++k)
       CHECK(worst_excess(j["greedy_logits"][b][k].get<std::vector<float>>(), c["greedy_logits"][b][k], tol) <= 0);
   }
+}
+
+namespace {
+
+std::string run_command(const std::string& cmd, int* status) {
+  std::FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t got;
+  while ((got = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
+  *status = pclose(p);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("shoal run generates the golden greedy ids and reports tokens/s", "[golden][cli]") {
+  const std::string dir = std::string(SHOAL_FIXTURES) + "/tiny-v3-fp8";
+  const json golden = read_json(dir + "/golden.json");
+  const json& c = golden["cases"][2];
+  std::string ids, want = "generated:";
+  for (const auto& id : c["prompt_ids"][0]) ids += std::to_string(id.get<int>()) + " ";
+  for (const auto& id : c["greedy_ids"][0]) want += " " + std::to_string(id.get<int>());
+  int status = -1;
+  const std::string out =
+      run_command(std::string(SHOAL_BINARY) + " run --model " + dir + " --ids \"" + ids + "\" --max-tokens 8", &status);
+  REQUIRE(status == 0);
+  CHECK(out.find(want + "\n") != std::string::npos);
+  CHECK(out.find("prefill: " + std::to_string(c["prompt_ids"][0].size()) + " tokens") != std::string::npos);
+  CHECK(out.find("tokens/s") != std::string::npos);
+}
+
+TEST_CASE("a single-file checkpoint (model.safetensors, no index) gives the same logits", "[golden]") {
+  namespace fs = std::filesystem;
+  const std::string src = std::string(SHOAL_FIXTURES) + "/tiny-v3-bf16";
+  const fs::path dir = fs::temp_directory_path() / ("shoal-single-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  fs::copy_file(src + "/config.json", dir / "config.json", fs::copy_options::overwrite_existing);
+  {
+    auto ck = Checkpoint::open(src);
+    REQUIRE(ck.ok());
+    std::vector<TensorBlob> blobs;
+    for (const std::string& name : (*ck)->names()) {
+      auto t = (*ck)->tensor(name);
+      REQUIRE(t.ok());
+      const auto* bytes = t->data;
+      blobs.push_back({name, t->info->dtype, t->info->shape,
+                       std::vector<std::byte>(bytes, bytes + (t->info->end - t->info->begin))});
+    }
+    std::vector<const TensorBlob*> ptrs;
+    for (const auto& b : blobs) ptrs.push_back(&b);
+    REQUIRE(write_safetensors(dir / "model.safetensors", ptrs).ok());
+  }
+  const json golden = read_json(src + "/golden.json");
+  const json& c = golden["cases"][3];
+  auto engine = Engine::open(dir, EngineOptions{});
+  REQUIRE(engine.ok());
+  auto r = generate_greedy(**engine, c["prompt_ids"].get<std::vector<std::vector<int32_t>>>(), 8, true, false);
+  REQUIRE(r.ok());
+  CHECK(r->ids[0] == c["greedy_ids"][0].get<std::vector<int32_t>>());
+  for (size_t p = 0; p < c["prompt_ids"][0].size(); ++p)
+    CHECK(worst_excess(r->prompt_logits[0][p], c["prompt_logits"][0][p], {2e-4, 1e-4}) <= 0.0);
+  fs::remove_all(dir);
 }
