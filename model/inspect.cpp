@@ -1,2 +1,293 @@
-// placeholder: being written
-#include "model/config.h"
+#include "model/inspect.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string_view>
+
+#include "model/checkpoint.h"
+#include "model/tensor_names.h"
+
+namespace shoal {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::ordered_json;
+
+// ---- license --------------------------------------------------------------------------------
+
+struct KnownLicense {
+  std::string_view marker;  // text that identifies it near the top of the file
+  std::string_view name;
+};
+
+constexpr KnownLicense kKnownLicenses[] = {
+    {"MIT License", "MIT"},
+    {"Permission is hereby granted, free of charge", "MIT"},
+    {"Apache License", "Apache-2.0"},
+    {"DEEPSEEK LICENSE AGREEMENT", "DeepSeek License Agreement"},
+    {"GNU GENERAL PUBLIC LICENSE", "GPL"},
+    {"BSD 3-Clause", "BSD-3-Clause"},
+};
+
+constexpr const char* kLicenseFiles[] = {"LICENSE", "LICENSE.txt", "LICENSE.md", "LICENSE-MODEL"};
+
+std::string trim(std::string_view s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string_view::npos) return "";
+  const auto e = s.find_last_not_of(" \t\r\n");
+  return std::string(s.substr(b, e - b + 1));
+}
+
+std::string read_head(const fs::path& path, size_t max_bytes) {
+  std::ifstream in(path, std::ios::binary);
+  std::string text(max_bytes, '\0');
+  in.read(text.data(), std::streamsize(max_bytes));
+  text.resize(size_t(in.gcount()));
+  return text;
+}
+
+std::string license_from_file(const std::string& text) {
+  for (const KnownLicense& k : kKnownLicenses)
+    if (text.find(k.marker) != std::string::npos) return std::string(k.name);
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    std::string t = trim(line);
+    while (!t.empty() && t[0] == '#') t = trim(t.substr(1));  // a Markdown title
+    if (!t.empty()) return t;
+  }
+  return "";
+}
+
+// `license: x` among the YAML front matter of a README (between leading `---` lines).
+std::string license_from_front_matter(const std::string& text) {
+  std::istringstream in(text);
+  std::string line;
+  if (!std::getline(in, line) || trim(line) != "---") return "";
+  while (std::getline(in, line)) {
+    if (trim(line) == "---") break;
+    if (!line.starts_with("license:")) continue;
+    std::string v = trim(std::string_view(line).substr(8));
+    const bool quoted = v.size() >= 2 && (v.front() == '"' || v.front() == '\'') && v.back() == v.front();
+    if (quoted) v = v.substr(1, v.size() - 2);
+    return v;
+  }
+  return "";
+}
+
+// ---- text helpers ---------------------------------------------------------------------------
+
+std::string with_commas(uint64_t v) {
+  std::string s = std::to_string(v), out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i && (s.size() - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  return out;
+}
+
+std::string gigabytes(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GB", double(bytes) / 1e9);
+  return buf;
+}
+
+std::string billions(int64_t params) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2fB", double(params) / 1e9);
+  return buf;
+}
+
+std::string num(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+// Config values as config.json spells them.
+const char* model_type_name(ModelType t) { return t == ModelType::kDeepseekV3 ? "deepseek_v3" : "deepseek_v2"; }
+const char* scoring_func_name(ScoringFunc f) { return f == ScoringFunc::kSigmoid ? "sigmoid" : "softmax"; }
+const char* topk_method_name(TopkMethod m) {
+  switch (m) {
+    case TopkMethod::kGreedy: return "greedy";
+    case TopkMethod::kGroupLimitedGreedy: return "group_limited_greedy";
+    case TopkMethod::kNoauxTc: return "noaux_tc";
+  }
+  return "?";
+}
+
+uint64_t total_bytes(const ModelSummary& s) {
+  uint64_t n = 0;
+  for (const auto& [d, b] : s.bytes_by_dtype) n += b;
+  return n;
+}
+
+std::string attention_text(const ModelConfig& c) {
+  const std::string q = c.q_lora_rank > 0 ? std::to_string(c.q_lora_rank) : std::string("none");
+  return "MLA, " + std::to_string(c.n_heads) + " heads, q_lora_rank " + q + ", kv_lora_rank " +
+         std::to_string(c.kv_lora_rank) + ", qk_nope/rope/v head dims " + std::to_string(c.qk_nope_head_dim) + "/" +
+         std::to_string(c.qk_rope_head_dim) + "/" + std::to_string(c.v_head_dim);
+}
+
+std::string rope_text(const ModelConfig& c) {
+  std::string t = "theta " + num(c.rope_theta) + ", max " + std::to_string(c.max_position_embeddings) + " positions";
+  if (c.yarn.enabled)
+    t += ", yarn factor " + num(c.yarn.factor) + " from " + std::to_string(c.yarn.original_max_position_embeddings);
+  return t;
+}
+
+std::string bytes_text(const ModelSummary& s) {
+  if (!s.has_weights) return "no safetensors in the folder";
+  std::string t;
+  for (const auto& [d, b] : s.bytes_by_dtype) t += d + " " + with_commas(b) + ", ";
+  return t + "total " + gigabytes(total_bytes(s)) + " in " + std::to_string(s.n_tensors) + " tensors";
+}
+
+ordered_json rope_json(const ModelConfig& c) {
+  if (!c.yarn.enabled) return nullptr;
+  return {{"type", "yarn"},
+          {"factor", c.yarn.factor},
+          {"original_max_position_embeddings", c.yarn.original_max_position_embeddings},
+          {"beta_fast", c.yarn.beta_fast},
+          {"beta_slow", c.yarn.beta_slow},
+          {"mscale", c.yarn.mscale},
+          {"mscale_all_dim", c.yarn.mscale_all_dim}};
+}
+
+ordered_json architecture_json(const ModelSummary& s) {
+  const ModelConfig& c = s.config;
+  return {{"model_type", model_type_name(c.model_type)},
+          {"n_layers", c.n_layers},
+          {"n_dense_layers", s.n_dense_layers},
+          {"n_moe_layers", s.n_moe_layers},
+          {"vocab_size", c.vocab_size},
+          {"hidden_size", c.dim},
+          {"intermediate_size", c.inter_dim},
+          {"moe_intermediate_size", c.moe_inter_dim},
+          {"num_attention_heads", c.n_heads},
+          {"q_lora_rank", c.q_lora_rank > 0 ? ordered_json(c.q_lora_rank) : ordered_json(nullptr)},
+          {"kv_lora_rank", c.kv_lora_rank},
+          {"qk_nope_head_dim", c.qk_nope_head_dim},
+          {"qk_rope_head_dim", c.qk_rope_head_dim},
+          {"v_head_dim", c.v_head_dim},
+          {"n_routed_experts", c.n_routed_experts},
+          {"n_shared_experts", c.n_shared_experts},
+          {"num_experts_per_tok", c.n_activated_experts},
+          {"n_group", c.n_expert_groups},
+          {"topk_group", c.n_limited_groups},
+          {"topk_method", topk_method_name(c.topk_method)},
+          {"scoring_func", scoring_func_name(c.score_func)},
+          {"norm_topk_prob", c.norm_topk_prob},
+          {"routed_scaling_factor", c.route_scale},
+          {"rope_theta", c.rope_theta},
+          {"rope_scaling", rope_json(c)},
+          {"max_position_embeddings", c.max_position_embeddings},
+          {"fp8_weight_block_size", c.fp8 ? ordered_json(c.fp8_block) : ordered_json(nullptr)}};
+}
+
+}  // namespace
+
+ParamCounts count_params(const ModelConfig& c) {
+  ParamCounts p;
+  int64_t embed = 0, idle_experts = 0;
+  for (const TensorSpec& t : model_tensors(c, /*with_mtp=*/false)) {
+    p.total += t.numel();
+    if (t.unit == Unit::kEmbed) embed += t.numel();
+    // Routed experts of a layer are alike: expert 0's tensors stand for each unselected one.
+    if (t.unit == Unit::kExpert && t.expert == 0)
+      idle_experts += t.numel() * (c.n_routed_experts - c.n_activated_experts);
+  }
+  // A lookup reads one row of the embedding; a tied embedding is also the head, used in full.
+  p.active = p.total - (c.tie_word_embeddings ? 0 : embed) - idle_experts;
+  for (int64_t k = 0; k < c.n_mtp_layers; ++k)
+    for (const TensorSpec& t : mtp_tensors(c, k)) p.mtp += t.numel();
+  return p;
+}
+
+std::string find_license(const fs::path& dir) {
+  std::error_code ec;
+  for (const char* name : kLicenseFiles) {
+    if (!fs::is_regular_file(dir / name, ec)) continue;
+    std::string found = license_from_file(read_head(dir / name, 1 << 16));
+    if (!found.empty()) return found;
+  }
+  if (fs::is_regular_file(dir / "README.md", ec)) {
+    std::string found = license_from_front_matter(read_head(dir / "README.md", 1 << 16));
+    if (!found.empty()) return found;
+  }
+  return "unknown";
+}
+
+StatusOr<ModelSummary> inspect_model(const fs::path& dir) {
+  SHOAL_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ck, Checkpoint::open(dir));
+  ModelSummary s;
+  s.config = ck->config();
+  s.params = count_params(s.config);
+  for (int64_t i = 0; i < s.config.n_layers; ++i)
+    ++(s.config.is_moe_layer(i) ? s.n_moe_layers : s.n_dense_layers);
+  s.has_weights = ck->has_weights();
+  if (s.has_weights) {
+    SHOAL_ASSIGN_OR_RETURN(std::vector<TensorInfo> infos, ck->all_tensor_infos());
+    std::set<std::string> present;
+    for (const TensorInfo& t : infos) {
+      s.bytes_by_dtype[std::string(dtype_name(t.dtype))] += t.end - t.begin;
+      present.insert(t.name);
+    }
+    s.n_tensors = int64_t(infos.size());
+    s.has_mtp_weights = s.config.n_mtp_layers > 0;
+    for (int64_t k = 0; k < s.config.n_mtp_layers; ++k)
+      for (const TensorSpec& t : mtp_tensors(s.config, k))
+        s.has_mtp_weights = s.has_mtp_weights && present.count(t.name) > 0;
+  }
+  s.license = find_license(dir);
+  return s;
+}
+
+std::string summary_json(const ModelSummary& s) {
+  ordered_json j = architecture_json(s);
+  j["total_params"] = s.params.total;
+  j["active_params"] = s.params.active;
+  j["mtp_params"] = s.params.mtp;
+  j["num_nextn_predict_layers"] = s.config.n_mtp_layers;
+  j["has_weights"] = s.has_weights;
+  j["has_mtp_weights"] = s.has_mtp_weights;
+  j["n_tensors"] = s.n_tensors;
+  j["bytes_by_dtype"] = ordered_json::object();
+  for (const auto& [d, b] : s.bytes_by_dtype) j["bytes_by_dtype"][d] = b;
+  j["total_bytes"] = total_bytes(s);
+  j["license"] = s.license;
+  return j.dump(2) + "\n";
+}
+
+std::string summary_text(const ModelSummary& s) {
+  const ModelConfig& c = s.config;
+  std::ostringstream o;
+  auto row = [&](std::string_view label, const std::string& value) {
+    o << label << std::string(14 - label.size(), ' ') << value << "\n";
+  };
+  row("model_type", model_type_name(c.model_type));
+  row("layers", std::to_string(c.n_layers) + " (" + std::to_string(s.n_dense_layers) + " dense, " +
+                    std::to_string(s.n_moe_layers) + " MoE) + " + std::to_string(c.n_mtp_layers) + " MTP");
+  row("hidden", "hidden_size " + std::to_string(c.dim) + ", intermediate_size " + std::to_string(c.inter_dim) +
+                    ", moe_intermediate_size " + std::to_string(c.moe_inter_dim) + ", vocab " +
+                    std::to_string(c.vocab_size));
+  row("attention", attention_text(c));
+  row("experts", std::to_string(c.n_routed_experts) + " routed, " + std::to_string(c.n_shared_experts) +
+                     " shared, " + std::to_string(c.n_activated_experts) + " activated; " +
+                     std::to_string(c.n_expert_groups) + " groups, top " + std::to_string(c.n_limited_groups));
+  row("routing", std::string(topk_method_name(c.topk_method)) + ", " + scoring_func_name(c.score_func) +
+                     (c.norm_topk_prob ? ", normalised top-k" : "") + ", scale " + num(c.route_scale));
+  row("rope", rope_text(c));
+  row("parameters", with_commas(uint64_t(s.params.total)) + " total (" + billions(s.params.total) + "), " +
+                        with_commas(uint64_t(s.params.active)) + " active per token (" +
+                        billions(s.params.active) + ")");
+  const char* mtp_weights = !s.has_weights ? "not checked (no safetensors)" : s.has_mtp_weights ? "present" : "absent";
+  row("mtp", std::to_string(c.n_mtp_layers) + " layer(s) in the config, " + with_commas(uint64_t(s.params.mtp)) +
+                 " parameters; weights " + mtp_weights);
+  row("bytes", bytes_text(s));
+  row("license", s.license);
+  return o.str();
+}
+
+}  // namespace shoal

@@ -1,2 +1,47 @@
-// placeholder: being written
+// shoal synth: a random-weight checkpoint in exact Hugging Face layout for any supported config
+// (config.json, model.safetensors.index.json, model-0000k-of-0000n.safetensors), so every code
+// path can be run at any scale without downloading a release.
+//
+// Values: uniform, std 1/sqrt(fan_in) for matrices (activations stay O(1)), std 1 for the
+// embedding, 1 +- 0.1 for norm weights, +-0.05 for the router's e_score_correction_bias. Each
+// tensor row has its own random stream derived from (seed, tensor name, row), so the values
+// before rounding depend on nothing else: a bf16 and an fp8 synth of one seed are the same model
+// up to rounding, and the output does not depend on thread count or shard size.
+//
+// Weights are generated and written a block of rows at a time straight into their place in
+// their shard (the header is written first), so memory stays far below one tensor.
 #pragma once
+
+#include <cstdint>
+#include <filesystem>
+
+#include "common/status.h"
+#include "model/config.h"
+
+namespace shoal {
+
+struct SynthOptions {
+  std::filesystem::path config;          // config.json, or a folder holding it
+  std::filesystem::path out;             // created if missing; must not hold a checkpoint yet
+  bool fp8 = false;                      // quantized weights as F8_E4M3 + 128x128 scales; else BF16
+  int64_t layers = 0;                    // num_hidden_layers to write; 0 keeps the config's
+  bool mtp = false;                      // write the MTP layers too; else num_nextn_predict_layers = 0
+  uint64_t seed = 0;
+  uint64_t shard_bytes = 4096ull << 20;  // tensor bytes per shard, split where HF splits
+};
+
+struct SynthResult {
+  ModelConfig config;       // as written to out/config.json
+  int64_t n_tensors = 0;    // including the _scale_inv tensors
+  int64_t n_shards = 0;
+  uint64_t total_bytes = 0; // metadata.total_size: tensor bytes of every shard
+};
+
+StatusOr<SynthResult> synth_checkpoint(const SynthOptions& o);
+
+// Block quantization as in DeepSeek's fp8 release: for each [block, block] tile of w, scale_inv =
+// max|w| / 448 (1 for an all-zero tile) and q = e4m3(w / scale_inv), rounded to nearest.
+// w [rows, cols] float -> q [rows, cols] e4m3 bytes, scale_inv [ceil(rows/block), ceil(cols/block)].
+void quantize_fp8_blocks(uint8_t* q, float* scale_inv, const float* w, int64_t rows, int64_t cols, int64_t block);
+
+}  // namespace shoal

@@ -1,1 +1,632 @@
-// being written
+// shoal synth and shoal inspect. Synthesized checkpoints are checked against the tensor table,
+// Hugging Face's layout and sharding, the quantizer's precision, the engine and the router;
+// inspect's counts against the 671B release's numbers and independent sums over safetensors
+// headers. The CLI is run as a process (SHOAL_BINARY), as a user runs it.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "coordinator/engine.h"
+#include "model/inspect.h"
+#include "model/layers.h"
+#include "model/synth.h"
+#include "model/tensor_names.h"
+#include "node/stage.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace shoal;
+
+namespace {
+
+const fs::path kFixtures = SHOAL_FIXTURES;
+const fs::path kConfig671b = kFixtures / "configs" / "deepseek-v3-671b" / "config.json";
+// The synth runs most tests share (--config as a folder for one, as a file for the other).
+const std::string kTinyBf16 =
+    "--config '" + (kFixtures / "tiny-v3-bf16").string() + "' --dtype bf16 --seed 7 --shard-size-mb 0.1";
+const std::string kTinyFp8 =
+    "--config '" + (kFixtures / "tiny-v3-fp8" / "config.json").string() + "' --dtype fp8 --seed 7 --shard-size-mb 1";
+
+// ---- helpers --------------------------------------------------------------------------------
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path = fs::temp_directory_path() / ("shoal-test-synth-" + std::to_string(::getpid()) + "-" +
+                                        std::to_string(counter++) + "-" + std::to_string(std::random_device{}()));
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write_file(const fs::path& p, const std::string& text) {
+  std::ofstream out(p, std::ios::binary);
+  out << text;
+  REQUIRE(out.good());
+}
+
+std::string quoted(const fs::path& p) {
+  std::string s = p.string();
+  s.insert(s.begin(), '\'');
+  s.push_back('\'');
+  return s;
+}
+
+struct CliRun {
+  int rc;
+  std::string out, err;
+};
+
+CliRun shoal_cli(const std::string& args) {
+  TempDir tmp;
+  const std::string cmd = std::string(SHOAL_BINARY) + " " + args + " >" + quoted(tmp.path / "out") + " 2>" +
+                          quoted(tmp.path / "err");
+  const int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(tmp.path / "out"), slurp(tmp.path / "err")};
+}
+
+// Runs `shoal synth ARGS --out <temp>/ckpt` once per key; the folders are removed at exit.
+fs::path synthesized(const std::string& args) {
+  static std::map<std::string, std::unique_ptr<TempDir>> made;
+  auto& slot = made[args];
+  if (!slot) {
+    slot = std::make_unique<TempDir>();
+    const CliRun r = shoal_cli("synth " + args + " --out " + quoted(slot->path / "ckpt"));
+    INFO("synth " << args << "\n" << r.out << r.err);
+    REQUIRE(r.rc == 0);
+  }
+  return slot->path / "ckpt";
+}
+
+// Every tensor header of every *.safetensors in dir, with the file holding it.
+struct Header {
+  TensorInfo info;
+  std::string file;
+};
+std::map<std::string, Header> read_headers(const fs::path& dir) {
+  std::map<std::string, Header> out;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() != ".safetensors") continue;
+    auto f = SafetensorsFile::open(entry.path());
+    REQUIRE(f.ok());
+    for (const TensorInfo& t : (*f)->tensors()) {
+      INFO(t.name);
+      REQUIRE(out.emplace(t.name, Header{t, entry.path().filename().string()}).second);
+    }
+  }
+  return out;
+}
+
+json read_json(const fs::path& p) {
+  const std::string text = slurp(p);
+  REQUIRE(!text.empty());
+  return json::parse(text);
+}
+
+// The 671B config with small widths, so a layer of it fits a test.
+fs::path write_scaled_671b_config(const fs::path& dir) {
+  json c = read_json(kConfig671b);
+  const std::map<std::string, int> small{{"hidden_size", 256},      {"intermediate_size", 512},
+                                         {"moe_intermediate_size", 64}, {"vocab_size", 1024},
+                                         {"num_attention_heads", 4}, {"num_key_value_heads", 4},
+                                         {"q_lora_rank", 64},        {"kv_lora_rank", 32},
+                                         {"qk_nope_head_dim", 32},   {"qk_rope_head_dim", 16},
+                                         {"v_head_dim", 32}};
+  for (const auto& [k, v] : small) c[k] = v;
+  fs::create_directories(dir);
+  write_file(dir / "config.json", c.dump(2));
+  return dir / "config.json";
+}
+
+DType expected_dtype(const TensorSpec& t, bool fp8) {
+  if (t.name.ends_with("e_score_correction_bias")) return DType::kF32;  // F32 in the release
+  return fp8 && t.quantized ? DType::kF8E4M3 : DType::kBF16;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- checks on a synthesized folder ---------------------------------------------------------
+
+// Every tensor of the table is there with its shape and dtype (plus F32 block scales for fp8
+// weights), and nothing else is.
+void check_tensors(const fs::path& dir, bool fp8) {
+  auto c = load_config(dir);
+  REQUIRE(c.ok());
+  REQUIRE(c->fp8 == fp8);
+  const auto headers = read_headers(dir);
+  size_t expected = 0;
+  for (const TensorSpec& t : model_tensors(*c, /*with_mtp=*/true)) {
+    INFO(t.name);
+    REQUIRE(headers.count(t.name) == 1);
+    const TensorInfo& info = headers.at(t.name).info;
+    CHECK(info.shape == t.shape);
+    CHECK(info.dtype == expected_dtype(t, fp8));
+    ++expected;
+    if (info.dtype != DType::kF8E4M3) continue;
+    const std::string s = names::scale_inv(t.name);
+    REQUIRE(headers.count(s) == 1);
+    CHECK(headers.at(s).info.dtype == DType::kF32);
+    CHECK(headers.at(s).info.shape == std::vector<int64_t>{ceil_div(t.shape[0], 128), ceil_div(t.shape[1], 128)});
+    ++expected;
+  }
+  CHECK(headers.size() == expected);
+}
+
+// The index names every tensor's shard, the shards are model-0000k-of-0000n, total_size is the
+// tensor bytes, and shards split where HF's greedy split puts the cut.
+size_t check_index_and_sharding(const fs::path& dir, uint64_t limit) {
+  const json index = read_json(dir / "model.safetensors.index.json");
+  const auto headers = read_headers(dir);
+  const json& map = index.at("weight_map");
+  REQUIRE(map.size() == headers.size());
+  uint64_t total = 0;
+  std::set<std::string> files;
+  for (const auto& [name, h] : headers) {
+    INFO(name);
+    REQUIRE(map.contains(name));
+    CHECK(map[name].get<std::string>() == h.file);
+    total += h.info.end - h.info.begin;
+    files.insert(h.file);
+  }
+  CHECK(index.at("metadata").at("total_size").get<uint64_t>() == total);
+  const size_t n = files.size();
+  for (size_t k = 1; k <= n; ++k) {
+    char want[64];
+    std::snprintf(want, sizeof want, "model-%05zu-of-%05zu.safetensors", k, n);
+    CHECK(files.count(want) == 1);
+  }
+  // Walk the tensors in table order (each fp8 weight followed by its scale). A tensor over the
+  // limit is alone in its shard, numbered before the shard being filled (HF appends it at once).
+  // For the others shard numbers never go back, each shard is within the limit, and a new shard
+  // starts only when the next tensor would have passed it.
+  auto c = load_config(dir);
+  REQUIRE(c.ok());
+  std::vector<std::string> order;
+  for (const TensorSpec& t : model_tensors(*c, true)) {
+    order.push_back(t.name);
+    if (headers.at(t.name).info.dtype == DType::kF8E4M3) order.push_back(names::scale_inv(t.name));
+  }
+  std::map<std::string, int> per_file;
+  for (const auto& [name, h] : headers) ++per_file[h.file];
+  uint64_t size = 0;
+  std::string file;  // of the shard being filled
+  for (const std::string& name : order) {
+    const Header& h = headers.at(name);
+    const uint64_t bytes = h.info.end - h.info.begin;
+    if (bytes > limit) {
+      CHECK(per_file[h.file] == 1);
+      if (!file.empty()) CHECK(h.file < file);
+      continue;
+    }
+    REQUIRE(h.file >= file);
+    if (h.file != file) {
+      if (!file.empty()) CHECK(size + bytes > limit);
+      size = 0;
+      file = h.file;
+    }
+    size += bytes;
+    CHECK(size <= limit);
+  }
+  return n;
+}
+
+// The written config is the input with synth's edits and nothing else changed.
+void check_config(const fs::path& dir, const fs::path& source, bool fp8, int64_t layers, bool mtp) {
+  json got = read_json(dir / "config.json");
+  json want = read_json(fs::is_directory(source) ? source / "config.json" : source);
+  if (layers > 0) want["num_hidden_layers"] = layers;
+  if (!mtp) want["num_nextn_predict_layers"] = 0;
+  want.erase("quantization_config");
+  if (fp8) {
+    want["quantization_config"] = json::parse(
+        R"({"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]})");
+  }
+  CHECK(got == want);
+}
+
+std::vector<float> row_values(const kernels::Matrix& m, int64_t r) {
+  std::vector<float> out(size_t(m.cols));
+  kernels::dequantize_row(out.data(), m, r);
+  return out;
+}
+
+// The experts layer `layer` routes to for the tokens `ids` (one prefilled sequence): the real
+// gate input, i.e. the embedding through layers [0, layer), then this layer's attention and
+// post_attention_layernorm.
+std::set<int32_t> experts_hit(Checkpoint& ck, int64_t layer, const std::vector<int32_t>& ids) {
+  const ModelConfig& c = ck.config();
+  const int64_t n = int64_t(ids.size()), dim = c.dim;
+  const float eps = float(c.rms_norm_eps);
+  kernels::Context ctx;
+  Batch batch;
+  batch.add_sequence(0, 0, ids);
+  auto embed = load_embedding(ck);
+  REQUIRE(embed.ok());
+  std::vector<float> x(size_t(n * dim)), h(x.size()), y(x.size());
+  kernels::embedding(x.data(), ids.data(), *embed, n, ctx);
+  StageOptions so;
+  so.last_layer = layer;
+  so.max_seq_len = n;
+  auto stage = Stage::load(ck, so);
+  REQUIRE(stage.ok());
+  (*stage)->forward(x.data(), batch);
+
+  auto w = load_layer(ck, layer, ExpertFilter{});
+  REQUIRE(w.ok());
+  REQUIRE(w->moe);
+  const RopeTable rope = make_rope_table(c);
+  const LayerContext lc{&c, &rope, AttnImpl::kAuto, ctx};
+  std::vector<float> kv(size_t(n * c.kv_lora_rank)), pe(size_t(n * c.qk_rope_head_dim));
+  kernels::rms_norm(h.data(), x.data(), w->attn_norm, n, eps, ctx);
+  mla_forward(y.data(), h.data(), w->attn, batch, {SeqKv{kv.data(), pe.data(), n}}, lc);
+  for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+  kernels::rms_norm(h.data(), x.data(), w->ffn_norm, n, eps, ctx);
+  std::vector<int32_t> indices;
+  std::vector<float> weights;
+  gate_forward(indices, weights, h.data(), *w, n, lc);
+  return {indices.begin(), indices.end()};
+}
+
+std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> pick(0, int32_t(vocab - 1));
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& id : ids) id = pick(rng);
+  return ids;
+}
+
+void check_generates(const fs::path& dir) {
+  EngineOptions eo;
+  eo.max_seq_len = 64;
+  auto engine = Engine::open(dir, eo);
+  INFO(engine.status().to_string());
+  REQUIRE(engine.ok());
+  const int64_t vocab = (*engine)->config().vocab_size;
+  auto r = generate_greedy(**engine, {random_ids(9, vocab, 3)}, 4, true, true);
+  REQUIRE(r.ok());
+  REQUIRE(r->ids[0].size() == 4);
+  for (const auto& logits : r->step_logits[0]) {
+    REQUIRE(int64_t(logits.size()) == vocab);
+    float lo = logits[0], hi = logits[0];
+    for (float v : logits) {
+      REQUIRE(std::isfinite(v));
+      lo = std::min(lo, v), hi = std::max(hi, v);
+    }
+    CHECK(hi - lo > 0.1f);  // logits that tell tokens apart
+    CHECK(hi - lo < 100.0f);  // and O(1) activations, not blown up
+  }
+}
+
+}  // namespace
+
+// ---- the quantizer --------------------------------------------------------------------------
+
+TEST_CASE("quantize_fp8_blocks: per 128x128 block, scale max|w|/448 and e4m3 round to nearest") {
+  const int64_t rows = 300, cols = 200, block = 128;  // 3 x 2 blocks, partial both ways
+  const float magnitude[6] = {1.0f, 1e-3f, 37.0f, 0.0f, 2.5f, 1e-6f};  // one all-zero block
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  auto tile = [&](int64_t i) { return size_t(i / cols / block * 2 + i % cols / block); };
+  std::vector<float> w(size_t(rows * cols));
+  for (int64_t i = 0; i < rows * cols; ++i) w[size_t(i)] = normal(rng) * magnitude[tile(i)];
+  std::vector<uint8_t> q(w.size());
+  std::vector<float> scale(6);
+  quantize_fp8_blocks(q.data(), scale.data(), w.data(), rows, cols, block);
+
+  std::vector<float> amax(6, 0.0f);
+  for (int64_t i = 0; i < rows * cols; ++i) amax[tile(i)] = std::max(amax[tile(i)], std::fabs(w[size_t(i)]));
+  for (size_t b = 0; b < 6; ++b) CHECK(scale[b] == (amax[b] > 0 ? amax[b] / 448.0f : 1.0f));
+  // Error over the round-to-nearest bound: half a step, 2^-4 relative, or 2^-10 among subnormals.
+  double worst = 0;
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const float s = scale[tile(i)], x = w[size_t(i)];
+    const float got = fp8_e4m3_to_float(q[size_t(i)]) * s;
+    worst = std::max(worst, std::fabs(double(got) - x) / (std::fabs(x) * 0x1p-4 + s * 0x1p-10));
+  }
+  CHECK(worst <= 1.0 + 1e-5);
+  CHECK(worst > 0.5);  // the bound is tight: rounding does reach half a step
+}
+
+// ---- synth ----------------------------------------------------------------------------------
+
+TEST_CASE("synth of the tiny fixture configs: every table tensor, HF index and sharding, config edits") {
+  for (const bool fp8 : {false, true}) {
+    INFO((fp8 ? "fp8" : "bf16"));
+    const fs::path dir = synthesized(fp8 ? kTinyFp8 : kTinyBf16);
+    const fs::path source = kFixtures / (fp8 ? "tiny-v3-fp8" : "tiny-v3-bf16");
+    check_tensors(dir, fp8);
+    // fp8: ~8 MB in 1 MiB shards; bf16: ~0.9 MB in 0.1 MiB shards, its embedding and lm_head over the limit.
+    CHECK(check_index_and_sharding(dir, fp8 ? 1u << 20 : uint64_t(0.1 * (1 << 20))) >= 5);
+    check_config(dir, source, fp8, 0, false);
+  }
+}
+
+TEST_CASE("synth: the default is bf16 in one shard; --mtp writes the MTP layer") {
+  const fs::path source = kFixtures / "tiny-v3-fp8" / "config.json";
+  const fs::path plain = synthesized("--config " + quoted(source));
+  check_tensors(plain, false);
+  check_config(plain, source, false, 0, false);
+  CHECK(fs::exists(plain / "model-00001-of-00001.safetensors"));
+
+  const fs::path with_mtp = synthesized("--config " + quoted(source) + " --mtp --dtype fp8");
+  check_config(with_mtp, source, true, 0, true);
+  check_tensors(with_mtp, true);  // the table with_mtp: layer 4's MTP tensors included
+  auto s = inspect_model(with_mtp);
+  REQUIRE(s.ok());
+  CHECK(s->has_mtp_weights);
+  check_generates(with_mtp);
+}
+
+TEST_CASE("synth: weights are scaled for O(1) activations") {
+  const fs::path dir = synthesized(kTinyBf16);
+  auto ck = Checkpoint::open(dir);
+  REQUIRE(ck.ok());
+  for (const TensorSpec& t : model_tensors((*ck)->config(), false)) {
+    INFO(t.name);
+    auto ref = (*ck)->tensor(t.name);
+    REQUIRE(ref.ok());
+    const int64_t rows = t.shape.size() == 1 ? 1 : t.shape[0], cols = t.shape.back();
+    kernels::Matrix m{ref->data, ref->info->dtype, rows, cols};
+    double sum = 0, sum2 = 0, lo = 1e30, hi = -1e30;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (double v : row_values(m, r)) {
+        sum += v, sum2 += v * v;
+        lo = std::min(lo, v), hi = std::max(hi, v);
+      }
+    }
+    const double n = double(rows * cols), mean = sum / n, sd = std::sqrt(sum2 / n - mean * mean);
+    if (t.name.ends_with("e_score_correction_bias")) {
+      CHECK((lo >= -0.05 && hi <= 0.05 && hi > lo));
+    } else if (t.shape.size() == 1) {  // norms: 1 + small noise
+      CHECK((lo >= 0.89 && hi <= 1.11 && hi > lo));
+    } else {
+      const double want = t.unit == Unit::kEmbed ? 1.0 : 1.0 / std::sqrt(double(cols));
+      CHECK(sd == Approx(want).epsilon(0.1));
+      CHECK(std::fabs(mean) < 4 * want / std::sqrt(n));  // 4 sigma
+    }
+  }
+}
+
+TEST_CASE("synth: fp8 weights dequantize to the bf16 synth of the same seed within e4m3 precision") {
+  const fs::path b = synthesized("--config " + quoted(kFixtures / "tiny-v3-fp8") + " --dtype bf16 --seed 7");
+  const fs::path f = synthesized(kTinyFp8);
+  auto cb = Checkpoint::open(b);
+  auto cf = Checkpoint::open(f);
+  REQUIRE((cb.ok() && cf.ok()));
+  int64_t checked = 0;
+  for (const TensorSpec& t : model_tensors((*cf)->config(), false)) {
+    if (!t.quantized) continue;
+    INFO(t.name);
+    auto mb = (*cb)->matrix(t.name, t.shape[0], t.shape[1]);
+    auto mf = (*cf)->matrix(t.name, t.shape[0], t.shape[1]);
+    REQUIRE((mb.ok() && mf.ok()));
+    REQUIRE(mf->dtype == DType::kF8E4M3);
+    double worst = 0;
+    for (int64_t r = 0; r < t.shape[0]; ++r) {
+      const auto vb = row_values(*mb, r), vf = row_values(*mf, r);
+      for (int64_t c = 0; c < t.shape[1]; ++c) {
+        const float s = mf->scale_inv[r / 128 * mf->scale_cols() + c / 128];
+        const double bound = std::fabs(vb[size_t(c)]) * (0x1p-4 + 0x1p-8) + s * 0x1p-10;
+        worst = std::max(worst, std::fabs(double(vf[size_t(c)]) - vb[size_t(c)]) / bound);
+      }
+    }
+    CHECK(worst <= 1.0);
+    ++checked;
+  }
+  CHECK(checked > 30);
+}
+
+TEST_CASE("synth: the engine runs a synthesized model and gives finite logits") {
+  check_generates(synthesized(kTinyBf16));
+  check_generates(synthesized(kTinyFp8));
+}
+
+TEST_CASE("synth: the same seed writes the same bytes, another seed other weights") {
+  const fs::path config = kFixtures / "tiny-v3-fp8";
+  const fs::path a = synthesized(kTinyFp8);
+  const fs::path a2 = synthesized("--seed 7 --dtype fp8 --shard-size-mb 1 --config " + quoted(config));
+  const fs::path b = synthesized("--config " + quoted(config) + " --dtype fp8 --seed 8 --shard-size-mb 1");
+  size_t files = 0;
+  for (const auto& entry : fs::directory_iterator(a)) {
+    const std::string name = entry.path().filename().string();
+    INFO(name);
+    const std::string bytes = slurp(entry.path());
+    CHECK(bytes == slurp(a2 / name));
+    if (entry.path().extension() == ".safetensors") CHECK(bytes != slurp(b / name));
+    else CHECK(bytes == slurp(b / name));  // config and index do not depend on the seed
+    ++files;
+  }
+  CHECK(files == size_t(std::distance(fs::directory_iterator(a2), fs::directory_iterator())));
+  CHECK(files >= 7);  // config.json, index, 5 or more shards
+}
+
+TEST_CASE("synth: routing of a synthesized MoE model is not degenerate") {
+  TempDir tmp;
+  const fs::path scaled = write_scaled_671b_config(tmp.path / "scaled");
+  const fs::path models[] = {
+      synthesized(kTinyFp8), synthesized(kTinyBf16),
+      synthesized("--config " + quoted(scaled) + " --layers 4 --seed 5")};  // layer 3: 256 experts, 8 groups
+  for (const fs::path& dir : models) {
+    auto ck = Checkpoint::open(dir);
+    REQUIRE(ck.ok());
+    const ModelConfig& c = (*ck)->config();
+    const std::vector<int32_t> ids = random_ids(64, c.vocab_size, 42);
+    int64_t moe_layers = 0;
+    for (int64_t i = 0; i < c.n_layers; ++i) {
+      if (!c.is_moe_layer(i)) continue;
+      const std::set<int32_t> hit = experts_hit(**ck, i, ids);
+      INFO(dir << " layer " << i << ": " << hit.size() << " of " << c.n_routed_experts << " experts");
+      CHECK(int64_t(hit.size()) * 2 >= c.n_routed_experts);
+      ++moe_layers;
+    }
+    CHECK(moe_layers > 0);
+  }
+}
+
+TEST_CASE("synth --layers 1 of the 671B config, scaled down") {
+  TempDir tmp;
+  const fs::path config = write_scaled_671b_config(tmp.path / "scaled");
+  const fs::path dir = synthesized("--config " + quoted(config) + " --layers 1 --dtype fp8 --seed 1");
+  CHECK(read_json(dir / "config.json").at("num_hidden_layers") == 1);
+  check_config(dir, config, true, 1, false);
+  check_tensors(dir, true);  // layer 0 only: nothing of layers 1..60
+  check_generates(dir);
+}
+
+// ---- inspect --------------------------------------------------------------------------------
+
+TEST_CASE("inspect of the 671B config alone: the release's parameter counts") {
+  const CliRun r = shoal_cli("inspect --json --model " + quoted(kConfig671b.parent_path()));
+  INFO(r.err);
+  REQUIRE(r.rc == 0);
+  const json j = json::parse(r.out);
+  CHECK(j.at("model_type") == "deepseek_v3");
+  CHECK(j.at("total_params").get<int64_t>() == 671026419200);
+  CHECK(j.at("active_params").get<int64_t>() == 36625618432);
+  // The tensor table's MTP count; it reproduces the release's byte total (see the report).
+  CHECK(j.at("mtp_params").get<int64_t>() == 13463426304);
+  CHECK(j.at("n_layers") == 61);
+  CHECK(j.at("n_dense_layers") == 3);
+  CHECK(j.at("n_moe_layers") == 58);
+  CHECK(j.at("num_nextn_predict_layers") == 1);
+  CHECK(j.at("bytes_by_dtype") == json::object());
+  CHECK(j.at("has_weights") == false);
+  CHECK(j.at("has_mtp_weights") == false);
+  CHECK(j.at("license") == "unknown");
+
+  const CliRun text = shoal_cli("inspect --model " + quoted(kConfig671b.parent_path()));
+  REQUIRE(text.rc == 0);
+  CHECK(text.out.find("671,026,419,200") != std::string::npos);
+  CHECK(text.out.find("36,625,618,432") != std::string::npos);
+}
+
+TEST_CASE("inspect of the tiny fixtures agrees with their safetensors headers") {
+  for (const std::string name : {"tiny-v3-fp8", "tiny-v3-bf16"}) {
+    INFO(name);
+    const fs::path dir = kFixtures / name;
+    const json config = read_json(dir / "config.json");
+    const int64_t layers = config.at("num_hidden_layers"), dim = config.at("hidden_size");
+    int64_t main_params = 0, mtp_params = 0;
+    std::map<std::string, uint64_t> bytes;
+    for (const auto& [tname, h] : read_headers(dir)) {
+      bytes[std::string(dtype_name(h.info.dtype))] += h.info.end - h.info.begin;
+      if (tname.ends_with(names::scale_inv(""))) continue;
+      bool main = tname == names::embed() || tname == names::final_norm() || tname == names::lm_head();
+      for (int64_t i = 0; i < layers; ++i) main |= tname.starts_with(names::layer(i, ""));
+      (main ? main_params : mtp_params) += h.info.numel();
+      if (!main) REQUIRE(tname.starts_with(names::layer(layers, "")));  // the MTP module
+    }
+    const CliRun r = shoal_cli("inspect --json --model " + quoted(dir));
+    INFO(r.err);
+    REQUIRE(r.rc == 0);
+    const json j = json::parse(r.out);
+    CHECK(j.at("total_params").get<int64_t>() == main_params);
+    CHECK(j.at("mtp_params").get<int64_t>() == mtp_params);
+    CHECK(j.at("bytes_by_dtype").get<std::map<std::string, uint64_t>>() == bytes);
+    CHECK(j.at("has_mtp_weights") == true);
+    CHECK(j.at("has_weights") == true);
+    // Active: less the embedding table and, in each of the 3 MoE layers, the 16 - 4 idle experts.
+    const int64_t n_routed = config.at("n_routed_experts"), topk = config.at("num_experts_per_tok");
+    const int64_t expert = 3 * dim * config.at("moe_intermediate_size").get<int64_t>();
+    const int64_t embed = config.at("vocab_size").get<int64_t>() * dim;
+    CHECK(j.at("active_params").get<int64_t>() == main_params - embed - 3 * (n_routed - topk) * expert);
+    CHECK(j.at("license") == "unknown");  // their README.md has no front matter
+  }
+}
+
+TEST_CASE("inspect of a synthesized 671B layer (scaled down) counts what the headers hold") {
+  TempDir tmp;
+  const fs::path dir = synthesized("--config " + quoted(write_scaled_671b_config(tmp.path / "scaled")) +
+                                   " --layers 1 --dtype fp8 --seed 1");
+  int64_t params = 0;
+  for (const auto& [name, h] : read_headers(dir))
+    if (!name.ends_with(names::scale_inv(""))) params += h.info.numel();
+  auto s = inspect_model(dir);
+  REQUIRE(s.ok());
+  CHECK(s->params.total == params);
+  CHECK(s->params.active == params - 1024 * 256);  // one dense layer: all but the embedding is active
+  CHECK(s->n_dense_layers == 1);
+  CHECK(s->n_moe_layers == 0);
+  CHECK(s->config.n_mtp_layers == 0);
+  CHECK_FALSE(s->has_mtp_weights);
+  CHECK(s->bytes_by_dtype.count("F8_E4M3") == 1);
+}
+
+TEST_CASE("inspect finds the license: LICENSE file or README front matter") {
+  TempDir tmp;
+  auto folder = [&](const std::string& name, const std::string& file, const std::string& text) {
+    const fs::path d = tmp.path / name;
+    fs::create_directories(d);
+    fs::copy_file(kFixtures / "tiny-v3-bf16" / "config.json", d / "config.json");
+    if (!file.empty()) write_file(d / file, text);
+    return d;
+  };
+  const fs::path readme =
+      folder("readme", "README.md", "---\nlibrary_name: transformers\nlicense: mit\n---\n# Model\n");
+  CHECK(find_license(readme) == "mit");
+  const fs::path mit =
+      folder("mit", "LICENSE", "MIT License\n\nCopyright (c) 2023 DeepSeek\n\nPermission is hereby granted");
+  CHECK(find_license(mit) == "MIT");
+  const fs::path custom = folder("custom", "LICENSE.txt", "\n\n  Custom Model License v2  \nterms\n");
+  CHECK(find_license(custom) == "Custom Model License v2");
+  const fs::path body_only = folder("body", "README.md", "# Model\n\nlicense: mit\n");
+  CHECK(find_license(body_only) == "unknown");
+  CHECK(find_license(folder("none", "", "")) == "unknown");
+
+  const CliRun r = shoal_cli("inspect --json --model " + quoted(readme));
+  REQUIRE(r.rc == 0);
+  CHECK(json::parse(r.out).at("license") == "mit");
+}
+
+// ---- errors ---------------------------------------------------------------------------------
+
+TEST_CASE("synth and inspect errors: exit 1 and a message naming the problem") {
+  TempDir tmp;
+  json config = read_json(kFixtures / "tiny-v3-bf16" / "config.json");
+  config.erase("kv_lora_rank");
+  write_file(tmp.path / "config.json", config.dump());
+  CliRun r = shoal_cli("synth --config " + quoted(tmp.path / "config.json") + " --out " + quoted(tmp.path / "out"));
+  CHECK(r.rc == 1);
+  CHECK(r.err.find("shoal: error:") != std::string::npos);
+  CHECK(r.err.find("kv_lora_rank") != std::string::npos);
+  CHECK_FALSE(fs::exists(tmp.path / "out"));
+
+  r = shoal_cli("inspect --model " + quoted(tmp.path / "missing"));
+  CHECK(r.rc == 1);
+  CHECK(r.err.find("shoal: error:") != std::string::npos);
+  CHECK(r.err.find((tmp.path / "missing").string()) != std::string::npos);
+
+  fs::create_directories(tmp.path / "empty");
+  r = shoal_cli("inspect --model " + quoted(tmp.path / "empty"));
+  CHECK(r.rc == 1);
+  CHECK(r.err.find("config.json") != std::string::npos);
+
+  const fs::path existing = synthesized("--config " + quoted(kFixtures / "tiny-v3-bf16"));
+  r = shoal_cli("synth --config " + quoted(kFixtures / "tiny-v3-bf16") + " --out " + quoted(existing));
+  CHECK(r.rc == 1);
+  CHECK(r.err.find("already holds a checkpoint") != std::string::npos);
+
+  const fs::path tiny = kFixtures / "tiny-v3-bf16";
+  r = shoal_cli("synth --dtype int4 --config " + quoted(tiny) + " --out " + quoted(tmp.path / "x"));
+  CHECK(r.rc == 2);  // a usage error
+}
