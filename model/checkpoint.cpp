@@ -97,7 +97,7 @@ StatusOr<kernels::Matrix> Checkpoint::matrix(const std::string& name, int64_t ro
   m.block = config_.fp8_block;
   const std::string sname = names::scale_inv(name);
   auto s = tensor(sname);
-  if (!s.ok()) return not_found("F8_E4M3 tensor '" + name + "' has no '" + sname + "' block scales");
+  if (!s.ok()) return s.status().with_context("F8_E4M3 tensor '" + name + "': block scales '" + sname + "'");
   const std::vector<int64_t> sshape{(rows + m.block - 1) / m.block, (cols + m.block - 1) / m.block};
   if (s->info->shape != sshape || s->info->dtype != DType::kF32)
     return invalid_argument("tensor '" + sname + "' is " + std::string(dtype_name(s->info->dtype)) + " " +

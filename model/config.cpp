@@ -1,6 +1,7 @@
 // config.json -> ModelConfig. Hugging Face names appear only in this file.
 #include "model/config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -9,6 +10,16 @@ namespace shoal {
 namespace {
 
 using nlohmann::json;
+
+// A value for an error message. json::dump recurses, so a hostile config nesting an array a
+// million deep would overflow the stack: containers of containers are named by type only.
+std::string describe(const json& v) {
+  const bool flat =
+      !v.is_structured() || std::none_of(v.begin(), v.end(), [](const json& e) { return e.is_structured(); });
+  if (!flat) return std::string("a nested JSON ") + v.type_name();
+  std::string s = v.dump();
+  return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+}
 
 // Reads fields of one JSON object; the first problem is kept and names the field.
 class Fields {
@@ -20,27 +31,27 @@ class Fields {
   int64_t integer(const char* key, std::optional<int64_t> fallback = std::nullopt, int64_t min = 1) {
     if (!has(key)) return missing(key, fallback);
     const json& v = j_[key];
-    if (!v.is_number_integer()) return fail(key, "must be an integer, got " + v.dump()), 0;
+    if (!v.is_number_integer()) return fail(key, "must be an integer, got " + describe(v)), 0;
     const int64_t x = v.get<int64_t>();
-    if (x < min) return fail(key, "must be >= " + std::to_string(min) + ", got " + v.dump()), 0;
+    if (x < min) return fail(key, "must be >= " + std::to_string(min) + ", got " + describe(v)), 0;
     return x;
   }
   double number(const char* key, std::optional<double> fallback = std::nullopt) {
     if (!has(key)) return missing(key, fallback);
     const json& v = j_[key];
-    if (!v.is_number()) return fail(key, "must be a number, got " + v.dump()), 0;
+    if (!v.is_number()) return fail(key, "must be a number, got " + describe(v)), 0;
     return v.get<double>();
   }
   bool boolean(const char* key, std::optional<bool> fallback = std::nullopt) {
     if (!has(key)) return missing(key, fallback);
     const json& v = j_[key];
-    if (!v.is_boolean()) return fail(key, "must be true or false, got " + v.dump()), false;
+    if (!v.is_boolean()) return fail(key, "must be true or false, got " + describe(v)), false;
     return v.get<bool>();
   }
   std::string string(const char* key, std::optional<std::string> fallback = std::nullopt) {
     if (!has(key)) return missing(key, fallback);
     const json& v = j_[key];
-    if (!v.is_string()) return fail(key, "must be a string, got " + v.dump()), "";
+    if (!v.is_string()) return fail(key, "must be a string, got " + describe(v)), "";
     return v.get<std::string>();
   }
   void require_present(const char* key) {  // present, null allowed (q_lora_rank: null)
@@ -69,9 +80,10 @@ Status parse_yarn(const json& j, YarnScaling& y) {
   const json& rs = j["rope_scaling"];
   if (!rs.is_object()) return invalid_argument("config field 'rope_scaling' must be an object or null");
   Fields f(rs, "rope_scaling.");
-  const std::string type = rs.contains("type") ? f.string("type") : f.string("rope_type");
+  const char* type_key = rs.contains("type") ? "type" : "rope_type";
+  const std::string type = f.string(type_key);
   if (f.status().ok() && type != "yarn")
-    f.fail("type", "'" + type + "' is not supported (only yarn, as DeepSeek ships)");
+    f.fail(type_key, "'" + type + "' is not supported (only yarn, as DeepSeek ships)");
   y.enabled = true;
   y.factor = f.number("factor");
   y.beta_fast = f.number("beta_fast", 32.0);
@@ -96,7 +108,7 @@ Status parse_quantization(const json& j, ModelConfig& c) {
   if (q.contains("weight_block_size")) {
     const json& b = q["weight_block_size"];
     if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() || b[0] != b[1] || b[0].get<int64_t>() <= 0)
-      return invalid_argument("config field 'quantization_config.weight_block_size' must be [n, n], got " + b.dump());
+      return invalid_argument("config field 'quantization_config.weight_block_size' must be [n, n], got " + describe(b));
     c.fp8_block = b[0].get<int64_t>();
   }
   c.fp8 = true;

@@ -80,14 +80,16 @@ StatusOr<std::vector<TensorInfo>> parse_safetensors_header(std::string_view head
     SHOAL_ASSIGN_OR_RETURN(TensorInfo t, parse_entry(name, entry, data_size));
     out.push_back(std::move(t));
   }
+  // Empty tensors occupy no bytes: leave them out, or one sorted between two overlapping
+  // tensors would hide the overlap.
   std::vector<const TensorInfo*> by_offset;
-  for (const auto& t : out) by_offset.push_back(&t);
+  for (const auto& t : out)
+    if (t.begin != t.end) by_offset.push_back(&t);
   std::sort(by_offset.begin(), by_offset.end(), [](auto* a, auto* b) { return a->begin < b->begin; });
   for (size_t i = 1; i < by_offset.size(); ++i) {
     const TensorInfo& a = *by_offset[i - 1];
     const TensorInfo& b = *by_offset[i];
-    if (b.begin < a.end && b.begin != b.end && a.begin != a.end)
-      return invalid_argument("tensors '" + a.name + "' and '" + b.name + "' overlap");
+    if (b.begin < a.end) return invalid_argument("tensors '" + a.name + "' and '" + b.name + "' overlap");
   }
   return out;
 }
