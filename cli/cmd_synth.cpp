@@ -41,7 +41,9 @@ int synth(const Options& o) {
 void add_synth(CLI::App& app, int& rc) {
   auto o = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand("synth", "Write a random-weight checkpoint (HF layout) for a config");
-  sub->add_option("--config", o->config, "config.json, or a folder holding it")->required();
+  sub->add_option("--config", o->config,
+                  "config.json, or a folder holding it (default: the embedded demo model, DeepSeek-V3's "
+                  "architecture at hidden 1024, 4 layers, 32 experts)");
   sub->add_option("--out", o->out, "Folder to write (created; must not hold a checkpoint yet)")
       ->required();
   sub->add_option("--dtype", o->dtype, "bf16 (default), or fp8: e4m3 with 128x128 block scales, as DeepSeek ships")

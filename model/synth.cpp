@@ -1,5 +1,7 @@
 #include "model/synth.h"
 
+#include "model/default_config.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -369,11 +371,14 @@ void quantize_fp8_blocks(uint8_t* q, float* scale_inv, const float* w, int64_t r
 
 StatusOr<SynthResult> synth_checkpoint(const SynthOptions& o) {
   if (o.shard_bytes == 0) return invalid_argument("shard size must be positive");
-  SHOAL_ASSIGN_OR_RETURN(json j, read_json(o.config));
+  json j = json::parse(default_config_json());
+  if (!o.config.empty()) {
+    SHOAL_ASSIGN_OR_RETURN(j, read_json(o.config));
+  }
   edit_config(j, o);
   const std::string config_text = j.dump(2) + "\n";
   auto parsed = parse_config(config_text);
-  if (!parsed.ok()) return parsed.status().with_context(o.config.string());
+  if (!parsed.ok()) return parsed.status().with_context(o.config.empty() ? "the default config" : o.config.string());
   SynthResult r;
   r.config = *parsed;
   SHOAL_RETURN_IF_ERROR(check_out_dir(o.out));

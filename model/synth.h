@@ -21,7 +21,7 @@
 namespace shoal {
 
 struct SynthOptions {
-  std::filesystem::path config;          // config.json, or a folder holding it
+  std::filesystem::path config;          // config.json, or a folder holding it; empty: the embedded default
   std::filesystem::path out;             // created if missing; must not hold a checkpoint yet
   bool fp8 = false;                      // quantized weights as F8_E4M3 + 128x128 scales; else BF16
   int64_t layers = 0;                    // num_hidden_layers to write; 0 keeps the config's
