@@ -143,18 +143,29 @@ const TensorInfo* SafetensorsFile::find(std::string_view name) const {
   return it == by_name_.end() ? nullptr : &tensors_[it->second];
 }
 
-Status write_safetensors(const std::filesystem::path& path, const std::vector<const TensorBlob*>& tensors) {
+std::string safetensors_header(const std::vector<TensorSlot*>& slots) {
   json header = json::object();
   header["__metadata__"] = {{"format", "pt"}};
   uint64_t offset = 0;
-  for (const TensorBlob* t : tensors) {
+  for (TensorSlot* t : slots) {
     header[t->name] = {{"dtype", std::string(dtype_name(t->dtype))},
                        {"shape", t->shape},
-                       {"data_offsets", {offset, offset + t->bytes.size()}}};
-    offset += t->bytes.size();
+                       {"data_offsets", {offset, offset + t->bytes}}};
+    t->offset = offset;
+    offset += t->bytes;
   }
   std::string text = header.dump();
   text.resize((text.size() + 7) / 8 * 8, ' ');
+  for (TensorSlot* t : slots) t->offset += 8 + text.size();
+  return text;
+}
+
+Status write_safetensors(const std::filesystem::path& path, const std::vector<const TensorBlob*>& tensors) {
+  std::vector<TensorSlot> slots;
+  for (const TensorBlob* t : tensors) slots.push_back({t->name, t->dtype, t->shape, t->bytes.size()});
+  std::vector<TensorSlot*> ptrs;
+  for (auto& slot : slots) ptrs.push_back(&slot);
+  const std::string text = safetensors_header(ptrs);
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) return not_found("cannot write " + path.string());
   const uint64_t len = text.size();

@@ -54,8 +54,20 @@ class SafetensorsFile {
   std::map<std::string, size_t, std::less<>> by_name_;
 };
 
-// Writing, for synth and tests: tensors are laid out in the order given, header padded with
-// spaces to a multiple of 8 as the reference writer does.
+// Writing. A tensor's place in a file being written; `offset` (of its data from the start of
+// the file) is set by safetensors_header.
+struct TensorSlot {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  uint64_t bytes = 0;
+  uint64_t offset = 0;
+};
+// Lays the tensors out in the order given and returns the header JSON, padded with spaces to a
+// multiple of 8 as the reference writer does; the file is the u64 length, this text, the data.
+std::string safetensors_header(const std::vector<TensorSlot*>& slots);
+
+// Writes a whole file from tensors in memory, in the order given (tests and small files).
 struct TensorBlob {
   std::string name;
   DType dtype;

@@ -1,6 +1,7 @@
 #include "model/synth.h"
 
 #include "model/default_config.h"
+#include "model/safetensors.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -107,24 +108,19 @@ DType dtype_for(const TensorSpec& t, bool fp8) {
 
 // ---- layout ---------------------------------------------------------------------------------
 
-struct Entry {
-  std::string name;
-  DType dtype;
-  std::vector<int64_t> shape;
-  uint64_t bytes = 0;
+struct Entry : TensorSlot {  // offset: of its data in the shard file
   int64_t shard = 0;
-  uint64_t offset = 0;  // of its data in the shard file
 };
 
 std::vector<Entry> plan_entries(const std::vector<TensorSpec>& specs, const ModelConfig& c) {
   std::vector<Entry> out;
   for (const TensorSpec& t : specs) {
     const DType d = dtype_for(t, c.fp8);
-    out.push_back({t.name, d, t.shape, uint64_t(t.numel() * dtype_bytes(d))});
+    out.push_back({{t.name, d, t.shape, uint64_t(t.numel() * dtype_bytes(d))}});
     if (d != DType::kF8E4M3) continue;
     const int64_t b = c.fp8_block;
     std::vector<int64_t> s{(t.shape[0] + b - 1) / b, (t.shape[1] + b - 1) / b};
-    out.push_back({names::scale_inv(t.name), DType::kF32, s, uint64_t(s[0] * s[1] * 4)});
+    out.push_back({{names::scale_inv(t.name), DType::kF32, s, uint64_t(s[0] * s[1] * 4)}});
   }
   return out;
 }
@@ -168,20 +164,7 @@ std::string layout_shard(std::vector<Entry*> entries) {
     const int64_t wa = dtype_bytes(a->dtype), wb = dtype_bytes(b->dtype);
     return wa != wb ? wa > wb : a->name < b->name;
   });
-  json header = json::object();
-  header["__metadata__"] = {{"format", "pt"}};
-  uint64_t offset = 0;
-  for (Entry* e : entries) {
-    header[e->name] = {{"dtype", std::string(dtype_name(e->dtype))},
-                       {"shape", e->shape},
-                       {"data_offsets", {offset, offset + e->bytes}}};
-    e->offset = offset;
-    offset += e->bytes;
-  }
-  std::string text = header.dump();
-  text.resize((text.size() + 7) / 8 * 8, ' ');
-  for (Entry* e : entries) e->offset += 8 + text.size();
-  return text;
+  return safetensors_header(std::vector<TensorSlot*>(entries.begin(), entries.end()));
 }
 
 // ---- files ----------------------------------------------------------------------------------
