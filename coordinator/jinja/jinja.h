@@ -1,0 +1,28 @@
+// A small Jinja interpreter: the subset that chat templates of DeepSeek (and similar models)
+// use, with Jinja2's semantics as Hugging Face transformers configures it (trim_blocks,
+// lstrip_blocks, loop controls, tojson, raise_exception). A construct it does not know is an
+// error naming the template line, never a silently different prompt.
+#pragma once
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "common/status.h"
+
+namespace shoal::jinja {
+
+class Template {
+ public:
+  static StatusOr<Template> parse(const std::string& source);
+  // Renders with `context` as the global variables (messages, add_generation_prompt,
+  // bos_token, ...). Runtime errors (raise_exception, a bad call) name the line.
+  StatusOr<std::string> render(const nlohmann::json& context) const;
+
+  struct Node;  // the parsed tree (jinja/*.cpp)
+
+ private:
+  std::shared_ptr<const Node> root_;
+};
+
+}  // namespace shoal::jinja

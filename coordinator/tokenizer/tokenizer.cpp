@@ -1,0 +1,2 @@
+// being written
+#include "coordinator/tokenizer/tokenizer.h"
