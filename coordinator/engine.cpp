@@ -68,12 +68,13 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 StatusOr<GreedyResult> generate_greedy(Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
-                                       int64_t steps, bool want_prompt_logits, bool want_step_logits) {
+                                       int64_t steps, bool want_prompt_logits, bool want_step_logits,
+                                       const std::vector<int32_t>& stop_ids) {
   const int64_t V = engine.config().vocab_size, B = int64_t(prompts.size());
   GreedyResult r;
-  r.prompt_logits.resize(static_cast<size_t>(B));
-  r.ids.resize(static_cast<size_t>(B));
-  r.step_logits.resize(static_cast<size_t>(B));
+  r.prompt_logits.resize(size_t(B));
+  r.ids.resize(size_t(B));
+  r.step_logits.resize(size_t(B));
   Batch prefill;
   std::vector<int64_t> rows;
   for (int64_t b = 0; b < B; ++b) {
@@ -89,7 +90,7 @@ StatusOr<GreedyResult> generate_greedy(Engine& engine, const std::vector<std::ve
   SHOAL_ASSIGN_OR_RETURN(std::vector<float> logits, engine.forward(prefill, rows));
   r.prefill_seconds = seconds_since(t0);
   r.prefill_tokens = prefill.n_tokens();
-  // The last row of each sequence chose step 0.
+  // last[b]: the logits that choose sequence b's next token (the last prompt row for step 0).
   std::vector<const float*> last(static_cast<size_t>(B));
   int64_t row = 0;
   for (int64_t b = 0; b < B; ++b) {
@@ -100,23 +101,30 @@ StatusOr<GreedyResult> generate_greedy(Engine& engine, const std::vector<std::ve
     row += count;
   }
   std::vector<float> step = std::move(logits);
+  std::vector<bool> done(size_t(B), false);
   t0 = std::chrono::steady_clock::now();
   for (int64_t k = 0; k < steps; ++k) {
     Batch decode;
+    std::vector<int64_t> live;
     for (int64_t b = 0; b < B; ++b) {
+      if (done[size_t(b)]) continue;
       const float* l = last[size_t(b)];
       const int32_t id = argmax(l, V);
       r.ids[size_t(b)].push_back(id);
       if (want_step_logits) r.step_logits[size_t(b)].emplace_back(l, l + V);
-      const int32_t pos = int32_t(prompts[size_t(b)].size() + size_t(k));
-      decode.add_sequence(int32_t(b), pos, {id});
+      if (std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end()) {
+        done[size_t(b)] = true;
+        continue;
+      }
+      decode.add_sequence(int32_t(b), int32_t(prompts[size_t(b)].size() + size_t(k)), {id});
+      live.push_back(b);
     }
-    if (k + 1 == steps) break;  // the last chosen token needs no forward pass
-    std::vector<int64_t> decode_rows(static_cast<size_t>(B));
-    for (int64_t b = 0; b < B; ++b) decode_rows[size_t(b)] = b;
+    if (k + 1 == steps || live.empty()) break;  // the last chosen tokens need no forward pass
+    std::vector<int64_t> decode_rows(live.size());
+    for (size_t i = 0; i < live.size(); ++i) decode_rows[i] = int64_t(i);
     SHOAL_ASSIGN_OR_RETURN(step, engine.forward(decode, decode_rows));
-    r.decode_tokens += B;
-    for (int64_t b = 0; b < B; ++b) last[size_t(b)] = step.data() + b * V;
+    r.decode_tokens += int64_t(live.size());
+    for (size_t i = 0; i < live.size(); ++i) last[size_t(live[i])] = step.data() + int64_t(i) * V;
   }
   r.decode_seconds = seconds_since(t0);
   return r;

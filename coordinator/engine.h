@@ -48,9 +48,11 @@ struct GreedyResult {
   int64_t prefill_tokens = 0, decode_tokens = 0;
 };
 
-// Prefills every prompt together (slot b for prompt b), then decodes `steps` greedy tokens for
-// all of them, one batch per step. Step 0's token is the argmax after the prompt.
+// Prefills every prompt together (slot b for prompt b), then decodes up to `steps` greedy
+// tokens for all of them, one batch per step. Step 0's token is the argmax after the prompt.
+// A sequence that generates one of `stop_ids` stops there (that id is its last).
 StatusOr<GreedyResult> generate_greedy(Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
-                                       int64_t steps, bool want_prompt_logits, bool want_step_logits);
+                                       int64_t steps, bool want_prompt_logits, bool want_step_logits,
+                                       const std::vector<int32_t>& stop_ids = {});
 
 }  // namespace shoal
