@@ -22,6 +22,8 @@ struct StageOptions {
 class Stage {
  public:
   static StatusOr<std::unique_ptr<Stage>> load(Checkpoint& ck, const StageOptions& opts);
+  Stage(const Stage&) = delete;  // lc_ points into this object
+  Stage& operator=(const Stage&) = delete;
 
   // x [n_tokens, dim]: the hidden states of the batch, updated in place.
   void forward(float* x, const Batch& batch);
