@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
   shoal::cli::add_logits(app, rc);
   shoal::cli::add_synth(app, rc);
   shoal::cli::add_inspect(app, rc);
+  shoal::cli::add_tokenize(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

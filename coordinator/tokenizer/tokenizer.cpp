@@ -1,2 +1,144 @@
-// being written
-#include "coordinator/tokenizer/tokenizer.h"
+// Encoding and decoding (loading is in tokenizer_json.cpp).
+//
+// encode: added tokens are cut out of the raw text first (non-normalized ones, then normalized
+// ones in what is left, as the reference), each stretch between them is pre-tokenized into
+// pieces, and each piece is BPE-encoded. decode: each id's bytes, joined, then lossy UTF-8.
+#include <functional>
+#include <string>
+#include <unordered_map>
+
+#include "coordinator/tokenizer/tokenizer_impl.h"
+#include "coordinator/tokenizer/utf8.h"
+
+namespace shoal {
+namespace {
+
+// Pieces already encoded in this call: piece (a span of the text) -> the span of the output
+// ids it gave. Long texts repeat words a lot; starting empty in every call keeps encode free
+// of shared mutable state.
+class PieceCache {
+ public:
+  explicit PieceCache(const std::string& buf) : map_(0, Hash{&buf}, Equal{&buf}) {}
+  const Span* find(Span piece) const {
+    const auto it = map_.find(piece);
+    return it == map_.end() ? nullptr : &it->second;
+  }
+  void insert(Span piece, Span ids) { map_.emplace(piece, ids); }
+
+ private:
+  static std::string_view text(const std::string* buf, Span s) {
+    return std::string_view(*buf).substr(s.begin, s.end - s.begin);
+  }
+  struct Hash {
+    const std::string* buf;
+    size_t operator()(Span s) const { return std::hash<std::string_view>{}(text(buf, s)); }
+  };
+  struct Equal {
+    const std::string* buf;
+    bool operator()(Span a, Span b) const { return text(buf, a) == text(buf, b); }
+  };
+  std::unordered_map<Span, Span, Hash, Equal> map_;
+};
+
+// Working memory of one encode call: nothing is shared between calls or threads.
+struct EncodeScratch {
+  std::string buf;  // the text, then any pieces the pre-tokenizer had to rewrite
+  std::vector<Segment> outer, inner;
+  std::vector<Span> pieces;
+  PreTokenizeScratch pre;
+  BpeScratch bpe;
+  PieceCache cache{buf};
+};
+
+// Below this, a cache costs more than the repeats it finds.
+constexpr size_t kCacheMinText = 256;
+
+Status id_error(int32_t id, int64_t limit) {
+  return invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                          std::to_string(limit) + ")");
+}
+
+}  // namespace
+
+std::vector<int32_t> TokenizerImpl::encode(std::string_view text, bool add_bos) const {
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 3 + 2);
+  if (add_bos && bos_id_ >= 0) ids.push_back(bos_id_);
+  if (utf8::is_valid(text)) {
+    encode_text(text, ids);
+  } else {
+    // The reference only takes valid strings; callers in Python or JS replace each maximal
+    // invalid subpart with U+FFFD on the way in, so this encodes what they would have sent.
+    encode_text(utf8_lossy(text), ids);
+  }
+  return ids;
+}
+
+void TokenizerImpl::encode_text(std::string_view text, std::vector<int32_t>& ids) const {
+  EncodeScratch s;
+  s.buf.assign(text);
+  const bool use_cache = text.size() >= kCacheMinText;
+  const bool byte_level = pre_tokenizer_.byte_level();
+  raw_matcher_.split(s.buf, {0, static_cast<uint32_t>(s.buf.size())}, s.outer);
+  for (const Segment& outer : s.outer) {
+    if (outer.id >= 0) {
+      ids.push_back(outer.id);
+      continue;
+    }
+    s.inner.clear();
+    normalized_matcher_.split(s.buf, outer.span, s.inner);
+    for (const Segment& inner : s.inner) {
+      if (inner.id >= 0) {
+        ids.push_back(inner.id);
+        continue;
+      }
+      pre_tokenizer_.run(s.buf, inner.span, s.pieces, s.pre);
+      for (const Span& piece : s.pieces) {
+        if (!use_cache || piece.end - piece.begin < 2) {
+          bpe_.encode(std::string_view(s.buf).substr(piece.begin, piece.end - piece.begin), byte_level, ids, s.bpe);
+          continue;
+        }
+        if (const Span* hit = s.cache.find(piece)) {
+          for (uint32_t k = hit->begin; k < hit->end; ++k) {
+            const int32_t id = ids[k];  // a copy: push_back may move ids
+            ids.push_back(id);
+          }
+          continue;
+        }
+        const auto first = static_cast<uint32_t>(ids.size());
+        bpe_.encode(std::string_view(s.buf).substr(piece.begin, piece.end - piece.begin), byte_level, ids, s.bpe);
+        s.cache.insert(piece, {first, static_cast<uint32_t>(ids.size())});
+      }
+    }
+  }
+}
+
+StatusOr<std::string> TokenizerImpl::token_bytes(int32_t id, bool skip_special_tokens) const {
+  if (id < 0 || id >= vocab_limit_) return id_error(id, vocab_limit_);
+  if (static_cast<size_t>(id) >= id_flags_.size()) return std::string();
+  const uint8_t flags = id_flags_[id];
+  if (!(flags & kHasToken) || (skip_special_tokens && (flags & kSpecial))) return std::string();
+  return decoded_blob_.substr(decoded_offset_[id], decoded_offset_[id + 1] - decoded_offset_[id]);
+}
+
+StatusOr<std::string> TokenizerImpl::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  std::string bytes;
+  bytes.reserve(ids.size() * 4);
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab_limit_) return id_error(id, vocab_limit_);
+    if (static_cast<size_t>(id) >= id_flags_.size()) continue;
+    const uint8_t flags = id_flags_[id];
+    if (!(flags & kHasToken) || (skip_special_tokens && (flags & kSpecial))) continue;
+    bytes.append(decoded_blob_, decoded_offset_[id], decoded_offset_[id + 1] - decoded_offset_[id]);
+  }
+  return utf8_lossy(bytes);
+}
+
+int32_t TokenizerImpl::token_id(std::string_view token) const {
+  const std::string key(token);
+  if (const auto it = added_ids_.find(key); it != added_ids_.end()) return it->second;
+  if (const auto it = bpe_.vocab.find(key); it != bpe_.vocab.end()) return it->second;
+  return -1;
+}
+
+}  // namespace shoal

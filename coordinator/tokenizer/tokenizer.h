@@ -2,6 +2,8 @@
 // added tokens with their flags, Split pre-tokenizers with their regexes (Oniguruma, as the
 // reference uses), the ByteLevel pre-tokenizer and decoder. Encodes text to exactly the ids of
 // Hugging Face's tokenizers library and decodes ids back to text (lossy UTF-8, as it does).
+// The const methods may be called from any number of threads at once. docs/tokenizer.md has
+// what is supported and how each rule maps to the reference.
 #pragma once
 
 #include <cstdint>
@@ -23,8 +25,9 @@ class Tokenizer {
   static StatusOr<std::unique_ptr<Tokenizer>> load(const std::filesystem::path& path);
   virtual ~Tokenizer() = default;
 
-  // ids = (add_bos ? [bos] : []) + encode(text). Text is bytes: invalid UTF-8 is encoded the
-  // way the reference encodes it (see docs/tokenizer.md), never an error.
+  // ids = (add_bos ? [bos] : []) + encode(text) (no BOS when the tokenizer has none). Text is
+  // bytes: invalid UTF-8 is encoded the way the reference encodes it (each maximal invalid
+  // subpart as U+FFFD, see docs/tokenizer.md), never an error.
   virtual std::vector<int32_t> encode(std::string_view text, bool add_bos) const = 0;
   // Ids in [0, vocab_limit()) without a token decode to nothing; ids outside it are an error.
   virtual StatusOr<std::string> decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const = 0;
