@@ -4,6 +4,7 @@
 // ones in what is left, as the reference), each stretch between them is pre-tokenized into
 // pieces, and each piece is BPE-encoded. decode: each id's bytes, joined, then lossy UTF-8.
 #include <functional>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 
@@ -13,33 +14,6 @@
 namespace shoal {
 namespace {
 
-// Pieces already encoded in this call: piece (a span of the text) -> the span of the output
-// ids it gave. Long texts repeat words a lot; starting empty in every call keeps encode free
-// of shared mutable state.
-class PieceCache {
- public:
-  explicit PieceCache(const std::string& buf) : map_(0, Hash{&buf}, Equal{&buf}) {}
-  const Span* find(Span piece) const {
-    const auto it = map_.find(piece);
-    return it == map_.end() ? nullptr : &it->second;
-  }
-  void insert(Span piece, Span ids) { map_.emplace(piece, ids); }
-
- private:
-  static std::string_view text(const std::string* buf, Span s) {
-    return std::string_view(*buf).substr(s.begin, s.end - s.begin);
-  }
-  struct Hash {
-    const std::string* buf;
-    size_t operator()(Span s) const { return std::hash<std::string_view>{}(text(buf, s)); }
-  };
-  struct Equal {
-    const std::string* buf;
-    bool operator()(Span a, Span b) const { return text(buf, a) == text(buf, b); }
-  };
-  std::unordered_map<Span, Span, Hash, Equal> map_;
-};
-
 // Working memory of one encode call: nothing is shared between calls or threads.
 struct EncodeScratch {
   std::string buf;  // the text, then any pieces the pre-tokenizer had to rewrite
@@ -47,11 +21,7 @@ struct EncodeScratch {
   std::vector<Span> pieces;
   PreTokenizeScratch pre;
   BpeScratch bpe;
-  PieceCache cache{buf};
 };
-
-// Below this, a cache costs more than the repeats it finds.
-constexpr size_t kCacheMinText = 256;
 
 Status id_error(int32_t id, int64_t limit) {
   return invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
@@ -77,7 +47,6 @@ std::vector<int32_t> TokenizerImpl::encode(std::string_view text, bool add_bos) 
 void TokenizerImpl::encode_text(std::string_view text, std::vector<int32_t>& ids) const {
   EncodeScratch s;
   s.buf.assign(text);
-  const bool use_cache = text.size() >= kCacheMinText;
   const bool byte_level = pre_tokenizer_.byte_level();
   raw_matcher_.split(s.buf, {0, static_cast<uint32_t>(s.buf.size())}, s.outer);
   for (const Segment& outer : s.outer) {
@@ -93,24 +62,32 @@ void TokenizerImpl::encode_text(std::string_view text, std::vector<int32_t>& ids
         continue;
       }
       pre_tokenizer_.run(s.buf, inner.span, s.pieces, s.pre);
-      for (const Span& piece : s.pieces) {
-        if (!use_cache || piece.end - piece.begin < 2) {
-          bpe_.encode(std::string_view(s.buf).substr(piece.begin, piece.end - piece.begin), byte_level, ids, s.bpe);
-          continue;
-        }
-        if (const Span* hit = s.cache.find(piece)) {
-          for (uint32_t k = hit->begin; k < hit->end; ++k) {
-            const int32_t id = ids[k];  // a copy: push_back may move ids
-            ids.push_back(id);
-          }
-          continue;
-        }
-        const auto first = static_cast<uint32_t>(ids.size());
-        bpe_.encode(std::string_view(s.buf).substr(piece.begin, piece.end - piece.begin), byte_level, ids, s.bpe);
-        s.cache.insert(piece, {first, static_cast<uint32_t>(ids.size())});
-      }
+      for (const Span& piece : s.pieces)
+        encode_piece(std::string_view(s.buf).substr(piece.begin, piece.end - piece.begin), byte_level, ids, s.bpe);
     }
   }
+}
+
+// Words repeat: a piece seen before takes its ids from the cache, shared by all calls and
+// threads (readers share the lock). Bounded like the reference's: once full, nothing is added.
+void TokenizerImpl::encode_piece(std::string_view piece, bool byte_level, std::vector<int32_t>& ids,
+                                 BpeScratch& scratch) const {
+  if (piece.size() < 2 || piece.size() > kMaxCachedPiece) {
+    bpe_.encode(piece, byte_level, ids, scratch);
+    return;
+  }
+  {
+    std::shared_lock lock(cache_mu_);
+    if (const auto it = cache_.find(piece); it != cache_.end()) {
+      ids.insert(ids.end(), it->second.begin(), it->second.end());
+      return;
+    }
+  }
+  const size_t first = ids.size();
+  bpe_.encode(piece, byte_level, ids, scratch);
+  std::unique_lock lock(cache_mu_);
+  if (cache_.size() < kCacheCapacity)
+    cache_.emplace(std::string(piece), std::vector<int32_t>(ids.begin() + long(first), ids.end()));
 }
 
 StatusOr<std::string> TokenizerImpl::token_bytes(int32_t id, bool skip_special_tokens) const {

@@ -3,6 +3,8 @@
 // const method is safe to call from many threads at once.
 #pragma once
 
+#include <shared_mutex>
+
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -52,6 +54,16 @@ class TokenizerImpl final : public Tokenizer {
 
  private:
   void encode_text(std::string_view text, std::vector<int32_t>& ids) const;
+  void encode_piece(std::string_view piece, bool byte_level, std::vector<int32_t>& ids, BpeScratch& scratch) const;
+
+  // Piece -> ids, shared by every call and thread (see encode_piece).
+  struct PieceHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  static constexpr size_t kCacheCapacity = 1 << 16, kMaxCachedPiece = 64;
+  mutable std::shared_mutex cache_mu_;
+  mutable std::unordered_map<std::string, std::vector<int32_t>, PieceHash, std::equal_to<>> cache_;
 };
 
 }  // namespace shoal
