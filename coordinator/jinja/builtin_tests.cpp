@@ -182,8 +182,9 @@ StatusOr<Value> g_range(const Args& a) {
   return Value::sequence(std::move(out), Value::Seq::kRange, "range", repr);
 }
 
-StatusOr<Value> g_namespace(const Args& a) {
+StatusOr<Value> g_namespace(const Args& a, std::vector<std::weak_ptr<Object>>* made) {
   auto ns = std::make_shared<Object>();
+  made->push_back(ns);
   ns->type = "Namespace";
   ns->assignable = true;
   if (a.pos.size() > 1) return invalid_argument("namespace() takes at most one positional argument");
@@ -237,10 +238,10 @@ StatusOr<bool> apply_test(std::string_view name, const Value& subject, const Arg
   return invalid_argument("unknown test '" + std::string(name) + "'");
 }
 
-Dict make_globals() {
+Dict make_globals(std::vector<std::weak_ptr<Object>>* namespaces) {
   Dict g;
   g.append("range", Value::function("range", g_range));
-  g.append("namespace", Value::function("namespace", g_namespace));
+  g.append("namespace", Value::function("namespace", [namespaces](const Args& a) { return g_namespace(a, namespaces); }));
   g.append("dict", Value::function("dict", g_dict));
   g.append("raise_exception", Value::function("raise_exception", g_raise_exception));
   g.append("strftime_now", Value::function("strftime_now", g_strftime_now));

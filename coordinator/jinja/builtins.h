@@ -2,8 +2,10 @@
 // strftime_now), and attribute / item access with the immutable sandbox's rules.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/status.h"
 #include "coordinator/jinja/value.h"
@@ -25,8 +27,9 @@ StatusOr<Value> get_item(const Value& obj, const Value& key);
 // obj[start:stop:step] on a str or list (absent parts undefined).
 StatusOr<Value> get_slice(const Value& obj, const Value& start, const Value& stop, const Value& step);
 
-// range, dict, namespace, raise_exception, strftime_now.
-Dict make_globals();
+// range, dict, namespace, raise_exception, strftime_now. Each namespace() made is recorded in
+// `namespaces` (the renderer clears them at the end, in case one refers to itself).
+Dict make_globals(std::vector<std::weak_ptr<Object>>* namespaces);
 
 // Python's binary operators (+ - * / // % ** and Jinja's ~) and unary - / +.
 StatusOr<Value> binary_op(std::string_view op, const Value& a, const Value& b);

@@ -18,11 +18,18 @@ constexpr int kMaxMacroDepth = 200;
 }  // namespace
 
 Renderer::Renderer(Dict context) : scope_(std::make_shared<Scope>()) {
-  scope_->vars = make_globals();
+  scope_->vars = make_globals(&namespaces_);
   for (const auto& [k, v] : context.items()) scope_->vars.set(k, v);
 }
 
-Renderer::~Renderer() = default;
+Renderer::~Renderer() {
+  for (auto& w : macro_scopes_) {
+    if (auto s = w.lock()) s->vars = Dict();
+  }
+  for (auto& w : namespaces_) {
+    if (auto o = w.lock()) o->attrs = Dict();
+  }
+}
 
 StatusOr<std::string> Renderer::render(const Node& root) {
   std::string out;
@@ -31,7 +38,7 @@ StatusOr<std::string> Renderer::render(const Node& root) {
   return out;
 }
 
-// Runs `body` in a new scope under `parent`, restoring the current scope afterwards.
+// Runs `body` in `scope` (a new one whose parent is the current), then restores the current.
 StatusOr<Renderer::Flow> Renderer::exec_scoped(const Body& body, std::shared_ptr<Scope> scope, std::string& out) {
   std::swap(scope_, scope);
   auto flow = exec_body(body, out);
@@ -203,6 +210,7 @@ Value Renderer::make_loop(const List& items, int64_t i) {
 // A macro: a function that renders its body in a scope under the one it was defined in.
 Value Renderer::make_macro(const Node& n) {
   std::shared_ptr<Scope> defined_in = scope_;
+  macro_scopes_.push_back(defined_in);
   const Node* node = &n;
   return Value::function(n.text, [this, node, defined_in](const Args& args) -> StatusOr<Value> {
     const Node& m = *node;

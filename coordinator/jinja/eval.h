@@ -48,6 +48,10 @@ class Renderer {
 
   std::shared_ptr<Scope> scope_;
   int macro_depth_ = 0;
+  // Macros hold their scope, which holds them; a namespace may hold itself. The destructor
+  // clears these to break such cycles.
+  std::vector<std::weak_ptr<Scope>> macro_scopes_;
+  std::vector<std::weak_ptr<Object>> namespaces_;
 };
 
 }  // namespace shoal::jinja

@@ -4,6 +4,17 @@
 #include "coordinator/jinja/eval.h"
 
 namespace shoal::jinja {
+namespace {
+
+template <typename Json>
+StatusOr<std::string> render_with(const Node* root, const Json& context) {
+  if (!root) return internal_error("chat template: render before parse");
+  if (!context.is_object()) return invalid_argument("chat template context must be a JSON object");
+  Value vars = Value::from_json(context);
+  return Renderer(vars.dict()).render(*root);
+}
+
+}  // namespace
 
 StatusOr<Template> Template::parse(const std::string& source) {
   SHOAL_ASSIGN_OR_RETURN(std::shared_ptr<const Node> root, parse_template(source));
@@ -13,15 +24,11 @@ StatusOr<Template> Template::parse(const std::string& source) {
 }
 
 StatusOr<std::string> Template::render(const nlohmann::json& context) const {
-  if (!context.is_object()) return invalid_argument("chat template context must be a JSON object");
-  Value vars = Value::from_json(context);
-  return Renderer(vars.dict()).render(*root_);
+  return render_with(root_.get(), context);
 }
 
 StatusOr<std::string> Template::render(const nlohmann::ordered_json& context) const {
-  if (!context.is_object()) return invalid_argument("chat template context must be a JSON object");
-  Value vars = Value::from_json(context);
-  return Renderer(vars.dict()).render(*root_);
+  return render_with(root_.get(), context);
 }
 
 }  // namespace shoal::jinja

@@ -37,6 +37,12 @@ char32_t peek_cp(const std::string& s, size_t pos, size_t* len) {
 
 size_t skip_space(const std::string& s, size_t pos) {
   while (pos < s.size()) {
+    auto b = static_cast<unsigned char>(s[pos]);
+    if (b < 0x80) {  // the common case, without decoding
+      if (!text::is_space(b)) break;
+      ++pos;
+      continue;
+    }
     size_t len;
     if (!text::is_space(peek_cp(s, pos, &len))) break;
     pos += len;
@@ -146,8 +152,16 @@ class Lexer {
   }
 
  private:
-  int line_at(size_t pos) const {
-    return 1 + static_cast<int>(std::count(src_.begin(), src_.begin() + static_cast<long>(pos), '\n'));
+  // The 1-based line of `pos`; positions mostly grow, so count on from the last one.
+  int line_at(size_t pos) {
+    if (pos < line_pos_) {
+      line_pos_ = 0;
+      line_ = 1;
+    }
+    line_ += static_cast<int>(std::count(src_.begin() + static_cast<long>(line_pos_),
+                                         src_.begin() + static_cast<long>(pos), '\n'));
+    line_pos_ = pos;
+    return line_;
   }
 
   size_t find_tag(size_t pos) const {
@@ -355,6 +369,8 @@ class Lexer {
   std::string src_;
   std::vector<Token> tokens_;
   bool line_starting_ = true;  // the last match ended a line (lstrip_blocks at the template start)
+  size_t line_pos_ = 0;        // line_at's cache: line_ is the line of line_pos_
+  int line_ = 1;
 };
 
 // Jinja reads "\r\n" and "\r" as "\n" and drops one trailing newline (keep_trailing_newline off).
