@@ -37,6 +37,17 @@ double worst_excess(const std::vector<float>& got, const json& want, const Toler
   return worst;
 }
 
+std::string run_command(const std::string& cmd, int* status) {
+  std::FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t got;
+  while ((got = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
+  *status = pclose(p);
+  return out;
+}
+
 void check_fixture(const std::string& name, AttnImpl impl) {
   const std::string dir = std::string(SHOAL_FIXTURES) + "/" + name;
   const json golden = read_json(dir + "/golden.json");
@@ -91,13 +102,9 @@ TEST_CASE("shoal logits CLI prints the golden numbers", "[golden][cli]") {
     for (const auto& id : ids) s += std::to_string(id.get<int>()) + " ";
     cmd += " --ids \"" + s + "\"";
   }
-  std::FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[1 << 16];
-  size_t got;
-  while ((got = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
-  REQUIRE(pclose(p) == 0);
+  int status = -1;
+  const std::string out = run_command(cmd, &status);
+  REQUIRE(status == 0);
   const json j = json::parse(out);
   const Tolerance tol{2e-4, 1e-4};
   CHECK(j["greedy_ids"] == c["greedy_ids"]);
@@ -108,21 +115,6 @@ TEST_CASE("shoal logits CLI prints the golden numbers", "[golden][cli]") {
       CHECK(worst_excess(j["greedy_logits"][b][k].get<std::vector<float>>(), c["greedy_logits"][b][k], tol) <= 0);
   }
 }
-
-namespace {
-
-std::string run_command(const std::string& cmd, int* status) {
-  std::FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t got;
-  while ((got = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
-  *status = pclose(p);
-  return out;
-}
-
-}  // namespace
 
 TEST_CASE("shoal run generates the golden greedy ids and reports tokens/s", "[golden][cli]") {
   const std::string dir = std::string(SHOAL_FIXTURES) + "/tiny-v3-fp8";
