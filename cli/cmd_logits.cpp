@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "cli/cluster_flags.h"
 #include "cli/commands.h"
 #include "coordinator/engine.h"
 
@@ -14,6 +15,7 @@ struct Options {
   std::vector<std::string> ids;
   int64_t greedy = 0;
   std::string attn = "auto";
+  ClusterFlags cluster;
 };
 
 void print_floats(std::FILE* f, const std::vector<float>& v) {
@@ -47,13 +49,15 @@ int run(const Options& o) {
     if (!ids.ok()) return fail(ids.status());
     prompts.push_back(std::move(ids).value());
   }
-  EngineOptions eo;
-  eo.n_slots = int64_t(prompts.size());
-  eo.attn_impl = o.attn == "naive" ? AttnImpl::kNaive : o.attn == "absorb" ? AttnImpl::kAbsorb : AttnImpl::kAuto;
-  auto engine = Engine::open(o.model, eo);
-  if (!engine.ok()) return fail(engine.status());
-  auto r = generate_greedy(**engine, prompts, o.greedy, /*want_prompt_logits=*/true, /*want_step_logits=*/true);
+  ClusterOptions co;
+  co.model_dir = o.model;
+  co.n_slots = int64_t(prompts.size());
+  co.attn_impl = o.attn == "naive" ? AttnImpl::kNaive : o.attn == "absorb" ? AttnImpl::kAbsorb : AttnImpl::kAuto;
+  auto cluster = open_cluster(o.cluster, co);
+  if (!cluster.ok()) return fail(cluster.status());
+  auto r = generate_greedy(**cluster, prompts, o.greedy, /*want_prompt_logits=*/true, /*want_step_logits=*/true);
   if (!r.ok()) return fail(r.status());
+  if (Status s = (*cluster)->shutdown(); !s.ok()) return fail(s);
   std::FILE* f = stdout;
   std::fputs("{\"prompt_logits\":", f);
   print_nested(f, r->prompt_logits);
@@ -79,6 +83,7 @@ void add_logits(CLI::App& app, int& rc) {
   sub->add_option("--greedy", o->greedy, "Greedy steps to generate")->check(CLI::NonNegativeNumber);
   sub->add_option("--attn", o->attn, "MLA path: auto, naive or absorb")
       ->check(CLI::IsMember({"auto", "naive", "absorb"}));
+  add_cluster_flags(sub, o->cluster);
   sub->callback([o, &rc] { rc = run(*o); });
 }
 

@@ -3,8 +3,10 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "cli/cluster_flags.h"
 #include "cli/commands.h"
 #include "coordinator/chat_template.h"
+#include "coordinator/cluster.h"
 #include "coordinator/engine.h"
 #include "coordinator/reasoning.h"
 
@@ -16,6 +18,7 @@ struct Options {
   std::string ids, prompt, chat;
   int64_t max_tokens = 32;
   int64_t max_seq_len = 0;
+  ClusterFlags cluster;
 };
 
 struct Prompt {
@@ -63,17 +66,21 @@ int run(const Options& o) {
   }
   auto prompt = make_prompt(o, tok.get());
   if (!prompt.ok()) return fail(prompt.status());
-  EngineOptions eo;
-  eo.max_seq_len = o.max_seq_len;
-  auto engine = Engine::open(o.model, eo);
-  if (!engine.ok()) return fail(engine.status());
+  ClusterOptions co;
+  co.model_dir = o.model;
+  co.max_seq_len = o.max_seq_len;
+  auto cluster = open_cluster(o.cluster, co);
+  if (!cluster.ok()) return fail(cluster.status());
   std::vector<int32_t> stop;
   if (prompt->text && tok->eos_id() >= 0) stop.push_back(tok->eos_id());
-  auto r = generate_greedy(**engine, {prompt->ids}, o.max_tokens, false, false, stop);
-  if (!r.ok()) return fail(r.status());
   std::printf("generated:");
-  for (int32_t id : r->ids[0]) std::printf(" %d", id);
+  auto r = generate_greedy(**cluster, {prompt->ids}, o.max_tokens, false, false, stop, [](int64_t, int32_t id) {
+    std::printf(" %d", id);  // streamed as chosen
+    std::fflush(stdout);
+  });
   std::printf("\n");
+  if (!r.ok()) return fail(r.status());
+  if (Status s = (*cluster)->shutdown(); !s.ok()) return fail(s);
   if (prompt->text) print_text(*tok, r->ids[0], prompt->reasoning);
   std::printf("prefill: %lld tokens in %.3f s (%.1f tokens/s)\n", (long long)r->prefill_tokens,
               r->prefill_seconds, double(r->prefill_tokens) / std::max(r->prefill_seconds, 1e-9));
@@ -95,6 +102,7 @@ void add_run(CLI::App& app, int& rc) {
   sub->add_option("--max-tokens", o->max_tokens, "Tokens to generate (text prompts stop at EOS)")
       ->check(CLI::PositiveNumber);
   sub->add_option("--max-seq-len", o->max_seq_len, "KV cache positions (default: min(config, 4096))");
+  add_cluster_flags(sub, o->cluster);
   sub->callback([o, &rc] { rc = run(*o); });
 }
 

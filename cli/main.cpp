@@ -1,6 +1,7 @@
 // shoal: one executable, one subcommand per job (see docs/architecture.md).
 #include <cstdio>
 
+#include "cli/cluster_flags.h"
 #include "cli/commands.h"
 #include "kernels/kernels.h"
 
@@ -37,6 +38,8 @@ StatusOr<std::vector<int32_t>> parse_ids(const std::string& text) {
 }  // namespace shoal::cli
 
 int main(int argc, char** argv) {
+  // Under mpirun, rank 0 runs the command and every other rank serves it.
+  if (shoal::cli::under_mpi() && shoal::cli::mpi_rank_from_env() != 0) return shoal::cli::run_mpi_node();
   CLI::App app{"shoal: DeepSeek-V3/R1-class MoE models on the machines you already have"};
   app.require_subcommand(1);
   std::string version = std::string("shoal ") + SHOAL_VERSION + " (" + SHOAL_GIT_COMMIT + ")" +
@@ -48,6 +51,7 @@ int main(int argc, char** argv) {
   shoal::cli::add_synth(app, rc);
   shoal::cli::add_inspect(app, rc);
   shoal::cli::add_tokenize(app, rc);
+  shoal::cli::add_node(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

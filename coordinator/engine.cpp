@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 
 namespace shoal {
 
@@ -20,30 +21,29 @@ StatusOr<std::unique_ptr<Engine>> Engine::open(const std::filesystem::path& dir,
   return e;
 }
 
-Status Engine::check(const Batch& b) const {
-  const ModelConfig& c = config();
+Status check_batch(const Batch& b, const ModelConfig& c, int64_t n_slots, int64_t max_seq_len) {
   for (size_t si = 0; si < b.seqs.size(); ++si) {
     const SeqRange& s = b.seqs[si];
-    if (s.slot < 0 || s.slot >= stage_->n_slots())
+    if (s.slot < 0 || s.slot >= n_slots)
       return invalid_argument("sequence " + std::to_string(si) + " uses slot " + std::to_string(s.slot) +
-                              " but the engine has " + std::to_string(stage_->n_slots()));
+                              " but the engine has " + std::to_string(n_slots));
     for (int64_t t = s.begin; t < s.begin + s.count; ++t) {
       const int32_t id = b.tokens[size_t(t)], pos = b.positions[size_t(t)];
       if (id < 0 || id >= c.vocab_size)
         return invalid_argument("token id " + std::to_string(id) + " at position " + std::to_string(pos) +
                                 " of sequence " + std::to_string(si) + " is outside the vocabulary [0, " +
                                 std::to_string(c.vocab_size) + ")");
-      if (pos < 0 || pos >= stage_->max_seq_len())
+      if (pos < 0 || pos >= max_seq_len)
         return Status(Code::kResourceExhausted, "sequence " + std::to_string(si) + " reaches position " +
                                                     std::to_string(pos) + " but the context holds " +
-                                                    std::to_string(stage_->max_seq_len()) + " tokens");
+                                                    std::to_string(max_seq_len) + " tokens");
     }
   }
   return {};
 }
 
 StatusOr<std::vector<float>> Engine::forward(const Batch& batch, const std::vector<int64_t>& logit_rows) {
-  SHOAL_RETURN_IF_ERROR(check(batch));
+  SHOAL_RETURN_IF_ERROR(check_batch(batch, config(), n_slots(), max_seq_len()));
   const ModelConfig& c = config();
   const int64_t n = batch.n_tokens(), dim = c.dim, m = int64_t(logit_rows.size());
   std::vector<float> x(static_cast<size_t>(n * dim));
@@ -57,76 +57,117 @@ StatusOr<std::vector<float>> Engine::forward(const Batch& batch, const std::vect
   return logits;
 }
 
-namespace {
+StatusOr<uint64_t> Engine::submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits) {
+  SHOAL_ASSIGN_OR_RETURN(std::vector<float> logits, forward(batch, rows));
+  const int64_t V = config().vocab_size;
+  StepResult r;
+  r.id = next_id_++;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const float* l = logits.data() + int64_t(i) * V;
+    r.ids.push_back(int32_t(std::max_element(l, l + V) - l));
+  }
+  if (want_logits) r.logits = std::move(logits);
+  done_.push_back(std::move(r));
+  return done_.back().id;
+}
 
-int32_t argmax(const float* v, int64_t n) { return int32_t(std::max_element(v, v + n) - v); }
+StatusOr<StepResult> Engine::next_result() {
+  if (done_.empty()) return internal_error("next_result() without a submitted micro-batch");
+  StepResult r = std::move(done_.front());
+  done_.pop_front();
+  return r;
+}
+
+namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// A micro-batch in flight: which sequences, and how many result rows each has.
+struct InFlight {
+  int64_t group = 0;
+  bool prefill = false;
+  std::vector<int64_t> seqs;
+  std::vector<int64_t> rows;  // result rows per sequence
+};
+
 }  // namespace
 
-StatusOr<GreedyResult> generate_greedy(Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
+StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vector<int32_t>>& prompts,
                                        int64_t steps, bool want_prompt_logits, bool want_step_logits,
-                                       const std::vector<int32_t>& stop_ids) {
-  const int64_t V = engine.config().vocab_size, B = int64_t(prompts.size());
+                                       const std::vector<int32_t>& stop_ids,
+                                       const std::function<void(int64_t, int32_t)>& on_token) {
+  const int64_t V = ex.config().vocab_size, B = int64_t(prompts.size());
+  if (B > ex.n_slots())
+    return invalid_argument(std::to_string(B) + " prompts but only " + std::to_string(ex.n_slots()) + " KV slots");
+  for (int64_t b = 0; b < B; ++b)
+    if (prompts[size_t(b)].empty()) return invalid_argument("prompt " + std::to_string(b) + " is empty");
   GreedyResult r;
   r.prompt_logits.resize(size_t(B));
   r.ids.resize(size_t(B));
   r.step_logits.resize(size_t(B));
-  Batch prefill;
-  std::vector<int64_t> rows;
-  for (int64_t b = 0; b < B; ++b) {
-    if (prompts[size_t(b)].empty()) return invalid_argument("prompt " + std::to_string(b) + " is empty");
-    prefill.add_sequence(int32_t(b), 0, prompts[size_t(b)]);
-    const SeqRange& s = prefill.seqs.back();
-    if (want_prompt_logits)
-      for (int64_t t = s.begin; t < s.begin + s.count; ++t) rows.push_back(t);
-    else
-      rows.push_back(s.begin + s.count - 1);
-  }
-  auto t0 = std::chrono::steady_clock::now();
-  SHOAL_ASSIGN_OR_RETURN(std::vector<float> logits, engine.forward(prefill, rows));
-  r.prefill_seconds = seconds_since(t0);
-  r.prefill_tokens = prefill.n_tokens();
-  // last[b]: the logits that choose sequence b's next token (the last prompt row for step 0).
-  std::vector<const float*> last(static_cast<size_t>(B));
-  int64_t row = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t count = want_prompt_logits ? int64_t(prompts[size_t(b)].size()) : 1;
-    for (int64_t p = 0; p < count && want_prompt_logits; ++p)
-      r.prompt_logits[size_t(b)].emplace_back(logits.begin() + (row + p) * V, logits.begin() + (row + p + 1) * V);
-    last[size_t(b)] = logits.data() + (row + count - 1) * V;
-    row += count;
-  }
-  std::vector<float> step = std::move(logits);
-  std::vector<bool> done(size_t(B), false);
-  t0 = std::chrono::steady_clock::now();
-  for (int64_t k = 0; k < steps; ++k) {
-    Batch decode;
-    std::vector<int64_t> live;
-    for (int64_t b = 0; b < B; ++b) {
-      if (done[size_t(b)]) continue;
-      const float* l = last[size_t(b)];
-      const int32_t id = argmax(l, V);
-      r.ids[size_t(b)].push_back(id);
-      if (want_step_logits) r.step_logits[size_t(b)].emplace_back(l, l + V);
-      if (std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end()) {
-        done[size_t(b)] = true;
-        continue;
-      }
-      decode.add_sequence(int32_t(b), int32_t(prompts[size_t(b)].size() + size_t(k)), {id});
-      live.push_back(b);
+  const int64_t G = std::clamp<int64_t>(ex.pipeline_depth(), 1, std::max<int64_t>(B, 1));
+  std::map<uint64_t, InFlight> pending;
+  auto submit = [&](InFlight f, const Batch& batch, const std::vector<int64_t>& rows, bool logits) -> Status {
+    SHOAL_ASSIGN_OR_RETURN(uint64_t id, ex.submit(batch, rows, logits));
+    pending.emplace(id, std::move(f));
+    return {};
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t g = 0; g < G; ++g) {
+    InFlight f{g, true, {}, {}};
+    Batch batch;
+    std::vector<int64_t> rows;
+    for (int64_t b = g * B / G; b < (g + 1) * B / G; ++b) {
+      batch.add_sequence(int32_t(b), 0, prompts[size_t(b)]);
+      const SeqRange& s = batch.seqs.back();
+      for (int64_t t = want_prompt_logits ? s.begin : s.begin + s.count - 1; t < s.begin + s.count; ++t) rows.push_back(t);
+      f.seqs.push_back(b);
+      f.rows.push_back(want_prompt_logits ? s.count : 1);
     }
-    if (k + 1 == steps || live.empty()) break;  // the last chosen tokens need no forward pass
-    std::vector<int64_t> decode_rows(live.size());
-    for (size_t i = 0; i < live.size(); ++i) decode_rows[i] = int64_t(i);
-    SHOAL_ASSIGN_OR_RETURN(step, engine.forward(decode, decode_rows));
-    r.decode_tokens += int64_t(live.size());
-    for (size_t i = 0; i < live.size(); ++i) last[size_t(live[i])] = step.data() + int64_t(i) * V;
+    r.prefill_tokens += batch.n_tokens();
+    SHOAL_RETURN_IF_ERROR(submit(std::move(f), batch, rows, want_prompt_logits || want_step_logits));
   }
-  r.decode_seconds = seconds_since(t0);
+  int64_t prefills_left = G;
+  auto t_decode = t0;
+  while (!pending.empty()) {
+    SHOAL_ASSIGN_OR_RETURN(StepResult res, ex.next_result());
+    auto it = pending.find(res.id);
+    if (it == pending.end()) return internal_error("a result for unknown micro-batch " + std::to_string(res.id));
+    const InFlight f = std::move(it->second);
+    pending.erase(it);
+    if (f.prefill && --prefills_left == 0) {
+      r.prefill_seconds = seconds_since(t0);
+      t_decode = std::chrono::steady_clock::now();
+    }
+    if (!f.prefill) r.decode_tokens += int64_t(f.seqs.size());
+    Batch next;
+    InFlight nf{f.group, false, {}, {}};
+    int64_t row = 0;
+    for (size_t i = 0; i < f.seqs.size(); ++i) {
+      const int64_t b = f.seqs[i], last = row + f.rows[i] - 1;
+      auto logits_of = [&](int64_t k) { return std::vector<float>(res.logits.begin() + k * V, res.logits.begin() + (k + 1) * V); };
+      if (f.prefill && want_prompt_logits)
+        for (int64_t k = row; k <= last; ++k) r.prompt_logits[size_t(b)].push_back(logits_of(k));
+      row += f.rows[i];
+      if (int64_t(r.ids[size_t(b)].size()) >= steps) continue;
+      const int32_t id = res.ids[size_t(last)];
+      r.ids[size_t(b)].push_back(id);
+      if (want_step_logits) r.step_logits[size_t(b)].push_back(logits_of(last));
+      if (on_token) on_token(b, id);
+      const bool stop = std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end();
+      if (stop || int64_t(r.ids[size_t(b)].size()) >= steps) continue;
+      next.add_sequence(int32_t(b), int32_t(prompts[size_t(b)].size() + r.ids[size_t(b)].size() - 1), {id});
+      nf.seqs.push_back(b);
+      nf.rows.push_back(1);
+    }
+    if (nf.seqs.empty()) continue;
+    std::vector<int64_t> rows(nf.seqs.size());
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = int64_t(i);
+    SHOAL_RETURN_IF_ERROR(submit(std::move(nf), next, rows, want_step_logits));
+  }
+  r.decode_seconds = seconds_since(t_decode);
   return r;
 }
 

@@ -2,10 +2,13 @@
 // The distributed runtime splits exactly these three parts over ranks.
 #pragma once
 
+#include <deque>
+#include <functional>
 #include <filesystem>
 #include <memory>
 #include <vector>
 
+#include "coordinator/executor.h"
 #include "model/checkpoint.h"
 #include "node/stage.h"
 
@@ -19,25 +22,29 @@ struct EngineOptions {
 
 inline constexpr int64_t kDefaultMaxSeqLen = 4096;
 
-class Engine {
+class Engine : public Executor {
  public:
   static StatusOr<std::unique_ptr<Engine>> open(const std::filesystem::path& model_dir, const EngineOptions& opts);
 
-  const ModelConfig& config() const { return ck_->config(); }
-  int64_t max_seq_len() const { return stage_->max_seq_len(); }
+  const ModelConfig& config() const override { return ck_->config(); }
+  int64_t max_seq_len() const override { return stage_->max_seq_len(); }
+  int64_t n_slots() const override { return stage_->n_slots(); }
+  // Runs the micro-batch at once; next_result() hands the results out in order.
+  StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits) override;
+  StatusOr<StepResult> next_result() override;
 
   // Runs one batch through every layer; returns logits [logit_rows.size(), vocab] of the given
   // token rows. Token ids, positions and slots are checked: bad ones are an error, not a crash.
   StatusOr<std::vector<float>> forward(const Batch& batch, const std::vector<int64_t>& logit_rows);
 
  private:
-  Status check(const Batch& batch) const;
-
   std::unique_ptr<Checkpoint> ck_;
   kernels::Matrix embed_;
   HeadWeights head_;
   std::unique_ptr<Stage> stage_;
   kernels::Context ctx_;
+  std::deque<StepResult> done_;
+  uint64_t next_id_ = 1;
 };
 
 struct GreedyResult {
@@ -48,11 +55,14 @@ struct GreedyResult {
   int64_t prefill_tokens = 0, decode_tokens = 0;
 };
 
-// Prefills every prompt together (slot b for prompt b), then decodes up to `steps` greedy
-// tokens for all of them, one batch per step. Step 0's token is the argmax after the prompt.
-// A sequence that generates one of `stop_ids` stops there (that id is its last).
-StatusOr<GreedyResult> generate_greedy(Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
+// Prefills every prompt (slot b for prompt b), then decodes up to `steps` greedy tokens for all
+// of them. Step 0's token is the argmax after the prompt. A sequence that generates one of
+// `stop_ids` stops there (that id is its last). The sequences are split into
+// executor.pipeline_depth() groups, each its own micro-batch, all in flight at once.
+// on_token(seq, id), when given, sees every token as it is chosen.
+StatusOr<GreedyResult> generate_greedy(Executor& executor, const std::vector<std::vector<int32_t>>& prompts,
                                        int64_t steps, bool want_prompt_logits, bool want_step_logits,
-                                       const std::vector<int32_t>& stop_ids = {});
+                                       const std::vector<int32_t>& stop_ids = {},
+                                       const std::function<void(int64_t, int32_t)>& on_token = {});
 
 }  // namespace shoal

@@ -1,5 +1,11 @@
 #include "model/checkpoint.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include <algorithm>
 #include "model/tensor_names.h"
 
@@ -80,6 +86,18 @@ StatusOr<TensorRef> Checkpoint::tensor(const std::string& name) {
   const TensorInfo* info = file->find(name);
   if (!info) return not_found("tensor '" + name + "' is listed in the index but missing from " + it->second);
   return TensorRef{info, file->data(*info)};
+}
+
+StatusOr<int64_t> Checkpoint::prefault(const std::string& name) {
+  SHOAL_ASSIGN_OR_RETURN(TensorRef t, tensor(name));
+  const int64_t bytes = int64_t(t.info->end - t.info->begin);
+  if (bytes == 0) return bytes;
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = uintptr_t(t.data) & ~(page - 1);
+  const uintptr_t end = uintptr_t(t.data) + uintptr_t(bytes);
+  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) != 0)
+    return Status(Code::kInternal, "tensor '" + name + "': cannot read it into memory: " + std::strerror(errno));
+  return bytes;
 }
 
 StatusOr<kernels::Matrix> Checkpoint::matrix(const std::string& name, int64_t rows, int64_t cols) {

@@ -39,6 +39,10 @@ class Checkpoint {
   // A 1-D weight [n] as a Matrix [1, n] (norm weights), or F32 vector data (router bias).
   StatusOr<kernels::Matrix> vector(const std::string& name, int64_t n);
 
+  // Reads a tensor's bytes into this process's page tables now (madvise MADV_POPULATE_READ on
+  // its pages), so later use neither faults nor reads around it. Returns its byte size.
+  StatusOr<int64_t> prefault(const std::string& name);
+
   // Tensor headers of every shard (opens all shards, reads no data): for inspect.
   StatusOr<std::vector<TensorInfo>> all_tensor_infos();
 

@@ -160,38 +160,70 @@ void gate_forward(std::vector<int32_t>& indices, std::vector<float>& weights, co
   kernels::route(p, lc.kernels);
 }
 
+void run_expert_pairs(float* y, const float* x, std::span<const int32_t> pair_row,
+                      std::span<const int32_t> pair_expert, const std::vector<std::optional<MlpWeights>>& experts,
+                      const LayerContext& lc) {
+  const int64_t dim = lc.config->dim;
+  SHOAL_CHECK_EQ(pair_row.size(), pair_expert.size());
+  std::vector<int32_t> order(pair_row.size());  // pairs by expert, then in given order
+  for (size_t p = 0; p < order.size(); ++p) order[p] = int32_t(p);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return pair_expert[size_t(a)] < pair_expert[size_t(b)]; });
+  std::vector<float> xs, ys;
+  for (size_t first = 0; first < order.size();) {
+    const int32_t e = pair_expert[size_t(order[first])];
+    size_t last = first;
+    while (last < order.size() && pair_expert[size_t(order[last])] == e) ++last;
+    SHOAL_CHECK(e >= 0 && size_t(e) < experts.size() && experts[size_t(e)].has_value());
+    const int64_t m = int64_t(last - first);
+    xs.resize(static_cast<size_t>(m * dim));
+    ys.resize(static_cast<size_t>(m * dim));
+    for (int64_t r = 0; r < m; ++r)
+      std::copy_n(x + int64_t(pair_row[size_t(order[first + size_t(r)])]) * dim, dim, xs.data() + r * dim);
+    mlp_forward(ys.data(), xs.data(), *experts[size_t(e)], m, lc.kernels);
+    for (int64_t r = 0; r < m; ++r)
+      std::copy_n(ys.data() + r * dim, dim, y + int64_t(order[first + size_t(r)]) * dim);
+    first = last;
+  }
+}
+
+void combine_experts(float* y, const float* pair_out, const int32_t* idx, const float* weight, int64_t n,
+                     int64_t k, int64_t dim) {
+  std::vector<int32_t> slots(static_cast<size_t>(k));
+  for (int64_t t = 0; t < n; ++t) {
+    float* yt = y + t * dim;
+    std::fill_n(yt, dim, 0.0f);
+    for (int64_t j = 0; j < k; ++j) slots[size_t(j)] = int32_t(j);
+    std::sort(slots.begin(), slots.end(), [&](int32_t a, int32_t b) { return idx[t * k + a] < idx[t * k + b]; });
+    for (int32_t j : slots) {  // ascending expert id, as model.py sums
+      const float w = weight[t * k + j];
+      const float* o = pair_out + (t * k + j) * dim;
+      for (int64_t d = 0; d < dim; ++d) yt[d] += o[d] * w;
+    }
+  }
+}
+
 void moe_forward(float* out, const float* h, const LayerWeights& w, int64_t n, const LayerContext& lc) {
   const ModelConfig& c = *lc.config;
   const int64_t dim = c.dim, k = c.n_activated_experts;
   std::vector<int32_t> idx;
   std::vector<float> wt;
   gate_forward(idx, wt, h, w, n, lc);
+  std::vector<int32_t> pair_row(static_cast<size_t>(n * k));
+  for (int64_t p = 0; p < n * k; ++p) pair_row[size_t(p)] = int32_t(p / k);
+  std::vector<float> pair_out(static_cast<size_t>(n * k * dim)), y(static_cast<size_t>(n * dim));
+  run_expert_pairs(pair_out.data(), h, pair_row, idx, w.experts, lc);
+  combine_experts(y.data(), pair_out.data(), idx.data(), wt.data(), n, k, dim);
+  add_shared_experts(out, h, y.data(), w, n, lc);
+}
 
-  std::vector<float> y(static_cast<size_t>(n * dim), 0.0f), xs, ys;
-  std::vector<int64_t> rows;
-  for (int64_t e = 0; e < c.n_routed_experts; ++e) {  // expert order, as model.py sums
-    rows.clear();
-    for (int64_t i = 0; i < n * k; ++i)
-      if (idx[size_t(i)] == e) rows.push_back(i);
-    if (rows.empty()) continue;
-    const auto& expert = w.experts[size_t(e)];
-    SHOAL_CHECK(expert.has_value());
-    const int64_t m = int64_t(rows.size());
-    xs.resize(static_cast<size_t>(m * dim));
-    ys.resize(static_cast<size_t>(m * dim));
-    for (int64_t r = 0; r < m; ++r) std::copy_n(h + (rows[size_t(r)] / k) * dim, dim, xs.data() + r * dim);
-    mlp_forward(ys.data(), xs.data(), *expert, m, lc.kernels);
-    for (int64_t r = 0; r < m; ++r) {
-      const float weight = wt[size_t(rows[size_t(r)])];
-      float* yt = y.data() + (rows[size_t(r)] / k) * dim;
-      for (int64_t d = 0; d < dim; ++d) yt[d] += ys[size_t(r * dim + d)] * weight;
-    }
-  }
+void add_shared_experts(float* out, const float* h, const float* y, const LayerWeights& w, int64_t n,
+                        const LayerContext& lc) {
+  const int64_t size = n * lc.config->dim;
   if (w.shared) {
     mlp_forward(out, h, *w.shared, n, lc.kernels);
-    for (int64_t i = 0; i < n * dim; ++i) out[i] += y[size_t(i)];
+    for (int64_t i = 0; i < size; ++i) out[i] += y[i];
   } else {
-    std::copy(y.begin(), y.end(), out);
+    std::copy_n(y, size, out);
   }
 }
 

@@ -3,6 +3,7 @@
 // residual additions are the caller's (node/stage.cpp), as in model.py's Block.forward.
 #pragma once
 
+#include <span>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -38,7 +39,22 @@ void gate_forward(std::vector<int32_t>& indices, std::vector<float>& weights, co
                   const LayerWeights& w, int64_t n, const LayerContext& lc);
 
 // MoE: the routed experts' weighted sum plus the shared experts. Every selected expert must be
-// loaded in w.experts.
+// loaded in w.experts. It is gate_forward, run_expert_pairs, combine_experts and
+// add_shared_experts; the distributed runtime runs the same four with the pairs spread over ranks.
 void moe_forward(float* out, const float* h, const LayerWeights& w, int64_t n, const LayerContext& lc);
+
+// y[p] = expert pair_expert[p] applied to row pair_row[p] of x, for every pair p. Each expert
+// runs once on all its rows, in pair order (so results do not depend on how pairs are split).
+void run_expert_pairs(float* y, const float* x, std::span<const int32_t> pair_row,
+                      std::span<const int32_t> pair_expert, const std::vector<std::optional<MlpWeights>>& experts,
+                      const LayerContext& lc);
+
+// y[t] = sum over the token's k experts in ascending expert id of weight * pair_out[t * k + j].
+void combine_experts(float* y, const float* pair_out, const int32_t* idx, const float* weight, int64_t n,
+                     int64_t k, int64_t dim);
+
+// out = shared_experts(h) + y (out = y when the model has none).
+void add_shared_experts(float* out, const float* h, const float* y, const LayerWeights& w, int64_t n,
+                        const LayerContext& lc);
 
 }  // namespace shoal

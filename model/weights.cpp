@@ -64,13 +64,20 @@ StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter&
     SHOAL_ASSIGN_OR_RETURN(l.shared, load_mlp(ck, names::layer(i, "mlp.shared_experts."), c.dim,
                                               c.n_shared_experts * c.moe_inter_dim));
   }
-  l.experts.resize(static_cast<size_t>(c.n_routed_experts));
+  SHOAL_RETURN_IF_ERROR(load_routed_experts(ck, i, experts, l.experts));
+  return l;
+}
+
+Status load_routed_experts(Checkpoint& ck, int64_t i, const ExpertFilter& experts,
+                           std::vector<std::optional<MlpWeights>>& out) {
+  const ModelConfig& c = ck.config();
+  out.assign(static_cast<size_t>(c.n_routed_experts), std::nullopt);
   for (int64_t j = 0; j < c.n_routed_experts; ++j) {
     if (!experts.empty() && !experts[size_t(j)]) continue;
     const std::string prefix = names::layer(i, "mlp.experts." + std::to_string(j) + ".");
-    SHOAL_ASSIGN_OR_RETURN(l.experts[size_t(j)], load_mlp(ck, prefix, c.dim, c.moe_inter_dim));
+    SHOAL_ASSIGN_OR_RETURN(out[size_t(j)], load_mlp(ck, prefix, c.dim, c.moe_inter_dim));
   }
-  return l;
+  return {};
 }
 
 StatusOr<Matrix> load_embedding(Checkpoint& ck) {

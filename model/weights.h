@@ -45,7 +45,12 @@ struct LayerWeights {
 // Which routed experts of a layer to load (all of them in a single process).
 using ExpertFilter = std::vector<bool>;
 
+// Layer i: norms, attention, and the dense MLP or router, shared expert and the routed experts
+// the filter selects (empty filter: all).
 StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter& experts);
+// Only the routed experts of layer i that the filter selects; out has n_routed_experts entries.
+Status load_routed_experts(Checkpoint& ck, int64_t i, const ExpertFilter& experts,
+                           std::vector<std::optional<MlpWeights>>& out);
 StatusOr<Matrix> load_embedding(Checkpoint& ck);
 struct HeadWeights {
   Matrix norm;     // [1, dim]

@@ -2,16 +2,10 @@
 
 #include <algorithm>
 
+#include "common/check.h"
+#include "node/block.h"
+
 namespace shoal {
-namespace {
-
-void add_into(float* x, const float* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
-}
-
-}  // namespace
-
 Stage::Stage(const ModelConfig& c, const StageOptions& o, int64_t n_layers)
     : config_(c), rope_(make_rope_table(c)),
       cache_(c, n_layers, o.n_slots, o.max_seq_len > 0 ? o.max_seq_len : c.max_position_embeddings) {
@@ -32,31 +26,12 @@ StatusOr<std::unique_ptr<Stage>> Stage::load(Checkpoint& ck, const StageOptions&
   return s;
 }
 
-void Stage::attn(float* out, const float* h, const LayerWeights& layer, int64_t local, const Batch& batch) {
-  std::vector<SeqKv> kv;
-  for (const SeqRange& s : batch.seqs) kv.push_back(cache_.view(local, s.slot));
-  mla_forward(out, h, layer.attn, batch, kv, lc_);
-}
-
-void Stage::ffn(float* out, const float* h, const LayerWeights& layer, int64_t n) {
-  if (layer.moe) moe_forward(out, h, layer, n, lc_);
-  else mlp_forward(out, h, layer.mlp, n, lc_.kernels);
-}
-
 void Stage::forward(float* x, const Batch& batch) {
-  const int64_t n = batch.n_tokens(), dim = config_.dim;
-  const float eps = float(config_.rms_norm_eps);
-  std::vector<float> h(static_cast<size_t>(n * dim)), y(static_cast<size_t>(n * dim));
   for (size_t i = 0; i < layers_.size(); ++i) {
     const LayerWeights& layer = layers_[i];
-    // x = x + attn(attn_norm(x))
-    kernels::rms_norm(h.data(), x, layer.attn_norm, n, eps, lc_.kernels);
-    attn(y.data(), h.data(), layer, int64_t(i), batch);
-    add_into(x, y.data(), n * dim);
-    // x = x + ffn(ffn_norm(x))
-    kernels::rms_norm(h.data(), x, layer.ffn_norm, n, eps, lc_.kernels);
-    ffn(y.data(), h.data(), layer, n);
-    add_into(x, y.data(), n * dim);
+    std::vector<SeqKv> kv;
+    for (const SeqRange& s : batch.seqs) kv.push_back(cache_.view(int64_t(i), s.slot));
+    SHOAL_CHECK(block_forward(x, batch, layer, kv, lc_, local_experts(layer.experts, lc_)).ok());
   }
 }
 

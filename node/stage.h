@@ -33,8 +33,6 @@ class Stage {
 
  private:
   Stage(const ModelConfig& c, const StageOptions& o, int64_t n_layers);
-  void attn(float* out, const float* h, const LayerWeights& layer, int64_t local, const Batch& batch);
-  void ffn(float* out, const float* h, const LayerWeights& layer, int64_t n);
 
   ModelConfig config_;
   RopeTable rope_;

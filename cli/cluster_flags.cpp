@@ -1,0 +1,139 @@
+#include "cli/cluster_flags.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+#include "comm/inproc/inproc_transport.h"
+#include "comm/tcp/admission.h"
+#include "comm/wire/tags.h"
+#include "node/session.h"
+#ifdef SHOAL_HAVE_MPI
+#include "comm/mpi/mpi_transport.h"
+#endif
+
+namespace shoal::cli {
+namespace {
+
+using namespace std::chrono;
+
+milliseconds ms(double seconds) { return milliseconds(int64_t(seconds * 1000)); }
+
+StatusOr<std::vector<comm::PeerAddress>> parse_nodes(const std::string& text) {
+  std::vector<comm::PeerAddress> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const size_t colon = item.rfind(':');
+    int port = 0;
+    try { port = colon == std::string::npos ? 0 : std::stoi(item.substr(colon + 1)); } catch (...) { port = 0; }
+    if (colon == std::string::npos || colon == 0 || port <= 0 || port > 65535)
+      return invalid_argument("--nodes: '" + item + "' is not HOST:PORT");
+    out.push_back({item.substr(0, colon), uint16_t(port)});
+  }
+  if (out.empty()) return invalid_argument("--nodes names no node");
+  return out;
+}
+
+// N ranks as threads: rank 0 is returned, ranks 1..N-1 serve sessions on their own threads.
+StatusOr<std::unique_ptr<Cluster>> open_local(int n, ClusterOptions o) {
+  auto world = std::make_shared<comm::InprocWorld>(n);
+  std::unique_ptr<comm::Transport> t0 = world->transport(0);
+  auto threads = std::make_shared<std::vector<std::thread>>();
+  for (int r = 1; r < n; ++r) {
+    threads->emplace_back([world, t = std::shared_ptr<comm::Transport>(world->transport(r))] {
+      NodeState st;
+      st.build_id = build_id();
+      auto end = serve_session(*t, st);
+      if (!end.ok()) std::fprintf(stderr, "shoal: rank %d: %s\n", t->rank(), end.status().to_string().c_str());
+    });
+  }
+  auto join = [threads] {
+    for (auto& th : *threads)
+      if (th.joinable()) th.join();
+  };
+  o.nodes_exit = true;
+  auto c = Cluster::start(std::move(t0), o);
+  if (!c.ok()) {
+    world->kill(0);  // the node threads see rank 0 gone and end
+    join();
+    return c.status();
+  }
+  (*c)->on_shutdown(join);
+  return c;
+}
+
+}  // namespace
+
+void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
+  sub->add_option("--local-nodes", f.local_nodes, "Run N ranks as threads of this process")->check(CLI::Range(1, 256));
+  sub->add_option("--nodes", f.nodes, "`shoal node` addresses HOST:PORT,... to run on (TCP)");
+  sub->add_option("--token-file", f.token_file, "File with the cluster token the nodes were started with");
+  sub->add_option("--plan", f.plan, "Placement plan file (JSON, docs/distributed.md); default: planned here");
+  sub->add_flag("--expert-scatter", f.expert_scatter, "Default plan: spread each layer's experts over the ranks");
+  sub->add_option("--step-timeout", f.step_timeout_s, "Seconds to wait for one step's result")->check(CLI::PositiveNumber);
+  sub->add_option("--heartbeat-timeout", f.heartbeat_timeout_s, "Seconds of node silence that count as a failure")
+      ->check(CLI::PositiveNumber);
+}
+
+bool under_mpi() { return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK") || std::getenv("PMI_RANK"); }
+
+int mpi_rank_from_env() {
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"})
+    if (const char* v = std::getenv(name)) return std::atoi(v);
+  return 0;
+}
+
+StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOptions o) {
+  o.plan_file = f.plan;
+  o.expert_scatter = f.expert_scatter;
+  o.step_timeout = ms(f.step_timeout_s);
+  o.heartbeat_timeout = ms(f.heartbeat_timeout_s);
+  const int modes = int(f.local_nodes > 0) + int(!f.nodes.empty()) + int(under_mpi());
+  if (modes > 1) return invalid_argument("give at most one of --local-nodes, --nodes and mpirun");
+  if (under_mpi()) {
+#ifdef SHOAL_HAVE_MPI
+    SHOAL_ASSIGN_OR_RETURN(std::unique_ptr<comm::Transport> t, comm::make_mpi_transport(nullptr, nullptr));
+    return Cluster::start(std::move(t), o);
+#else
+    return invalid_argument("this shoal was built without MPI (SHOAL_MPI=OFF) but runs under mpirun");
+#endif
+  }
+  if (!f.nodes.empty()) {
+    if (f.token_file.empty()) return invalid_argument("--nodes needs --token-file (the nodes' cluster token)");
+    SHOAL_ASSIGN_OR_RETURN(std::vector<comm::PeerAddress> peers, parse_nodes(f.nodes));
+    SHOAL_ASSIGN_OR_RETURN(std::string token, comm::read_token_file(f.token_file));
+    const comm::AdmissionInfo mine{wire::kWireVersion, build_id()};
+    SHOAL_ASSIGN_OR_RETURN(std::unique_ptr<comm::Transport> t,
+                           comm::connect_nodes(peers, token, mine, comm::deadline_after(seconds(30))));
+    o.coordinator_hosts = false;
+    o.nodes_exit = false;
+    return Cluster::start(std::move(t), o);
+  }
+  return open_local(std::max(f.local_nodes, 1), o);
+}
+
+int run_mpi_node() {
+#ifdef SHOAL_HAVE_MPI
+  auto t = comm::make_mpi_transport(nullptr, nullptr);
+  if (!t.ok()) {
+    std::fprintf(stderr, "shoal: rank %d: %s\n", mpi_rank_from_env(), t.status().to_string().c_str());
+    return 1;
+  }
+  NodeState st;
+  st.build_id = build_id();
+  while (true) {
+    auto end = serve_session(**t, st);
+    if (!end.ok()) {
+      std::fprintf(stderr, "shoal: error: %s\n", end.status().to_string().c_str());
+      return 1;
+    }
+    if (end->exit_process) return 0;
+  }
+#else
+  std::fprintf(stderr, "shoal: error: this shoal was built without MPI (SHOAL_MPI=OFF)\n");
+  return 1;
+#endif
+}
+
+}  // namespace shoal::cli

@@ -1,0 +1,39 @@
+// Where a command runs, the same flags for every command that runs the model (docs/distributed.md):
+//   (none)             one process;
+//   --local-nodes N    N ranks as threads of this process (in-process transport);
+//   under mpirun/srun  rank 0 runs the command, every other rank serves (run_mpi_node);
+//   --nodes h:p,...    `shoal node` processes over TCP, admitted with --token-file.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+#include "coordinator/cluster.h"
+
+namespace shoal::cli {
+
+struct ClusterFlags {
+  int local_nodes = 0;
+  std::string nodes;
+  std::string token_file;
+  std::string plan;
+  bool expert_scatter = false;
+  double step_timeout_s = 600;
+  double heartbeat_timeout_s = 5;
+};
+
+void add_cluster_flags(CLI::App* sub, ClusterFlags& flags);
+
+// Starts the cluster the flags (or mpirun) ask for; base carries the model and cache sizes.
+StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& flags, ClusterOptions base);
+
+// True when this process is a rank of an MPI job (mpirun or srun set the environment).
+bool under_mpi();
+int mpi_rank_from_env();
+// The life of an MPI rank other than 0: serve sessions until told to exit. Returns the exit status.
+int run_mpi_node();
+
+void add_node(CLI::App& app, int& rc);
+
+}  // namespace shoal::cli

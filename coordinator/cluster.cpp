@@ -1,0 +1,196 @@
+#include "coordinator/cluster.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <set>
+
+#include "comm/wire/wire_io.h"
+#include "coordinator/engine.h"
+#include "node/session.h"
+#include "node/units.h"
+#include "node/worker.h"
+
+namespace shoal {
+namespace {
+
+using comm::Clock;
+constexpr std::chrono::milliseconds kPoll{250};
+
+std::string host_name() {
+  char buf[256] = {};
+  return ::gethostname(buf, sizeof buf - 1) == 0 ? std::string(buf) : std::string("?");
+}
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transport> t, const ClusterOptions& o) {
+  std::unique_ptr<Cluster> c(new Cluster());
+  c->options_ = o;
+  if (c->options_.build_id.empty()) c->options_.build_id = build_id();
+  c->t_ = std::move(t);
+  SHOAL_ASSIGN_OR_RETURN(c->ck_, Checkpoint::open(o.model_dir));
+  if (!c->ck_->has_weights()) return not_found(o.model_dir.string() + ": no *.safetensors weights (only a config)");
+  const ModelConfig& cfg = c->ck_->config();
+  const int world = c->t_->size();
+  c->max_seq_len_ = o.max_seq_len > 0 ? o.max_seq_len : std::min(cfg.max_position_embeddings, kDefaultMaxSeqLen);
+  if (!o.plan_file.empty()) {
+    SHOAL_ASSIGN_OR_RETURN(c->plan_, cluster::read_plan_file(o.plan_file, cfg, world));
+  } else {
+    SHOAL_ASSIGN_OR_RETURN(cluster::UnitBytes bytes, cluster::unit_bytes(*c->ck_));
+    cluster::PlannerOptions po;
+    for (int r = (o.coordinator_hosts || world == 1) ? 0 : 1; r < world; ++r) po.ranks.push_back(r);
+    po.expert_scatter = o.expert_scatter;
+    SHOAL_ASSIGN_OR_RETURN(c->plan_, cluster::default_plan(cfg, bytes, world, po));
+  }
+  c->loaded_.resize(size_t(world));
+  c->last_heard_.assign(size_t(world), Clock::now());
+  c->heartbeats_ = std::thread([p = c.get()] { p->heartbeat_loop(); });
+  SHOAL_RETURN_IF_ERROR(c->hello_all());
+  {
+    std::lock_guard<std::mutex> lock(c->mu_);  // heartbeats start once a node has loaded
+    c->last_heard_.assign(size_t(world), Clock::now());
+  }
+  if (c->plan_.hosts_anything(0)) {
+    WorkerOptions wo;
+    wo.n_slots = o.n_slots;
+    wo.max_seq_len = c->max_seq_len_;
+    wo.attn_impl = o.attn_impl;
+    SHOAL_ASSIGN_OR_RETURN(c->local_, Worker::load(*c->ck_, c->plan_, 0, wo));
+    wire::Loaded& l = c->loaded_[0];
+    l.set_ok(true);
+    l.set_host(host_name());
+    l.set_weight_bytes(c->local_->weight_bytes());
+    l.set_kv_bytes(c->local_->kv_bytes());
+    c->local_->start(*c->t_);
+  }
+  return c;
+}
+
+Cluster::~Cluster() { (void)shutdown(); }
+
+Status Cluster::hello_all() {
+  const int world = t_->size();
+  const std::string plan_json = cluster::plan_to_json(plan_).dump();
+  const auto deadline = Clock::now() + options_.load_timeout;
+  for (int r = 1; r < world; ++r) {
+    wire::Control ctl;
+    wire::Hello* h = ctl.mutable_hello();
+    h->set_protocol_version(wire::kWireVersion);
+    h->set_build_id(options_.build_id);
+    h->set_plan_json(plan_json);
+    h->set_model_dir(std::filesystem::absolute(options_.model_dir).string());
+    SHOAL_ASSIGN_OR_RETURN(std::string fp, weights_fingerprint(*ck_, hosted_tensors(*ck_, plan_, r)));
+    h->set_weights_fingerprint(fp);
+    h->set_n_slots(options_.n_slots);
+    h->set_max_seq_len(max_seq_len_);
+    h->set_attn_impl(int32_t(options_.attn_impl));
+    h->set_coordinator_host(host_name());
+    SHOAL_RETURN_IF_ERROR(wire::send(*t_, r, wire::kControl, ctl, deadline));
+  }
+  Status first;
+  for (int r = 1; r < world; ++r) {
+    auto reply = wire::recv<wire::Control>(*t_, r, wire::kControl, deadline);
+    Status s = reply.ok() ? Status{} : reply.status();
+    if (s.ok() && !reply->has_loaded()) s = internal_error(t_->peer_name(r) + " answered the Hello with something else");
+    if (s.ok() && !reply->loaded().ok())
+      s = Status(Code::kInvalidArgument, t_->peer_name(r) + " refused the coordinator: " + reply->loaded().error());
+    if (s.ok()) loaded_[size_t(r)] = reply->loaded();
+    if (!s.ok() && first.ok()) first = s;
+  }
+  return first;
+}
+
+int64_t Cluster::pipeline_depth() const {
+  std::set<int> stages(plan_.attn.begin(), plan_.attn.end());
+  return int64_t(stages.size());
+}
+
+StatusOr<uint64_t> Cluster::submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits) {
+  SHOAL_RETURN_IF_ERROR(check_batch(batch, config(), n_slots(), max_seq_len()));
+  wire::MicroBatch mb;
+  const uint64_t id = next_id_++;
+  mb.set_id(id);
+  mb.mutable_tokens()->Add(batch.tokens.begin(), batch.tokens.end());
+  mb.mutable_positions()->Add(batch.positions.begin(), batch.positions.end());
+  for (const SeqRange& s : batch.seqs) {
+    mb.add_seq_count(int32_t(s.count));
+    mb.add_seq_slot(s.slot);
+  }
+  mb.mutable_logit_rows()->Add(rows.begin(), rows.end());
+  mb.set_want_logits(want_logits);
+  mb.set_next_layer(-1);
+  SHOAL_RETURN_IF_ERROR(wire::send(*t_, plan_.embed, wire::kHidden, mb, Clock::now() + options_.step_timeout));
+  in_flight_[id] = want_logits;
+  return id;
+}
+
+StatusOr<StepResult> Cluster::next_result() {
+  const auto deadline = Clock::now() + options_.step_timeout;
+  while (true) {
+    auto m = t_->recv(comm::kAnySource, wire::kResult, std::min(deadline, Clock::now() + kPoll));
+    if (m.ok()) {
+      SHOAL_ASSIGN_OR_RETURN(wire::Result r, wire::parse<wire::Result>(*t_, *m));
+      if (!r.error().empty()) return internal_error(r.error());
+      auto it = in_flight_.find(r.id());
+      if (it == in_flight_.end()) return internal_error(t_->peer_name(m->src) + " sent a result for an unknown micro-batch");
+      StepResult out;
+      out.id = r.id();
+      out.ids.assign(r.ids().begin(), r.ids().end());
+      const size_t want = it->second ? out.ids.size() * size_t(config().vocab_size) : 0;
+      if (!wire::read_floats(r.logits(), want, out.logits))
+        return internal_error(t_->peer_name(m->src) + " sent logits of the wrong size");
+      in_flight_.erase(it);
+      return out;
+    }
+    if (m.status().code() != Code::kDeadlineExceeded) return m.status();
+    SHOAL_RETURN_IF_ERROR(silent_rank());
+    if (local_) SHOAL_RETURN_IF_ERROR(local_->error());
+    if (Clock::now() >= deadline)
+      return Status(Code::kDeadlineExceeded, "no result within " + std::to_string(seconds(options_.step_timeout)) +
+                                                 " s (--step-timeout)");
+  }
+}
+
+void Cluster::heartbeat_loop() {
+  while (!stopping_) {
+    auto m = t_->recv(comm::kAnySource, wire::kHeartbeat, Clock::now() + kPoll);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (m.ok()) {
+      last_heard_[size_t(m->src)] = Clock::now();
+    } else if (m.status().code() != Code::kDeadlineExceeded) {
+      heartbeat_error_ = m.status();
+      return;
+    }
+  }
+}
+
+Status Cluster::silent_rank() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!heartbeat_error_.ok()) return heartbeat_error_;
+  const auto now = Clock::now();
+  for (int r = 1; r < t_->size(); ++r)
+    if (now - last_heard_[size_t(r)] > options_.heartbeat_timeout)
+      return Status(Code::kUnavailable, t_->peer_name(r) + " stopped answering: no heartbeat for " +
+                                            std::to_string(int(seconds(now - last_heard_[size_t(r)]))) + " s");
+  return {};
+}
+
+Status Cluster::shutdown() {
+  if (shut_down_) return {};
+  shut_down_ = true;
+  Status s;
+  if (local_) s = local_->stop();  // first: the nodes' leaving is no error for it
+  wire::Control ctl;
+  ctl.mutable_shutdown()->set_exit_process(options_.nodes_exit);
+  const auto deadline = Clock::now() + std::chrono::seconds(5);
+  for (int r = 1; r < t_->size(); ++r) (void)wire::send(*t_, r, wire::kControl, ctl, deadline);
+  stopping_ = true;
+  if (heartbeats_.joinable()) heartbeats_.join();
+  if (after_shutdown_) after_shutdown_();
+  return s;
+}
+
+}  // namespace shoal

@@ -1,0 +1,39 @@
+// Where micro-batches run: one process (Engine) or a cluster of ranks (Cluster). The
+// generation loop and, later, the scheduler talk only to this.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/status.h"
+#include "model/batch.h"
+#include "model/config.h"
+
+namespace shoal {
+
+struct StepResult {
+  uint64_t id = 0;
+  std::vector<int32_t> ids;   // argmax of each asked row
+  std::vector<float> logits;  // [rows, vocab] when asked
+};
+
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual int64_t max_seq_len() const = 0;
+  virtual int64_t n_slots() const = 0;
+  // Micro-batches worth keeping in flight so every pipeline stage has work.
+  virtual int64_t pipeline_depth() const { return 1; }
+
+  // Queues a micro-batch; `rows` are the token rows whose next token (and logits, when asked)
+  // come back. Token ids, positions and slots are checked first: bad ones are an error.
+  virtual StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits) = 0;
+  // The next finished micro-batch, in any order; an error when a rank failed or went silent.
+  virtual StatusOr<StepResult> next_result() = 0;
+};
+
+// Checks a batch against the vocabulary, the slots and the context (shared by executors).
+Status check_batch(const Batch& b, const ModelConfig& c, int64_t n_slots, int64_t max_seq_len);
+
+}  // namespace shoal

@@ -1,0 +1,113 @@
+#include "node/session.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "cluster/plan.h"
+#include "comm/wire/wire_io.h"
+#include "node/units.h"
+#include "node/worker.h"
+
+namespace shoal {
+namespace {
+
+using comm::Clock;
+constexpr std::chrono::milliseconds kHeartbeatEvery{1000};
+
+std::string host_name() {
+  char buf[256] = {};
+  return ::gethostname(buf, sizeof buf - 1) == 0 ? std::string(buf) : std::string("?");
+}
+
+Status open_checkpoint(NodeState& st, const std::filesystem::path& dir) {
+  if (st.ck && st.ck->dir() == dir) return {};
+  st.ck.reset();
+  SHOAL_ASSIGN_OR_RETURN(st.ck, Checkpoint::open(dir));
+  return {};
+}
+
+}  // namespace
+
+std::string build_id() {
+  if (const char* id = std::getenv("SHOAL_TEST_BUILD_ID"); id && *id) return id;  // tests of the refusal
+  return std::string(SHOAL_VERSION) + "+" + SHOAL_GIT_COMMIT;
+}
+
+StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
+  const int rank = t.rank();
+  const std::string me = "rank " + std::to_string(rank) + " (" + host_name() + ")";
+  SHOAL_ASSIGN_OR_RETURN(wire::Control ctl, wire::recv<wire::Control>(t, 0, wire::kControl, Clock::now() + st.hello_timeout));
+  if (!ctl.has_hello()) return internal_error(t.peer_name(0) + " opened the session without a Hello");
+  const wire::Hello& hello = ctl.hello();
+  const auto answer_deadline = Clock::now() + std::chrono::seconds(30);
+
+  wire::Control reply;
+  wire::Loaded* loaded = reply.mutable_loaded();
+  loaded->set_protocol_version(wire::kWireVersion);
+  loaded->set_build_id(st.build_id);
+  loaded->set_host(host_name());
+  const std::filesystem::path dir = st.model_dir.empty() ? std::filesystem::path(hello.model_dir()) : st.model_dir;
+  loaded->set_model_dir(dir.string());
+  auto refuse = [&](const std::string& why) -> StatusOr<SessionEnd> {
+    loaded->set_ok(false);
+    loaded->set_error(why);
+    (void)wire::send(t, 0, wire::kControl, reply, answer_deadline);
+    return invalid_argument("refused the coordinator " + t.peer_name(0) + ": " + why);
+  };
+  if (hello.protocol_version() != wire::kWireVersion)
+    return refuse("protocol version " + std::to_string(hello.protocol_version()) + " on the coordinator (" +
+                  hello.coordinator_host() + "), " + std::to_string(wire::kWireVersion) + " on " + me);
+  if (hello.build_id() != st.build_id)
+    return refuse("build " + hello.build_id() + " on the coordinator (" + hello.coordinator_host() + "), build " +
+                  st.build_id + " on " + me + ": run the same shoal binary everywhere");
+  if (Status s = open_checkpoint(st, dir); !s.ok()) return refuse(me + " cannot open the model: " + s.to_string());
+  const auto plan_json = nlohmann::json::parse(hello.plan_json(), nullptr, false);
+  auto plan = cluster::plan_from_json(plan_json, st.ck->config(), t.size());
+  if (!plan.ok()) return refuse(me + ": " + plan.status().to_string());
+  const std::vector<std::string> names = hosted_tensors(*st.ck, *plan, rank);
+  auto fingerprint = weights_fingerprint(*st.ck, names);
+  if (!fingerprint.ok()) return refuse(me + ": " + fingerprint.status().to_string());
+  loaded->set_weights_fingerprint(*fingerprint);
+  if (*fingerprint != hello.weights_fingerprint())
+    return refuse("the weights differ: " + me + " has " + dir.string() + " (fingerprint " + fingerprint->substr(0, 16) +
+                  "), the coordinator (" + hello.coordinator_host() + ") has " + hello.model_dir() + " (fingerprint " +
+                  hello.weights_fingerprint().substr(0, 16) + ")");
+  WorkerOptions wo;
+  wo.n_slots = hello.n_slots();
+  wo.max_seq_len = hello.max_seq_len();
+  wo.attn_impl = AttnImpl(hello.attn_impl());
+  auto worker = Worker::load(*st.ck, *plan, rank, wo);
+  if (!worker.ok()) return refuse(me + ": " + worker.status().to_string());
+  loaded->set_ok(true);
+  loaded->set_weight_bytes((*worker)->weight_bytes());
+  loaded->set_kv_bytes((*worker)->kv_bytes());
+  loaded->set_mapped_bytes(resident_checkpoint_bytes());
+  loaded->set_rss_bytes(resident_bytes());
+  SHOAL_RETURN_IF_ERROR(wire::send(t, 0, wire::kControl, reply, answer_deadline));
+
+  (*worker)->start(t);
+  wire::Heartbeat beat;
+  while (true) {
+    beat.set_sequence(beat.sequence() + 1);
+    if (Status s = wire::send(t, 0, wire::kHeartbeat, beat, Clock::now() + kHeartbeatEvery); !s.ok()) {
+      (void)(*worker)->stop();
+      return s;
+    }
+    auto m = wire::recv<wire::Control>(t, 0, wire::kControl, Clock::now() + kHeartbeatEvery);
+    if (m.ok() && m->has_shutdown()) {
+      (void)(*worker)->stop();  // peers may already be gone: the session is over either way
+      return SessionEnd{m->shutdown().exit_process()};
+    }
+    if (!m.ok() && m.status().code() != Code::kDeadlineExceeded) {
+      (void)(*worker)->stop();
+      return m.status();
+    }
+    if (Status s = (*worker)->error(); !s.ok()) {
+      (void)(*worker)->stop();
+      return s;
+    }
+  }
+}
+
+}  // namespace shoal

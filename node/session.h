@@ -1,0 +1,38 @@
+// A node's side of one session with a coordinator (rank 0), the same for every way of starting:
+// wait for the Hello, check protocol, build and the weights' fingerprint (refusing a mismatch
+// with both sides named), load the units the plan gives this rank, answer Loaded, then serve
+// micro-batches and expert requests and send heartbeats until the coordinator says Shutdown or
+// the transport fails.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "comm/transport.h"
+#include "model/checkpoint.h"
+
+namespace shoal {
+
+// What a node keeps between sessions: the open checkpoint (so a new plan re-reads only the
+// units it did not host before: their pages stay mapped), and how it was started.
+struct NodeState {
+  std::filesystem::path model_dir;  // --model of `shoal node`; empty: the Hello's
+  std::string build_id;             // this binary's build id (tests may override it)
+  std::unique_ptr<Checkpoint> ck;
+  std::chrono::milliseconds hello_timeout{std::chrono::minutes(10)};
+};
+
+struct SessionEnd {
+  bool exit_process = false;  // the coordinator asked the node to exit
+};
+
+// Serves one session on t as rank t.rank() >= 1. A refused Hello is an error (after the
+// coordinator was told why); so is a transport failure.
+StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& state);
+
+// This build's id: "<version>+<git commit>" (SHOAL_TEST_BUILD_ID overrides it, for tests).
+std::string build_id();
+
+}  // namespace shoal

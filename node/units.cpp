@@ -1,0 +1,94 @@
+#include "node/units.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "model/tensor_names.h"
+
+namespace shoal {
+namespace {
+
+bool hosts(const cluster::Plan& plan, const TensorSpec& t, int rank) {
+  switch (t.unit) {
+    case Unit::kEmbed: return plan.embed == rank;
+    case Unit::kHead: return plan.head == rank;
+    case Unit::kAttn: return plan.attn[size_t(t.layer)] == rank;
+    case Unit::kExpert: return plan.experts[size_t(t.layer)][size_t(t.expert)] == rank;
+    case Unit::kMtp: return false;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::vector<std::string> hosted_tensors(Checkpoint& ck, const cluster::Plan& plan, int rank) {
+  const ModelConfig& c = ck.config();
+  std::vector<std::string> out;
+  for (const TensorSpec& t : model_tensors(c, /*with_mtp=*/false)) {
+    if (!hosts(plan, t, rank)) continue;
+    out.push_back(t.name);
+    if (ck.has(names::scale_inv(t.name))) out.push_back(names::scale_inv(t.name));
+  }
+  // A tied lm_head is the embedding: the head rank reads it too.
+  if (c.tie_word_embeddings && plan.head == rank && plan.embed != rank) out.push_back(names::embed());
+  return out;
+}
+
+StatusOr<std::string> weights_fingerprint(Checkpoint& ck, const std::vector<std::string>& names) {
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> md(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (!md || EVP_DigestInit_ex(md.get(), EVP_sha256(), nullptr) != 1) return internal_error("SHA-256 is unavailable");
+  auto add = [&](const void* p, size_t n) { EVP_DigestUpdate(md.get(), p, n); };
+  constexpr uint64_t kSample = 4096;
+  for (const std::string& name : names) {
+    SHOAL_ASSIGN_OR_RETURN(TensorRef t, ck.tensor(name));
+    const uint64_t bytes = t.info->end - t.info->begin;
+    std::ostringstream meta;
+    meta << name << '|' << dtype_name(t.info->dtype) << '|' << t.info->shape_string() << '|' << bytes << '\n';
+    const std::string m = meta.str();
+    add(m.data(), m.size());
+    add(t.data, size_t(std::min(bytes, kSample)));
+    if (bytes > kSample) add(t.data + (bytes - kSample), size_t(kSample));
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(md.get(), digest, &len);
+  std::string hex;
+  char buf[3];
+  for (unsigned int i = 0; i < len; ++i) {
+    std::snprintf(buf, sizeof buf, "%02x", digest[i]);
+    hex += buf;
+  }
+  return hex;
+}
+
+int64_t resident_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
+}
+
+int64_t resident_checkpoint_bytes() {
+  std::ifstream in("/proc/self/smaps");
+  std::string line;
+  bool checkpoint = false;
+  int64_t total = 0;
+  const std::string suffix = ".safetensors";
+  while (std::getline(in, line)) {
+    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) && line.find('-') != std::string::npos &&
+        line.find(':') > line.find(' ')) {  // a mapping's header line: "start-end perms offset dev inode path"
+      checkpoint = line.size() >= suffix.size() && line.compare(line.size() - suffix.size(), suffix.size(), suffix) == 0;
+    } else if (checkpoint && line.rfind("Rss:", 0) == 0) {
+      total += std::stoll(line.substr(4)) * 1024;
+    }
+  }
+  return total;
+}
+
+}  // namespace shoal

@@ -1,0 +1,26 @@
+// What a rank hosts under a plan, in checkpoint terms: the tensor names of its units, their
+// fingerprint (for the hello), and the process's memory as the kernel counts it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cluster/plan.h"
+#include "model/checkpoint.h"
+
+namespace shoal {
+
+// Names of every tensor (block scales included) of the units `rank` hosts, in table order.
+std::vector<std::string> hosted_tensors(Checkpoint& ck, const cluster::Plan& plan, int rank);
+
+// SHA-256 (hex) over each tensor's name, dtype, shape and byte size and its first and last
+// 4 KiB: two checkpoints that differ in any of these, or in seeded random data, differ here.
+StatusOr<std::string> weights_fingerprint(Checkpoint& ck, const std::vector<std::string>& names);
+
+// Resident memory of this process (VmRSS), and the part of it that maps files whose name ends
+// in ".safetensors" (summed Rss of those mappings in /proc/self/smaps). 0 when unreadable.
+int64_t resident_bytes();
+int64_t resident_checkpoint_bytes();
+
+}  // namespace shoal

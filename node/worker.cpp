@@ -1,0 +1,282 @@
+#include "node/worker.h"
+
+#include <algorithm>
+
+#include "comm/wire/wire_io.h"
+#include "node/block.h"
+#include "node/units.h"
+
+namespace shoal {
+namespace {
+
+using comm::Clock;
+constexpr std::chrono::milliseconds kPoll{200};  // how often idle loops look at stopping_
+
+bool is_poll_timeout(const Status& s) { return s.code() == Code::kDeadlineExceeded; }
+
+// The Batch a MicroBatch describes, checked against what this rank can hold.
+StatusOr<Batch> to_batch(const wire::MicroBatch& mb, const ModelConfig& c, int64_t n_slots, int64_t capacity) {
+  Batch b;
+  if (mb.tokens_size() != mb.positions_size() || mb.seq_count_size() != mb.seq_slot_size())
+    return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": inconsistent sizes");
+  b.tokens.assign(mb.tokens().begin(), mb.tokens().end());
+  b.positions.assign(mb.positions().begin(), mb.positions().end());
+  int64_t begin = 0;
+  for (int s = 0; s < mb.seq_count_size(); ++s) {
+    const int64_t count = mb.seq_count(s);
+    const int32_t slot = mb.seq_slot(s);
+    if (count <= 0 || begin + count > b.n_tokens() || slot < 0 || slot >= n_slots)
+      return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": sequence " + std::to_string(s) +
+                              " (slot " + std::to_string(slot) + ", " + std::to_string(count) + " tokens) does not fit");
+    for (int64_t t = begin; t < begin + count; ++t) {
+      if (b.positions[size_t(t)] != b.positions[size_t(begin)] + (t - begin) || b.positions[size_t(t)] < 0 ||
+          b.positions[size_t(t)] >= capacity)
+        return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": position " +
+                                std::to_string(b.positions[size_t(t)]) + " is outside the context of " +
+                                std::to_string(capacity));
+      if (b.tokens[size_t(t)] < 0 || b.tokens[size_t(t)] >= c.vocab_size)
+        return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": token id " +
+                                std::to_string(b.tokens[size_t(t)]) + " is outside the vocabulary");
+    }
+    b.seqs.push_back({begin, count, slot, b.positions[size_t(begin)]});
+    begin += count;
+  }
+  if (begin != b.n_tokens()) return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": stray tokens");
+  for (int64_t r : mb.logit_rows())
+    if (r < 0 || r >= b.n_tokens())
+      return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": logit row " + std::to_string(r) +
+                              " is not a token row");
+  return b;
+}
+
+}  // namespace
+
+Worker::Worker(const ModelConfig& c, const cluster::Plan& plan, int rank, const WorkerOptions& o)
+    : config_(c), plan_(plan), rank_(rank), options_(o), rope_(make_rope_table(c)) {
+  lc_ = {&config_, &rope_, o.attn_impl, kernels::Context{}};
+}
+
+Worker::~Worker() { (void)stop(); }
+
+StatusOr<std::unique_ptr<Worker>> Worker::load(Checkpoint& ck, const cluster::Plan& plan, int rank,
+                                               const WorkerOptions& o) {
+  const ModelConfig& c = ck.config();
+  std::unique_ptr<Worker> w(new Worker(c, plan, rank, o));
+  if (plan.embed == rank) { SHOAL_ASSIGN_OR_RETURN(w->embed_, load_embedding(ck)); }
+  if (plan.head == rank) { SHOAL_ASSIGN_OR_RETURN(w->head_, load_head(ck)); }
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const std::vector<bool> mine = plan.expert_filter(rank, i);
+    const bool any_expert = std::find(mine.begin(), mine.end(), true) != mine.end();
+    if (plan.attn[size_t(i)] == rank) {
+      SHOAL_ASSIGN_OR_RETURN(LayerWeights l, load_layer(ck, i, mine));
+      if (any_expert) w->experts_[i] = std::move(l.experts);
+      l.experts.clear();
+      w->cache_index_[i] = int64_t(w->cache_index_.size());
+      w->layers_.emplace(i, std::move(l));
+    } else if (any_expert) {
+      SHOAL_RETURN_IF_ERROR(load_routed_experts(ck, i, mine, w->experts_[i]));
+    }
+  }
+  for (const std::string& name : hosted_tensors(ck, plan, rank)) {
+    SHOAL_ASSIGN_OR_RETURN(int64_t bytes, ck.prefault(name));
+    w->weight_bytes_ += bytes;
+  }
+  if (!w->layers_.empty())
+    w->cache_ = std::make_unique<KvCache>(c, int64_t(w->layers_.size()), o.n_slots, o.max_seq_len);
+  return w;
+}
+
+void Worker::start(comm::Transport& t) {
+  t_ = &t;
+  stopping_ = false;
+  pipeline_ = std::thread([this] { pipeline_loop(); });
+  experts_thread_ = std::thread([this] { expert_loop(); });
+}
+
+Status Worker::stop() {
+  stopping_ = true;
+  if (pipeline_.joinable()) pipeline_.join();
+  if (experts_thread_.joinable()) experts_thread_.join();
+  return error();
+}
+
+Status Worker::error() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return error_;
+}
+
+void Worker::record(const Status& s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (error_.ok() && !stopping_) error_ = s;  // once stopping, peers going away is expected
+}
+
+void Worker::pipeline_loop() {
+  while (!stopping_) {
+    auto m = t_->recv(comm::kAnySource, wire::kHidden, Clock::now() + kPoll);
+    if (!m.ok()) {
+      if (is_poll_timeout(m.status())) continue;
+      return record(m.status());
+    }
+    if (Status s = advance(m->payload); !s.ok()) {
+      if (s.code() == Code::kUnavailable || s.code() == Code::kDeadlineExceeded) return record(s);
+      // A bad micro-batch fails that batch only: tell the coordinator.
+      wire::Result r;
+      r.set_error("rank " + std::to_string(rank_) + ": " + s.to_string());
+      if (Status sent = wire::send(*t_, 0, wire::kResult, r, Clock::now() + options_.peer_timeout); !sent.ok())
+        return record(sent);
+    }
+  }
+}
+
+void Worker::expert_loop() {
+  while (!stopping_) {
+    auto m = t_->recv(comm::kAnySource, wire::kExpertRequest, Clock::now() + kPoll);
+    if (!m.ok()) {
+      if (is_poll_timeout(m.status())) continue;
+      return record(m.status());
+    }
+    if (Status s = serve_expert_request(*m); !s.ok()) return record(s);
+  }
+}
+
+Status Worker::advance(const std::vector<std::byte>& payload) {
+  SHOAL_ASSIGN_OR_RETURN(wire::MicroBatch mb, wire::parse<wire::MicroBatch>(*t_, comm::Message{-1, 0, payload}));
+  const int64_t dim = config_.dim, L = config_.n_layers;
+  const int64_t capacity = cache_ ? cache_->capacity() : options_.max_seq_len;
+  SHOAL_ASSIGN_OR_RETURN(Batch b, to_batch(mb, config_, options_.n_slots, capacity));
+  const int64_t n = b.n_tokens();
+  std::vector<float> x;
+  int64_t next = mb.next_layer();
+  if (next < 0) {
+    if (!embed_) return internal_error("micro-batch " + std::to_string(mb.id()) + " came to unembedded");
+    x.resize(static_cast<size_t>(n * dim));
+    kernels::embedding(x.data(), b.tokens.data(), *embed_, n, lc_.kernels);
+    next = 0;
+  } else if (next > L || !wire::read_floats(mb.hidden(), size_t(n * dim), x)) {
+    return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": layer " + std::to_string(next) +
+                            " or hidden size " + std::to_string(mb.hidden().size()) + " B is wrong");
+  }
+  while (next < L && plan_.attn[size_t(next)] == rank_) {
+    SHOAL_RETURN_IF_ERROR(layer_forward(x.data(), b, next, mb.id()));
+    ++next;
+  }
+  const std::vector<int64_t> rows(mb.logit_rows().begin(), mb.logit_rows().end());
+  if (next == L && plan_.head == rank_) return head(x.data(), b, rows, mb.want_logits(), mb.id());
+  const int dst = next < L ? plan_.attn[size_t(next)] : plan_.head;
+  mb.set_next_layer(int32_t(next));
+  mb.set_hidden(wire::float_bytes(x.data(), x.size()));
+  return wire::send(*t_, dst, wire::kHidden, mb, Clock::now() + options_.peer_timeout);
+}
+
+Status Worker::layer_forward(float* x, const Batch& b, int64_t layer, uint64_t batch_id) {
+  const LayerWeights& l = layers_.at(layer);
+  std::vector<SeqKv> kv;
+  for (const SeqRange& s : b.seqs) kv.push_back(cache_->view(cache_index_.at(layer), s.slot));
+  return block_forward(x, b, l, kv, lc_,
+                       [&](float* pair_out, const float* h, const std::vector<int32_t>& idx, int64_t n) {
+                         return routed_experts(pair_out, h, idx, n, layer, batch_id);
+                       });
+}
+
+// The gate chose idx [n, k]. Rows go to the owners of their experts (each row once per owner,
+// with the list of its experts there); this rank's own experts run here meanwhile.
+Status Worker::routed_experts(float* pair_out, const float* h, const std::vector<int32_t>& idx, int64_t n,
+                              int64_t layer, uint64_t batch_id) {
+  const int64_t k = config_.n_activated_experts, dim = config_.dim;
+  const std::vector<int>& owner = plan_.experts[size_t(layer)];
+  std::map<int, wire::ExpertRequest> requests;
+  std::map<int, std::vector<int64_t>> request_pairs;  // owner -> pair index p = t * k + j, in request order
+  std::vector<int32_t> local_rows, local_experts;
+  std::vector<int64_t> local_pairs;
+  for (int64_t t = 0; t < n; ++t) {
+    std::map<int, int> count;
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = idx[size_t(t * k + j)];
+      const int o = owner[size_t(e)];
+      if (o == rank_) {
+        local_rows.push_back(int32_t(t));
+        local_experts.push_back(e);
+        local_pairs.push_back(t * k + j);
+        continue;
+      }
+      wire::ExpertRequest& r = requests[o];
+      r.add_experts(e);
+      request_pairs[o].push_back(t * k + j);
+      ++count[o];
+    }
+    for (auto [o, c] : count) {
+      wire::ExpertRequest& r = requests[o];
+      r.mutable_x()->append(reinterpret_cast<const char*>(h + t * dim), size_t(dim) * sizeof(float));
+      r.add_expert_count(c);
+      r.set_n_rows(r.n_rows() + 1);
+    }
+  }
+  const auto deadline = Clock::now() + options_.peer_timeout;
+  for (auto& [o, r] : requests) {
+    r.set_batch_id(batch_id);
+    r.set_layer(int32_t(layer));
+    SHOAL_RETURN_IF_ERROR(wire::send(*t_, o, wire::kExpertRequest, r, deadline));
+  }
+  if (!local_pairs.empty()) {
+    std::vector<float> y(local_pairs.size() * size_t(dim));
+    run_expert_pairs(y.data(), h, local_rows, local_experts, experts_.at(layer), lc_);
+    for (size_t p = 0; p < local_pairs.size(); ++p)
+      std::copy_n(y.data() + p * size_t(dim), dim, pair_out + local_pairs[p] * dim);
+  }
+  for (auto& [o, pairs] : request_pairs) {
+    SHOAL_ASSIGN_OR_RETURN(wire::ExpertReply reply, wire::recv<wire::ExpertReply>(*t_, o, wire::kExpertReply, deadline));
+    std::vector<float> y;
+    if (!reply.error().empty()) return internal_error(t_->peer_name(o) + ": " + reply.error());
+    if (reply.batch_id() != batch_id || reply.layer() != layer || !wire::read_floats(reply.y(), pairs.size() * size_t(dim), y))
+      return internal_error(t_->peer_name(o) + " answered expert request (batch " + std::to_string(batch_id) +
+                            ", layer " + std::to_string(layer) + ") with a reply that does not match it");
+    for (size_t p = 0; p < pairs.size(); ++p) std::copy_n(y.data() + p * size_t(dim), dim, pair_out + pairs[p] * dim);
+  }
+  return {};
+}
+
+Status Worker::serve_expert_request(const comm::Message& m) {
+  SHOAL_ASSIGN_OR_RETURN(wire::ExpertRequest r, wire::parse<wire::ExpertRequest>(*t_, m));
+  const int64_t dim = config_.dim;
+  wire::ExpertReply reply;
+  reply.set_batch_id(r.batch_id());
+  reply.set_layer(r.layer());
+  std::vector<float> x;
+  std::vector<int32_t> rows;
+  auto it = experts_.find(r.layer());
+  for (int i = 0; i < r.expert_count_size(); ++i)  // rows[p]: the row of pair p
+    rows.insert(rows.end(), size_t(std::clamp(r.expert_count(i), 0, int(config_.n_activated_experts))), i);
+  const int64_t total = int64_t(rows.size());
+  const std::vector<int32_t> experts(r.experts().begin(), r.experts().end());
+  bool ok = it != experts_.end() && r.n_rows() == r.expert_count_size() && total == int64_t(experts.size()) &&
+            wire::read_floats(r.x(), size_t(r.n_rows()) * size_t(dim), x);
+  for (int32_t e : experts)
+    ok = ok && e >= 0 && size_t(e) < it->second.size() && it->second[size_t(e)].has_value();
+  if (!ok) {
+    reply.set_error("rank " + std::to_string(rank_) + " got an expert request for layer " + std::to_string(r.layer()) +
+                    " that it cannot serve (experts it does not own, or sizes that do not match)");
+  } else {
+    std::vector<float> y(experts.size() * size_t(dim));
+    run_expert_pairs(y.data(), x.data(), rows, experts, it->second, lc_);
+    reply.set_y(wire::float_bytes(y.data(), y.size()));
+  }
+  return wire::send(*t_, m.src, wire::kExpertReply, reply, Clock::now() + options_.peer_timeout);
+}
+
+Status Worker::head(const float* x, const Batch& b, const std::vector<int64_t>& rows, bool want_logits, uint64_t id) {
+  const int64_t dim = config_.dim, V = config_.vocab_size, m = int64_t(rows.size());
+  std::vector<float> h(static_cast<size_t>(m * dim)), logits(static_cast<size_t>(m * V));
+  for (int64_t r = 0; r < m; ++r) std::copy_n(x + rows[size_t(r)] * dim, dim, h.data() + r * dim);
+  kernels::rms_norm(h.data(), h.data(), head_->norm, m, float(config_.rms_norm_eps), lc_.kernels);
+  kernels::linear(logits.data(), h.data(), head_->lm_head, m, lc_.kernels);
+  wire::Result result;
+  result.set_id(id);
+  for (int64_t r = 0; r < m; ++r) {
+    const float* l = logits.data() + r * V;
+    result.add_ids(int32_t(std::max_element(l, l + V) - l));
+  }
+  if (want_logits) result.set_logits(wire::float_bytes(logits.data(), logits.size()));
+  return wire::send(*t_, 0, wire::kResult, result, Clock::now() + options_.peer_timeout);
+}
+
+}  // namespace shoal

@@ -1,0 +1,84 @@
+// The node side of the distributed runtime: the units one rank hosts under a plan (embedding,
+// attention blocks with their KV cache, routed experts, head) and the two threads that serve
+// them over a Transport:
+//   pipeline: takes a MicroBatch (tag kHidden), embeds it if it hosts the embedding, runs every
+//             consecutive layer it hosts (Block.forward; MoE layers exchange rows with the
+//             experts' owners), and hands the hidden states straight to the rank of the next
+//             layer, or, past the last layer, runs the head and sends token ids to rank 0;
+//   experts:  answers ExpertRequests (tag kExpertRequest) for the routed experts it owns.
+// docs/distributed.md has the protocol.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <optional>
+#include <thread>
+
+#include "cluster/plan.h"
+#include "comm/transport.h"
+#include "model/checkpoint.h"
+#include "model/layers.h"
+#include "node/kv_cache.h"
+
+namespace shoal {
+
+struct WorkerOptions {
+  int64_t n_slots = 1;
+  int64_t max_seq_len = 4096;
+  AttnImpl attn_impl = AttnImpl::kAuto;
+  // How long the pipeline waits for an expert owner's answer (a gone peer fails at once).
+  std::chrono::milliseconds peer_timeout{120000};
+};
+
+class Worker {
+ public:
+  // Takes views of `rank`'s units in ck and reads them into memory (prefault); ck must outlive it.
+  static StatusOr<std::unique_ptr<Worker>> load(Checkpoint& ck, const cluster::Plan& plan, int rank,
+                                                const WorkerOptions& options);
+  ~Worker();
+
+  // Starts the threads on t (which must outlive stop()).
+  void start(comm::Transport& t);
+  // Stops and joins the threads; returns the first error they met (OK if none).
+  Status stop();
+  // The first error met so far, without stopping.
+  Status error() const;
+
+  int64_t weight_bytes() const { return weight_bytes_; }
+  int64_t kv_bytes() const { return cache_ ? cache_->bytes() : 0; }
+
+ private:
+  Worker(const ModelConfig& c, const cluster::Plan& plan, int rank, const WorkerOptions& o);
+  void pipeline_loop();
+  void expert_loop();
+  Status advance(const std::vector<std::byte>& payload);
+  Status layer_forward(float* x, const Batch& b, int64_t layer, uint64_t batch_id);
+  Status routed_experts(float* pair_out, const float* h, const std::vector<int32_t>& idx, int64_t n,
+                        int64_t layer, uint64_t batch_id);
+  Status serve_expert_request(const comm::Message& m);
+  Status head(const float* x, const Batch& b, const std::vector<int64_t>& rows, bool want_logits, uint64_t id);
+  void record(const Status& s);
+
+  ModelConfig config_;
+  cluster::Plan plan_;
+  int rank_;
+  WorkerOptions options_;
+  RopeTable rope_;
+  LayerContext lc_;
+  std::optional<kernels::Matrix> embed_;
+  std::optional<HeadWeights> head_;
+  std::map<int64_t, LayerWeights> layers_;  // attention layers hosted (with the experts owned there)
+  std::map<int64_t, std::vector<std::optional<MlpWeights>>> experts_;  // routed experts owned, per layer
+  std::map<int64_t, int64_t> cache_index_;  // layer -> index in cache_
+  std::unique_ptr<KvCache> cache_;
+  int64_t weight_bytes_ = 0;
+
+  comm::Transport* t_ = nullptr;
+  std::atomic<bool> stopping_{false};
+  std::thread pipeline_, experts_thread_;
+  mutable std::mutex mu_;
+  Status error_;
+};
+
+}  // namespace shoal
