@@ -94,6 +94,8 @@ StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOp
   if (under_mpi()) {
 #ifdef SHOAL_HAVE_MPI
     SHOAL_ASSIGN_OR_RETURN(std::unique_ptr<comm::Transport> t, comm::make_mpi_transport(nullptr, nullptr));
+    const std::string pml = comm::open_mpi_pml();
+    std::fprintf(stderr, "shoal: %d ranks over MPI (pml %s)\n", t->size(), pml.empty() ? "unknown" : pml.c_str());
     return Cluster::start(std::move(t), o);
 #else
     return invalid_argument("this shoal was built without MPI (SHOAL_MPI=OFF) but runs under mpirun");
@@ -106,6 +108,9 @@ StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOp
     const comm::AdmissionInfo mine{wire::kWireVersion, build_id()};
     SHOAL_ASSIGN_OR_RETURN(std::unique_ptr<comm::Transport> t,
                            comm::connect_nodes(peers, token, mine, comm::deadline_after(seconds(30))));
+    std::string ranks;
+    for (size_t i = 0; i < peers.size(); ++i) ranks += ", rank " + std::to_string(i + 1) + " = " + to_string(peers[i]);
+    std::fprintf(stderr, "shoal: %zu nodes over TCP%s\n", peers.size(), ranks.c_str());
     o.coordinator_hosts = false;
     o.nodes_exit = false;
     return Cluster::start(std::move(t), o);

@@ -15,6 +15,7 @@ void add_run(CLI::App& app, int& rc);
 void add_synth(CLI::App& app, int& rc);
 void add_inspect(CLI::App& app, int& rc);
 void add_tokenize(CLI::App& app, int& rc);
+void add_bench(CLI::App& app, int& rc);
 
 // Prints "shoal: error: ..." and returns 1.
 int fail(const Status& s);

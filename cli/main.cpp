@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
   shoal::cli::add_inspect(app, rc);
   shoal::cli::add_tokenize(app, rc);
   shoal::cli::add_node(app, rc);
+  shoal::cli::add_bench(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

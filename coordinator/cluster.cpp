@@ -47,6 +47,7 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
   }
   c->loaded_.resize(size_t(world));
   c->last_heard_.assign(size_t(world), Clock::now());
+  c->last_beat_.resize(size_t(world));
   c->heartbeats_ = std::thread([p = c.get()] { p->heartbeat_loop(); });
   SHOAL_RETURN_IF_ERROR(c->hello_all());
   {
@@ -160,11 +161,24 @@ void Cluster::heartbeat_loop() {
     std::lock_guard<std::mutex> lock(mu_);
     if (m.ok()) {
       last_heard_[size_t(m->src)] = Clock::now();
+      auto beat = wire::parse<wire::Heartbeat>(*t_, *m);
+      if (beat.ok()) last_beat_[size_t(m->src)] = *beat;
     } else if (m.status().code() != Code::kDeadlineExceeded) {
       heartbeat_error_ = m.status();
       return;
     }
   }
+}
+
+std::vector<wire::Heartbeat> Cluster::rank_stats() const {
+  std::vector<wire::Heartbeat> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out = last_beat_;
+  }
+  out[0].set_rss_bytes(resident_bytes());
+  if (local_) *out[0].mutable_stats() = local_->stats();
+  return out;
 }
 
 Status Cluster::silent_rank() const {

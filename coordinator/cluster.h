@@ -57,6 +57,8 @@ class Cluster : public Executor {
   // Each rank's Loaded answer (rank 0's filled in locally).
   const std::vector<wire::Loaded>& loaded() const { return loaded_; }
   comm::Transport& transport() { return *t_; }
+  // Each rank's latest heartbeat (memory, traffic); rank 0's read now. Nodes report every second.
+  std::vector<wire::Heartbeat> rank_stats() const;
 
   // Tells every node to end the session (and exit, if nodes_exit); idempotent.
   Status shutdown();
@@ -83,6 +85,7 @@ class Cluster : public Executor {
   std::atomic<bool> stopping_{false};
   mutable std::mutex mu_;
   std::vector<comm::Clock::time_point> last_heard_;  // per rank
+  std::vector<wire::Heartbeat> last_beat_;           // per rank
   Status heartbeat_error_;
   bool shut_down_ = false;
   std::function<void()> after_shutdown_;

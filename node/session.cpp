@@ -38,6 +38,7 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   const int rank = t.rank();
   const std::string me = "rank " + std::to_string(rank) + " (" + host_name() + ")";
   SHOAL_ASSIGN_OR_RETURN(wire::Control ctl, wire::recv<wire::Control>(t, 0, wire::kControl, Clock::now() + st.hello_timeout));
+  if (ctl.has_shutdown()) return SessionEnd{ctl.shutdown().exit_process()};  // the coordinator gave up first
   if (!ctl.has_hello()) return internal_error(t.peer_name(0) + " opened the session without a Hello");
   const wire::Hello& hello = ctl.hello();
   const auto answer_deadline = Clock::now() + std::chrono::seconds(30);
@@ -90,6 +91,8 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   wire::Heartbeat beat;
   while (true) {
     beat.set_sequence(beat.sequence() + 1);
+    beat.set_rss_bytes(resident_bytes());
+    *beat.mutable_stats() = (*worker)->stats();
     if (Status s = wire::send(t, 0, wire::kHeartbeat, beat, Clock::now() + kHeartbeatEvery); !s.ok()) {
       (void)(*worker)->stop();
       return s;

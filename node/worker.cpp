@@ -86,6 +86,31 @@ StatusOr<std::unique_ptr<Worker>> Worker::load(Checkpoint& ck, const cluster::Pl
   return w;
 }
 
+Status Worker::send(int dst, uint32_t tag, const google::protobuf::MessageLite& m, int64_t tokens) {
+  std::string bytes;
+  if (!m.SerializeToString(&bytes)) return internal_error("cannot serialise a " + m.GetTypeName());
+  SHOAL_RETURN_IF_ERROR(t_->send(dst, tag, comm::as_bytes_of(bytes), Clock::now() + options_.peer_timeout));
+  if (tag == wire::kExpertRequest || tag == wire::kExpertReply) {
+    expert_messages_ += 1;
+    expert_bytes_ += int64_t(bytes.size());
+  } else {
+    hidden_messages_ += 1;
+    hidden_bytes_ += int64_t(bytes.size());
+    hidden_tokens_ += tokens;
+  }
+  return {};
+}
+
+wire::WorkerStats Worker::stats() const {
+  wire::WorkerStats s;
+  s.set_hidden_messages(hidden_messages_);
+  s.set_hidden_bytes(hidden_bytes_);
+  s.set_hidden_tokens(hidden_tokens_);
+  s.set_expert_messages(expert_messages_);
+  s.set_expert_bytes(expert_bytes_);
+  return s;
+}
+
 void Worker::start(comm::Transport& t) {
   t_ = &t;
   stopping_ = false;
@@ -165,7 +190,7 @@ Status Worker::advance(const std::vector<std::byte>& payload) {
   const int dst = next < L ? plan_.attn[size_t(next)] : plan_.head;
   mb.set_next_layer(int32_t(next));
   mb.set_hidden(wire::float_bytes(x.data(), x.size()));
-  return wire::send(*t_, dst, wire::kHidden, mb, Clock::now() + options_.peer_timeout);
+  return send(dst, wire::kHidden, mb, n);
 }
 
 Status Worker::layer_forward(float* x, const Batch& b, int64_t layer, uint64_t batch_id) {
@@ -215,7 +240,7 @@ Status Worker::routed_experts(float* pair_out, const float* h, const std::vector
   for (auto& [o, r] : requests) {
     r.set_batch_id(batch_id);
     r.set_layer(int32_t(layer));
-    SHOAL_RETURN_IF_ERROR(wire::send(*t_, o, wire::kExpertRequest, r, deadline));
+    SHOAL_RETURN_IF_ERROR(send(o, wire::kExpertRequest, r, 0));
   }
   if (!local_pairs.empty()) {
     std::vector<float> y(local_pairs.size() * size_t(dim));
@@ -260,7 +285,7 @@ Status Worker::serve_expert_request(const comm::Message& m) {
     run_expert_pairs(y.data(), x.data(), rows, experts, it->second, lc_);
     reply.set_y(wire::float_bytes(y.data(), y.size()));
   }
-  return wire::send(*t_, m.src, wire::kExpertReply, reply, Clock::now() + options_.peer_timeout);
+  return send(m.src, wire::kExpertReply, reply, 0);
 }
 
 Status Worker::head(const float* x, const Batch& b, const std::vector<int64_t>& rows, bool want_logits, uint64_t id) {
@@ -276,7 +301,7 @@ Status Worker::head(const float* x, const Batch& b, const std::vector<int64_t>& 
     result.add_ids(int32_t(std::max_element(l, l + V) - l));
   }
   if (want_logits) result.set_logits(wire::float_bytes(logits.data(), logits.size()));
-  return wire::send(*t_, 0, wire::kResult, result, Clock::now() + options_.peer_timeout);
+  return send(0, wire::kResult, result, m);
 }
 
 }  // namespace shoal

@@ -17,6 +17,7 @@
 
 #include "cluster/plan.h"
 #include "comm/transport.h"
+#include "comm/wire/wire.pb.h"
 #include "model/checkpoint.h"
 #include "model/layers.h"
 #include "node/kv_cache.h"
@@ -46,6 +47,8 @@ class Worker {
   Status error() const;
 
   int64_t weight_bytes() const { return weight_bytes_; }
+  // Traffic this rank sent since start() (counted as sent, payload bytes).
+  wire::WorkerStats stats() const;
   int64_t kv_bytes() const { return cache_ ? cache_->bytes() : 0; }
 
  private:
@@ -74,7 +77,10 @@ class Worker {
   std::unique_ptr<KvCache> cache_;
   int64_t weight_bytes_ = 0;
 
+  Status send(int dst, uint32_t tag, const google::protobuf::MessageLite& m, int64_t tokens);
+
   comm::Transport* t_ = nullptr;
+  std::atomic<int64_t> hidden_messages_{0}, hidden_bytes_{0}, hidden_tokens_{0}, expert_messages_{0}, expert_bytes_{0};
   std::atomic<bool> stopping_{false};
   std::thread pipeline_, experts_thread_;
   mutable std::mutex mu_;

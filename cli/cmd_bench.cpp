@@ -1,0 +1,148 @@
+// shoal bench: prefill and decode tokens/s of N random prompts, on one process or on a cluster
+// (the cluster flags, mpirun), and the bytes the ranks sent per token. bench/distributed runs
+// the matrix; docs/performance.md has the results.
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "cli/cluster_flags.h"
+#include "cli/commands.h"
+#include "coordinator/cluster.h"
+#include "coordinator/engine.h"
+
+namespace shoal::cli {
+namespace {
+
+struct Options {
+  std::string model;
+  int64_t sequences = 1, prompt_len = 64, tokens = 32, max_seq_len = 0;
+  uint64_t seed = 0;
+  ClusterFlags cluster;
+};
+
+// Traffic summed over the ranks, from their heartbeats (totals since the session began).
+struct Traffic {
+  int64_t hidden_messages = 0, hidden_bytes = 0, hidden_tokens = 0, expert_messages = 0, expert_bytes = 0;
+  std::vector<int64_t> rss_bytes;  // per rank
+
+  Traffic operator-(const Traffic& o) const {
+    return {hidden_messages - o.hidden_messages, hidden_bytes - o.hidden_bytes, hidden_tokens - o.hidden_tokens,
+            expert_messages - o.expert_messages, expert_bytes - o.expert_bytes, rss_bytes};
+  }
+};
+
+// Nodes report every second: waiting 1.5 s lets every rank's counters of the run reach rank 0.
+Traffic settled_traffic(Cluster& c) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  Traffic t;
+  for (const wire::Heartbeat& beat : c.rank_stats()) {
+    const wire::WorkerStats& s = beat.stats();
+    t.hidden_messages += s.hidden_messages();
+    t.hidden_bytes += s.hidden_bytes();
+    t.hidden_tokens += s.hidden_tokens();
+    t.expert_messages += s.expert_messages();
+    t.expert_bytes += s.expert_bytes();
+    t.rss_bytes.push_back(beat.rss_bytes());
+  }
+  return t;
+}
+
+std::vector<std::vector<int32_t>> random_prompts(int64_t n, int64_t len, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> id(0, int32_t(vocab - 1));
+  std::vector<std::vector<int32_t>> prompts(size_t(n), std::vector<int32_t>(size_t(len), 0));
+  for (auto& p : prompts)
+    for (auto& t : p) t = id(rng);
+  return prompts;
+}
+
+std::string mode_name(const ClusterFlags& f) {
+  if (under_mpi()) return "mpi";
+  if (!f.nodes.empty()) return "tcp";
+  return f.local_nodes > 0 ? "local-nodes" : "one process";
+}
+
+double ratio(double a, double b) { return b > 0 ? a / b : 0; }
+
+int bench(const Options& o) {
+  ClusterOptions co;
+  co.model_dir = o.model;
+  co.n_slots = o.sequences;
+  co.max_seq_len = o.max_seq_len;
+  auto opened = open_cluster(o.cluster, co);
+  if (!opened.ok()) return fail(opened.status());
+  Cluster& c = **opened;
+  const auto prompts = random_prompts(o.sequences, o.prompt_len, c.config().vocab_size, o.seed);
+
+  // Warm-up: a short prefill and a few decode steps in the same slots (generate_greedy always
+  // starts at position 0, so the timed run overwrites them).
+  std::vector<std::vector<int32_t>> warm;
+  for (const auto& p : prompts) warm.emplace_back(p.begin(), p.begin() + std::min<int64_t>(o.prompt_len, 8));
+  if (auto w = generate_greedy(c, warm, 4, false, false); !w.ok()) return fail(w.status());
+  const Traffic before = settled_traffic(c);
+
+  auto r = generate_greedy(c, prompts, o.tokens, false, false);
+  if (!r.ok()) return fail(r.status());
+  const Traffic t = settled_traffic(c) - before;
+  const int world = c.transport().size();
+  if (Status s = c.shutdown(); !s.ok()) return fail(s);
+
+  const int64_t processed = r->prefill_tokens + r->decode_tokens;  // tokens that went through the layers
+  nlohmann::json j = {
+      {"mode", mode_name(o.cluster)},
+      {"world_size", world},
+      {"expert_scatter", o.cluster.expert_scatter},
+      {"sequences", o.sequences},
+      {"prompt_len", o.prompt_len},
+      {"tokens", o.tokens},
+      {"prefill_tokens", r->prefill_tokens},
+      {"prefill_seconds", r->prefill_seconds},
+      {"prefill_tokens_per_s", ratio(double(r->prefill_tokens), r->prefill_seconds)},
+      {"decode_tokens", r->decode_tokens},
+      {"decode_seconds", r->decode_seconds},
+      {"decode_tokens_per_s", ratio(double(r->decode_tokens), r->decode_seconds)},
+      {"hidden_messages", t.hidden_messages},
+      {"hidden_bytes", t.hidden_bytes},
+      {"hidden_tokens", t.hidden_tokens},
+      {"hidden_bytes_per_token_per_hop", ratio(double(t.hidden_bytes), double(t.hidden_tokens))},
+      {"hidden_bytes_per_token", ratio(double(t.hidden_bytes), double(processed))},
+      {"expert_messages", t.expert_messages},
+      {"expert_bytes", t.expert_bytes},
+      {"expert_bytes_per_token", ratio(double(t.expert_bytes), double(processed))},
+      {"rss_bytes", t.rss_bytes},
+  };
+  std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
+  std::fprintf(stderr,
+               "bench: %s, %d rank(s), %lld sequence(s)\n"
+               "  prefill: %lld tokens in %.3f s = %.1f tokens/s\n"
+               "  decode:  %lld tokens in %.3f s = %.1f tokens/s (all sequences)\n"
+               "  hidden:  %lld messages, %.0f B/token/hop, %.0f B/token over all hops\n"
+               "  experts: %lld messages, %.0f B/token\n",
+               mode_name(o.cluster).c_str(), world, (long long)o.sequences, (long long)r->prefill_tokens,
+               r->prefill_seconds, ratio(double(r->prefill_tokens), r->prefill_seconds), (long long)r->decode_tokens,
+               r->decode_seconds, ratio(double(r->decode_tokens), r->decode_seconds), (long long)t.hidden_messages,
+               ratio(double(t.hidden_bytes), double(t.hidden_tokens)), ratio(double(t.hidden_bytes), double(processed)),
+               (long long)t.expert_messages, ratio(double(t.expert_bytes), double(processed)));
+  return 0;
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app, int& rc) {
+  auto o = std::make_shared<Options>();
+  CLI::App* sub = app.add_subcommand("bench", "Prefill and decode tokens/s and traffic per token on random prompts");
+  sub->add_option("--model", o->model, "Checkpoint folder (config.json + safetensors)")->required();
+  sub->add_option("--sequences", o->sequences, "Concurrent sequences (one KV slot each)")->check(CLI::PositiveNumber);
+  sub->add_option("--prompt-len", o->prompt_len, "Random prompt tokens per sequence")->check(CLI::PositiveNumber);
+  sub->add_option("--tokens", o->tokens, "Tokens to generate per sequence")->check(CLI::PositiveNumber);
+  sub->add_option("--max-seq-len", o->max_seq_len, "KV cache positions (default: min(config, 4096))");
+  sub->add_option("--seed", o->seed, "Seed of the random prompts");
+  add_cluster_flags(sub, o->cluster);
+  sub->callback([o, &rc] { rc = bench(*o); });
+}
+
+}  // namespace shoal::cli

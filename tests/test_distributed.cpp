@@ -1,0 +1,375 @@
+// The distributed runtime end to end, through the shoal binary: `shoal logits` over
+// --local-nodes, plans, mpirun (ob1 and UCX) and TCP nodes equals the single-process output;
+// refusals at admission and hello; a killed node ends the run within 10 s naming it; each
+// rank's memory and checkpoint reads match its share of the weights.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "cluster/plan.h"
+#include "model/checkpoint.h"
+#include "support/process.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using shoal::test::Child;
+using shoal::test::run_command;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::string kShoal = SHOAL_BINARY;
+const std::string kMpirun = std::string(SHOAL_MPIEXEC) + " --allow-run-as-root --oversubscribe";
+std::string fixture(const std::string& name) { return std::string(SHOAL_FIXTURES) + "/" + name; }
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "shoal-test-dist-XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+  fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write);
+}
+
+// Runs a logits command; REQUIREs success and returns its JSON (stderr into *err if given).
+json logits(const std::string& cmd, std::string* err = nullptr) {
+  TempDir dir;
+  int status = -1;
+  const std::string out = run_command(cmd + " 2>" + dir / "err", &status);
+  std::ifstream in(dir / "err");
+  const std::string errors((std::istreambuf_iterator<char>(in)), {});
+  INFO(cmd << "\n" << out.substr(0, 2000) << "\n" << errors);
+  REQUIRE(status == 0);
+  if (err) *err = errors;
+  return json::parse(out);
+}
+
+const std::string kIds = " --ids \"0 17 42 99 3 250 7\" --ids \"5 6 1000 8\" --greedy 4";
+
+double max_diff(const json& a, const json& b) {
+  if (a.is_array()) {
+    REQUIRE(b.is_array());
+    REQUIRE(a.size() == b.size());
+    double worst = 0;
+    for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, max_diff(a[i], b[i]));
+    return worst;
+  }
+  return std::abs(a.get<double>() - b.get<double>());
+}
+
+void check_same(const json& want, const json& got) {
+  CHECK(got["greedy_ids"] == want["greedy_ids"]);
+  CHECK(max_diff(want["prompt_logits"], got["prompt_logits"]) <= 1e-5);
+  CHECK(max_diff(want["greedy_logits"], got["greedy_logits"]) <= 1e-5);
+}
+
+// A `shoal node` on an ephemeral loopback port.
+struct Node {
+  std::unique_ptr<Child> child;
+  int port = 0;
+  std::string address() const { return "127.0.0.1:" + std::to_string(port); }
+};
+
+Node start_node(const std::string& token_file, const std::string& extra = "", const std::string& env = "",
+                const std::string& log = "") {
+  Node n;
+  n.child = std::make_unique<Child>(env + " " + kShoal + " node --listen 127.0.0.1:0 --token-file " + token_file + " " + extra, log);
+  std::string line;
+  REQUIRE(n.child->read_line(line, 10s));
+  std::smatch m;
+  REQUIRE(std::regex_search(line, m, std::regex("listening on 127\\.0\\.0\\.1:([0-9]+)")));
+  n.port = std::stoi(m[1]);
+  return n;
+}
+
+std::string node_list(const std::vector<Node>& nodes) {
+  std::string s;
+  for (const Node& n : nodes) s += (s.empty() ? "" : ",") + n.address();
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("shoal logits is the same over --local-nodes and plans", "[distributed]") {
+  for (const std::string name : {"tiny-v3-bf16", "tiny-v3-fp8"}) {
+    const std::string base = kShoal + " logits --model " + fixture(name) + kIds;
+    const json want = logits(base);
+    for (const std::string mode : {"--local-nodes 2", "--local-nodes 3", "--local-nodes 5",
+                                   "--local-nodes 2 --expert-scatter", "--local-nodes 4 --expert-scatter",
+                                   "--local-nodes 3 --attn naive"}) {
+      INFO(name << " " << mode);
+      const json got = logits(base + " " + mode);
+      if (mode.find("naive") != std::string::npos) {
+        CHECK(max_diff(want["prompt_logits"], got["prompt_logits"]) <= 1e-4);  // the other MLA path
+      } else {
+        check_same(want, got);
+      }
+    }
+  }
+}
+
+TEST_CASE("a plan file: one layer's experts on three ranks, the head on the first rank", "[distributed]") {
+  TempDir dir;
+  for (const std::string name : {"tiny-v3-bf16", "tiny-v3-fp8"}) {
+    INFO(name);
+    const json config = json::parse(std::ifstream(fixture(name) + "/config.json"));
+    // Layer 0 is dense; layer 2's experts go round ranks 0, 1 and 2; the embedding to rank 1.
+    json spread = json::array();
+    for (int j = 0; j < config["n_routed_experts"].get<int>(); ++j) spread.push_back(j % 3);
+    const json plan = {{"version", 1},
+                       {"world_size", 3},
+                       {"embed", 1},
+                       {"head", 0},
+                       {"layers",
+                        {{{"attn", 1}},
+                         {{"attn", 1}, {"experts", 2}},
+                         {{"attn", 2}, {"experts", spread}},
+                         {{"attn", 0}}}}};
+    write_file(dir / "plan.json", plan.dump(2));
+    const std::string base = kShoal + " logits --model " + fixture(name) + kIds;
+    check_same(logits(base), logits(base + " --local-nodes 3 --plan " + dir / "plan.json"));
+  }
+  // A plan for another world size is refused with the field named.
+  int status = -1;
+  const std::string out = run_command(kShoal + " logits --model " + fixture("tiny-v3-bf16") + kIds +
+                                          " --local-nodes 2 --plan " + dir / "plan.json" + " 2>&1", &status);
+  CHECK(status != 0);
+  CHECK_THAT(out, Catch::Contains("world_size"));
+}
+
+TEST_CASE("shoal logits under mpirun -np 3, with the ob1 and the UCX PML", "[distributed][mpi]") {
+  const std::string env = "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo ";
+  const std::string ob1 = " --mca pml ob1 --mca btl self,vader,tcp";
+  const std::string ucx = " --mca pml ucx --mca pml_ucx_tls any --mca pml_ucx_devices any -x UCX_NET_DEVICES=lo";
+  for (const std::string name : {"tiny-v3-bf16", "tiny-v3-fp8"}) {
+    const std::string args = " logits --model " + fixture(name) + kIds;
+    const json want = logits(kShoal + args);
+    for (const std::string& pml : {ob1, ucx}) {
+      INFO(name << pml);
+      std::string err;
+      check_same(want, logits("timeout 120 env " + env + kMpirun + " -np 3" + pml + " " + kShoal + args, &err));
+      // The coordinator says which PML Open MPI really selected.
+      CHECK_THAT(err, Catch::Contains(pml == ucx ? "3 ranks over MPI (pml ucx)" : "3 ranks over MPI (pml ob1)"));
+      check_same(want, logits("timeout 120 env " + env + kMpirun + " -np 3" + pml + " " + kShoal + args + " --expert-scatter"));
+    }
+  }
+}
+
+TEST_CASE("TCP nodes: same logits; wrong token, build and weights refused; nodes serve the next coordinator",
+          "[distributed][tcp]") {
+  TempDir dir;
+  write_file(dir / "token", "cluster-token-1\n");
+  write_file(dir / "wrong", "cluster-token-2\n");
+  std::vector<Node> nodes;
+  nodes.push_back(start_node(dir / "token"));
+  nodes.push_back(start_node(dir / "token"));
+  const std::string bf16 = " logits --model " + fixture("tiny-v3-bf16") + kIds;
+  const json want = logits(kShoal + bf16);
+  const std::string remote = " --nodes " + node_list(nodes) + " --token-file ";
+  check_same(want, logits(kShoal + bf16 + remote + dir / "token"));
+  check_same(want, logits(kShoal + bf16 + remote + dir / "token" + " --expert-scatter"));
+
+  int status = -1;
+  std::string out = run_command("timeout 60 " + kShoal + bf16 + remote + dir / "wrong" + " 2>&1", &status);
+  CHECK(status != 0);
+  CHECK_THAT(out, Catch::Contains("node 1 (" + nodes[0].address() + ")") && Catch::Contains("wrong cluster token"));
+
+  out = run_command("timeout 60 env SHOAL_TEST_BUILD_ID=other-build " + kShoal + bf16 + remote + dir / "token" + " 2>&1", &status);
+  CHECK(status != 0);
+  CHECK_THAT(out, Catch::Contains("build id other-build on the coordinator"));
+
+  // The nodes were refused coordinators and still serve a good one.
+  check_same(want, logits(kShoal + bf16 + remote + dir / "token"));
+
+  // A node started on other weights than the coordinator's is refused at the hello, naming both.
+  Node other = start_node(dir / "token", "--model " + fixture("tiny-v3-fp8"));
+  out = run_command("timeout 60 " + kShoal + bf16 + " --nodes " + nodes[0].address() + "," + other.address() +
+                        " --token-file " + dir / "token" + " 2>&1", &status);
+  CHECK(status != 0);
+  CHECK_THAT(out, Catch::Contains("rank 2 (") && Catch::Contains("weights differ") &&
+                      Catch::Contains("tiny-v3-fp8") && Catch::Contains("tiny-v3-bf16"));
+}
+
+namespace {
+
+// A synthetic checkpoint of the embedded default model (about 0.48 GB), written once per run.
+const std::string& synth_model() {
+  static TempDir dir;
+  static const std::string path = [] {
+    int status = -1;
+    const std::string model = dir / "model";
+    const std::string out = run_command(kShoal + " synth --out " + model + " 2>&1", &status);
+    INFO(out);
+    REQUIRE(status == 0);
+    return model;
+  }();
+  return path;
+}
+
+int64_t proc_status_kb(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
+  return -1;
+}
+
+// Summed Rss of the process's mappings of *.safetensors files: the checkpoint bytes it read.
+int64_t checkpoint_rss(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps");
+  std::string line;
+  bool ours = false;
+  int64_t kb = 0;
+  const std::regex header("^[0-9a-f]+-[0-9a-f]+ ");
+  while (std::getline(in, line)) {
+    if (std::regex_search(line, header)) ours = line.size() > 12 && line.substr(line.size() - 12) == ".safetensors";
+    else if (ours && line.rfind("Rss:", 0) == 0) kb += std::stoll(line.substr(4));
+  }
+  return kb * 1024;
+}
+
+int count_ids(const std::string& out) {
+  const size_t at = out.find("generated:");
+  if (at == std::string::npos) return 0;
+  int n = 0;
+  for (size_t i = at + 10; i < out.size() && out[i] != '\n'; ++i)
+    if (out[i] == ' ') ++n;
+  return n;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+}  // namespace
+
+TEST_CASE("each of 4 ranks holds only its share of the weights", "[distributed][memory]") {
+  const std::string& model = synth_model();
+  TempDir dir;
+  write_file(dir / "token", "memory-test-token\n");
+  std::vector<Node> nodes;
+  for (int i = 0; i < 4; ++i) nodes.push_back(start_node(dir / "token"));
+  int status = -1;
+  const std::string out = run_command("timeout 120 " + kShoal + " run --model " + model +
+                                          " --ids \"1 2 3 4 5 6 7 8\" --max-tokens 8 --max-seq-len 256 --nodes " +
+                                          node_list(nodes) + " --token-file " + dir / "token" + " 2>&1", &status);
+  INFO(out);
+  REQUIRE(status == 0);
+  CHECK(count_ids(out) == 8);
+
+  // The coordinator (rank 0) hosts nothing; node i is rank i + 1 of the default plan.
+  auto ck = shoal::Checkpoint::open(model);
+  REQUIRE(ck.ok());
+  auto bytes = shoal::cluster::unit_bytes(**ck);
+  REQUIRE(bytes.ok());
+  shoal::cluster::PlannerOptions po;
+  po.ranks = {1, 2, 3, 4};
+  auto plan = shoal::cluster::default_plan((*ck)->config(), *bytes, 5, po);
+  REQUIRE(plan.ok());
+  int64_t total = 0;
+  for (int r = 1; r <= 4; ++r) {
+    const pid_t pid = nodes[size_t(r - 1)].child->pid();
+    const int64_t share = shoal::cluster::rank_weight_bytes(*plan, *bytes, r);
+    const int64_t peak = proc_status_kb(pid, "VmHWM") * 1024, mapped = checkpoint_rss(pid);
+    total += share;
+    INFO("rank " << r << ": share " << share << " B, peak resident " << peak << " B, checkpoint resident " << mapped << " B");
+    CHECK(share > 0);
+    CHECK(peak < int64_t(1.1 * double(share)) + (int64_t{64} << 20));
+    // What it read of the checkpoint is its units: page-rounded at each tensor's two ends, plus
+    // the shard headers.
+    CHECK(mapped >= share);
+    CHECK(mapped <= share + 2 * 4096 * 400 + (int64_t{1} << 20));
+  }
+  int64_t all = bytes->embed + bytes->head;
+  for (size_t i = 0; i < bytes->attn.size(); ++i) {
+    all += bytes->attn[i];
+    for (int64_t e : bytes->experts[i]) all += e;
+  }
+  CHECK(total == all);  // every unit has one owner: the shares add up to the model
+}
+
+TEST_CASE("kill -9 of a TCP node while shoal run streams ends the run within 10 s, naming it",
+          "[distributed][failure]") {
+  const std::string& model = synth_model();
+  TempDir dir;
+  write_file(dir / "token", "failure-test-token\n");
+  std::vector<Node> nodes;
+  nodes.push_back(start_node(dir / "token"));
+  nodes.push_back(start_node(dir / "token"));
+  Child run(kShoal + " run --model " + model + " --ids \"1 2 3\" --max-tokens 4000 --max-seq-len 4096 --nodes " +
+                node_list(nodes) + " --token-file " + dir / "token",
+            dir / "run.err");
+  std::string seen;
+  const bool streamed = run.read_until([](const std::string& s) { return count_ids(s) >= 5; }, seen, 60s);
+  INFO("stdout: " << seen << "\nstderr: " << slurp(dir / "run.err"));
+  REQUIRE(streamed);  // ids arrive as they are chosen
+  nodes[1].child->kill(SIGKILL);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int status = run.wait_exit(10s);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string err = slurp(dir / "run.err");
+  INFO("exit after " << took << " s; stderr: " << err);
+  REQUIRE(status != -1);  // it ended
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) != 0);
+  // The error names the rank and its host; the start-up line maps ranks to the --nodes entries.
+  CHECK_THAT(err, Catch::Contains("rank 2 (127.0.0.1:") && Catch::Contains("rank 2 = " + nodes[1].address()));
+  // The surviving node is back to waiting for a coordinator.
+  std::this_thread::sleep_for(200ms);
+  CHECK(nodes[0].child->wait_exit(0ms) == -1);
+}
+
+TEST_CASE("kill -9 of a rank under mpirun ends the job within 10 s, naming the rank", "[distributed][failure][mpi]") {
+  const std::string& model = synth_model();
+  TempDir dir;
+  Child run("env OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo " + kMpirun +
+                " -np 3 --mca pml ob1 --mca btl self,vader,tcp " + kShoal + " run --model " + model +
+                " --ids \"1 2 3\" --max-tokens 4000 --max-seq-len 4096",
+            dir / "run.err");
+  std::string seen;
+  const bool streamed = run.read_until([](const std::string& s) { return count_ids(s) >= 5; }, seen, 60s);
+  INFO("stdout: " << seen << "\nstderr: " << slurp(dir / "run.err"));
+  REQUIRE(streamed);  // ids arrive as they are chosen
+  // Rank 2 is the child of mpirun whose environment says so.
+  pid_t victim = -1;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string pid, comm, state;
+    pid_t ppid = -1;
+    stat >> pid >> comm >> state >> ppid;
+    if (ppid != run.pid()) continue;
+    std::string env = slurp((entry.path() / "environ").string());
+    if (env.find(std::string("OMPI_COMM_WORLD_RANK=2") + '\0') != std::string::npos) victim = std::stoi(name);
+  }
+  REQUIRE(victim > 0);
+  ::kill(victim, SIGKILL);
+  const int status = run.wait_exit(10s);
+  std::string rest;
+  run.read_until([](const std::string&) { return false; }, rest, 100ms);
+  const std::string err = slurp(dir / "run.err") + rest;
+  INFO(err);
+  REQUIRE(status != -1);
+  CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  CHECK_THAT(err, Catch::Contains("rank 2"));
+}
