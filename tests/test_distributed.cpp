@@ -373,3 +373,32 @@ TEST_CASE("kill -9 of a rank under mpirun ends the job within 10 s, naming the r
   CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 0));
   CHECK_THAT(err, Catch::Contains("rank 2"));
 }
+
+TEST_CASE("a TCP node that stops answering (SIGSTOP) fails the run by its heartbeat, naming it",
+          "[distributed][failure]") {
+  const std::string& model = synth_model();
+  TempDir dir;
+  write_file(dir / "token", "silence-test-token\n");
+  std::vector<Node> nodes;
+  nodes.push_back(start_node(dir / "token"));
+  nodes.push_back(start_node(dir / "token"));
+  Child run(kShoal + " run --model " + model + " --ids \"1 2 3\" --max-tokens 4000 --max-seq-len 4096 --heartbeat-timeout 2 --nodes " +
+                node_list(nodes) + " --token-file " + dir / "token",
+            dir / "run.err");
+  std::string seen;
+  const bool streamed = run.read_until([](const std::string& s) { return count_ids(s) >= 5; }, seen, 60s);
+  INFO("stdout: " << seen << "\nstderr: " << slurp(dir / "run.err"));
+  REQUIRE(streamed);
+  nodes[0].child->kill(SIGSTOP);  // alive, connection open, silent
+  const auto t0 = std::chrono::steady_clock::now();
+  const int status = run.wait_exit(10s);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  nodes[0].child->kill(SIGCONT);
+  const std::string err = slurp(dir / "run.err");
+  INFO("exit after " << took << " s; stderr: " << err);
+  REQUIRE(status != -1);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) != 0);
+  CHECK(took >= 1.5);  // not before the heartbeat timeout
+  CHECK_THAT(err, Catch::Contains("rank 1 (127.0.0.1:") && Catch::Contains("stopped answering"));
+}
