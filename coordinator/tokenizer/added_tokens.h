@@ -49,6 +49,7 @@ class AddedTokenMatcher {
   const std::vector<AddedToken>* tokens_ = nullptr;
   std::vector<Node> nodes_{1};
   bool first_byte_[256] = {};
+  int only_first_byte_ = -1;  // the one byte that begins every token, if there is one
 };
 
 }  // namespace shoal

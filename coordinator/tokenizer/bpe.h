@@ -53,12 +53,12 @@ struct BpeScratch {
     bool alive;
   };
   struct Candidate {
-    int32_t rank;
-    int32_t pos;
-    int32_t id;
+    uint64_t key;  // rank << 32 | position of the left symbol: the least is next
+    int32_t id;    // the merged id
   };
   std::vector<Symbol> symbols;
-  std::vector<Candidate> heap;
+  std::vector<Candidate> initial;  // sorted by key
+  std::vector<Candidate> heap;     // a 4-ary min-heap on key (bpe.cpp)
   std::string mapped;
 };
 

@@ -6,6 +6,8 @@
 #include <mutex>
 #include <string>
 
+#include "coordinator/tokenizer/native_regex.h"
+
 namespace shoal {
 namespace {
 
@@ -42,7 +44,7 @@ StatusOr<std::unique_ptr<Regex>> Regex::compile(std::string_view pattern) {
     return invalid_argument("invalid regex /" + std::string(pattern) + "/: " +
                             reinterpret_cast<const char*>(message));
   }
-  return std::unique_ptr<Regex>(new Regex(re));
+  return std::unique_ptr<Regex>(new Regex(re, native_find_all(pattern)));
 }
 
 StatusOr<std::unique_ptr<Regex>> Regex::compile_literal(std::string_view literal) {
@@ -58,7 +60,7 @@ StatusOr<std::unique_ptr<Regex>> Regex::compile_literal(std::string_view literal
 
 Regex::~Regex() { onig_free(static_cast<regex_t*>(re_)); }
 
-void Regex::find_all(std::string_view text, std::vector<Span>& out) const {
+void Regex::find_all_oniguruma(std::string_view text, std::vector<Span>& out) const {
   auto* re = static_cast<regex_t*>(re_);
   const auto* str = reinterpret_cast<const OnigUChar*>(text.data());
   const auto* end = str + text.size();

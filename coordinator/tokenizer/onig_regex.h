@@ -1,7 +1,8 @@
 // Oniguruma, compiled and searched exactly as the reference (Rust `onig` crate, used by Hugging
 // Face tokenizers) does: UTF-8, the Oniguruma syntax, no options, and its find_iter rule for
 // empty matches. A compiled Regex is immutable; searches use a per-call region, so one Regex
-// serves any number of threads.
+// serves any number of threads. The patterns of native_regex.h are matched by hand-written code
+// with the same results; Oniguruma still compiles them.
 #pragma once
 
 #include <cstdint>
@@ -29,11 +30,22 @@ class Regex {
   Regex& operator=(const Regex&) = delete;
 
   // Appends the non-overlapping matches in `text` (well-formed UTF-8), as byte spans, in order.
-  void find_all(std::string_view text, std::vector<Span>& out) const;
+  void find_all(std::string_view text, std::vector<Span>& out) const {
+    if (native_ != nullptr) {
+      native_(text, out);
+    } else {
+      find_all_oniguruma(text, out);
+    }
+  }
+  // The same through Oniguruma, even where a native matcher exists (for checking one).
+  void find_all_oniguruma(std::string_view text, std::vector<Span>& out) const;
+  bool is_native() const { return native_ != nullptr; }
 
  private:
-  explicit Regex(void* re) : re_(re) {}
+  using Native = void (*)(std::string_view, std::vector<Span>&);
+  Regex(void* re, Native native) : re_(re), native_(native) {}
   void* re_;  // regex_t*
+  Native native_;
 };
 
 // What the reference's added-token flags test with Rust regex's \s and \w: Unicode White_Space;

@@ -68,6 +68,17 @@ void PreTokenizer::split(const PreTokenizerStep& step, const std::string& buf, S
   const std::string_view text(buf.data() + piece.begin, piece.end - piece.begin);
   s.matches.clear();
   step.regex->find_all(text, s.matches);
+  const SplitBehavior behavior = step.kind == PreTokenizerStep::Kind::kByteLevel ? SplitBehavior::kIsolated : step.behavior;
+  if (behavior == SplitBehavior::kIsolated && !step.invert) {  // what fold gives, without the marks
+    uint32_t prev = 0;
+    for (const Span& m : s.matches) {
+      if (prev != m.begin) s.next.push_back({piece.begin + prev, piece.begin + m.begin});
+      if (m.begin != m.end) s.next.push_back({piece.begin + m.begin, piece.begin + m.end});
+      prev = m.end;
+    }
+    if (prev != text.size()) s.next.push_back({piece.begin + prev, piece.end});
+    return;
+  }
   s.marked.clear();
   uint32_t prev = 0;
   for (const Span& m : s.matches) {
@@ -79,7 +90,6 @@ void PreTokenizer::split(const PreTokenizerStep& step, const std::string& buf, S
   if (step.invert) {
     for (Marked& m : s.marked) m.is_match = !m.is_match;
   }
-  const SplitBehavior behavior = step.kind == PreTokenizerStep::Kind::kByteLevel ? SplitBehavior::kIsolated : step.behavior;
   s.folded.clear();
   fold(behavior, s.marked, s.folded);
   for (const Span& f : s.folded) {

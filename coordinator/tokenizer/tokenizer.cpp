@@ -3,10 +3,8 @@
 // encode: added tokens are cut out of the raw text first (non-normalized ones, then normalized
 // ones in what is left, as the reference), each stretch between them is pre-tokenized into
 // pieces, and each piece is BPE-encoded. decode: each id's bytes, joined, then lossy UTF-8.
-#include <functional>
-#include <mutex>
+#include <span>
 #include <string>
-#include <unordered_map>
 
 #include "coordinator/tokenizer/tokenizer_impl.h"
 #include "coordinator/tokenizer/utf8.h"
@@ -68,26 +66,22 @@ void TokenizerImpl::encode_text(std::string_view text, std::vector<int32_t>& ids
   }
 }
 
-// Words repeat: a piece seen before takes its ids from the cache, shared by all calls and
-// threads (readers share the lock). Bounded like the reference's: once full, nothing is added.
+// Words repeat: a piece seen before takes its ids from the cache.
 void TokenizerImpl::encode_piece(std::string_view piece, bool byte_level, std::vector<int32_t>& ids,
                                  BpeScratch& scratch) const {
-  if (piece.size() < 2 || piece.size() > kMaxCachedPiece) {
+  if (!PieceCache::cacheable(piece)) {
     bpe_.encode(piece, byte_level, ids, scratch);
     return;
   }
-  {
-    std::shared_lock lock(cache_mu_);
-    if (const auto it = cache_.find(piece); it != cache_.end()) {
-      ids.insert(ids.end(), it->second.begin(), it->second.end());
-      return;
-    }
+  const uint64_t hash = cache_.hash(piece);
+  std::span<const int32_t> cached;
+  if (cache_.find(piece, hash, cached)) {
+    ids.insert(ids.end(), cached.begin(), cached.end());
+    return;
   }
   const size_t first = ids.size();
   bpe_.encode(piece, byte_level, ids, scratch);
-  std::unique_lock lock(cache_mu_);
-  if (cache_.size() < kCacheCapacity)
-    cache_.emplace(std::string(piece), std::vector<int32_t>(ids.begin() + long(first), ids.end()));
+  cache_.insert(piece, hash, std::span<const int32_t>(ids).subspan(first));
 }
 
 StatusOr<std::string> TokenizerImpl::token_bytes(int32_t id, bool skip_special_tokens) const {

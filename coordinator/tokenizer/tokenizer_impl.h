@@ -1,9 +1,8 @@
 // The one Tokenizer implementation: a byte-level BPE tokenizer.json. Loading
-// (tokenizer_json.cpp) fills it; encoding and decoding (tokenizer.cpp) only read it, so every
-// const method is safe to call from many threads at once.
+// (tokenizer_json.cpp) fills it; encoding and decoding (tokenizer.cpp) only read it, apart from
+// the piece cache, which is made for concurrent use, so every const method is safe to call from
+// many threads at once.
 #pragma once
-
-#include <shared_mutex>
 
 #include <string>
 #include <unordered_map>
@@ -11,6 +10,7 @@
 
 #include "coordinator/tokenizer/added_tokens.h"
 #include "coordinator/tokenizer/bpe.h"
+#include "coordinator/tokenizer/piece_cache.h"
 #include "coordinator/tokenizer/pretokenizer.h"
 #include "coordinator/tokenizer/tokenizer.h"
 
@@ -56,14 +56,7 @@ class TokenizerImpl final : public Tokenizer {
   void encode_text(std::string_view text, std::vector<int32_t>& ids) const;
   void encode_piece(std::string_view piece, bool byte_level, std::vector<int32_t>& ids, BpeScratch& scratch) const;
 
-  // Piece -> ids, shared by every call and thread (see encode_piece).
-  struct PieceHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
-  static constexpr size_t kCacheCapacity = 1 << 16, kMaxCachedPiece = 64;
-  mutable std::shared_mutex cache_mu_;
-  mutable std::unordered_map<std::string, std::vector<int32_t>, PieceHash, std::equal_to<>> cache_;
+  mutable PieceCache cache_;  // shared by every call and thread
 };
 
 }  // namespace shoal

@@ -3,6 +3,8 @@
 // TextDecoder both follow: decoding is byte-exact with the reference's decode().
 #include "coordinator/tokenizer/utf8.h"
 
+#include <cstring>
+
 #include "coordinator/tokenizer/tokenizer.h"
 
 namespace shoal {
@@ -53,6 +55,11 @@ namespace utf8 {
 bool is_valid(std::string_view s) {
   size_t i = 0;
   while (i < s.size()) {
+    uint64_t word;
+    if (i + 8 <= s.size() && (std::memcpy(&word, s.data() + i, 8), (word & 0x8080808080808080ull) == 0)) {
+      i += 8;  // eight ASCII bytes
+      continue;
+    }
     if (static_cast<unsigned char>(s[i]) < 0x80) {
       ++i;
       continue;
