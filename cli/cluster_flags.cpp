@@ -2,11 +2,10 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <thread>
 
-#include "comm/inproc/inproc_transport.h"
 #include "comm/tcp/admission.h"
 #include "comm/wire/tags.h"
+#include "coordinator/local_cluster.h"
 #include "node/session.h"
 #ifdef SHOAL_HAVE_MPI
 #include "comm/mpi/mpi_transport.h"
@@ -33,34 +32,6 @@ StatusOr<std::vector<comm::PeerAddress>> parse_nodes(const std::string& text) {
   }
   if (out.empty()) return invalid_argument("--nodes names no node");
   return out;
-}
-
-// N ranks as threads: rank 0 is returned, ranks 1..N-1 serve sessions on their own threads.
-StatusOr<std::unique_ptr<Cluster>> open_local(int n, ClusterOptions o) {
-  auto world = std::make_shared<comm::InprocWorld>(n);
-  std::unique_ptr<comm::Transport> t0 = world->transport(0);
-  auto threads = std::make_shared<std::vector<std::thread>>();
-  for (int r = 1; r < n; ++r) {
-    threads->emplace_back([world, t = std::shared_ptr<comm::Transport>(world->transport(r))] {
-      NodeState st;
-      st.build_id = build_id();
-      auto end = serve_session(*t, st);
-      if (!end.ok()) std::fprintf(stderr, "shoal: rank %d: %s\n", t->rank(), end.status().to_string().c_str());
-    });
-  }
-  auto join = [threads] {
-    for (auto& th : *threads)
-      if (th.joinable()) th.join();
-  };
-  o.nodes_exit = true;
-  auto c = Cluster::start(std::move(t0), o);
-  if (!c.ok()) {
-    world->kill(0);  // the node threads see rank 0 gone and end
-    join();
-    return c.status();
-  }
-  (*c)->on_shutdown(join);
-  return c;
 }
 
 }  // namespace
@@ -115,7 +86,7 @@ StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOp
     o.nodes_exit = false;
     return Cluster::start(std::move(t), o);
   }
-  return open_local(std::max(f.local_nodes, 1), o);
+  return start_local_cluster(std::max(f.local_nodes, 1), o);
 }
 
 int run_mpi_node() {

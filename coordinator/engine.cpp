@@ -49,6 +49,7 @@ StatusOr<std::vector<float>> Engine::forward(const Batch& batch, const std::vect
   std::vector<float> x(static_cast<size_t>(n * dim));
   kernels::embedding(x.data(), batch.tokens.data(), embed_, n, ctx_);
   stage_->forward(x.data(), batch);
+  if (m == 0) return std::vector<float>{};  // a prefill chunk that chooses no token
   std::vector<float> h(static_cast<size_t>(m * dim));
   for (int64_t r = 0; r < m; ++r) std::copy_n(x.data() + logit_rows[size_t(r)] * dim, dim, h.data() + r * dim);
   kernels::rms_norm(h.data(), h.data(), head_.norm, m, float(c.rms_norm_eps), ctx_);

@@ -292,8 +292,10 @@ Status Worker::head(const float* x, const Batch& b, const std::vector<int64_t>& 
   const int64_t dim = config_.dim, V = config_.vocab_size, m = int64_t(rows.size());
   std::vector<float> h(static_cast<size_t>(m * dim)), logits(static_cast<size_t>(m * V));
   for (int64_t r = 0; r < m; ++r) std::copy_n(x + rows[size_t(r)] * dim, dim, h.data() + r * dim);
-  kernels::rms_norm(h.data(), h.data(), head_->norm, m, float(config_.rms_norm_eps), lc_.kernels);
-  kernels::linear(logits.data(), h.data(), head_->lm_head, m, lc_.kernels);
+  if (m > 0) {  // a prefill chunk may choose no token
+    kernels::rms_norm(h.data(), h.data(), head_->norm, m, float(config_.rms_norm_eps), lc_.kernels);
+    kernels::linear(logits.data(), h.data(), head_->lm_head, m, lc_.kernels);
+  }
   wire::Result result;
   result.set_id(id);
   for (int64_t r = 0; r < m; ++r) {

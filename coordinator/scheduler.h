@@ -1,0 +1,84 @@
+// Continuous batching over an Executor (docs/serving.md, "Scheduler"): requests join and leave
+// between steps; a long prompt is prefilled in chunks so it does not stall the decodes around
+// it; each running sequence holds one KV slot; up to pipeline_depth() micro-batches are in flight
+// (a sequence in at most one), so every pipeline stage has work.
+//
+// The scheduler chooses token ids with the head's argmax (greedy); sampling arrives on the head
+// rank with the serving issue. Stops: the request's stop ids (EOS), max_tokens, the context.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <vector>
+
+#include "coordinator/executor.h"
+
+namespace shoal {
+
+enum class FinishReason { kNone, kStop, kLength, kCancelled };
+const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled"
+
+struct GenerationRequest {
+  uint64_t id = 0;
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 16;
+  std::vector<int32_t> stop_ids;
+};
+
+// One generated token, or the end of a request (token < 0 when it ends without one).
+struct TokenEvent {
+  uint64_t request = 0;
+  int32_t token = -1;
+  FinishReason finish = FinishReason::kNone;
+};
+
+struct SchedulerOptions {
+  int64_t max_batch_tokens = 512;  // tokens per micro-batch (prefill chunks + decodes)
+};
+
+class Scheduler {
+ public:
+  Scheduler(Executor& executor, SchedulerOptions options = {});
+
+  // Queues a request. One that can never fit (prompt + max_tokens beyond the context, an empty
+  // prompt, a duplicate id) is refused with the numbers; one that cannot fit now waits.
+  Status add(GenerationRequest request);
+  // Ends a request now: its slot is freed once no micro-batch of it is in flight. Unknown ids: no-op.
+  void cancel(uint64_t id);
+
+  // Submits what is ready, waits for one micro-batch, and returns its events (possibly none).
+  StatusOr<std::vector<TokenEvent>> step();
+  bool idle() const { return waiting_.empty() && running_.empty(); }
+  size_t waiting() const { return waiting_.size(); }
+  size_t running() const { return running_.size(); }
+
+ private:
+  struct Sequence {
+    GenerationRequest request;
+    int32_t slot = -1;
+    int64_t prefilled = 0;          // prompt tokens already in the cache
+    std::vector<int32_t> output;
+    bool in_flight = false;
+    bool cancelled = false;
+  };
+  struct Part {                      // a sequence's share of an in-flight micro-batch
+    uint64_t request;
+    int64_t tokens;
+    bool wants_token;               // its last token chooses the next one
+  };
+
+  void admit();
+  Status submit_ready();
+  void finish(uint64_t id, FinishReason reason, std::vector<TokenEvent>& events);
+
+  Executor& ex_;
+  SchedulerOptions options_;
+  std::deque<GenerationRequest> waiting_;
+  std::map<uint64_t, Sequence> running_;
+  std::vector<int32_t> free_slots_;
+  std::map<uint64_t, std::vector<Part>> in_flight_;  // micro-batch id -> parts
+};
+
+}  // namespace shoal
