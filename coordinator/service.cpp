@@ -1,0 +1,111 @@
+#include "coordinator/service.h"
+
+namespace shoal {
+
+GenerationService::GenerationService(Executor& executor, SchedulerOptions options)
+    : ex_(executor), scheduler_(executor, options) {
+  thread_ = std::thread([this] { loop(); });
+}
+
+GenerationService::~GenerationService() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+StatusOr<uint64_t> GenerationService::submit(GenerationRequest request, Callbacks callbacks) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!failed_.ok()) return failed_;
+  const int64_t need = int64_t(request.prompt.size()) + request.max_tokens;
+  if (request.prompt.empty()) return invalid_argument("the prompt is empty");
+  if (request.max_tokens < 1) return invalid_argument("max_tokens must be at least 1");
+  if (need > ex_.max_seq_len())
+    return Status(Code::kResourceExhausted, "the request needs " + std::to_string(need) + " positions (prompt " +
+                                                std::to_string(request.prompt.size()) + " + max_tokens " +
+                                                std::to_string(request.max_tokens) + ") but the context holds " +
+                                                std::to_string(ex_.max_seq_len()));
+  request.id = next_id_++;
+  const uint64_t id = request.id;
+  incoming_.push_back({std::move(request), std::move(callbacks)});
+  cv_.notify_all();
+  return id;
+}
+
+void GenerationService::cancel(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancels_.push_back(id);
+  cv_.notify_all();
+}
+
+Status GenerationService::health() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failed_;
+}
+
+size_t GenerationService::waiting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return waiting_;
+}
+
+size_t GenerationService::running() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return running_;
+}
+
+void GenerationService::loop() {
+  while (true) {
+    std::vector<Pending> incoming;
+    std::vector<uint64_t> cancels;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !incoming_.empty() || !cancels_.empty() || !scheduler_.idle(); });
+      if (stop_) return;
+      incoming.swap(incoming_);
+      cancels.swap(cancels_);
+    }
+    for (Pending& p : incoming) {
+      const uint64_t id = p.request.id;
+      if (Status s = scheduler_.add(std::move(p.request)); !s.ok()) {
+        if (p.callbacks.on_error) p.callbacks.on_error(s);
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      callbacks_[id] = std::move(p.callbacks);
+    }
+    for (uint64_t id : cancels) scheduler_.cancel(id);
+    auto events = scheduler_.step();
+    std::map<uint64_t, Callbacks> lost;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!events.ok()) {
+        failed_ = events.status();
+        lost.swap(callbacks_);
+      }
+      waiting_ = scheduler_.waiting();
+      running_ = scheduler_.running();
+    }
+    if (!events.ok()) {
+      for (auto& [id, cb] : lost)
+        if (cb.on_error) cb.on_error(events.status());
+      std::unique_lock<std::mutex> lock(mu_);  // failed: refuse everything from now on
+      cv_.wait(lock, [&] { return stop_; });
+      return;
+    }
+    for (const TokenEvent& e : *events) {
+      Callbacks cb;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = callbacks_.find(e.request);
+        if (it == callbacks_.end()) continue;
+        cb = it->second;
+        if (e.finish != FinishReason::kNone) callbacks_.erase(it);
+      }
+      if (cb.on_event) cb.on_event(e);
+    }
+  }
+}
+
+}  // namespace shoal

@@ -1,0 +1,62 @@
+// The generation service: one thread runs the Scheduler over an Executor; callers on any
+// thread submit requests and get their tokens through a callback (the HTTP server and the
+// batch runner both sit on this). A failure of the executor (a rank lost) fails every request
+// in flight with that error and the service stays up for /health to report it.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "coordinator/scheduler.h"
+
+namespace shoal {
+
+class GenerationService {
+ public:
+  // on_event sees every token of the request and then its end (finish != kNone, or error set).
+  struct Callbacks {
+    std::function<void(const TokenEvent& event)> on_event;
+    std::function<void(const Status& error)> on_error;  // the request failed; no more events
+  };
+
+  GenerationService(Executor& executor, SchedulerOptions options = {});
+  ~GenerationService();
+
+  // Queues a request (refused at once when it can never fit); returns its id.
+  StatusOr<uint64_t> submit(GenerationRequest request, Callbacks callbacks);
+  void cancel(uint64_t id);
+
+  // The executor's failure, once it has failed (then every submit is refused with it).
+  Status health() const;
+  size_t waiting() const;
+  size_t running() const;
+  Executor& executor() { return ex_; }
+
+ private:
+  void loop();
+  struct Pending {
+    GenerationRequest request;
+    Callbacks callbacks;
+  };
+
+  Executor& ex_;
+  Scheduler scheduler_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Pending> incoming_;
+  std::vector<uint64_t> cancels_;
+  std::map<uint64_t, Callbacks> callbacks_;
+  uint64_t next_id_ = 1;
+  Status failed_;
+  size_t waiting_ = 0, running_ = 0;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace shoal
