@@ -93,6 +93,9 @@ Status Worker::send(int dst, uint32_t tag, const google::protobuf::MessageLite& 
   if (tag == wire::kExpertRequest || tag == wire::kExpertReply) {
     expert_messages_ += 1;
     expert_bytes_ += int64_t(bytes.size());
+  } else if (tag == wire::kResult) {
+    result_messages_ += 1;
+    result_bytes_ += int64_t(bytes.size());
   } else {
     hidden_messages_ += 1;
     hidden_bytes_ += int64_t(bytes.size());
@@ -108,6 +111,8 @@ wire::WorkerStats Worker::stats() const {
   s.set_hidden_tokens(hidden_tokens_);
   s.set_expert_messages(expert_messages_);
   s.set_expert_bytes(expert_bytes_);
+  s.set_result_messages(result_messages_);
+  s.set_result_bytes(result_bytes_);
   return s;
 }
 

@@ -80,7 +80,8 @@ class Worker {
   Status send(int dst, uint32_t tag, const google::protobuf::MessageLite& m, int64_t tokens);
 
   comm::Transport* t_ = nullptr;
-  std::atomic<int64_t> hidden_messages_{0}, hidden_bytes_{0}, hidden_tokens_{0}, expert_messages_{0}, expert_bytes_{0};
+  std::atomic<int64_t> hidden_messages_{0}, hidden_bytes_{0}, hidden_tokens_{0}, expert_messages_{0}, expert_bytes_{0},
+      result_messages_{0}, result_bytes_{0};
   std::atomic<bool> stopping_{false};
   std::thread pipeline_, experts_thread_;
   mutable std::mutex mu_;
