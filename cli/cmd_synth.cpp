@@ -1,24 +1,86 @@
 // shoal synth: write a random-weight checkpoint in Hugging Face layout for a config.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cli/commands.h"
+#include "coordinator/tokenizer/tokenizer.h"
 #include "model/synth.h"
 
 namespace shoal::cli {
 namespace {
 
+namespace fs = std::filesystem;
+
 struct Options {
-  std::string config, out, dtype = "bf16";
+  std::string config, out, tokenizer, dtype = "bf16";
   int64_t layers = 0;
   uint64_t seed = 0;
   double shard_size_mb = 4096;
   bool mtp = false;
 };
 
+// One past the largest token id of tokenizer.json: over model.vocab and added_tokens. (The
+// Tokenizer's vocab_limit would be the vocab_size of a config.json beside it instead.)
+StatusOr<int64_t> token_id_count(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return not_found("cannot open " + file.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  auto bad = [&](const std::string& what) { return invalid_argument(file.string() + ": " + what); };
+  if (!j.is_object()) return bad("not a JSON object");
+  int64_t n = 0;
+  auto take = [&](const nlohmann::json& id, const std::string& where) -> Status {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0) return bad(where + ": expected a token id, got " + id.dump());
+    n = std::max(n, id.get<int64_t>() + 1);
+    return {};
+  };
+  const auto model = j.find("model");
+  if (model == j.end() || !model->is_object() || !model->contains("vocab") || !(*model)["vocab"].is_object())
+    return bad("model.vocab: expected an object of token ids");
+  for (const auto& [token, id] : (*model)["vocab"].items()) SHOAL_RETURN_IF_ERROR(take(id, "model.vocab"));
+  if (const auto added = j.find("added_tokens"); added != j.end() && added->is_array()) {
+    for (size_t i = 0; i < added->size(); ++i) {
+      const nlohmann::json& t = (*added)[i];
+      const std::string where = "added_tokens[" + std::to_string(i) + "].id";
+      if (!t.is_object() || !t.contains("id")) return bad(where + ": missing");
+      SHOAL_RETURN_IF_ERROR(take(t["id"], where));
+    }
+  }
+  if (n == 0) return bad("no tokens");
+  return n;
+}
+
+// Reads the tokenizer folder for synth: vocab_size from its ids, BOS/EOS ids from
+// tokenizer_config.json's bos_token/eos_token. Loading it with the Tokenizer first checks that
+// `shoal run` will be able to load the copy.
+Status add_tokenizer(const fs::path& dir, SynthOptions& so, int64_t& n_ids) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return not_found("--tokenizer " + dir.string() + ": not a folder");
+  for (const char* name : {kSynthTokenizerFiles[0], kSynthTokenizerFiles[1]}) {
+    if (!fs::is_regular_file(dir / name, ec)) return not_found("tokenizer file not found: " + (dir / name).string());
+  }
+  SHOAL_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, Tokenizer::load(dir));
+  SHOAL_ASSIGN_OR_RETURN(n_ids, token_id_count(dir / kSynthTokenizerFiles[0]));
+  so.tokenizer = dir;
+  so.vocab_size = synth_vocab_size(n_ids);
+  so.bos_token_id = tok->bos_id();
+  so.eos_token_id = tok->eos_id();
+  return {};
+}
+
 int synth(const Options& o) {
   SynthOptions so;
+  int64_t n_ids = 0;
+  if (!o.tokenizer.empty()) {
+    if (Status s = add_tokenizer(o.tokenizer, so, n_ids); !s.ok()) return fail(s);
+  }
   so.config = o.config;
   so.out = o.out;
   so.fp8 = o.dtype == "fp8";
@@ -33,6 +95,11 @@ int synth(const Options& o) {
   std::printf("wrote %lld tensors, %.3f GB in %lld shard(s), %lld layers%s, to %s in %.1f s\n",
               (long long)r->n_tensors, double(r->total_bytes) / 1e9, (long long)r->n_shards,
               (long long)r->config.n_layers, o.mtp && r->config.n_mtp_layers > 0 ? " + MTP" : "", o.out.c_str(), s);
+  if (!so.tokenizer.empty()) {
+    std::printf("tokenizer: %lld token ids, vocab_size %lld, bos_token_id %lld, eos_token_id %lld\n",
+                (long long)n_ids, (long long)r->config.vocab_size, (long long)r->config.bos_token_id,
+                (long long)r->config.eos_token_id);
+  }
   return 0;
 }
 
@@ -46,6 +113,10 @@ void add_synth(CLI::App& app, int& rc) {
                   "architecture at hidden 1024, 4 layers, 32 experts)");
   sub->add_option("--out", o->out, "Folder to write (created; must not hold a checkpoint yet)")
       ->required();
+  sub->add_option("--tokenizer", o->tokenizer,
+                  "Folder with tokenizer.json and tokenizer_config.json: copied into --out, vocab_size set to "
+                  "the tokenizer's ids rounded up to a multiple of 1280 (129,280 for DeepSeek-V3's), "
+                  "bos/eos_token_id to its BOS/EOS tokens, so the model can serve text");
   sub->add_option("--dtype", o->dtype, "bf16 (default), or fp8: e4m3 with 128x128 block scales, as DeepSeek ships")
       ->check(CLI::IsMember({"bf16", "fp8"}));
   sub->add_option("--layers", o->layers, "num_hidden_layers to write (default: the config's)")

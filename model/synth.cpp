@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/dtype.h"
@@ -42,10 +43,18 @@ StatusOr<json> read_json(const fs::path& path) {
   return j;
 }
 
-// The input config with synth's edits: layer count, MTP layers, and the quantization_config
-// that says how the weights are stored.
+// The input config with synth's edits: layer count, MTP layers, the tokenizer's vocab_size and
+// BOS/EOS ids, and the quantization_config that says how the weights are stored.
 void edit_config(json& j, const SynthOptions& o) {
   if (o.layers > 0) j["num_hidden_layers"] = o.layers;
+  if (!o.tokenizer.empty()) {
+    j["vocab_size"] = o.vocab_size;
+    const std::pair<const char*, int64_t> ids[] = {{"bos_token_id", o.bos_token_id}, {"eos_token_id", o.eos_token_id}};
+    for (const auto& [key, id] : ids) {
+      if (id >= 0) j[key] = id;
+      else j.erase(key);
+    }
+  }
   if (!o.mtp && j.contains("num_nextn_predict_layers")) j["num_nextn_predict_layers"] = 0;
   if (o.fp8) {
     j["quantization_config"] = {{"activation_scheme", "dynamic"},
@@ -184,6 +193,29 @@ Status write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << text;
   if (!out) return internal_error("cannot write " + path.string());
+  return {};
+}
+
+// The tokenizer files synth requires are there (checked before anything is written).
+Status check_tokenizer_files(const fs::path& dir) {
+  for (size_t k = 0; k < 2; ++k) {
+    const fs::path file = dir / kSynthTokenizerFiles[k];
+    std::error_code ec;
+    if (!fs::is_regular_file(file, ec)) return not_found("tokenizer file not found: " + file.string());
+  }
+  return {};
+}
+
+// Copies the tokenizer's files byte for byte, the optional one only when present.
+Status copy_tokenizer_files(const fs::path& dir, const fs::path& out) {
+  for (const char* name : kSynthTokenizerFiles) {
+    std::error_code ec;
+    const fs::path from = dir / name;
+    if (!fs::exists(from, ec)) continue;  // check_tokenizer_files has checked the required ones
+    if (fs::equivalent(from, out / name, ec)) continue;  // synthesizing into the tokenizer's folder
+    if (!fs::copy_file(from, out / name, fs::copy_options::overwrite_existing, ec) || ec)
+      return internal_error("cannot copy " + from.string() + " to " + (out / name).string() + ": " + ec.message());
+  }
   return {};
 }
 
@@ -358,6 +390,10 @@ StatusOr<SynthResult> synth_checkpoint(const SynthOptions& o) {
   if (!o.config.empty()) {
     SHOAL_ASSIGN_OR_RETURN(j, read_json(o.config));
   }
+  if (!o.tokenizer.empty()) {
+    if (o.vocab_size <= 0) return invalid_argument("synth with a tokenizer needs its vocab_size");
+    SHOAL_RETURN_IF_ERROR(check_tokenizer_files(o.tokenizer));
+  }
   edit_config(j, o);
   const std::string config_text = j.dump(2) + "\n";
   auto parsed = parse_config(config_text);
@@ -365,6 +401,7 @@ StatusOr<SynthResult> synth_checkpoint(const SynthOptions& o) {
   SynthResult r;
   r.config = *parsed;
   SHOAL_RETURN_IF_ERROR(check_out_dir(o.out));
+  if (!o.tokenizer.empty()) SHOAL_RETURN_IF_ERROR(copy_tokenizer_files(o.tokenizer, o.out));
 
   const std::vector<TensorSpec> specs = model_tensors(r.config, o.mtp);
   std::vector<Entry> entries = plan_entries(specs, r.config);

@@ -10,6 +10,12 @@
 //
 // Weights are generated and written a block of rows at a time straight into their place in
 // their shard (the header is written first), so memory stays far below one tensor.
+//
+// With a tokenizer (`shoal synth --tokenizer DIR`) the checkpoint can serve text: its
+// tokenizer.json and tokenizer_config.json (and chat_template.jinja when there is one) are copied
+// byte for byte into `out`, vocab_size is sized to the tokenizer by synth_vocab_size and
+// bos_token_id / eos_token_id are the tokenizer's. The caller reads the tokenizer (the tokenizer
+// library is above this one) and passes the numbers in SynthOptions.
 #pragma once
 
 #include <cstdint>
@@ -28,7 +34,29 @@ struct SynthOptions {
   bool mtp = false;                      // write the MTP layers too; else num_nextn_predict_layers = 0
   uint64_t seed = 0;
   uint64_t shard_bytes = 4096ull << 20;  // tensor bytes per shard, split where HF splits
+
+  // A tokenizer folder, or empty for none. With one: its files are copied into `out`,
+  // vocab_size replaces the config's, and bos/eos_token_id replace the config's (-1: the
+  // tokenizer has none, and the key is removed).
+  std::filesystem::path tokenizer;
+  int64_t vocab_size = 0;
+  int64_t bos_token_id = -1, eos_token_id = -1;
 };
+
+// The files of a tokenizer folder that synth copies: the first two must exist, the last is copied
+// when present (newer Hugging Face repos keep the chat template there).
+inline constexpr const char* kSynthTokenizerFiles[] = {"tokenizer.json", "tokenizer_config.json",
+                                                       "chat_template.jinja"};
+
+// The vocab_size synth gives a model for a tokenizer whose ids are [0, n_token_ids) (one past the
+// largest id of its vocabulary and added tokens): n_token_ids rounded up to a multiple of
+// kSynthVocabMultiple. 1280 = 10 x 128 keeps the embedding and lm_head in whole 128-row fp8
+// blocks, and is the rule that gives DeepSeek-V3's released vocab_size: its tokenizer's 128,815
+// ids (128,000 BPE tokens + 815 added) -> 129,280.
+inline constexpr int64_t kSynthVocabMultiple = 1280;
+inline int64_t synth_vocab_size(int64_t n_token_ids) {
+  return (n_token_ids + kSynthVocabMultiple - 1) / kSynthVocabMultiple * kSynthVocabMultiple;
+}
 
 struct SynthResult {
   ModelConfig config;       // as written to out/config.json

@@ -16,6 +16,8 @@
 #include <sstream>
 
 #include "coordinator/engine.h"
+#include "coordinator/reasoning.h"
+#include "coordinator/tokenizer/tokenizer.h"
 #include "model/inspect.h"
 #include "model/layers.h"
 #include "model/synth.h"
@@ -30,6 +32,7 @@ namespace {
 
 const fs::path kFixtures = SHOAL_FIXTURES;
 const fs::path kConfig671b = kFixtures / "configs" / "deepseek-v3-671b" / "config.json";
+const fs::path kTokenizerV3 = kFixtures / "tokenizer-deepseek-v3";
 // The synth runs most tests share (--config as a folder for one, as a file for the other).
 const std::string kTinyBf16 =
     "--config '" + (kFixtures / "tiny-v3-bf16").string() + "' --dtype bf16 --seed 7 --shard-size-mb 0.1";
@@ -491,6 +494,154 @@ TEST_CASE("synth --layers 1 of the 671B config, scaled down") {
   check_config(dir, config, true, 1, false);
   check_tensors(dir, true);  // layer 0 only: nothing of layers 1..60
   check_generates(dir);
+}
+
+// ---- synth --tokenizer ----------------------------------------------------------------------
+
+TEST_CASE("synth_vocab_size: the tokenizer's ids rounded up to a multiple of 1280") {
+  CHECK(synth_vocab_size(128815) == 129280);  // DeepSeek-V3: 128,000 BPE + 815 added tokens
+  CHECK(synth_vocab_size(1) == 1280);
+  CHECK(synth_vocab_size(1280) == 1280);
+  CHECK(synth_vocab_size(1281) == 2560);
+  CHECK(synth_vocab_size(129280) == 129280);
+}
+
+TEST_CASE("synth --tokenizer: DeepSeek-V3's vocab_size, BOS/EOS and files, and `shoal run --prompt` serves text") {
+  const fs::path config = kFixtures / "tiny-v3-bf16" / "config.json";  // vocab_size 1024, hidden 64
+  const fs::path dir = synthesized("--config " + quoted(config) + " --layers 1 --seed 3 --tokenizer " +
+                                   quoted(kTokenizerV3));
+  auto tok = Tokenizer::load(kTokenizerV3);
+  REQUIRE(tok.ok());
+  REQUIRE((*tok)->bos_id() == 0);  // <｜begin▁of▁sentence｜>
+  REQUIRE((*tok)->eos_id() == 1);  // <｜end▁of▁sentence｜>
+
+  // config.json: the input with synth's usual edits, and the tokenizer's vocab_size and ids.
+  const json got = read_json(dir / "config.json");
+  CHECK(got.at("vocab_size") == 129280);
+  CHECK(got.at("bos_token_id") == (*tok)->bos_id());
+  CHECK(got.at("eos_token_id") == (*tok)->eos_id());
+  json want = read_json(config);
+  want["num_hidden_layers"] = 1;
+  want["num_nextn_predict_layers"] = 0;
+  want["vocab_size"] = 129280;
+  CHECK(got == want);  // the fixture's bos/eos are already 0 and 1
+  check_tensors(dir, false);  // embedding and lm_head with 129,280 rows
+  auto ck = Checkpoint::open(dir);
+  REQUIRE(ck.ok());
+  CHECK((*ck)->config().vocab_size == 129280);
+
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) {
+    INFO(name);
+    const std::string copy = slurp(dir / name);
+    CHECK(!copy.empty());
+    CHECK(copy == slurp(kTokenizerV3 / name));
+  }
+  CHECK_FALSE(fs::exists(dir / "chat_template.jinja"));  // the fixture has none
+
+  // End to end: the tokenizer files in the folder serve a text prompt.
+  const CliRun r = shoal_cli("run --model " + quoted(dir) + " --prompt Hello --max-tokens 6");
+  INFO(r.out << r.err);
+  REQUIRE(r.rc == 0);
+  std::istringstream lines(r.out);
+  std::string line, text_json;
+  std::vector<int32_t> generated;
+  bool saw_generated = false;
+  while (std::getline(lines, line)) {
+    if (line.starts_with("generated:")) {
+      saw_generated = true;
+      std::istringstream ids(line.substr(10));
+      for (int32_t id; ids >> id;) generated.push_back(id);
+    }
+    if (line.starts_with("text: ")) text_json = line.substr(6);
+  }
+  REQUIRE(saw_generated);
+  REQUIRE(!generated.empty());
+  for (int32_t id : generated) CHECK((id >= 0 && id < 129280));
+  REQUIRE(!text_json.empty());
+  auto decoded = (*tok)->decode(generated, /*skip_special_tokens=*/true);
+  REQUIRE(decoded.ok());
+  CHECK(json::parse(text_json).get<std::string>() == split_reasoning(*decoded, false).content);
+  CHECK(!decoded->empty());  // random weights, but real tokens: there is text
+}
+
+TEST_CASE("synth --tokenizer with the embedded default config: vocab_size 129,280 replaces 32,768") {
+  // The default's hidden size (1024) makes this ~0.5 GB of embedding and head: --layers 1, fp8.
+  TempDir tmp;
+  const CliRun r = shoal_cli("synth --layers 1 --dtype fp8 --tokenizer " + quoted(kTokenizerV3) + " --out " +
+                             quoted(tmp.path / "ckpt"));
+  INFO(r.out << r.err);
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("tokenizer: 128815 token ids, vocab_size 129280, bos_token_id 0, eos_token_id 1") !=
+        std::string::npos);
+  const json got = read_json(tmp.path / "ckpt" / "config.json");
+  CHECK(got.at("vocab_size") == 129280);
+  CHECK(got.at("bos_token_id") == 0);
+  CHECK(got.at("eos_token_id") == 1);
+  check_tensors(tmp.path / "ckpt", true);
+}
+
+TEST_CASE("synth --tokenizer: BOS/EOS come from tokenizer_config.json, and go when it has none") {
+  TempDir tmp;
+  const fs::path tk = tmp.path / "tok";
+  fs::create_directories(tk);
+  fs::copy_file(kTokenizerV3 / "tokenizer.json", tk / "tokenizer.json");
+  // EOS as a plain string naming another added token; no BOS; a chat_template.jinja beside it.
+  write_file(tk / "tokenizer_config.json", R"({"eos_token": "<｜▁pad▁｜>", "add_bos_token": false})");
+  write_file(tk / "chat_template.jinja", "{{ messages[0]['content'] }}");
+  const fs::path config = kFixtures / "tiny-v3-bf16" / "config.json";
+  const fs::path dir = synthesized("--config " + quoted(config) + " --layers 1 --tokenizer " + quoted(tk));
+  const json got = read_json(dir / "config.json");
+  CHECK(got.at("vocab_size") == 129280);
+  CHECK_FALSE(got.contains("bos_token_id"));
+  CHECK(got.at("eos_token_id") == 2);
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}) {
+    INFO(name);
+    CHECK(slurp(dir / name) == slurp(tk / name));
+  }
+  auto c = load_config(dir);
+  REQUIRE(c.ok());
+  CHECK(c->bos_token_id == -1);
+  CHECK(c->eos_token_id == 2);
+}
+
+TEST_CASE("synth --tokenizer errors name the file, and nothing is written") {
+  TempDir tmp;
+  const fs::path tiny = kFixtures / "tiny-v3-bf16";
+  auto synth_with = [&](const fs::path& tk) {
+    return shoal_cli("synth --config " + quoted(tiny) + " --tokenizer " + quoted(tk) + " --out " +
+                     quoted(tmp.path / "out"));
+  };
+  auto expect_error = [&](const CliRun& r, const std::string& names) {
+    INFO(r.out << r.err);
+    CHECK(r.rc == 1);
+    CHECK(r.err.find("shoal: error:") != std::string::npos);
+    CHECK(r.err.find(names) != std::string::npos);
+    CHECK_FALSE(fs::exists(tmp.path / "out"));
+  };
+
+  expect_error(synth_with(tmp.path / "missing"), (tmp.path / "missing").string());
+
+  const fs::path no_config = tmp.path / "no-config";
+  fs::create_directories(no_config);
+  fs::copy_file(kTokenizerV3 / "tokenizer.json", no_config / "tokenizer.json");
+  expect_error(synth_with(no_config), (no_config / "tokenizer_config.json").string());
+
+  const fs::path no_json = tmp.path / "no-json";
+  fs::create_directories(no_json);
+  fs::copy_file(kTokenizerV3 / "tokenizer_config.json", no_json / "tokenizer_config.json");
+  expect_error(synth_with(no_json), (no_json / "tokenizer.json").string());
+
+  const fs::path bad_json = tmp.path / "bad-json";
+  fs::create_directories(bad_json);
+  fs::copy_file(kTokenizerV3 / "tokenizer_config.json", bad_json / "tokenizer_config.json");
+  write_file(bad_json / "tokenizer.json", R"({"model": {"type": "BPE", "vocab": )");
+  expect_error(synth_with(bad_json), (bad_json / "tokenizer.json").string());
+
+  const fs::path bad_bos = tmp.path / "bad-bos";
+  fs::create_directories(bad_bos);
+  fs::copy_file(kTokenizerV3 / "tokenizer.json", bad_bos / "tokenizer.json");
+  write_file(bad_bos / "tokenizer_config.json", R"({"bos_token": "<no such token>"})");
+  expect_error(synth_with(bad_bos), (bad_bos / "tokenizer_config.json").string());
 }
 
 // ---- inspect --------------------------------------------------------------------------------
