@@ -173,7 +173,7 @@ TEST_CASE("shoal logits under mpirun -np 3, with the ob1 and the UCX PML", "[dis
   }
 }
 
-TEST_CASE("TCP nodes: same logits; wrong token, build and weights refused; nodes serve the next coordinator",
+TEST_CASE("TCP nodes: same logits, wrong token, build and weights refused, nodes serve the next coordinator",
           "[distributed][tcp]") {
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");

@@ -513,7 +513,7 @@ TEST_CASE("plan JSON: every malformed field is an error naming it") {
   }
 }
 
-TEST_CASE("read_plan_file: errors name the file; parse errors the byte") {
+TEST_CASE("read_plan_file: errors name the file, parse errors the byte") {
   const ModelConfig c = config_of(kFixtures / kBf16);
   const fs::path dir = fs::temp_directory_path() / ("shoal-test-plan-" + std::to_string(std::random_device{}()));
   fs::create_directories(dir);

@@ -101,7 +101,7 @@ TEST_CASE("continuous batching equals each request run alone", "[scheduler]") {
   }
 }
 
-TEST_CASE("a request that can never fit is refused with the numbers; cancel frees a slot", "[scheduler]") {
+TEST_CASE("a request that can never fit is refused with the numbers, cancel frees a slot", "[scheduler]") {
   EngineOptions eo;
   eo.n_slots = 1;
   eo.max_seq_len = 64;

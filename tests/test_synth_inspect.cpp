@@ -364,7 +364,7 @@ TEST_CASE("synth of the tiny fixture configs: every table tensor, HF index and s
   }
 }
 
-TEST_CASE("synth: the default is bf16 in one shard; --mtp writes the MTP layer") {
+TEST_CASE("synth: the default is bf16 in one shard, --mtp writes the MTP layer") {
   const fs::path source = kFixtures / "tiny-v3-fp8" / "config.json";
   const fs::path plain = synthesized("--config " + quoted(source));
   check_tensors(plain, false);
