@@ -75,7 +75,11 @@ void GenerationService::loop() {
       std::lock_guard<std::mutex> lock(mu_);
       callbacks_[id] = std::move(p.callbacks);
     }
-    for (uint64_t id : cancels) scheduler_.cancel(id);
+    for (uint64_t id : cancels) {  // a cancelled request gets no more events
+      scheduler_.cancel(id);
+      std::lock_guard<std::mutex> lock(mu_);
+      callbacks_.erase(id);
+    }
     auto events = scheduler_.step();
     std::map<uint64_t, Callbacks> lost;
     {

@@ -30,6 +30,7 @@ class GenerationService {
 
   // Queues a request (refused at once when it can never fit); returns its id.
   StatusOr<uint64_t> submit(GenerationRequest request, Callbacks callbacks);
+  // Ends a request; its callbacks see nothing more from it.
   void cancel(uint64_t id);
 
   // The executor's failure, once it has failed (then every submit is refused with it).
