@@ -142,11 +142,12 @@ StatusOr<kernels::Matrix> Checkpoint::vector(const std::string& name, int64_t n)
 
 StatusOr<std::vector<TensorInfo>> Checkpoint::all_tensor_infos() {
   std::vector<TensorInfo> out;
-  std::map<std::string, bool> files;
-  for (const auto& [name, file] : where_) files[file] = true;
-  for (const auto& [file, _] : files) {
-    SHOAL_ASSIGN_OR_RETURN(SafetensorsFile * f, shard(file));
-    for (const auto& t : f->tensors()) out.push_back(t);
+  std::map<std::string, std::string> files;  // shard -> first tensor the index puts there
+  for (const auto& [name, file] : where_) files.emplace(file, name);
+  for (const auto& [file, first] : files) {
+    auto f = shard(file);
+    if (!f.ok()) return f.status().with_context("tensor '" + first + "' (and any other the index puts in " + file + ")");
+    for (const auto& t : (*f)->tensors()) out.push_back(t);
   }
   return out;
 }
