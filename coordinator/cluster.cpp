@@ -1,7 +1,5 @@
 #include "coordinator/cluster.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <set>
 
@@ -16,11 +14,6 @@ namespace {
 
 using comm::Clock;
 constexpr std::chrono::milliseconds kPoll{250};
-
-std::string host_name() {
-  char buf[256] = {};
-  return ::gethostname(buf, sizeof buf - 1) == 0 ? std::string(buf) : std::string("?");
-}
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 

@@ -15,11 +15,6 @@ namespace {
 using comm::Clock;
 constexpr std::chrono::milliseconds kHeartbeatEvery{1000};
 
-std::string host_name() {
-  char buf[256] = {};
-  return ::gethostname(buf, sizeof buf - 1) == 0 ? std::string(buf) : std::string("?");
-}
-
 Status open_checkpoint(NodeState& st, const std::filesystem::path& dir) {
   if (st.ck && st.ck->dir() == dir) return {};
   st.ck.reset();
@@ -28,6 +23,11 @@ Status open_checkpoint(NodeState& st, const std::filesystem::path& dir) {
 }
 
 }  // namespace
+
+std::string host_name() {
+  char buf[256] = {};
+  return ::gethostname(buf, sizeof buf - 1) == 0 ? std::string(buf) : std::string("?");
+}
 
 std::string build_id() {
   if (const char* id = std::getenv("SHOAL_TEST_BUILD_ID"); id && *id) return id;  // tests of the refusal

@@ -32,6 +32,9 @@ struct SessionEnd {
 // coordinator was told why); so is a transport failure.
 StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& state);
 
+// This machine's host name ("?" when it cannot be read): how hellos and errors name a side.
+std::string host_name();
+
 // This build's id: "<version>+<git commit>" (SHOAL_TEST_BUILD_ID overrides it, for tests).
 std::string build_id();
 

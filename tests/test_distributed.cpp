@@ -263,6 +263,21 @@ std::string slurp(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// `shoal run` of a long generation over the nodes (stderr to dir/run.err), returned once it
+// has streamed 5 ids: ids arrive as they are chosen.
+std::unique_ptr<Child> start_streaming_run(const std::string& model, const std::vector<Node>& nodes,
+                                           const TempDir& dir, const std::string& extra = "") {
+  auto run = std::make_unique<Child>(kShoal + " run --model " + model +
+                                         " --ids \"1 2 3\" --max-tokens 4000 --max-seq-len 4096 " + extra +
+                                         " --nodes " + node_list(nodes) + " --token-file " + dir / "token",
+                                     dir / "run.err");
+  std::string seen;
+  const bool streamed = run->read_until([](const std::string& s) { return count_ids(s) >= 5; }, seen, 60s);
+  INFO("stdout: " << seen << "\nstderr: " << slurp(dir / "run.err"));
+  REQUIRE(streamed);
+  return run;
+}
+
 }  // namespace
 
 TEST_CASE("each of 4 ranks holds only its share of the weights", "[distributed][memory]") {
@@ -318,13 +333,8 @@ TEST_CASE("kill -9 of a TCP node while shoal run streams ends the run within 10 
   std::vector<Node> nodes;
   nodes.push_back(start_node(dir / "token"));
   nodes.push_back(start_node(dir / "token"));
-  Child run(kShoal + " run --model " + model + " --ids \"1 2 3\" --max-tokens 4000 --max-seq-len 4096 --nodes " +
-                node_list(nodes) + " --token-file " + dir / "token",
-            dir / "run.err");
-  std::string seen;
-  const bool streamed = run.read_until([](const std::string& s) { return count_ids(s) >= 5; }, seen, 60s);
-  INFO("stdout: " << seen << "\nstderr: " << slurp(dir / "run.err"));
-  REQUIRE(streamed);  // ids arrive as they are chosen
+  const auto run_ptr = start_streaming_run(model, nodes, dir);
+  Child& run = *run_ptr;
   nodes[1].child->kill(SIGKILL);
   const auto t0 = std::chrono::steady_clock::now();
   const int status = run.wait_exit(10s);
@@ -385,13 +395,8 @@ TEST_CASE("a TCP node that stops answering (SIGSTOP) fails the run by its heartb
   std::vector<Node> nodes;
   nodes.push_back(start_node(dir / "token"));
   nodes.push_back(start_node(dir / "token"));
-  Child run(kShoal + " run --model " + model + " --ids \"1 2 3\" --max-tokens 4000 --max-seq-len 4096 --heartbeat-timeout 2 --nodes " +
-                node_list(nodes) + " --token-file " + dir / "token",
-            dir / "run.err");
-  std::string seen;
-  const bool streamed = run.read_until([](const std::string& s) { return count_ids(s) >= 5; }, seen, 60s);
-  INFO("stdout: " << seen << "\nstderr: " << slurp(dir / "run.err"));
-  REQUIRE(streamed);
+  const auto run_ptr = start_streaming_run(model, nodes, dir, "--heartbeat-timeout 2");
+  Child& run = *run_ptr;
   nodes[0].child->kill(SIGSTOP);  // alive, connection open, silent
   const auto t0 = std::chrono::steady_clock::now();
   const int status = run.wait_exit(10s);

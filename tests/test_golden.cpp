@@ -10,9 +10,11 @@
 #include <nlohmann/json.hpp>
 
 #include "coordinator/engine.h"
+#include "support/process.h"
 
 using nlohmann::json;
 using namespace shoal;
+using shoal::test::run_command;
 
 namespace {
 
@@ -35,17 +37,6 @@ double worst_excess(const std::vector<float>& got, const json& want, const Toler
     worst = std::max(worst, std::fabs(double(got[i]) - w) - (tol.atol + tol.rtol * std::fabs(w)));
   }
   return worst;
-}
-
-std::string run_command(const std::string& cmd, int* status) {
-  std::FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t got;
-  while ((got = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
-  *status = pclose(p);
-  return out;
 }
 
 void check_fixture(const std::string& name, AttnImpl impl) {

@@ -65,36 +65,19 @@ class Child {
   // The next line of stdout (without '\n'), or false at EOF or when `timeout` passes.
   bool read_line(std::string& line, std::chrono::milliseconds timeout) {
     const auto end = std::chrono::steady_clock::now() + timeout;
-    while (true) {
-      if (const size_t nl = buf_.find('\n'); nl != std::string::npos) {
-        line = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        return true;
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return false;
-      pollfd p{out_, POLLIN, 0};
-      if (poll(&p, 1, int(left.count())) <= 0) return false;
-      char chunk[4096];
-      const ssize_t got = ::read(out_, chunk, sizeof chunk);
-      if (got <= 0) return false;
-      buf_.append(chunk, size_t(got));
-    }
+    size_t nl;
+    while ((nl = buf_.find('\n')) == std::string::npos)
+      if (!read_some(buf_, end)) return false;
+    line = buf_.substr(0, nl);
+    buf_.erase(0, nl + 1);
+    return true;
   }
   // Appends stdout to `seen` until done(seen) holds; false at EOF or when `timeout` passes.
   template <typename Done>
   bool read_until(Done done, std::string& seen, std::chrono::milliseconds timeout) {
     const auto end = std::chrono::steady_clock::now() + timeout;
-    while (!done(seen)) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return false;
-      pollfd p{out_, POLLIN, 0};
-      if (poll(&p, 1, int(left.count())) <= 0) return false;
-      char chunk[4096];
-      const ssize_t got = ::read(out_, chunk, sizeof chunk);
-      if (got <= 0) return false;
-      seen.append(chunk, size_t(got));
-    }
+    while (!done(seen))
+      if (!read_some(seen, end)) return false;
     return true;
   }
 
@@ -118,6 +101,19 @@ class Child {
   }
 
  private:
+  // Appends what stdout has to `out`, waiting for it until `end`; false at EOF or timeout.
+  bool read_some(std::string& out, std::chrono::steady_clock::time_point end) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{out_, POLLIN, 0};
+    if (poll(&p, 1, int(left.count())) <= 0) return false;
+    char chunk[4096];
+    const ssize_t got = ::read(out_, chunk, sizeof chunk);
+    if (got <= 0) return false;
+    out.append(chunk, size_t(got));
+    return true;
+  }
+
   pid_t pid_ = -1;
   int out_ = -1;
   std::string buf_;
