@@ -16,6 +16,8 @@ void add_synth(CLI::App& app, int& rc);
 void add_inspect(CLI::App& app, int& rc);
 void add_tokenize(CLI::App& app, int& rc);
 void add_bench(CLI::App& app, int& rc);
+void add_serve(CLI::App& app, int& rc);
+void add_batch(CLI::App& app, int& rc);
 
 // Prints "shoal: error: ..." and returns 1.
 int fail(const Status& s);

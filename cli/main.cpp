@@ -53,6 +53,8 @@ int main(int argc, char** argv) {
   shoal::cli::add_tokenize(app, rc);
   shoal::cli::add_node(app, rc);
   shoal::cli::add_bench(app, rc);
+  shoal::cli::add_serve(app, rc);
+  shoal::cli::add_batch(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

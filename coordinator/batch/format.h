@@ -1,0 +1,94 @@
+// The OpenAI batch file format (docs/batch.md): one request per input line,
+//   {"custom_id", "method": "POST", "url": "/v1/chat/completions" | "/v1/completions", "body"}
+// and one record per output line,
+//   {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null}
+//   {"id", "custom_id", "response": null, "error": {"code", "message", "line"}}
+// This file checks and tokenizes requests and builds records; runner.h drives them.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "coordinator/scheduler.h"
+#include "coordinator/tokenizer/tokenizer.h"
+
+namespace shoal::batch {
+
+enum class Endpoint { kChatCompletions, kCompletions };
+
+// Why a line gets an error record instead of a response. Codes (docs/batch.md):
+// invalid_json, missing_custom_id, duplicate_custom_id, invalid_method, invalid_url,
+// invalid_body, unsupported_parameter, context_length_exceeded, server_error.
+struct RecordError {
+  std::string code;
+  std::string message;
+};
+
+// What is known of a line before its request is checked: its JSON and its custom_id.
+struct LineHead {
+  int64_t line = 0;                       // 1-based, counting every line of the input
+  nlohmann::json request;                 // the parsed line (null when error is set)
+  std::optional<std::string> custom_id;   // a non-empty string custom_id
+  std::optional<RecordError> error;       // invalid_json or missing_custom_id
+};
+LineHead read_line_head(std::string_view text, int64_t line);
+
+// The resume key of a line: "c:<custom_id>" for the line that owns its custom_id (the first
+// line that names it), "l:<line>" for every other line (not JSON, no custom_id, a duplicate).
+std::string custom_id_key(const std::string& custom_id);
+std::string line_key(int64_t line);
+
+// The key of a record read back from the output file, or nothing when the record is not one
+// this runner writes (then the file is cut there on resume).
+std::optional<std::string> record_key(const nlohmann::json& record);
+
+// A request ready for the GenerationService.
+struct PreparedRequest {
+  Endpoint endpoint = Endpoint::kChatCompletions;
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 16;
+  std::vector<int32_t> stop_ids;          // EOS
+  std::vector<std::string> stop;          // stop strings: the text is cut before the first one
+  bool starts_in_reasoning = false;       // chat: the rendered prompt leaves a <think> open
+};
+
+struct PrepareOptions {
+  const Tokenizer* tokenizer = nullptr;
+  int64_t vocab_size = 0;      // prompt token ids must be below it
+  int64_t max_seq_len = 0;     // prompt + max_tokens must fit
+};
+
+// Checks method, url and body of a request line (its custom_id was already checked) and
+// renders and tokenizes its prompt. Sampling fields are checked but generation is greedy.
+std::variant<PreparedRequest, RecordError> prepare_request(const nlohmann::json& request, const PrepareOptions& o);
+
+// What generation gave: every token generated (EOS included), the decoded text (already cut
+// at a stop string) and why it ended.
+struct Generated {
+  std::vector<int32_t> tokens;
+  std::string text;
+  FinishReason finish = FinishReason::kNone;
+};
+
+// Records and bodies keep their keys in the OpenAI API's order.
+using Record = nlohmann::ordered_json;
+
+// The body the OpenAI API returns: a chat.completion or a text_completion object.
+Record response_body(const PreparedRequest& r, const Generated& g, const std::string& model,
+                             const std::string& id, int64_t created);
+Record response_record(const std::string& custom_id, Record body);
+// custom_id: the line's custom_id when it has one (a string), else null.
+Record error_record(const std::optional<std::string>& custom_id, const RecordError& e, int64_t line);
+
+// One output line (no newline): compact JSON, UTF-8, invalid bytes replaced.
+std::string dump_line(const Record& record);
+
+// prefix + 32 random hex digits (ids that differ between runs).
+std::string random_id(std::string_view prefix);
+
+}  // namespace shoal::batch

@@ -1,0 +1,1002 @@
+// shoal serve end to end: the binary started with --port 0 on a synthesized model that has
+// DeepSeek-V3's tokenizer, spoken to with curl, raw sockets and the official OpenAI Node client
+// (tests/js); plus the pure parts (request validation, stop strings, metrics) called directly.
+// Every wait is bounded: curl --max-time, poll deadlines, `timeout` around node.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "coordinator/server/metrics.h"
+#include "coordinator/server/openai.h"
+#include "coordinator/tokenizer/tokenizer.h"
+#include "support/process.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using shoal::test::Child;
+using shoal::test::run_command;
+using namespace std::chrono_literals;
+namespace srv = shoal::server;
+
+namespace {
+
+const std::string kShoal = SHOAL_BINARY;
+std::string fixture(const std::string& name) { return std::string(SHOAL_FIXTURES) + "/" + name; }
+const std::string kJsDir = std::string(SHOAL_FIXTURES) + "/../js";
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "shoal-test-server-XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+void write_file(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+// A DeepSeek-V3-style config small enough for two cores: hidden 64, 2 layers (one dense, one
+// MoE with 8 experts in 4 groups), DeepSeek-V3's vocabulary.
+json small_config() {
+  json c = json::parse(std::ifstream(fixture("tiny-v3-bf16") + "/config.json"));
+  c["num_hidden_layers"] = 2;
+  c["first_k_dense_replace"] = 1;
+  c["n_routed_experts"] = 8;
+  c["n_group"] = 4;
+  c["topk_group"] = 2;
+  c["hidden_size"] = 64;
+  c["max_position_embeddings"] = 4096;
+  c["vocab_size"] = 129280;
+  return c;
+}
+
+// Synthesizes the model once per test process: DIR/tiny-chat (V3 template) and DIR/tiny-r1
+// (the same weights, DeepSeek-R1's template).
+struct Models {
+  TempDir dir;
+  std::string v3, r1;
+  Models() {
+    write_file(dir / "config.json", small_config().dump(2));
+    v3 = dir / "tiny-chat";
+    int status = -1;
+    const std::string tok = fixture("tokenizer-deepseek-v3");
+    std::string out = run_command(kShoal + " synth --config " + dir / "config.json" + " --out " + v3 + " --tokenizer " +
+                                      tok + " 2>&1",
+                                  &status);
+    if (status != 0) {  // a synth without --tokenizer: copy the files in ourselves
+      out = run_command(kShoal + " synth --config " + dir / "config.json" + " --out " + v3 + " 2>&1", &status);
+      for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) fs::copy_file(tok + "/" + f, v3 + "/" + f);
+    }
+    INFO(out);
+    REQUIRE(status == 0);
+    r1 = dir / "tiny-r1";
+    fs::create_directories(r1);
+    for (const auto& e : fs::directory_iterator(v3)) {
+      const std::string name = e.path().filename().string();
+      if (name != "tokenizer_config.json") fs::create_symlink(e.path(), r1 + "/" + name);
+    }
+    fs::copy_file(fixture("chat-template-deepseek-r1") + "/tokenizer_config.json", r1 + "/tokenizer_config.json");
+  }
+};
+
+Models& models() {
+  static Models m;
+  return m;
+}
+
+struct Reply {
+  int status = 0;
+  std::string body;
+  json j() const {
+    json v = json::parse(body, nullptr, false);
+    INFO(body.substr(0, 2000));
+    REQUIRE(!v.is_discarded());
+    return v;
+  }
+};
+
+// `shoal serve` on an ephemeral port, stderr into a log; SIGTERM and a bounded wait at the end.
+class Server {
+ public:
+  // `launcher`: what runs the binary (e.g. "mpirun -np 3 ").
+  explicit Server(const std::string& model, const std::string& extra = "", const std::string& launcher = "")
+      : log_(dir_ / "serve.log") {
+    child_ = std::make_unique<Child>(launcher + kShoal + " serve --model " + model + " --port 0 --slots 16 " + extra, log_);
+    std::string line;
+    const bool got = child_->read_line(line, 120s);
+    INFO(read_file(log_));
+    REQUIRE(got);
+    std::smatch m;
+    REQUIRE(std::regex_search(line, m, std::regex("^shoal serve: listening on http://127\\.0\\.0\\.1:([0-9]+)$")));
+    port_ = std::stoi(m[1]);
+  }
+  ~Server() {
+    if (!stopped_) stop();
+  }
+  // SIGTERM: a clean stop within 15 s; returns the wait status.
+  int stop() {
+    stopped_ = true;
+    if (child_->wait_exit(0ms) != -1) return child_->wait_exit(0ms);
+    child_->kill(SIGTERM);
+    return child_->wait_exit(15s);
+  }
+  int port() const { return port_; }
+  std::string url(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
+  std::string log() const { return read_file(log_); }
+  Child& child() { return *child_; }
+
+  // curl with a bounded time; the body from a file (no shell quoting).
+  Reply call(const std::string& method, const std::string& path, const std::string& body = "",
+             const std::string& headers = "", int max_time = 120) {
+    const std::string req = dir_ / ("req-" + std::to_string(++n_));
+    std::string cmd = "curl -sS --max-time " + std::to_string(max_time) + " -X " + method + " " + headers;
+    if (!body.empty() || method == "POST") {
+      write_file(req, body);
+      cmd += " -H 'Content-Type: application/json' --data-binary @" + req;
+    }
+    cmd += " -w '\\n%{http_code}' '" + url(path) + "' 2>&1";
+    int status = -1;
+    const std::string out = run_command(cmd, &status);
+    Reply r;
+    const size_t nl = out.rfind('\n');
+    REQUIRE(nl != std::string::npos);
+    r.status = std::atoi(out.c_str() + nl + 1);
+    r.body = out.substr(0, nl);
+    return r;
+  }
+  Reply post(const std::string& path, const json& body, const std::string& headers = "") {
+    return call("POST", path, body.dump(), headers);
+  }
+  Reply get(const std::string& path, const std::string& headers = "") { return call("GET", path, "", headers); }
+
+  json metrics_json();  // defined below
+  std::map<std::string, double> metrics();
+
+ private:
+  TempDir dir_;
+  std::string log_;
+  std::unique_ptr<Child> child_;
+  int port_ = 0;
+  int n_ = 0;
+  bool stopped_ = false;
+};
+
+// Prometheus text: every sample line is `name{labels} value`; returns "name{labels}" -> value.
+std::map<std::string, double> parse_prometheus(const std::string& text) {
+  std::map<std::string, double> out;
+  std::istringstream in(text);
+  std::string line;
+  const std::regex sample(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"(,[a-zA-Z_][a-zA-Z0-9_]*="[^"]*")*\})?) (\S+)$)");
+  const std::regex comment(R"(^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* .+$)");
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    if (line[0] == '#') {
+      INFO(line);
+      CHECK(std::regex_match(line, comment));
+      continue;
+    }
+    std::smatch m;
+    INFO(line);
+    REQUIRE(std::regex_match(line, m, sample));
+    out[m[1]] = std::stod(m[4]);
+  }
+  return out;
+}
+
+std::map<std::string, double> Server::metrics() {
+  const Reply r = get("/metrics");
+  REQUIRE(r.status == 200);
+  return parse_prometheus(r.body);
+}
+
+// Server-sent events: the JSON of each `data:` line up to [DONE] (which must come last).
+struct Sse {
+  std::vector<json> chunks;
+  bool done = false;
+  std::string text, reasoning, finish;
+  json usage;
+};
+Sse parse_sse(const std::string& body, bool chat) {
+  Sse s;
+  size_t at = 0;
+  while (at < body.size()) {
+    size_t end = body.find("\n\n", at);
+    REQUIRE(end != std::string::npos);
+    const std::string event = body.substr(at, end - at);
+    at = end + 2;
+    REQUIRE(event.rfind("data: ", 0) == 0);
+    const std::string data = event.substr(6);
+    REQUIRE(!s.done);
+    if (data == "[DONE]") {
+      s.done = true;
+      continue;
+    }
+    json c = json::parse(data);
+    if (c.contains("usage") && !c["usage"].is_null()) s.usage = c["usage"];
+    for (const json& ch : c["choices"]) {
+      if (chat) {
+        s.text += ch["delta"].value("content", "");
+        s.reasoning += ch["delta"].value("reasoning_content", "");
+      } else {
+        s.text += ch.value("text", "");
+      }
+      if (!ch["finish_reason"].is_null()) s.finish = ch["finish_reason"];
+    }
+    s.chunks.push_back(std::move(c));
+  }
+  return s;
+}
+
+json chat_body(const std::string& model, const std::string& user, int max_tokens) {
+  return {{"model", model},
+          {"messages", {{{"role", "system"}, {"content", "You are a helpful assistant."}}, {{"role", "user"}, {"content", user}}}},
+          {"max_tokens", max_tokens}};
+}
+
+// A raw connection, for what curl cannot do: stop reading mid-stream, send half a request.
+class RawClient {
+ public:
+  explicit RawClient(int port) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  }
+  ~RawClient() { close(); }
+  void close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  void send_all(const std::string& s) { REQUIRE(::send(fd_, s.data(), s.size(), MSG_NOSIGNAL) == ssize_t(s.size())); }
+  void post(const std::string& path, const std::string& body) {
+    send_all("POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+             std::to_string(body.size()) + "\r\n\r\n" + body);
+  }
+  // Reads until `seen` contains `what` (true) or EOF/timeout (false).
+  bool read_until(const std::string& what, std::chrono::milliseconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (seen.find(what) == std::string::npos) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, int(left.count())) <= 0) return false;
+      char buf[4096];
+      const ssize_t got = ::recv(fd_, buf, sizeof buf, 0);
+      if (got <= 0) return false;
+      seen.append(buf, size_t(got));
+    }
+    return true;
+  }
+  // Reads until `what` occurs `n` times (true) or EOF/timeout (false).
+  bool read_count(const std::string& what, size_t n, std::chrono::milliseconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (count(what) < n) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, int(left.count())) <= 0) return false;
+      char buf[4096];
+      const ssize_t got = ::recv(fd_, buf, sizeof buf, 0);
+      if (got <= 0) return false;
+      seen.append(buf, size_t(got));
+    }
+    return true;
+  }
+  // True when the server closes the connection within `timeout`.
+  bool closed_within(std::chrono::milliseconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, int(left.count())) <= 0) return false;
+      char buf[4096];
+      const ssize_t got = ::recv(fd_, buf, sizeof buf, 0);
+      if (got <= 0) return true;
+      seen.append(buf, size_t(got));
+    }
+  }
+  size_t count(const std::string& what) const {
+    size_t n = 0;
+    for (size_t at = seen.find(what); at != std::string::npos; at = seen.find(what, at + 1)) ++n;
+    return n;
+  }
+  std::string seen;
+
+ private:
+  int fd_ = -1;
+};
+
+// Polls /metrics until `done(metrics)` holds or `timeout` passes.
+template <typename Done>
+bool wait_metrics(Server& s, Done done, std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    if (done(s.metrics())) return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
+
+}  // namespace
+
+// ---- the pure parts ----
+
+TEST_CASE("stop strings: held back while they may start, cut at the first match", "[server]") {
+  srv::StopMatcher m({"STOP", "xy"});
+  CHECK(m.push("hello S") == "hello ");
+  CHECK(m.push("T") == "");
+  CHECK(m.push("ART x") == "START ");
+  CHECK(!m.stopped());
+  CHECK(m.push("yes") == "");
+  CHECK(m.stopped());
+  CHECK(m.push("more") == "");
+  CHECK(m.finish() == "");
+
+  srv::StopMatcher a({"cd", "bcd"});  // the earliest match wins, whichever string it is
+  CHECK(a.push("ab") == "a");
+  CHECK(a.push("cd") == "");
+  CHECK(a.stopped());
+
+  srv::StopMatcher u({"\xC3\xA9t\xC3\xA9"});  // "été": bytes held on character boundaries
+  CHECK(u.push("caf\xC3\xA9 \xC3\xA9") == "caf\xC3\xA9 ");
+  CHECK(u.push("t\xC3\xA9!") == "");
+  CHECK(u.stopped());
+
+  srv::StopMatcher b({"end"});
+  CHECK(b.push("the en") == "the ");
+  CHECK(b.finish() == "en");  // never completed: released at the end
+
+  srv::StopMatcher none({});
+  CHECK(none.push("anything") == "anything");
+}
+
+TEST_CASE("tokens to text: streaming decode, stop strings and the R1 reasoning split together", "[server]") {
+  auto tok = shoal::Tokenizer::load(fixture("tokenizer-deepseek-v3"));
+  REQUIRE(tok.ok());
+  auto run = [&](const std::string& text, bool reasoning, std::vector<std::string> stops, bool* stopped = nullptr) {
+    srv::Prepared p;
+    p.reasoning = reasoning;
+    p.starts_in_reasoning = reasoning;
+    srv::TextStream ts(**tok, p, std::move(stops));
+    srv::TextStream::Delta all;
+    std::vector<int32_t> ids = (*tok)->encode(text, false);
+    ids.push_back((*tok)->eos_id());  // EOS is a special token: not shown
+    for (int32_t id : ids) {
+      const auto d = ts.push(id);
+      all.reasoning += d.reasoning;
+      all.content += d.content;
+      if (ts.stopped()) break;
+    }
+    const auto d = ts.finish();
+    all.reasoning += d.reasoning;
+    all.content += d.content;
+    if (stopped) *stopped = ts.stopped();
+    return all;
+  };
+  auto d = run("Let me think. 2+2=4</think>\n\nThe answer is 4. Über Straße: 東京.", true, {});
+  CHECK(d.reasoning == "Let me think. 2+2=4");
+  CHECK(d.content == "The answer is 4. Über Straße: 東京.");
+  bool stopped = false;
+  d = run("Let me think.</think>\n\nThe answer is 4. Über Straße: 東京.", true, {"Straße", "4. Ü"}, &stopped);
+  CHECK(stopped);
+  CHECK(d.reasoning == "Let me think.");
+  CHECK(d.content == "The answer is ");
+  d = run("plain text, 東京 and more", false, {"京 a"}, &stopped);
+  CHECK(stopped);
+  CHECK(d.content == "plain text, 東");
+  CHECK(d.reasoning.empty());
+  d = run("plain text", false, {"never"}, &stopped);
+  CHECK(!stopped);
+  CHECK(d.content == "plain text");
+}
+
+TEST_CASE("request parsing: OpenAI's fields, types and ranges, errors name the parameter", "[server]") {
+  using srv::Endpoint;
+  srv::CompletionRequest r;
+  auto parse = [&](const json& body, Endpoint ep = Endpoint::kChat) { return srv::parse_request(body.dump(), ep, "m", r); };
+  const json msgs = {{{"role", "user"}, {"content", "hi"}}};
+
+  auto ok = parse({{"model", "m"},
+                   {"messages", msgs},
+                   {"max_completion_tokens", 7},
+                   {"stream", true},
+                   {"stream_options", {{"include_usage", true}}},
+                   {"stop", "x"},
+                   {"temperature", 0.5},
+                   {"top_p", 0.9},
+                   {"seed", 42},
+                   {"logprobs", true},
+                   {"top_logprobs", 3},
+                   {"presence_penalty", 1},
+                   {"frequency_penalty", -1}});
+  REQUIRE(!ok);
+  CHECK(*r.max_tokens == 7);
+  CHECK(r.stream);
+  CHECK(r.include_usage);
+  CHECK(r.stop == std::vector<std::string>{"x"});
+  CHECK(r.sampling.temperature == 0.5f);
+  CHECK(r.sampling.top_p == 0.9f);
+  CHECK(*r.sampling.seed == 42);
+  CHECK(r.sampling.top_logprobs == 3);
+  CHECK(r.sampling.presence_penalty == 1.0f);
+  CHECK(r.sampling.frequency_penalty == -1.0f);
+
+  // Content parts are joined; "developer" is the system role.
+  REQUIRE(!parse({{"model", "m"},
+                  {"messages",
+                   {{{"role", "developer"}, {"content", "be brief"}},
+                    {{"role", "user"}, {"content", {{{"type", "text"}, {"text", "a"}}, {{"type", "text"}, {"text", "b"}}}}}}}}));
+  CHECK(r.messages[0]["role"] == "system");
+  CHECK(r.messages[1]["content"] == "a\nb");
+
+  struct Bad {
+    json body;
+    int status;
+    std::string param;
+  };
+  const std::vector<Bad> bad = {
+      {{{"model", "other"}, {"messages", msgs}}, 404, "model"},
+      {{{"messages", msgs}}, 400, "model"},
+      {{{"model", "m"}}, 400, "messages"},
+      {{{"model", "m"}, {"messages", "hi"}}, 400, "messages"},
+      {{{"model", "m"}, {"messages", json::array()}}, 400, "messages"},
+      {{{"model", "m"}, {"messages", {{{"role", "user"}}}}}, 400, "messages[0].content"},
+      {{{"model", "m"}, {"messages", {{{"role", "user"}, {"content", {{{"type", "image_url"}}}}}}}}, 400,
+       "messages[0].content[0].type"},
+      {{{"model", "m"}, {"messages", msgs}, {"n", 2}}, 400, "n"},
+      {{{"model", "m"}, {"messages", msgs}, {"max_tokens", 0}}, 400, "max_tokens"},
+      {{{"model", "m"}, {"messages", msgs}, {"max_tokens", 1.5}}, 400, "max_tokens"},
+      {{{"model", "m"}, {"messages", msgs}, {"stream", "yes"}}, 400, "stream"},
+      {{{"model", "m"}, {"messages", msgs}, {"stream_options", {{"include_usage", true}}}}, 400, "stream_options"},
+      {{{"model", "m"}, {"messages", msgs}, {"temperature", 2.5}}, 400, "temperature"},
+      {{{"model", "m"}, {"messages", msgs}, {"top_p", -0.1}}, 400, "top_p"},
+      {{{"model", "m"}, {"messages", msgs}, {"presence_penalty", 3}}, 400, "presence_penalty"},
+      {{{"model", "m"}, {"messages", msgs}, {"frequency_penalty", -2.5}}, 400, "frequency_penalty"},
+      {{{"model", "m"}, {"messages", msgs}, {"top_logprobs", 5}}, 400, "top_logprobs"},
+      {{{"model", "m"}, {"messages", msgs}, {"logprobs", true}, {"top_logprobs", 21}}, 400, "top_logprobs"},
+      {{{"model", "m"}, {"messages", msgs}, {"seed", "x"}}, 400, "seed"},
+      {{{"model", "m"}, {"messages", msgs}, {"stop", {"a", "b", "c", "d", "e"}}}, 400, "stop"},
+      {{{"model", "m"}, {"messages", msgs}, {"stop", {"a", 1}}}, 400, "stop"},
+      {{{"model", "m"}, {"messages", msgs}, {"stop", ""}}, 400, "stop"},
+      {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}}}}}, 400, "tools"},
+      {{{"model", "m"}, {"messages", msgs}, {"response_format", {{"type", "json_object"}}}}, 400, "response_format"},
+      {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {{"5", 1}}}}, 400, "logit_bias"},
+  };
+  for (const Bad& b : bad) {
+    INFO(b.body.dump());
+    auto e = parse(b.body);
+    REQUIRE(e);
+    CHECK(e->status == b.status);
+    CHECK(e->param == b.param);
+    const json err = srv::error_body(*e);
+    CHECK(err["error"]["message"].is_string());
+    CHECK(err["error"]["type"] == "invalid_request_error");
+  }
+  CHECK(srv::parse_request("{not json", Endpoint::kChat, "m", r)->status == 400);
+  CHECK(srv::parse_request("[1]", Endpoint::kChat, "m", r)->status == 400);
+
+  // Completions: prompt forms, legacy logprobs, what is refused.
+  REQUIRE(!parse({{"model", "m"}, {"prompt", {1, 2, 3}}}, Endpoint::kCompletions));
+  CHECK(*r.prompt_ids == std::vector<int32_t>{1, 2, 3});
+  REQUIRE(!parse({{"model", "m"}, {"prompt", {"one"}}, {"logprobs", 2}}, Endpoint::kCompletions));
+  CHECK(r.prompt_text == "one");
+  CHECK(r.sampling.top_logprobs == 2);
+  CHECK(parse({{"model", "m"}, {"prompt", {"a", "b"}}}, Endpoint::kCompletions)->param == "prompt");
+  CHECK(parse({{"model", "m"}, {"prompt", {-1}}}, Endpoint::kCompletions)->param == "prompt");
+  CHECK(parse({{"model", "m"}, {"prompt", "x"}, {"echo", true}}, Endpoint::kCompletions)->param == "echo");
+  CHECK(parse({{"model", "m"}, {"prompt", "x"}, {"best_of", 2}}, Endpoint::kCompletions)->param == "best_of");
+  CHECK(parse({{"model", "m"}, {"prompt", "x"}, {"logprobs", 6}}, Endpoint::kCompletions)->param == "logprobs");
+  CHECK(parse({{"model", "m"}}, Endpoint::kCompletions)->param == "prompt");
+}
+
+TEST_CASE("prepare: chat renders with BOS once, completions add BOS, EOS stops, the context is checked", "[server]") {
+  auto loaded = shoal::Tokenizer::load(fixture("tokenizer-deepseek-v3"));
+  REQUIRE(loaded.ok());
+  const shoal::Tokenizer& tok = **loaded;
+  srv::CompletionRequest r;
+  srv::Prepared p;
+  REQUIRE(!srv::parse_request(R"({"model": "m", "messages": [{"role": "user", "content": "Hi"}]})", srv::Endpoint::kChat, "m", r));
+  REQUIRE(!srv::prepare_request(r, tok, 100, 129280, tok.eos_id(), p));
+  const auto& ids = p.generation.prompt;
+  REQUIRE(ids.size() >= 3);
+  CHECK(ids[0] == tok.bos_id());
+  CHECK(ids[1] != tok.bos_id());
+  CHECK(ids == tok.encode(p.rendered, false));
+  CHECK(p.generation.stop_ids == std::vector<int32_t>{tok.eos_id()});
+  CHECK(p.generation.max_tokens == 100 - int64_t(ids.size()));
+  CHECK(!p.reasoning);  // V3's template
+
+  REQUIRE(!srv::parse_request(R"({"model": "m", "prompt": "hello there", "max_tokens": 5, "ignore_eos": true})",
+                              srv::Endpoint::kCompletions, "m", r));
+  REQUIRE(!srv::prepare_request(r, tok, 100, 129280, tok.eos_id(), p));
+  CHECK(p.generation.prompt == tok.encode("hello there", true));
+  CHECK(p.generation.prompt[0] == tok.bos_id());
+  CHECK(p.generation.stop_ids.empty());
+  CHECK(p.generation.max_tokens == 5);
+
+  REQUIRE(!srv::parse_request(R"({"model": "m", "prompt": "hello there", "max_tokens": 98})", srv::Endpoint::kCompletions, "m", r));
+  auto e = srv::prepare_request(r, tok, 100, 129280, tok.eos_id(), p);
+  REQUIRE(e);
+  CHECK(e->param == "max_tokens");
+  CHECK(e->code == "context_length_exceeded");
+  std::string longer;
+  for (int i = 0; i < 200; ++i) longer += "word ";
+  REQUIRE(!srv::parse_request(json({{"model", "m"}, {"prompt", longer}}).dump(), srv::Endpoint::kCompletions, "m", r));
+  e = srv::prepare_request(r, tok, 100, 129280, tok.eos_id(), p);
+  REQUIRE(e);
+  CHECK(e->param == "prompt");
+  REQUIRE(!srv::parse_request(R"({"model": "m", "prompt": [1, 129280]})", srv::Endpoint::kCompletions, "m", r));
+  e = srv::prepare_request(r, tok, 100, 129280, tok.eos_id(), p);
+  REQUIRE(e);
+  CHECK(e->param == "prompt");
+
+  // R1's template opens <think> in the generation prompt: the output is split.
+  TempDir dir;
+  fs::copy_file(fixture("tokenizer-deepseek-v3") + "/tokenizer.json", dir / "tokenizer.json");
+  fs::copy_file(fixture("chat-template-deepseek-r1") + "/tokenizer_config.json", dir / "tokenizer_config.json");
+  auto r1 = shoal::Tokenizer::load(dir / "");
+  REQUIRE(r1.ok());
+  REQUIRE(!srv::parse_request(R"({"model": "m", "messages": [{"role": "user", "content": "Hi"}]})", srv::Endpoint::kChat, "m", r));
+  REQUIRE(!srv::prepare_request(r, **r1, 100, 129280, (*r1)->eos_id(), p));
+  CHECK(p.reasoning);
+  CHECK(p.starts_in_reasoning);
+  CHECK(p.rendered.substr(p.rendered.size() - 8) == "<think>\n");
+}
+
+TEST_CASE("metrics render as Prometheus text", "[server]") {
+  srv::Metrics m;
+  m.request("/v1/completions", 200);
+  m.request("/v1/completions", 400);
+  m.tokens(10, 5);
+  m.time_to_first_token(0.02);
+  m.inter_token_latency(0.003);
+  m.inter_token_latency(7);
+  srv::Gauges g;
+  g.slots_total = 4;
+  g.running = 1;
+  g.slots_in_use = 1;
+  g.ranks.push_back({0, 1000, 10, 1, 20, 2});
+  const auto v = parse_prometheus(m.render(g));
+  CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/completions\",status=\"400\"}") == 1);
+  CHECK(v.at("shoal_prompt_tokens_total") == 10);
+  CHECK(v.at("shoal_completion_tokens_total") == 5);
+  CHECK(v.at("shoal_time_to_first_token_seconds_bucket{le=\"0.025\"}") == 1);
+  CHECK(v.at("shoal_inter_token_latency_seconds_bucket{le=\"0.005\"}") == 1);
+  CHECK(v.at("shoal_inter_token_latency_seconds_bucket{le=\"5\"}") == 1);
+  CHECK(v.at("shoal_inter_token_latency_seconds_bucket{le=\"+Inf\"}") == 2);
+  CHECK(v.at("shoal_inter_token_latency_seconds_count") == 2);
+  CHECK(v.at("shoal_kv_slots_in_use") == 1);
+  CHECK(v.at("shoal_rank_rss_bytes{rank=\"0\"}") == 1000);
+  CHECK(v.at("shoal_rank_sent_bytes_total{rank=\"0\",kind=\"expert\"}") == 20);
+}
+
+// ---- the server ----
+
+TEST_CASE("serve: chat and completions, streamed and not, stop strings, usage (one process and --local-nodes 3)",
+          "[server][serve]") {
+  const std::string mode = GENERATE(as<std::string>{}, "", "--local-nodes 3");
+  INFO("mode: " << mode);
+  Models& m = models();
+  Server s(m.v3, mode);
+
+  // /v1/models, /health
+  Reply r = s.get("/v1/models");
+  REQUIRE(r.status == 200);
+  CHECK(r.j()["object"] == "list");
+  CHECK(r.j()["data"].size() == 1);
+  CHECK(r.j()["data"][0]["id"] == "tiny-chat");
+  r = s.get("/health");
+  REQUIRE(r.status == 200);
+  json h = r.j();
+  CHECK(h["status"] == "ok");
+  CHECK(h["ranks"] == (mode.empty() ? 1 : 3));
+  CHECK(h["plan"]["ranks"].size() == h["ranks"].get<size_t>());
+  CHECK(h["loaded"].size() == h["ranks"].get<size_t>());
+  CHECK(h["slots"]["total"] == 16);
+  CHECK(h["slots"]["in_use"] == 0);
+
+  // Chat, not streamed.
+  r = s.post("/v1/chat/completions", chat_body("tiny-chat", "Hello! Who are you?", 24));
+  INFO(r.body);
+  REQUIRE(r.status == 200);
+  const json chat = r.j();
+  CHECK(chat["object"] == "chat.completion");
+  CHECK(chat["id"].get<std::string>().rfind("chatcmpl-", 0) == 0);
+  CHECK(chat["model"] == "tiny-chat");
+  CHECK(chat["choices"][0]["message"]["role"] == "assistant");
+  const std::string content = chat["choices"][0]["message"]["content"];
+  const std::string finish = chat["choices"][0]["finish_reason"];
+  CHECK((finish == "stop" || finish == "length"));
+  const json usage = chat["usage"];
+  CHECK(usage["prompt_tokens"].get<int>() > 10);
+  CHECK(usage["completion_tokens"].get<int>() >= 1);
+  CHECK(usage["completion_tokens"].get<int>() <= 24);
+  CHECK(usage["total_tokens"] == usage["prompt_tokens"].get<int>() + usage["completion_tokens"].get<int>());
+  CHECK(!chat["choices"][0]["message"].contains("reasoning_content"));
+
+  // The same streamed: same text, role first, one id, finish, usage chunk, [DONE].
+  json body = chat_body("tiny-chat", "Hello! Who are you?", 24);
+  body["stream"] = true;
+  body["stream_options"] = {{"include_usage", true}};
+  r = s.post("/v1/chat/completions", body);
+  REQUIRE(r.status == 200);
+  Sse sse = parse_sse(r.body, true);
+  CHECK(sse.done);
+  CHECK(sse.text == content);
+  CHECK(sse.finish == finish);
+  CHECK(sse.usage == usage);
+  REQUIRE(sse.chunks.size() >= 3);
+  CHECK(sse.chunks.front()["choices"][0]["delta"]["role"] == "assistant");
+  CHECK(sse.chunks.front()["object"] == "chat.completion.chunk");
+  CHECK(sse.chunks.back()["choices"].empty());  // the usage chunk
+  for (const json& c : sse.chunks) CHECK(c["id"] == sse.chunks.front()["id"]);
+
+  // Completions: text prompt (BOS added), ids prompt, streamed.
+  json comp = {{"model", "tiny-chat"}, {"prompt", "The capital of France is"}, {"max_tokens", 12}, {"ignore_eos", true}};
+  r = s.post("/v1/completions", comp);
+  REQUIRE(r.status == 200);
+  const json c1 = r.j();
+  CHECK(c1["object"] == "text_completion");
+  CHECK(c1["id"].get<std::string>().rfind("cmpl-", 0) == 0);
+  CHECK(c1["choices"][0]["finish_reason"] == "length");
+  CHECK(c1["usage"]["completion_tokens"] == 12);
+  const std::string text = c1["choices"][0]["text"];
+  comp["stream"] = true;
+  r = s.post("/v1/completions", comp);
+  REQUIRE(r.status == 200);
+  sse = parse_sse(r.body, false);
+  CHECK(sse.text == text);
+  CHECK(sse.finish == "length");
+  CHECK(sse.usage.is_null());
+  CHECK(sse.chunks.front()["object"] == "text_completion");
+
+  // The prompt as token ids (the BOS and the encoded text): the same answer.
+  int status = -1;
+  const std::string ids_line = run_command(
+      "echo '{\"text\": \"The capital of France is\", \"add_bos\": true}' | " + kShoal + " tokenize --tokenizer " + m.v3 + " encode",
+      &status);
+  REQUIRE(status == 0);
+  json by_ids = {{"model", "tiny-chat"}, {"prompt", json::parse(ids_line)["ids"]}, {"max_tokens", 12}, {"ignore_eos", true}};
+  r = s.post("/v1/completions", by_ids);
+  REQUIRE(r.status == 200);
+  CHECK(r.j()["choices"][0]["text"] == text);
+  CHECK(r.j()["usage"]["prompt_tokens"] == c1["usage"]["prompt_tokens"]);
+
+  // Stop strings: the output up to the first match, finish "stop", streamed or not.
+  json longer = {{"model", "tiny-chat"}, {"prompt", "Once upon a time"}, {"max_tokens", 40}, {"ignore_eos", true}};
+  r = s.post("/v1/completions", longer);
+  REQUIRE(r.status == 200);
+  const std::string full = r.j()["choices"][0]["text"];
+  INFO("full: " << full);
+  REQUIRE(full.size() >= 6);
+  // A stop string from the middle: two whole characters.
+  auto next_char = [&](size_t at) {
+    ++at;
+    while (at < full.size() && (static_cast<unsigned char>(full[at]) & 0xC0) == 0x80) ++at;
+    return at;
+  };
+  size_t k = full.size() / 2;
+  while (k > 0 && (static_cast<unsigned char>(full[k]) & 0xC0) == 0x80) --k;
+  const size_t e = std::min(full.size(), next_char(std::min(full.size() - 1, next_char(k))));
+  const std::string stop = full.substr(k, e - k);
+  const std::string expected = full.substr(0, full.find(stop));
+  longer["stop"] = {stop, "never\x01"};
+  r = s.post("/v1/completions", longer);
+  REQUIRE(r.status == 200);
+  CHECK(r.j()["choices"][0]["text"] == expected);
+  CHECK(r.j()["choices"][0]["finish_reason"] == "stop");
+  CHECK(r.j()["usage"]["completion_tokens"].get<int>() < 40);
+  longer["stream"] = true;
+  r = s.post("/v1/completions", longer);
+  sse = parse_sse(r.body, false);
+  CHECK(sse.text == expected);
+  CHECK(sse.finish == "stop");
+
+  // Metrics saw it all. (A request cut by a stop string is answered before its slot is freed.)
+  CHECK(wait_metrics(s, [](const auto& m) { return m.at("shoal_requests_running") == 0; }, 10s));
+  const auto v = s.metrics();
+  CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}") == 2);
+  CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/completions\",status=\"200\"}") == 6);
+  CHECK(v.at("shoal_completion_tokens_total") >= 12 * 3);
+  CHECK(v.at("shoal_time_to_first_token_seconds_count") == 8);
+  CHECK(v.at("shoal_inter_token_latency_seconds_count") > 0);
+  CHECK(v.at("shoal_generations_finished_total{reason=\"length\"}") >= 4);
+  CHECK(v.at("shoal_generations_finished_total{reason=\"stop\"}") >= 2);
+  CHECK(v.at("shoal_kv_slots_total") == 16);
+  CHECK(v.count("shoal_rank_rss_bytes{rank=\"0\"}") == 1);
+  if (!mode.empty()) CHECK(v.at("shoal_rank_sent_bytes_total{rank=\"1\",kind=\"hidden\"}") > 0);
+  CHECK(s.stop() == 0);
+}
+
+TEST_CASE("serve: R1's template splits reasoning_content from content", "[server][serve]") {
+  Server s(models().r1);
+  json body = chat_body("tiny-r1", "What is 2 + 2?", 16);
+  body["ignore_eos"] = true;
+  Reply r = s.post("/v1/chat/completions", body);
+  REQUIRE(r.status == 200);
+  const json msg = r.j()["choices"][0]["message"];
+  INFO(msg.dump());
+  // The generation prompt opened <think>: what the model writes is reasoning until </think>.
+  const std::string reasoning = msg.value("reasoning_content", "");
+  const std::string content = msg["content"];
+  CHECK(!reasoning.empty());  // (this random model never writes </think> in 16 tokens)
+  body["stream"] = true;
+  r = s.post("/v1/chat/completions", body);
+  REQUIRE(r.status == 200);
+  const Sse sse = parse_sse(r.body, true);
+  CHECK(sse.reasoning == reasoning);
+  CHECK(sse.text == content);
+  if (content.empty()) CHECK(!reasoning.empty());
+}
+
+TEST_CASE("serve: malformed requests, unknown models and paths, size limits, API keys", "[server][serve]") {
+  TempDir keys;
+  write_file(keys / "keys", "# keys\nsk-first\n\n  sk-second  \n");
+  Server s(models().v3, "--api-key-file " + keys / "keys");
+  const std::string auth = "-H 'Authorization: Bearer sk-second'";
+  auto error_of = [](const Reply& r) {
+    const json j = r.j();
+    REQUIRE(j.contains("error"));
+    CHECK(j["error"]["message"].is_string());
+    CHECK(j["error"].contains("type"));
+    CHECK(j["error"].contains("param"));
+    CHECK(j["error"].contains("code"));
+    return j["error"];
+  };
+  // Keys: none, wrong, right; /health and /metrics stay open.
+  Reply r = s.post("/v1/chat/completions", chat_body("tiny-chat", "hi", 4));
+  CHECK(r.status == 401);
+  CHECK(error_of(r)["code"] == "invalid_api_key");
+  r = s.post("/v1/chat/completions", chat_body("tiny-chat", "hi", 4), "-H 'Authorization: Bearer sk-third'");
+  CHECK(r.status == 401);
+  r = s.get("/v1/models", "-H 'Authorization: Bearer sk-first'");
+  CHECK(r.status == 200);
+  r = s.post("/v1/chat/completions", chat_body("tiny-chat", "hi", 4), auth);
+  CHECK(r.status == 200);
+  CHECK(s.get("/health").status == 200);
+
+  r = s.call("POST", "/v1/chat/completions", "{\"model\": \"tiny-chat\", ", auth);
+  CHECK(r.status == 400);
+  CHECK(error_of(r)["type"] == "invalid_request_error");
+  r = s.post("/v1/chat/completions", chat_body("gpt-4o", "hi", 4), auth);
+  CHECK(r.status == 404);
+  CHECK(error_of(r)["code"] == "model_not_found");
+  json b = chat_body("tiny-chat", "hi", 4);
+  b["messages"] = "hi";
+  r = s.post("/v1/chat/completions", b, auth);
+  CHECK(r.status == 400);
+  CHECK(error_of(r)["param"] == "messages");
+  b = chat_body("tiny-chat", "hi", 100000);
+  r = s.post("/v1/chat/completions", b, auth);
+  CHECK(r.status == 400);
+  CHECK(error_of(r)["code"] == "context_length_exceeded");
+  b = chat_body("tiny-chat", "hi", 4);
+  b["n"] = 3;
+  r = s.post("/v1/chat/completions", b, auth);
+  CHECK(r.status == 400);
+  CHECK(error_of(r)["param"] == "n");
+  r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", {5, 200000}}}, auth);
+  CHECK(r.status == 400);
+  CHECK(error_of(r)["param"] == "prompt");
+  r = s.get("/v1/chat/completions", auth);
+  CHECK(r.status == 405);
+  r = s.get("/v1/nothing", auth);
+  CHECK(r.status == 404);
+  r = s.get("/v1/models/other", auth);
+  CHECK(r.status == 404);
+  r = s.get("/v1/models/tiny-chat", auth);
+  CHECK(r.status == 200);
+
+  // A body over 8 MB: 413, and the server goes on.
+  const std::string big = "{\"model\": \"tiny-chat\", \"prompt\": \"" + std::string(9u << 20, 'a') + "\"}";
+  r = s.call("POST", "/v1/completions", big, auth);
+  CHECK((r.status == 413 || r.status == 0));  // curl may see the close before the answer
+  r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "hi"}, {"max_tokens", 2}}, auth);
+  CHECK(r.status == 200);
+
+  // Keep-alive: curl reuses one connection for two requests.
+  int status = -1;
+  const std::string out = run_command("curl -sv --max-time 30 " + auth + " " + s.url("/v1/models") + " " + s.url("/v1/models") +
+                                          " 2>&1 >/dev/null",
+                                      &status);
+  CHECK(status == 0);
+  CHECK_THAT(out, Catch::Contains("Re-using existing connection") || Catch::Contains("Reusing existing"));
+
+  const auto v = s.metrics();
+  CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"401\"}") == 2);
+  CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"404\"}") == 1);
+  CHECK(s.stop() == 0);
+}
+
+TEST_CASE("serve: 16 concurrent streams equal the same requests one at a time", "[server][serve]") {
+  const std::string mode = GENERATE(as<std::string>{}, "", "--local-nodes 3");
+  INFO("mode: " << mode);
+  Server s(models().v3, mode);
+  TempDir dir;
+  const int n = 16;
+  std::vector<std::string> one(n);
+  std::string script;
+  for (int i = 0; i < n; ++i) {
+    json b = chat_body("tiny-chat", "Request " + std::to_string(i) + ": tell me about the number " + std::to_string(i * 7 + 3), 20);
+    b["ignore_eos"] = true;
+    const Reply r = s.post("/v1/chat/completions", b);
+    REQUIRE(r.status == 200);
+    one[size_t(i)] = r.j()["choices"][0]["message"]["content"];
+    b["stream"] = true;
+    write_file(dir / ("b" + std::to_string(i)), b.dump());
+    script += "curl -sS -N --max-time 120 -H 'Content-Type: application/json' --data-binary @" + dir / ("b" + std::to_string(i)) +
+              " " + s.url("/v1/chat/completions") + " > " + dir / ("o" + std::to_string(i)) + " 2>&1 &\n";
+  }
+  script += "wait\n";
+  write_file(dir / "run.sh", script);
+  int status = -1;
+  run_command("sh " + dir / "run.sh", &status);
+  REQUIRE(status == 0);
+  for (int i = 0; i < n; ++i) {
+    INFO("request " << i);
+    const Sse sse = parse_sse(read_file(dir / ("o" + std::to_string(i))), true);
+    CHECK(sse.done);
+    CHECK(sse.finish == "length");
+    CHECK(sse.text == one[size_t(i)]);
+  }
+  const auto v = s.metrics();
+  CHECK(v.at("shoal_requests_running") == 0);
+  CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}") == 2 * n);
+}
+
+TEST_CASE("serve: a client that goes away mid-stream is cancelled at once and the server keeps serving",
+          "[server][serve]") {
+  const std::string mode = GENERATE(as<std::string>{}, "", "--local-nodes 3");
+  INFO("mode: " << mode);
+  Server s(models().v3, mode + " --max-seq-len 4096");
+  const json longest = {{"model", "tiny-chat"}, {"prompt", "A very long story:"}, {"max_tokens", 4000}, {"ignore_eos", true}};
+  json streamed = longest;
+  streamed["stream"] = true;
+  for (int round = 0; round < 2; ++round) {
+    {
+      RawClient c(s.port());
+      c.post("/v1/completions", streamed.dump());
+      REQUIRE(c.read_until("200 OK", 30s));
+      REQUIRE(c.read_count("data: ", 5, 30s));
+      auto m = s.metrics();
+      CHECK(m.at("shoal_requests_running") == 1);
+      CHECK(m.at("shoal_kv_slots_in_use") == 1);
+    }  // closed mid-stream
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(wait_metrics(s, [&](const auto& m) {
+      return m.at("shoal_kv_slots_in_use") == 0 && m.at("shoal_client_disconnects_total") == round + 1;
+    }, 10s));
+    // Freed long before the 4000 tokens could have been generated.
+    CHECK(std::chrono::steady_clock::now() - t0 < 5s);
+  }
+  // Not streamed: the close is seen while it generates, too.
+  {
+    RawClient c(s.port());
+    c.post("/v1/completions", longest.dump());
+    CHECK(wait_metrics(s, [](const auto& m) { return m.at("shoal_requests_running") == 1; }, 10s));
+  }
+  CHECK(wait_metrics(s, [](const auto& m) {
+    return m.at("shoal_kv_slots_in_use") == 0 && m.at("shoal_client_disconnects_total") == 3;
+  }, 10s));
+  const auto v = s.metrics();
+  CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/completions\",status=\"499\"}") == 3);
+  CHECK(v.at("shoal_generations_finished_total{reason=\"cancelled\"}") == 3);
+  const Reply r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "still there?"}, {"max_tokens", 4}});
+  CHECK(r.status == 200);
+  CHECK(s.get("/health").j()["slots"]["in_use"] == 0);
+  CHECK(s.stop() == 0);
+}
+
+TEST_CASE("serve: read timeouts close half-sent requests and bad HTTP is a 400", "[server][serve]") {
+  Server s(models().v3, "--io-threads 1 --read-timeout 1");
+  RawClient bad(s.port());
+  bad.send_all("THIS IS NOT HTTP\r\n\r\n");
+  CHECK(bad.closed_within(10s));
+  CHECK_THAT(bad.seen, Catch::Contains("400"));
+  // A client that sends half its headers and stops: the server still answers others.
+  RawClient half(s.port());
+  half.send_all("POST /v1/completions HTTP/1.1\r\nHost: x\r\n");
+  const Reply r = s.get("/health");
+  CHECK(r.status == 200);
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(half.closed_within(10s));
+  CHECK(std::chrono::steady_clock::now() - t0 < 5s);
+  // An idle keep-alive connection is closed too.
+  RawClient idle(s.port());
+  idle.send_all("GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+  REQUIRE(idle.read_until("\"status\":\"ok\"", 10s));
+  CHECK(idle.closed_within(10s));
+  CHECK(s.stop() == 0);
+}
+
+TEST_CASE("serve: the official OpenAI Node client", "[server][serve][js]") {
+  const bool have_node = std::system("node --version > /dev/null 2>&1") == 0;
+  const bool have_openai = fs::exists(kJsDir + "/node_modules/openai/package.json");
+  INFO("node and tests/js/node_modules/openai are installed by scripts/setup (npm install --prefix tests/js)");
+  REQUIRE(have_node);
+  REQUIRE(have_openai);
+  TempDir keys;
+  write_file(keys / "keys", "sk-js-test\n");
+  Server s(models().v3, "--api-key-file " + keys / "keys");
+  int status = -1;
+  const std::string out = run_command("cd " + kJsDir + " && SHOAL_BASE_URL=http://127.0.0.1:" + std::to_string(s.port()) +
+                                          " SHOAL_API_KEY=sk-js-test SHOAL_MODEL=tiny-chat timeout 600 node openai_client.test.mjs 2>&1",
+                                      &status);
+  INFO(out);
+  CHECK(status == 0);
+  CHECK_THAT(out, Catch::Contains(" 0 failed"));
+  CHECK(s.stop() == 0);
+}
+
+TEST_CASE("serve under mpirun -np 3: the same answers as one process", "[server][serve][mpi]") {
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) {
+    WARN("mpirun not found: skipped");
+    return;
+  }
+  const json body = {{"model", "tiny-chat"}, {"prompt", "Hello"}, {"max_tokens", 16}, {"ignore_eos", true}};
+  std::string want;
+  {
+    Server one(models().v3);
+    const Reply r = one.post("/v1/completions", body);
+    REQUIRE(r.status == 200);
+    want = r.j()["choices"][0]["text"];
+  }
+  Server s(models().v3, "", "env OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo mpirun --allow-run-as-root "
+                            "--oversubscribe -np 3 --mca pml ob1 --mca btl self,vader,tcp ");
+  Reply r = s.post("/v1/completions", body);
+  REQUIRE(r.status == 200);
+  CHECK(r.j()["choices"][0]["text"] == want);
+  r = s.get("/health");
+  CHECK(r.j()["ranks"] == 3);
+  // SIGTERM to mpirun alone: it passes it on, rank 0 stops the server and ends the session.
+  ::kill(s.child().pid(), SIGTERM);
+  CHECK(s.child().wait_exit(30s) != -1);
+}
+
+TEST_CASE("serve: a failed rank makes requests 503 and /health report it", "[server][serve][tcp]") {
+  TempDir dir;
+  write_file(dir / "token", "serve-token\n");
+  auto node = std::make_unique<Child>(kShoal + " node --listen 127.0.0.1:0 --token-file " + dir / "token", dir / "node.log");
+  std::string line;
+  REQUIRE(node->read_line(line, 10s));
+  std::smatch m;
+  REQUIRE(std::regex_search(line, m, std::regex("listening on 127\\.0\\.0\\.1:([0-9]+)")));
+  Server s(models().v3, "--nodes 127.0.0.1:" + std::string(m[1]) + " --token-file " + dir / "token" + " --heartbeat-timeout 2");
+  Reply r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "hi"}, {"max_tokens", 4}});
+  REQUIRE(r.status == 200);
+  CHECK(s.get("/health").j()["ranks"] == 2);
+  node->kill(SIGKILL);
+  node->wait_exit(5s);
+  r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "hi"}, {"max_tokens", 4}});
+  CHECK(r.status == 503);
+  CHECK(r.j()["error"]["type"] == "server_error");
+  r = s.get("/health");
+  CHECK(r.status == 503);
+  CHECK(r.j()["status"] == "unavailable");
+  CHECK_THAT(r.j()["error"]["message"].get<std::string>(), Catch::Contains("rank 1"));
+  CHECK(s.metrics().at("shoal_healthy") == 0);
+}
