@@ -5,6 +5,7 @@
 
 #include "comm/wire/wire_io.h"
 #include "coordinator/engine.h"
+#include "node/sampling_wire.h"
 #include "node/session.h"
 #include "node/units.h"
 #include "node/worker.h"
@@ -102,8 +103,11 @@ int64_t Cluster::pipeline_depth() const {
   return int64_t(stages.size());
 }
 
-StatusOr<uint64_t> Cluster::submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits) {
+StatusOr<uint64_t> Cluster::submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
+                                   const std::vector<RowSampler>& samplers) {
   SHOAL_RETURN_IF_ERROR(check_batch(batch, config(), n_slots(), max_seq_len()));
+  if (!samplers.empty() && samplers.size() != rows.size())
+    return invalid_argument(std::to_string(samplers.size()) + " samplers for " + std::to_string(rows.size()) + " rows");
   wire::MicroBatch mb;
   const uint64_t id = next_id_++;
   mb.set_id(id);
@@ -115,9 +119,10 @@ StatusOr<uint64_t> Cluster::submit(const Batch& batch, const std::vector<int64_t
   }
   mb.mutable_logit_rows()->Add(rows.begin(), rows.end());
   mb.set_want_logits(want_logits);
+  for (const RowSampler& s : samplers) to_wire(s, *mb.add_sampling());
   mb.set_next_layer(-1);
   SHOAL_RETURN_IF_ERROR(wire::send(*t_, plan_.embed, wire::kHidden, mb, Clock::now() + options_.step_timeout));
-  in_flight_[id] = want_logits;
+  in_flight_[id] = {want_logits, !samplers.empty()};
   return id;
 }
 
@@ -133,9 +138,15 @@ StatusOr<StepResult> Cluster::next_result() {
       StepResult out;
       out.id = r.id();
       out.ids.assign(r.ids().begin(), r.ids().end());
-      const size_t want = it->second ? out.ids.size() * size_t(config().vocab_size) : 0;
+      const size_t want = it->second.logits ? out.ids.size() * size_t(config().vocab_size) : 0;
       if (!wire::read_floats(r.logits(), want, out.logits))
         return internal_error(t_->peer_name(m->src) + " sent logits of the wrong size");
+      if (it->second.sampled) {
+        out.picks.resize(out.ids.size());
+        for (size_t i = 0; i < out.ids.size(); ++i) out.picks[i].id = out.ids[i];
+        if (!logprobs_from_wire(r, out.picks))
+          return internal_error(t_->peer_name(m->src) + " sent logprobs for the wrong number of rows");
+      }
       in_flight_.erase(it);
       return out;
     }

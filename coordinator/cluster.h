@@ -50,7 +50,8 @@ class Cluster : public Executor {
   int64_t max_seq_len() const override { return max_seq_len_; }
   int64_t n_slots() const override { return options_.n_slots; }
   int64_t pipeline_depth() const override;
-  StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits) override;
+  StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
+                            const std::vector<RowSampler>& samplers = {}) override;
   StatusOr<StepResult> next_result() override;
 
   const cluster::Plan& plan() const { return plan_; }
@@ -79,7 +80,11 @@ class Cluster : public Executor {
   std::vector<wire::Loaded> loaded_;
   std::unique_ptr<Worker> local_;  // rank 0's own units
   uint64_t next_id_ = 1;
-  std::map<uint64_t, bool> in_flight_;
+  struct Pending {
+    bool logits = false;   // logits asked
+    bool sampled = false;  // samplers given: picks (and logprobs) come back
+  };
+  std::map<uint64_t, Pending> in_flight_;
 
   std::thread heartbeats_;
   std::atomic<bool> stopping_{false};

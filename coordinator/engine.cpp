@@ -58,15 +58,16 @@ StatusOr<std::vector<float>> Engine::forward(const Batch& batch, const std::vect
   return logits;
 }
 
-StatusOr<uint64_t> Engine::submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits) {
+StatusOr<uint64_t> Engine::submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
+                                  const std::vector<RowSampler>& samplers) {
+  if (!samplers.empty() && samplers.size() != rows.size())
+    return invalid_argument(std::to_string(samplers.size()) + " samplers for " + std::to_string(rows.size()) + " rows");
   SHOAL_ASSIGN_OR_RETURN(std::vector<float> logits, forward(batch, rows));
-  const int64_t V = config().vocab_size;
   StepResult r;
   r.id = next_id_++;
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const float* l = logits.data() + int64_t(i) * V;
-    r.ids.push_back(int32_t(std::max_element(l, l + V) - l));
-  }
+  std::vector<SampleResult> picks = choose_tokens(logits.data(), int64_t(rows.size()), config().vocab_size, samplers);
+  for (const SampleResult& p : picks) r.ids.push_back(p.id);
+  if (!samplers.empty()) r.picks = std::move(picks);
   if (want_logits) r.logits = std::move(logits);
   done_.push_back(std::move(r));
   return done_.back().id;

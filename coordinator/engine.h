@@ -30,7 +30,8 @@ class Engine : public Executor {
   int64_t max_seq_len() const override { return stage_->max_seq_len(); }
   int64_t n_slots() const override { return stage_->n_slots(); }
   // Runs the micro-batch at once; next_result() hands the results out in order.
-  StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits) override;
+  StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
+                            const std::vector<RowSampler>& samplers = {}) override;
   StatusOr<StepResult> next_result() override;
 
   // Runs one batch through every layer; returns logits [logit_rows.size(), vocab] of the given

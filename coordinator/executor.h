@@ -8,12 +8,14 @@
 #include "common/status.h"
 #include "model/batch.h"
 #include "model/config.h"
+#include "node/sampling.h"
 
 namespace shoal {
 
 struct StepResult {
   uint64_t id = 0;
-  std::vector<int32_t> ids;   // argmax of each asked row
+  std::vector<int32_t> ids;   // the chosen token of each asked row (argmax without samplers)
+  std::vector<SampleResult> picks;  // [rows] with the ids and logprobs when the submit had samplers
   std::vector<float> logits;  // [rows, vocab] when asked
 };
 
@@ -27,8 +29,10 @@ class Executor {
   virtual int64_t pipeline_depth() const { return 1; }
 
   // Queues a micro-batch; `rows` are the token rows whose next token (and logits, when asked)
-  // come back. Token ids, positions and slots are checked first: bad ones are an error.
-  virtual StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits) = 0;
+  // come back. `samplers`: empty (each row's argmax) or one per row, chosen on the head.
+  // Token ids, positions and slots are checked first: bad ones are an error.
+  virtual StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
+                                    const std::vector<RowSampler>& samplers = {}) = 0;
   // The next finished micro-batch, in any order; an error when a rank failed or went silent.
   virtual StatusOr<StepResult> next_result() = 0;
 };

@@ -62,10 +62,27 @@ void Scheduler::admit() {
   }
 }
 
+RowSampler Scheduler::row_sampler(const Sequence& s) {
+  RowSampler r;
+  r.params.temperature = 0.0f;  // greedy unless the request samples
+  if (!s.request.sampling) return r;
+  r.params = *s.request.sampling;
+  r.seed = s.request.seed;
+  r.step = int64_t(s.output.size());
+  if (needs_history(r.params)) {
+    r.history = s.request.prompt;
+    r.history.insert(r.history.end(), s.output.begin(), s.output.end());
+    r.n_prompt = s.request.prompt.size();
+  }
+  return r;
+}
+
 Status Scheduler::submit_ready() {
   while (int64_t(in_flight_.size()) < ex_.pipeline_depth()) {
     Batch batch;
     std::vector<int64_t> rows;
+    std::vector<RowSampler> samplers;  // one per row once any row samples
+    bool sampling = false;
     std::vector<Part> parts;
     int64_t budget = options_.max_batch_tokens;
     for (auto& [id, s] : running_) {
@@ -84,12 +101,17 @@ Status Scheduler::submit_ready() {
         part.tokens = 1;
       }
       budget -= part.tokens;
-      if (part.wants_token) rows.push_back(batch.n_tokens() - 1);
+      if (part.wants_token) {
+        rows.push_back(batch.n_tokens() - 1);
+        samplers.push_back(row_sampler(s));
+        sampling = sampling || s.request.sampling.has_value();
+      }
       s.in_flight = true;
       parts.push_back(part);
     }
     if (parts.empty()) return {};
-    SHOAL_ASSIGN_OR_RETURN(uint64_t mb, ex_.submit(batch, rows, /*want_logits=*/false));
+    if (!sampling) samplers.clear();  // every row greedy: the head takes the argmax
+    SHOAL_ASSIGN_OR_RETURN(uint64_t mb, ex_.submit(batch, rows, /*want_logits=*/false, samplers));
     in_flight_.emplace(mb, std::move(parts));
   }
   return {};
@@ -119,7 +141,8 @@ StatusOr<std::vector<TokenEvent>> Scheduler::step() {
   for (const Part& part : parts) {
     Sequence& s = running_.at(part.request);
     s.in_flight = false;
-    const int32_t token = part.wants_token ? result.ids.at(row++) : -1;
+    const int64_t pick = part.wants_token ? int64_t(row++) : -1;
+    const int32_t token = pick >= 0 ? result.ids.at(size_t(pick)) : -1;
     if (s.cancelled) {
       finish(part.request, FinishReason::kCancelled, events);
       continue;
@@ -127,7 +150,12 @@ StatusOr<std::vector<TokenEvent>> Scheduler::step() {
     if (s.prefilled < int64_t(s.request.prompt.size())) s.prefilled += part.tokens;
     if (!part.wants_token) continue;
     s.output.push_back(token);
-    events.push_back({part.request, token, FinishReason::kNone});
+    TokenEvent event{part.request, token, FinishReason::kNone};
+    if (size_t(pick) < result.picks.size()) {
+      event.logprob = result.picks[size_t(pick)].logprob;
+      event.top = std::move(result.picks[size_t(pick)].top);
+    }
+    events.push_back(std::move(event));
     const auto& stops = s.request.stop_ids;
     if (std::find(stops.begin(), stops.end(), token) != stops.end()) finish(part.request, FinishReason::kStop, events);
     else if (int64_t(s.output.size()) >= s.request.max_tokens) finish(part.request, FinishReason::kLength, events);

@@ -3,8 +3,10 @@
 // it; each running sequence holds one KV slot; up to pipeline_depth() micro-batches are in flight
 // (a sequence in at most one), so every pipeline stage has work.
 //
-// The scheduler chooses token ids with the head's argmax (greedy); sampling arrives on the head
-// rank with the serving issue. Stops: the request's stop ids (EOS), max_tokens, the context.
+// Tokens are chosen on the head rank: the argmax for requests without sampling parameters,
+// sample() with them (node/sampling.h; the micro-batch carries each row's parameters, seed and
+// step, and the history only when a penalty needs it). Stops: the request's stop ids (EOS),
+// max_tokens, the context.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +27,8 @@ struct GenerationRequest {
   std::vector<int32_t> prompt;
   int64_t max_tokens = 16;
   std::vector<int32_t> stop_ids;
+  std::optional<SamplingParams> sampling;  // none: greedy (argmax) and no logprobs
+  uint64_t seed = 0;                       // used when sampling->seed is empty
 };
 
 // One generated token, or the end of a request (token < 0 when it ends without one).
@@ -32,6 +36,8 @@ struct TokenEvent {
   uint64_t request = 0;
   int32_t token = -1;
   FinishReason finish = FinishReason::kNone;
+  std::optional<float> logprob;     // when the request asked for logprobs
+  std::vector<TokenLogprob> top;    // its top_logprobs alternatives, best first
 };
 
 struct SchedulerOptions {
@@ -69,6 +75,7 @@ class Scheduler {
     bool wants_token;               // its last token chooses the next one
   };
 
+  static RowSampler row_sampler(const Sequence& s);
   void admit();
   Status submit_ready();
   void finish(uint64_t id, FinishReason reason, std::vector<TokenEvent>& events);

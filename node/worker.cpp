@@ -4,6 +4,7 @@
 
 #include "comm/wire/wire_io.h"
 #include "node/block.h"
+#include "node/sampling_wire.h"
 #include "node/units.h"
 
 namespace shoal {
@@ -191,7 +192,7 @@ Status Worker::advance(const std::vector<std::byte>& payload) {
     ++next;
   }
   const std::vector<int64_t> rows(mb.logit_rows().begin(), mb.logit_rows().end());
-  if (next == L && plan_.head == rank_) return head(x.data(), b, rows, mb.want_logits(), mb.id());
+  if (next == L && plan_.head == rank_) return head(x.data(), b, rows, mb);
   const int dst = next < L ? plan_.attn[size_t(next)] : plan_.head;
   mb.set_next_layer(int32_t(next));
   mb.set_hidden(wire::float_bytes(x.data(), x.size()));
@@ -293,8 +294,17 @@ Status Worker::serve_expert_request(const comm::Message& m) {
   return send(m.src, wire::kExpertReply, reply, 0);
 }
 
-Status Worker::head(const float* x, const Batch& b, const std::vector<int64_t>& rows, bool want_logits, uint64_t id) {
+Status Worker::head(const float* x, const Batch& b, const std::vector<int64_t>& rows, const wire::MicroBatch& mb) {
   const int64_t dim = config_.dim, V = config_.vocab_size, m = int64_t(rows.size());
+  std::vector<RowSampler> samplers;
+  if (mb.sampling_size() != 0 && mb.sampling_size() != m)
+    return invalid_argument("micro-batch " + std::to_string(mb.id()) + " has " + std::to_string(mb.sampling_size()) +
+                            " samplers for " + std::to_string(m) + " logit rows");
+  for (const wire::RowSampling& w : mb.sampling()) {
+    auto s = from_wire(w, V);
+    if (!s.ok()) return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": " + s.status().message());
+    samplers.push_back(std::move(*s));
+  }
   std::vector<float> h(static_cast<size_t>(m * dim)), logits(static_cast<size_t>(m * V));
   for (int64_t r = 0; r < m; ++r) std::copy_n(x + rows[size_t(r)] * dim, dim, h.data() + r * dim);
   if (m > 0) {  // a prefill chunk may choose no token
@@ -302,12 +312,11 @@ Status Worker::head(const float* x, const Batch& b, const std::vector<int64_t>& 
     kernels::linear(logits.data(), h.data(), head_->lm_head, m, lc_.kernels);
   }
   wire::Result result;
-  result.set_id(id);
-  for (int64_t r = 0; r < m; ++r) {
-    const float* l = logits.data() + r * V;
-    result.add_ids(int32_t(std::max_element(l, l + V) - l));
-  }
-  if (want_logits) result.set_logits(wire::float_bytes(logits.data(), logits.size()));
+  result.set_id(mb.id());
+  const std::vector<SampleResult> picks = choose_tokens(logits.data(), m, V, samplers);
+  for (const SampleResult& p : picks) result.add_ids(p.id);
+  logprobs_to_wire(picks, result);
+  if (mb.want_logits()) result.set_logits(wire::float_bytes(logits.data(), logits.size()));
   return send(0, wire::kResult, result, m);
 }
 

@@ -60,7 +60,9 @@ class Worker {
   Status routed_experts(float* pair_out, const float* h, const std::vector<int32_t>& idx, int64_t n,
                         int64_t layer, uint64_t batch_id);
   Status serve_expert_request(const comm::Message& m);
-  Status head(const float* x, const Batch& b, const std::vector<int64_t>& rows, bool want_logits, uint64_t id);
+  // The head: final norm, lm_head, the token of each logit row (sampled when the micro-batch
+  // carries samplers), and the Result to rank 0.
+  Status head(const float* x, const Batch& b, const std::vector<int64_t>& rows, const wire::MicroBatch& mb);
   void record(const Status& s);
 
   ModelConfig config_;

@@ -1,8 +1,10 @@
 // shoal batch through the binary, on a small synthesized model with DeepSeek-V3's tokenizer:
 // an uninterrupted run is the reference; runs killed with kill -9 at random points (and a torn
 // last line) and rerun, and a run stopped by SIGTERM and rerun, end with every line of the
-// input answered exactly once and every response body equal to the reference's. Bad lines
-// become error records; request fields are checked; stop strings cut the text.
+// input answered exactly once and every response body equal to the reference's (sampled ones
+// too: a request without a seed gets one from its custom_id). Bad lines become error records;
+// request fields are checked; stop strings cut the text; sampling, seeds and logprobs give the
+// bodies `shoal serve` gives.
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -349,7 +351,7 @@ TEST_CASE("batch: bad lines and bad requests become error records and stop strin
   in += "this is not json\n";                                                                    // line 1
   in += json{{"method", "POST"}, {"url", cmpl}, {"body", {{"prompt", "x"}}}}.dump() + "\n";     // line 2
   in += "   \n";                                                                                 // line 3: blank
-  in += line("a", cmpl, {{"prompt", "The sky is"}, {"max_tokens", 12}});                         // line 4
+  in += line("a", cmpl, {{"prompt", "The sky is"}, {"max_tokens", 12}, {"seed", 5}});            // line 4
   in += line("a", cmpl, {{"prompt", "again"}});                                                  // line 5
   in += json{{"custom_id", 17}, {"method", "POST"}, {"url", cmpl}, {"body", {{"prompt", "x"}}}}.dump() + "\n";
   in += "[1, 2]\n";
@@ -369,10 +371,10 @@ TEST_CASE("batch: bad lines and bad requests become error records and stop strin
   in += line("bad-id", cmpl, {{"prompt", {0, 999999}}});
   in += line("two-prompts", cmpl, {{"prompt", {"one", "two"}}});
   in += line("ids", cmpl, {{"prompt", {0, 5, 6}}, {"max_tokens", 3}});
-  in += line("parts", chat, {{"messages", {{{"role", "user"}, {"content", {{{"type", "text"}, {"text", "Hi"}}}}}}}, {"max_tokens", 4}});
-  in += line("plain", chat, {{"messages", hi}, {"max_tokens", 4}});
+  in += line("parts", chat, {{"messages", {{{"role", "user"}, {"content", {{{"type", "text"}, {"text", "Hi"}}}}}}}, {"max_tokens", 4}, {"seed", 7}});
+  in += line("plain", chat, {{"messages", hi}, {"max_tokens", 4}, {"seed", 7}});
   in += line("sampled", chat, {{"messages", hi}, {"max_tokens", 4}, {"temperature", 0.8}, {"top_p", 0.5}, {"seed", 3}});
-  in += line("default-16", cmpl, {{"prompt", "Once upon a time"}});
+  in += line("default-max", cmpl, {{"prompt", "Once upon a time"}});
   { std::ofstream(dir / "in.jsonl") << in; }
   const std::string common = " --model " + model + " --max-seq-len 64 --slots 4 --progress-interval 0.01";
   Run r = run_batch(common + " -i " + dir / "in.jsonl" + " -o " + dir / "out.jsonl", dir);
@@ -415,14 +417,14 @@ TEST_CASE("batch: bad lines and bad requests become error records and stop strin
   CHECK(a_tokens <= 12);
   CHECK(a["body"]["choices"][0]["finish_reason"] == (a_tokens == 12 ? "length" : "stop"));
   CHECK(got.at("ids")["response"]["body"]["usage"]["prompt_tokens"] == 3);
-  CHECK(got.at("default-16")["response"]["body"]["usage"]["completion_tokens"].get<int>() <= 16);
+  CHECK(got.at("default-max")["response"]["body"]["usage"]["total_tokens"].get<int>() <= 64);  // the rest of the context
   const json& plain = got.at("plain")["response"]["body"];
   CHECK(plain["object"] == "chat.completion");
   CHECK(plain["choices"][0]["message"]["role"] == "assistant");
   CHECK(plain["choices"][0]["message"]["content"].is_string());
-  // Text parts are the string; sampling fields are accepted and generation is greedy.
+  // Text parts are the string (the same seed: the same sampled text under another custom_id).
   CHECK(comparable(got.at("parts"))["response"]["body"] == comparable(got.at("plain"))["response"]["body"]);
-  CHECK(comparable(got.at("sampled"))["response"]["body"] == comparable(got.at("plain"))["response"]["body"]);
+  CHECK(got.at("sampled")["response"]["body"]["usage"]["completion_tokens"].get<int>() <= 4);
   // The chat prompt is the template's rendering, encoded without a second BOS:
   // <｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜> is 4 tokens.
   CHECK(plain["usage"]["prompt_tokens"] == 4);
@@ -436,8 +438,9 @@ TEST_CASE("batch: bad lines and bad requests become error records and stop strin
   while (q < text.size() && (static_cast<unsigned char>(text[q]) & 0xC0) == 0x80) ++q;
   const std::string stop = text.substr(p, q - p);
   {
-    std::ofstream(dir / "stop.jsonl") << line("a", cmpl, {{"prompt", "The sky is"}, {"max_tokens", 12}, {"stop", stop}})
-                                      << line("b", cmpl, {{"prompt", "The sky is"}, {"max_tokens", 12}, {"stop", {"\x01\x02", stop}}});
+    std::ofstream(dir / "stop.jsonl")
+        << line("a", cmpl, {{"prompt", "The sky is"}, {"max_tokens", 12}, {"seed", 5}, {"stop", stop}})
+        << line("b", cmpl, {{"prompt", "The sky is"}, {"max_tokens", 12}, {"seed", 5}, {"stop", {"\x01\x02", stop}}});
   }
   Run s = run_batch(common + " -i " + dir / "stop.jsonl" + " -o " + dir / "stop-out.jsonl", dir);
   INFO(s.err << "stop " << json(stop).dump());
@@ -449,6 +452,115 @@ TEST_CASE("batch: bad lines and bad requests become error records and stop strin
     CHECK(body["choices"][0]["finish_reason"] == "stop");
     CHECK(body["usage"]["completion_tokens"].get<int>() <= a_tokens);
   }
+}
+
+// The seed of a request without one (docs/batch.md): FNV-1a (64-bit) of its custom_id.
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 14695981039346656037ull;
+  for (const unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+TEST_CASE("batch: sampling follows temperature and seed, and bodies with logprobs are those shoal serve gives",
+          "[batch]") {
+  TempDir dir;
+  const std::string model = synth_model(dir);
+  auto line = [](const std::string& id, const std::string& url, const json& body) {
+    return json{{"custom_id", id}, {"method", "POST"}, {"url", url}, {"body", body}}.dump() + "\n";
+  };
+  const std::string chat = "/v1/chat/completions", cmpl = "/v1/completions";
+  const json hi = {{{"role", "user"}, {"content", "Hi"}}};
+  std::map<std::string, std::pair<std::string, json>> requests = {
+      {"s1", {chat, {{"messages", hi}, {"max_tokens", 8}, {"temperature", 1.0}, {"seed", 42}}}},
+      {"s2", {chat, {{"messages", hi}, {"max_tokens", 8}, {"temperature", 1.0}, {"seed", 42}}}},
+      {"g1", {chat, {{"messages", hi}, {"max_tokens", 8}, {"temperature", 0}}}},
+      {"g2", {chat, {{"messages", hi}, {"max_tokens", 8}, {"temperature", 0}}}},
+      {"d1", {chat, {{"messages", hi}, {"max_tokens", 8}}}},  // OpenAI's default: temperature 1
+      {"d2", {chat, {{"messages", hi}, {"max_tokens", 8}}}},
+      {"lp-chat", {chat, {{"messages", hi}, {"max_tokens", 5}, {"temperature", 0}, {"logprobs", true}, {"top_logprobs", 3}}}},
+      {"lp-sampled", {chat, {{"messages", hi}, {"max_tokens", 5}, {"seed", 11}, {"logprobs", true}, {"top_logprobs", 2}}}},
+      {"lp-cmpl", {cmpl, {{"prompt", "The sky is"}, {"max_tokens", 5}, {"seed", 9}, {"logprobs", 2}}}}};
+  std::string in;
+  for (const auto& [id, r] : requests) in += line(id, r.first, r.second);
+  { std::ofstream(dir / "in.jsonl") << in; }
+  const std::string common = " --model " + model + " --max-seq-len 64 --slots 4 -i " + dir / "in.jsonl";
+  Run first = run_batch(common + " -o " + dir / "out1.jsonl", dir);
+  INFO(first.err);
+  REQUIRE(exit_code(first.status) == 0);
+  Run second = run_batch(common + " -o " + dir / "out2.jsonl", dir);
+  INFO(second.err);
+  REQUIRE(exit_code(second.status) == 0);
+  const auto got = read_results(dir / "out1.jsonl");
+  REQUIRE(got.size() == requests.size());
+  check_same_results(got, read_results(dir / "out2.jsonl"));  // a rerun samples the same text (d1, d2 too)
+  auto body = [&](const std::string& id) {
+    INFO(id << ": " << got.at(id).dump());
+    REQUIRE(got.at(id)["error"].is_null());
+    return comparable(got.at(id))["response"]["body"];
+  };
+  auto content = [&](const std::string& id) { return body(id)["choices"][0]["message"]["content"].get<std::string>(); };
+  CHECK(body("s1") == body("s2"));  // the same seed under another custom_id: the same text
+  CHECK(body("g1") == body("g2"));  // greedy
+  CHECK(content("s1") != content("g1"));
+  CHECK(content("d1") != content("d2"));  // no seed: each custom_id its own
+  CHECK(body("g1")["choices"][0]["logprobs"].is_null());
+
+  // Chat logprobs: the chosen token (greedy: the best one) and its 3 best alternatives.
+  const json lp = body("lp-chat");
+  const json& entries = lp["choices"][0]["logprobs"]["content"];
+  REQUIRE(entries.is_array());
+  CHECK(lp["choices"][0]["logprobs"]["refusal"].is_null());
+  const int n = lp["usage"]["completion_tokens"];
+  CHECK((int(entries.size()) == n || (int(entries.size()) == n - 1 && lp["choices"][0]["finish_reason"] == "stop")));
+  REQUIRE(!entries.empty());
+  for (const json& e : entries) {
+    INFO(e.dump());
+    CHECK(e["token"].is_string());
+    CHECK(e["bytes"].is_array());
+    CHECK(e["logprob"].get<double>() <= 0);
+    REQUIRE(e["top_logprobs"].size() == 3);
+    CHECK(e["top_logprobs"][0]["token"] == e["token"]);
+    CHECK(e["top_logprobs"][0]["logprob"] == e["logprob"]);
+    CHECK(e["top_logprobs"][0]["logprob"].get<double>() >= e["top_logprobs"][1]["logprob"].get<double>());
+  }
+  CHECK(body("lp-sampled")["choices"][0]["logprobs"]["content"][0]["top_logprobs"].size() == 2);
+  // Completions logprobs: the legacy shape.
+  const json& cl = body("lp-cmpl")["choices"][0]["logprobs"];
+  REQUIRE(cl["tokens"].is_array());
+  REQUIRE(!cl["tokens"].empty());
+  CHECK(cl["token_logprobs"].size() == cl["tokens"].size());
+  CHECK(cl["text_offset"].size() == cl["tokens"].size());
+  REQUIRE(cl["top_logprobs"].size() == cl["tokens"].size());
+  for (const json& t : cl["top_logprobs"]) CHECK((t.is_object() && !t.empty() && t.size() <= 2));
+
+  // shoal serve on the same model gives the same bodies; a batch request without a seed is the
+  // served one with seed = FNV-1a of its custom_id.
+  Child serve(kShoal + " serve --model " + model + " --port 0 --max-seq-len 64 --slots 4", dir / "serve.log");
+  std::string listening;
+  const bool up = serve.read_line(listening, 120s);
+  INFO(read_file(dir / "serve.log"));
+  REQUIRE(up);
+  std::smatch m;
+  REQUIRE(std::regex_search(listening, m, std::regex("listening on (http://127\\.0\\.0\\.1:[0-9]+)")));
+  const std::string base = m[1];
+  for (const std::string id : {"s1", "d1", "lp-chat", "lp-sampled", "lp-cmpl"}) {
+    INFO(id);
+    json b = requests.at(id).second;
+    b["model"] = "model";
+    if (!b.contains("seed")) b["seed"] = fnv1a(id);
+    { std::ofstream(dir / "req.json") << b.dump(); }
+    int status = -1;
+    const std::string reply = run_command("curl -sS --max-time 60 -H 'Content-Type: application/json' --data-binary @" +
+                                              dir / "req.json" + " " + base + requests.at(id).first, &status);
+    INFO(reply);
+    REQUIRE(exit_code(status) == 0);
+    json served = json::parse(reply);
+    served.erase("id");
+    served.erase("created");
+    CHECK(served == body(id));
+  }
+  serve.kill(SIGTERM);
+  CHECK(serve.wait_exit(15s) != -1);
 }
 
 TEST_CASE("batch: fatal errors exit 1 before the model loads and a second runner on one output is refused", "[batch]") {

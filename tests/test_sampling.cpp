@@ -1,4 +1,4 @@
-// Sampling on the head rank (coordinator/sampling.h) against expectations computed here:
+// Sampling on the head rank (node/sampling.h) against expectations computed here:
 // distributions written out by hand or computed in double with a full sort, 200,000 seeded
 // draws per case against them, penalties by hand, logprobs as a double log-softmax, seeds,
 // and validate(). docs/sampling.md defines the semantics checked.
@@ -13,7 +13,7 @@
 #include <random>
 #include <thread>
 
-#include "coordinator/sampling.h"
+#include "node/sampling.h"
 
 using namespace shoal;
 

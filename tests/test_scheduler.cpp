@@ -132,3 +132,129 @@ TEST_CASE("a request that can never fit is refused with the numbers, cancel free
   CHECK(got.at(requests[0].id).finish == FinishReason::kCancelled);
   CHECK(s.add(requests[1]).ok());     // its id is free again once finished
 }
+
+namespace {
+
+struct Sampled {
+  std::vector<int32_t> ids;
+  std::vector<float> logprobs;
+  std::vector<std::vector<TokenLogprob>> tops;
+};
+
+// The expectation for a sampled request: run alone on one process, the full logits of each
+// step fed to sample() with the request's history, seed and step.
+Sampled sampled_alone(const GenerationRequest& r) {
+  EngineOptions eo;
+  eo.n_slots = 1;
+  auto e = Engine::open(kModel, eo);
+  REQUIRE(e.ok());
+  Sampled out;
+  std::vector<int32_t> history = r.prompt;
+  std::vector<int32_t> feed = r.prompt;
+  int32_t pos = 0;
+  for (int64_t step = 0; step < r.max_tokens; ++step) {
+    Batch b;
+    b.add_sequence(0, pos, feed);
+    pos += int32_t(feed.size());
+    REQUIRE((*e)->submit(b, {b.n_tokens() - 1}, /*want_logits=*/true).ok());
+    auto res = (*e)->next_result();
+    REQUIRE(res.ok());
+    const SampleResult s = sample(res->logits, *r.sampling, history, r.prompt.size(), r.seed, step);
+    out.ids.push_back(s.id);
+    if (s.logprob) out.logprobs.push_back(*s.logprob);
+    out.tops.push_back(s.top);
+    history.push_back(s.id);
+    feed = {s.id};
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("the head samples each request as it would alone, on one process and over ranks", "[scheduler][sampling]") {
+  std::vector<GenerationRequest> requests = make_requests();
+  for (auto& r : requests) r.max_tokens = 6;
+  // Mixed: greedy rows (no sampling), plain temperature, truncations, penalties (the history
+  // travels), logprobs, an explicit seed and a caller's seed.
+  SamplingParams hot;
+  hot.temperature = 1.5f;
+  requests[0].sampling = hot;
+  requests[0].seed = 11;
+  SamplingParams nucleus = hot;
+  nucleus.top_p = 0.9f;
+  nucleus.top_k = 50;
+  nucleus.min_p = 0.01f;
+  nucleus.top_logprobs = 3;
+  nucleus.seed = 1234;
+  requests[2].sampling = nucleus;
+  SamplingParams penal = hot;
+  penal.repetition_penalty = 1.3f;
+  penal.presence_penalty = 0.5f;
+  penal.frequency_penalty = 0.7f;
+  penal.top_logprobs = 0;
+  requests[4].sampling = penal;
+  requests[4].seed = 99;
+  SamplingParams greedy_lp;
+  greedy_lp.temperature = 0.0f;
+  greedy_lp.top_logprobs = 5;
+  requests[5].sampling = greedy_lp;
+
+  std::map<uint64_t, Sampled> want;
+  for (const auto& r : requests)
+    if (r.sampling) want[r.id] = sampled_alone(r);
+  // The sampled requests differ from greedy (the draws are real draws).
+  CHECK(want[requests[0].id].ids != alone(requests[0]));
+
+  for (int ranks : {0, 3}) {
+    INFO("ranks " << ranks);
+    std::unique_ptr<Executor> ex;
+    if (ranks == 0) {
+      EngineOptions eo;
+      eo.n_slots = 3;
+      auto e = Engine::open(kModel, eo);
+      REQUIRE(e.ok());
+      ex = std::move(*e);
+    } else {
+      ClusterOptions co;
+      co.model_dir = kModel;
+      co.n_slots = 3;
+      auto c = start_local_cluster(ranks, co);
+      REQUIRE(c.ok());
+      ex = std::move(*c);
+    }
+    SchedulerOptions so;
+    so.max_batch_tokens = 8;
+    Scheduler s(*ex, so);
+    for (const auto& r : requests) REQUIRE(s.add(r).ok());
+    std::map<uint64_t, Sampled> got;
+    for (int k = 0; k < 10000 && !s.idle(); ++k) {
+      auto events = s.step();
+      REQUIRE(events.ok());
+      for (const TokenEvent& e : *events) {
+        if (e.token < 0) continue;
+        got[e.request].ids.push_back(e.token);
+        if (e.logprob) got[e.request].logprobs.push_back(*e.logprob);
+        got[e.request].tops.push_back(e.top);
+      }
+    }
+    REQUIRE(s.idle());
+    for (const auto& r : requests) {
+      INFO("request " << r.id);
+      if (!r.sampling) {
+        CHECK(got[r.id].ids == alone(r));
+        CHECK(got[r.id].logprobs.empty());
+        continue;
+      }
+      const Sampled& w = want[r.id];
+      CHECK(got[r.id].ids == w.ids);
+      REQUIRE(got[r.id].logprobs.size() == w.logprobs.size());
+      CHECK(w.logprobs.size() == (r.sampling->top_logprobs >= 0 ? w.ids.size() : 0));
+      for (size_t i = 0; i < w.logprobs.size(); ++i) {
+        CHECK(got[r.id].logprobs[i] == Approx(w.logprobs[i]).margin(1e-6));
+        REQUIRE(got[r.id].tops[i].size() == w.tops[i].size());
+        CHECK(w.tops[i].size() == size_t(std::max(0, r.sampling->top_logprobs)));
+        for (size_t k = 0; k < w.tops[i].size(); ++k) CHECK(got[r.id].tops[i][k].id == w.tops[i][k].id);
+      }
+    }
+  }
+}

@@ -3,7 +3,8 @@
 // and one record per output line,
 //   {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null}
 //   {"id", "custom_id", "response": null, "error": {"code", "message", "line"}}
-// This file checks and tokenizes requests and builds records; runner.h drives them.
+// This file checks request lines (their bodies as `shoal serve` does: coordinator/server/openai.h)
+// and builds records; runner.h drives them.
 #pragma once
 
 #include <cstdint>
@@ -14,12 +15,10 @@
 #include <variant>
 #include <vector>
 
-#include "coordinator/scheduler.h"
+#include "coordinator/server/openai.h"
 #include "coordinator/tokenizer/tokenizer.h"
 
 namespace shoal::batch {
-
-enum class Endpoint { kChatCompletions, kCompletions };
 
 // Why a line gets an error record instead of a response. Codes (docs/batch.md):
 // invalid_json, missing_custom_id, duplicate_custom_id, invalid_method, invalid_url,
@@ -47,41 +46,37 @@ std::string line_key(int64_t line);
 // this runner writes (then the file is cut there on resume).
 std::optional<std::string> record_key(const nlohmann::json& record);
 
-// A request ready for the GenerationService.
+// A request ready for the GenerationService: its body as `shoal serve` reads it
+// (server::parse_request, server::prepare_request).
 struct PreparedRequest {
-  Endpoint endpoint = Endpoint::kChatCompletions;
-  std::vector<int32_t> prompt;
-  int64_t max_tokens = 16;
-  std::vector<int32_t> stop_ids;          // EOS
-  std::vector<std::string> stop;          // stop strings: the text is cut before the first one
-  bool starts_in_reasoning = false;       // chat: the rendered prompt leaves a <think> open
+  server::Endpoint endpoint = server::Endpoint::kChat;
+  server::Prepared prepared;       // prompt, max_tokens, EOS, sampling and seed; reasoning split
+  std::vector<std::string> stop;   // stop strings
+  bool logprobs = false;           // the body asked for logprobs
 };
 
 struct PrepareOptions {
   const Tokenizer* tokenizer = nullptr;
+  std::string model;           // the runner's model name: stands for every body's "model"
   int64_t vocab_size = 0;      // prompt token ids must be below it
   int64_t max_seq_len = 0;     // prompt + max_tokens must fit
+  int32_t eos_id = -1;         // stops every request (-1: none)
 };
 
-// Checks method, url and body of a request line (its custom_id was already checked) and
-// renders and tokenizes its prompt. Sampling fields are checked but generation is greedy.
-std::variant<PreparedRequest, RecordError> prepare_request(const nlohmann::json& request, const PrepareOptions& o);
+// The seed of a request whose body gives none: FNV-1a (64-bit) of its custom_id, the same in
+// every run and build, so a rerun after a kill samples the same text.
+uint64_t default_seed(std::string_view custom_id);
 
-// What generation gave: every token generated (EOS included), the decoded text (already cut
-// at a stop string) and why it ended.
-struct Generated {
-  std::vector<int32_t> tokens;
-  std::string text;
-  FinishReason finish = FinishReason::kNone;
-};
+// Checks method and url of a request line (its custom_id was already checked), then reads its
+// body as `shoal serve` does, whatever model it names; stream must be off.
+std::variant<PreparedRequest, RecordError> prepare_request(const nlohmann::json& request, const std::string& custom_id,
+                                                           const PrepareOptions& o);
 
-// Records and bodies keep their keys in the OpenAI API's order.
+// Records keep their keys in the OpenAI API's order.
 using Record = nlohmann::ordered_json;
 
-// The body the OpenAI API returns: a chat.completion or a text_completion object.
-Record response_body(const PreparedRequest& r, const Generated& g, const std::string& model,
-                             const std::string& id, int64_t created);
-Record response_record(const std::string& custom_id, Record body);
+// body: server::full_response.
+Record response_record(const std::string& custom_id, const nlohmann::json& body);
 // custom_id: the line's custom_id when it has one (a string), else null.
 Record error_record(const std::optional<std::string>& custom_id, const RecordError& e, int64_t line);
 

@@ -1,6 +1,6 @@
 // The main thread reads and tokenizes requests, submits them, and writes every record; the
-// service's thread only collects tokens (decoding them as they come, to stop at a stop string)
-// and hands finished requests over through `Shared`.
+// service's thread only collects tokens (decoding them as they come, to stop at a stop string,
+// through server::TextStream) and hands finished requests over through `Shared`.
 #include "coordinator/batch/runner.h"
 
 #include <algorithm>
@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 
@@ -77,31 +78,27 @@ Classified classify(std::string_view text, int64_t line, std::unordered_map<std:
   return c;
 }
 
-// One request in flight. Until `done`, only the service's thread touches the generation part.
+// One request in flight. Until `done`, only the service's thread touches its response part.
 struct Active {
   uint64_t order = 0;  // submission order
   std::string custom_id;
   int64_t line = 0;
-  PreparedRequest request;
+  server::Endpoint endpoint = server::Endpoint::kChat;
+  bool reasoning = false;           // split off reasoning_content (server::Prepared::reasoning)
+  std::vector<int32_t> stop_ids;    // EOS: not in logprobs, as `shoal serve`
   uint64_t service_id = 0;
 
-  std::unique_ptr<StreamDecoder> decoder;
-  Generated generated;
+  std::optional<server::TextStream> text;
+  std::optional<server::Logprobs> logprobs;  // when the request asked for them
+  server::TextStream::Delta total;
+  server::Usage usage;
+  std::string finish;  // "stop" or "length"; empty when cancelled (by a signal: no record)
   Status error;
   bool done = false;
 
-  // Cuts the text at the first stop string that ends after `from` - (its length - 1); true if cut.
-  bool cut_at_stop(size_t from) {
-    std::string& text = generated.text;
-    size_t best = std::string::npos;
-    for (const std::string& s : request.stop) {
-      const size_t start = from >= s.size() - 1 ? from - (s.size() - 1) : 0;
-      const size_t at = text.find(s, start);
-      best = std::min(best, at);
-    }
-    if (best == std::string::npos) return false;
-    text.resize(best);
-    return true;
+  void add(const server::TextStream::Delta& d) {
+    total.reasoning += d.reasoning;
+    total.content += d.content;
   }
 };
 
@@ -164,7 +161,8 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
   const auto t0 = Clock::now();
   const int64_t slots = std::max<int64_t>(ex.n_slots(), 1);
   const size_t max_in_flight = size_t(o_.max_in_flight > 0 ? o_.max_in_flight : 4 * slots);
-  const PrepareOptions po{&tok, ex.config().vocab_size, ex.max_seq_len()};
+  const PrepareOptions po{&tok, o_.model_name, ex.config().vocab_size, ex.max_seq_len(),
+                          tok.eos_id() >= 0 ? tok.eos_id() : int32_t(ex.config().eos_token_id)};
   Progress progress(o_.log, o_.progress_tty, o_.progress_interval_s, total_, done_);
 
   InputLines in;
@@ -191,7 +189,7 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
   int64_t submitted = 0, answered = 0;  // requests given to the service; of them, with a record
   auto handle_finished = [&](const std::shared_ptr<Active>& a) {
     active.erase(a->order);
-    if (a->error.ok() && a->generated.finish == FinishReason::kCancelled) return;  // stopped by a signal
+    if (a->error.ok() && a->finish.empty()) return;  // stopped by a signal
     ++answered;
     if (!a->error.ok()) {
       if (Status h = svc->health(); !h.ok()) {  // the executor failed: fatal, nothing written
@@ -201,8 +199,10 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
       write(error_record(a->custom_id, {"server_error", a->error.to_string()}, a->line), true);
       return;
     }
-    Record body = response_body(a->request, a->generated, o_.model_name, random_id(""), int64_t(std::time(nullptr)));
-    write(response_record(a->custom_id, std::move(body)), false);
+    const json body = server::full_response(a->endpoint, server::new_response_id(a->endpoint), int64_t(std::time(nullptr)),
+                                            o_.model_name, a->total, a->reasoning, a->finish, a->usage,
+                                            a->logprobs ? a->logprobs->take() : json(nullptr));
+    write(response_record(a->custom_id, body), false);
   };
 
   auto submit = [&](Classified& c) {
@@ -210,44 +210,44 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
       write(error_record(c.head.custom_id, *c.error, c.head.line), true);
       return;
     }
-    auto prepared = prepare_request(c.head.request, po);
+    auto prepared = prepare_request(c.head.request, *c.head.custom_id, po);
     if (auto* e = std::get_if<RecordError>(&prepared)) {
       write(error_record(c.head.custom_id, *e, c.head.line), true);
       return;
     }
+    PreparedRequest& r = std::get<PreparedRequest>(prepared);
     auto a = std::make_shared<Active>();
     a->order = next_order++;
     a->custom_id = *c.head.custom_id;
     a->line = c.head.line;
-    a->request = std::move(std::get<PreparedRequest>(prepared));
-    a->decoder = std::make_unique<StreamDecoder>(tok, /*skip_special_tokens=*/true);
-    GenerationRequest g;
-    g.prompt = a->request.prompt;
-    g.max_tokens = a->request.max_tokens;
-    g.stop_ids = a->request.stop_ids;
+    a->endpoint = r.endpoint;
+    a->reasoning = r.prepared.reasoning;
+    a->stop_ids = r.prepared.generation.stop_ids;
+    a->usage.prompt_tokens = int64_t(r.prepared.generation.prompt.size());
+    a->text.emplace(tok, r.prepared, std::move(r.stop));
+    if (r.logprobs) a->logprobs.emplace(tok, r.endpoint);
     GenerationService::Callbacks cb;
+    // As `shoal serve` answers a request that does not stream (coordinator/server/server.cpp).
     cb.on_event = [a, shared, svc](const TokenEvent& e) {
       if (a->done) return;  // cut at a stop string already
-      Generated& gen = a->generated;
       if (e.token >= 0) {
-        gen.tokens.push_back(e.token);
+        ++a->usage.completion_tokens;
         shared->tokens.fetch_add(1, std::memory_order_relaxed);
-        auto piece = a->decoder->push(e.token);
-        if (piece.ok() && !piece->empty()) {
-          const size_t from = gen.text.size();
-          gen.text += *piece;
-          if (a->cut_at_stop(from)) {
-            gen.finish = FinishReason::kStop;
-            svc->cancel(e.request);
-            shared->complete(a);
-            return;
-          }
+        const bool stop_id = std::find(a->stop_ids.begin(), a->stop_ids.end(), e.token) != a->stop_ids.end();
+        if (a->logprobs && e.logprob && !stop_id) a->logprobs->add(e.token, *e.logprob, e.top);
+        a->add(a->text->push(e.token));
+        if (a->text->stopped()) {  // a stop string: the answer ends here
+          a->finish = "stop";
+          svc->cancel(e.request);
+          shared->complete(a);
+          return;
         }
       }
       if (e.finish == FinishReason::kNone) return;
-      const size_t from = gen.text.size();
-      gen.text += a->decoder->finish();
-      gen.finish = a->cut_at_stop(from) ? FinishReason::kStop : e.finish;
+      if (e.finish != FinishReason::kCancelled) {
+        a->add(a->text->finish());
+        a->finish = e.finish == FinishReason::kLength ? "length" : "stop";
+      }
       shared->complete(a);
     };
     cb.on_error = [a, shared](const Status& s) {
@@ -256,7 +256,7 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
       shared->complete(a);
     };
     active.emplace(a->order, a);
-    auto id = svc->submit(std::move(g), std::move(cb));
+    auto id = svc->submit(std::move(r.prepared.generation), std::move(cb));
     if (!id.ok()) {  // refused at once: the service failed, or (not expected) the request
       active.erase(a->order);
       if (Status h = svc->health(); !h.ok()) {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <utility>
 
 #include "coordinator/chat_template.h"
 
@@ -385,7 +386,7 @@ std::optional<ApiError> prepare_request(const CompletionRequest& req, const Toke
   }
   out.generation.max_tokens = req.max_tokens.value_or(max_seq_len - n);
   if (!req.ignore_eos && eos_id >= 0) out.generation.stop_ids.push_back(eos_id);
-  out.sampling = req.sampling;
+  out.generation.sampling = req.sampling;
   return {};
 }
 
@@ -470,16 +471,21 @@ json usage_json(const Usage& u) {
           {"total_tokens", u.prompt_tokens + u.completion_tokens}};
 }
 
-std::string new_response_id(Endpoint endpoint) {
+uint64_t random_u64() {
   thread_local std::mt19937_64 rng(std::random_device{}() ^ (uint64_t(std::random_device{}()) << 32));
+  return rng();
+}
+
+std::string new_response_id(Endpoint endpoint) {
   static const char* kHex = "0123456789abcdef";
   std::string id = endpoint == Endpoint::kChat ? "chatcmpl-" : "cmpl-";
-  for (int i = 0; i < 24; ++i) id += kHex[rng() & 15];
+  for (int i = 0; i < 24; ++i) id += kHex[random_u64() & 15];
   return id;
 }
 
 json full_response(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
-                   const TextStream::Delta& text, bool has_reasoning, const std::string& finish, const Usage& usage) {
+                   const TextStream::Delta& text, bool has_reasoning, const std::string& finish, const Usage& usage,
+                   json logprobs) {
   json choice;
   choice["index"] = 0;
   if (endpoint == Endpoint::kChat) {
@@ -489,7 +495,7 @@ json full_response(Endpoint endpoint, const std::string& id, int64_t created, co
   } else {
     choice["text"] = text.content;
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = std::move(logprobs);
   choice["finish_reason"] = finish;
   return {{"id", id},
           {"object", endpoint == Endpoint::kChat ? "chat.completion" : "text_completion"},
@@ -500,7 +506,7 @@ json full_response(Endpoint endpoint, const std::string& id, int64_t created, co
 }
 
 json stream_chunk(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
-                  const json& delta, const std::string& finish, bool include_usage) {
+                  const json& delta, const std::string& finish, bool include_usage, json logprobs) {
   json choice;
   choice["index"] = 0;
   if (endpoint == Endpoint::kChat) {
@@ -508,7 +514,7 @@ json stream_chunk(Endpoint endpoint, const std::string& id, int64_t created, con
   } else {
     choice["text"] = delta.contains("content") ? delta["content"] : json("");
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = std::move(logprobs);
   choice["finish_reason"] = finish.empty() ? json(nullptr) : json(finish);
   json chunk = {{"id", id},
                 {"object", endpoint == Endpoint::kChat ? "chat.completion.chunk" : "text_completion"},
@@ -517,6 +523,47 @@ json stream_chunk(Endpoint endpoint, const std::string& id, int64_t created, con
                 {"choices", json::array({std::move(choice)})}};
   if (include_usage) chunk["usage"] = nullptr;
   return chunk;
+}
+
+std::string Logprobs::text_of(int32_t id) const {
+  auto bytes = tok_.token_bytes(id, /*skip_special_tokens=*/false);
+  return bytes.ok() ? *bytes : std::string();
+}
+
+void Logprobs::add(int32_t token, float logprob, const std::vector<TokenLogprob>& top) {
+  const std::string text = text_of(token);
+  auto byte_list = [](const std::string& s) {
+    json b = json::array();
+    for (unsigned char c : s) b.push_back(int(c));
+    return b;
+  };
+  if (endpoint_ == Endpoint::kChat) {
+    json alternatives = json::array();
+    for (const TokenLogprob& t : top) {
+      const std::string s = text_of(t.id);
+      alternatives.push_back({{"token", s}, {"logprob", t.logprob}, {"bytes", byte_list(s)}});
+    }
+    entries_.push_back(
+        {{"token", text}, {"logprob", logprob}, {"bytes", byte_list(text)}, {"top_logprobs", std::move(alternatives)}});
+  } else {
+    json alternatives = json::object();
+    for (const TokenLogprob& t : top) alternatives[text_of(t.id)] = t.logprob;
+    entries_.push_back({{"token", text}, {"logprob", logprob}, {"top", std::move(alternatives)}, {"offset", offset_}});
+  }
+  offset_ += int64_t(text.size());
+}
+
+json Logprobs::take() {
+  json entries = std::exchange(entries_, json::array());
+  if (endpoint_ == Endpoint::kChat) return {{"content", std::move(entries)}, {"refusal", nullptr}};
+  json tokens = json::array(), logprobs = json::array(), top = json::array(), offsets = json::array();
+  for (json& e : entries) {
+    tokens.push_back(std::move(e["token"]));
+    logprobs.push_back(e["logprob"]);
+    top.push_back(std::move(e["top"]));
+    offsets.push_back(e["offset"]);
+  }
+  return {{"tokens", tokens}, {"token_logprobs", logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
 }
 
 json usage_chunk(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,

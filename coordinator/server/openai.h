@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "coordinator/reasoning.h"
-#include "coordinator/sampling.h"
+#include "node/sampling.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/tokenizer/tokenizer.h"
 
@@ -48,10 +48,9 @@ struct CompletionRequest {
   bool include_usage = false;         // stream_options.include_usage
   std::vector<std::string> stop;      // stop strings, at most kMaxStopStrings
   bool ignore_eos = false;            // extension (vLLM's): do not stop at EOS
-  bool logprobs = false;              // asked for logprobs (validated; not returned yet)
-  // SAMPLING: the request's sampling parameters, validated (OpenAI's ranges and
-  // SamplingParams::validate). Generation is greedy until the head rank samples; then they go
-  // into the GenerationRequest where Prepared::sampling is built (prepare_request).
+  bool logprobs = false;              // asked for logprobs (top_logprobs in sampling)
+  // The request's sampling parameters, validated (OpenAI's ranges and SamplingParams::validate);
+  // OpenAI's defaults where absent (temperature 1).
   SamplingParams sampling;
 };
 
@@ -62,8 +61,8 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
 
 // A request turned into tokens and a GenerationRequest.
 struct Prepared {
-  GenerationRequest generation;  // prompt, max_tokens, stop_ids (EOS); id set by the service
-  SamplingParams sampling;       // SAMPLING: hand to the head with the request once it samples
+  GenerationRequest generation;  // prompt, max_tokens, stop_ids (EOS), sampling; id set by the
+                                 // service; seed: the caller draws one when sampling has none
   std::string rendered;          // chat: the rendered template
   bool reasoning = false;        // split output into reasoning_content and content (R1 style)
   bool starts_in_reasoning = false;  // the rendered prompt opened <think>
@@ -118,6 +117,27 @@ class TextStream {
   std::optional<ReasoningParser> reasoning_;  // chat with an R1-style template
 };
 
+// The "logprobs" object of a choice, from the generated tokens' logprobs. Chat:
+// {"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}],
+// "refusal": null}; completions: {"tokens", "token_logprobs", "top_logprobs": [{token: logprob}],
+// "text_offset"}. Tokens are their bytes as text (invalid UTF-8 replaced when sent).
+class Logprobs {
+ public:
+  Logprobs(const Tokenizer& tok, Endpoint endpoint) : tok_(tok), endpoint_(endpoint) {}
+  void add(int32_t token, float logprob, const std::vector<TokenLogprob>& top);
+  bool empty() const { return entries_.empty(); }
+  // The entries added since the last take(), as a choice's "logprobs" object.
+  nlohmann::json take();
+
+ private:
+  std::string text_of(int32_t id) const;
+
+  const Tokenizer& tok_;
+  Endpoint endpoint_;
+  nlohmann::json entries_ = nlohmann::json::array();
+  int64_t offset_ = 0;  // completions' text_offset: bytes of the tokens before
+};
+
 // Response bodies. `finish`: "stop" / "length"; usage counts tokens (completion tokens include
 // the EOS token when it ended the request).
 struct Usage {
@@ -125,17 +145,21 @@ struct Usage {
   int64_t completion_tokens = 0;
 };
 nlohmann::json usage_json(const Usage& u);
+// A random 64-bit value (per-thread generator seeded from std::random_device).
+uint64_t random_u64();
 // "chatcmpl-" / "cmpl-" + 24 random hex digits.
 std::string new_response_id(Endpoint endpoint);
 
+// logprobs: the choice's "logprobs" (null when not asked).
 nlohmann::json full_response(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
                              const TextStream::Delta& text, bool has_reasoning, const std::string& finish,
-                             const Usage& usage);
+                             const Usage& usage, nlohmann::json logprobs = nullptr);
 // One chunk of a stream: chat `delta` {role?, content?, reasoning_content?}; completions take
 // delta.content as their text. finish empty: null. include_usage: "usage": null on the chunk
 // (OpenAI puts it on every chunk when stream_options.include_usage is set).
 nlohmann::json stream_chunk(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
-                            const nlohmann::json& delta, const std::string& finish, bool include_usage);
+                            const nlohmann::json& delta, const std::string& finish, bool include_usage,
+                            nlohmann::json logprobs = nullptr);
 // The last chunk when include_usage: no choices, the usage.
 nlohmann::json usage_chunk(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
                            const Usage& usage);

@@ -471,8 +471,8 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
       }
     });
   };
-  // SAMPLING: p.sampling holds the request's validated sampling parameters; the head samples
-  // greedily until they travel with the GenerationRequest.
+  // No seed given: one of our own, so the draw is still a function of the request alone.
+  if (!cr.sampling.seed) p.generation.seed = random_u64();
   auto submitted = service->submit(std::move(p.generation), std::move(callbacks));
   if (!submitted.ok()) {
     const Status& s = submitted.status();
@@ -535,6 +535,9 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
   }
 
   TextStream::Delta total;
+  Logprobs logprobs(tok, ep);
+  // A stream's logprobs ride on the next chunk that carries text (or on the last one).
+  auto logprobs_now = [&]() -> json { return cr.logprobs ? logprobs.take() : json(nullptr); };
   auto emit = [&](const TextStream::Delta& d) {
     if (!streaming) {
       total.reasoning += d.reasoning;
@@ -542,9 +545,11 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
       return;
     }
     if (!d.reasoning.empty())
-      event(stream_chunk(ep, id, created_at, opt.model_id, {{"reasoning_content", d.reasoning}}, "", cr.include_usage));
+      event(stream_chunk(ep, id, created_at, opt.model_id, {{"reasoning_content", d.reasoning}}, "", cr.include_usage,
+                         d.content.empty() ? logprobs_now() : json(nullptr)));
     if (!d.content.empty())
-      event(stream_chunk(ep, id, created_at, opt.model_id, {{"content", d.content}}, "", cr.include_usage));
+      event(stream_chunk(ep, id, created_at, opt.model_id, {{"content", d.content}}, "", cr.include_usage,
+                         logprobs_now()));
   };
 
   std::string finish;
@@ -559,6 +564,9 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
         if (!last_token) metrics.time_to_first_token(seconds_between(t0, at));
         else metrics.inter_token_latency(seconds_between(*last_token, at));
         last_token = at;
+        const bool eos = std::find(p.generation.stop_ids.begin(), p.generation.stop_ids.end(), e.token) !=
+                         p.generation.stop_ids.end();
+        if (e.logprob && !eos) logprobs.add(e.token, *e.logprob, e.top);
         emit(text.push(e.token));
         if (text.stopped()) {  // a stop string: the answer ends here
           finish = "stop";
@@ -608,10 +616,12 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
   } else {
     metrics.finished(finish);
     if (!streaming) {
-      const json body = full_response(ep, id, created_at, opt.model_id, total, p.reasoning, finish, usage);
+      const json body =
+          full_response(ep, id, created_at, opt.model_id, total, p.reasoning, finish, usage, logprobs_now());
       co_return co_await send(stream, req, 200, dump(body), label);
     }
-    event(stream_chunk(ep, id, created_at, opt.model_id, json::object(), finish, cr.include_usage));
+    event(stream_chunk(ep, id, created_at, opt.model_id, json::object(), finish, cr.include_usage,
+                       cr.logprobs && !logprobs.empty() ? logprobs.take() : json(nullptr)));
     if (cr.include_usage) event(usage_chunk(ep, id, created_at, opt.model_id, usage));
   }
   out += "data: [DONE]\n\n";

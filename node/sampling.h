@@ -53,6 +53,23 @@ struct SampleResult {
 SampleResult sample(std::span<const float> logits, const SamplingParams& p, std::span<const int32_t> history,
                     size_t n_prompt, uint64_t seed, int64_t step);
 
+// What the head needs to choose one row's token besides its logits (the scheduler fills it in,
+// the micro-batch carries it to the head rank). `history` travels only when a penalty is set
+// (the penalties are the only step that reads it); then n_prompt counts its prompt part.
+struct RowSampler {
+  SamplingParams params;
+  uint64_t seed = 0;     // the request's seed (params.seed, or one the server drew for it)
+  int64_t step = 0;      // index of the token being generated
+  std::vector<int32_t> history;
+  size_t n_prompt = 0;
+};
+bool needs_history(const SamplingParams& p);  // a penalty is set
+
+// The token of each of the m rows of logits [m, vocab]: with no samplers, each row's argmax
+// (lowest id among ties) and nothing else; otherwise sample() with samplers[r] for row r.
+std::vector<SampleResult> choose_tokens(const float* logits, int64_t m, int64_t vocab,
+                                        const std::vector<RowSampler>& samplers);
+
 // The steps of sample(), exposed for tests and for callers that need one of them.
 
 // The penalties in place (repetition, then frequency, then presence); results that would

@@ -7,7 +7,7 @@
 // pass; sampling adds a vectorised exp pass and a draw that skips blocks by their sums; top_k
 // selects in one scan with a threshold; top_p buckets the tokens by log-weight and ranks only
 // the bucket where the cumulative mass crosses top_p.
-#include "coordinator/sampling.h"
+#include "node/sampling.h"
 
 #include <algorithm>
 #include <bit>
@@ -102,9 +102,6 @@ struct Row {
   int32_t argmax = -1;  // the lowest id among the maxima
 };
 
-bool penalties_on(const SamplingParams& p) {
-  return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
-}
 
 // Sum in eight interleaved partial sums (vectorises; a fixed order, so the same bits every call).
 double lane_sum(const double* x, size_t n) {
@@ -127,7 +124,7 @@ Row prepare(std::span<const float> logits, const SamplingParams& p, std::span<co
   SHOAL_CHECK_LE(logits.size(), static_cast<size_t>(std::numeric_limits<int32_t>::max()));
   SHOAL_CHECK(p.validate().ok());
   Row r;
-  if (penalties_on(p)) {
+  if (needs_history(p)) {
     const std::span<float> copy = buffer(scratch().z, logits.size());
     std::copy(logits.begin(), logits.end(), copy.begin());
     apply_penalties(copy, p, history, n_prompt);
@@ -470,6 +467,26 @@ SampleResult sample(std::span<const float> logits, const SamplingParams& p, std:
     auto logprob = [&](int32_t id) { return static_cast<float>(static_cast<double>(r.z[id]) - shift); };
     out.logprob = logprob(out.id);
     for (int32_t id : best_tokens(r.z, static_cast<size_t>(p.top_logprobs))) out.top.push_back({id, logprob(id)});
+  }
+  return out;
+}
+
+bool needs_history(const SamplingParams& p) {
+  return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
+}
+
+std::vector<SampleResult> choose_tokens(const float* logits, int64_t m, int64_t vocab,
+                                        const std::vector<RowSampler>& samplers) {
+  SHOAL_CHECK(samplers.empty() || int64_t(samplers.size()) == m);
+  std::vector<SampleResult> out(static_cast<size_t>(m));
+  for (int64_t r = 0; r < m; ++r) {
+    const float* l = logits + r * vocab;
+    if (samplers.empty()) {
+      out[size_t(r)].id = int32_t(std::max_element(l, l + vocab) - l);
+      continue;
+    }
+    const RowSampler& s = samplers[size_t(r)];
+    out[size_t(r)] = sample({l, size_t(vocab)}, s.params, s.history, s.n_prompt, s.seed, s.step);
   }
   return out;
 }
