@@ -251,8 +251,30 @@ Sse parse_sse(const std::string& body, bool chat) {
 json chat_body(const std::string& model, const std::string& user, int max_tokens) {
   return {{"model", model},
           {"messages", {{{"role", "system"}, {"content", "You are a helpful assistant."}}, {{"role", "user"}, {"content", user}}}},
-          {"max_tokens", max_tokens}};
+          {"temperature", 0}, {"max_tokens", max_tokens}};
 }
+
+// `n` shoal node processes on free loopback ports, and the flags that make a coordinator use them.
+struct TcpNodes {
+  TempDir dir;
+  std::vector<std::unique_ptr<Child>> nodes;
+  std::string flags;
+
+  explicit TcpNodes(int n, const std::string& coordinator_flags = "") {
+    write_file(dir / "token", "serve-token\n");
+    std::string list;
+    for (int i = 0; i < n; ++i) {
+      nodes.push_back(std::make_unique<Child>(kShoal + " node --listen 127.0.0.1:0 --token-file " + dir / "token",
+                                              dir / ("node" + std::to_string(i) + ".log")));
+      std::string line;
+      REQUIRE(nodes.back()->read_line(line, 10s));
+      std::smatch m;
+      REQUIRE(std::regex_search(line, m, std::regex("listening on (127\\.0\\.0\\.1:[0-9]+)")));
+      list += (list.empty() ? "" : ",") + std::string(m[1]);
+    }
+    flags = "--nodes " + list + " --token-file " + dir / "token" + " " + coordinator_flags;
+  }
+};
 
 // A raw connection, for what curl cannot do: stop reading mid-stream, send half a request.
 class RawClient {
@@ -543,6 +565,11 @@ TEST_CASE("prepare: chat renders with BOS once, completions add BOS, EOS stops, 
   REQUIRE(e);
   CHECK(e->param == "max_tokens");
   CHECK(e->code == "context_length_exceeded");
+
+  // Completions without max_tokens: 16, as the OpenAI API; chat: the rest of the context.
+  REQUIRE(!srv::parse_request(R"({"model": "m", "prompt": "hello there"})", srv::Endpoint::kCompletions, "m", r));
+  REQUIRE(!srv::prepare_request(r, tok, 100, 129280, tok.eos_id(), p));
+  CHECK(p.generation.max_tokens == 16);
   std::string longer;
   for (int i = 0; i < 200; ++i) longer += "word ";
   REQUIRE(!srv::parse_request(json({{"model", "m"}, {"prompt", longer}}).dump(), srv::Endpoint::kCompletions, "m", r));
@@ -598,10 +625,12 @@ TEST_CASE("metrics render as Prometheus text", "[server]") {
 
 TEST_CASE("serve: chat and completions, streamed and not, stop strings, usage (one process and --local-nodes 3)",
           "[server][serve]") {
-  const std::string mode = GENERATE(as<std::string>{}, "", "--local-nodes 3");
+  const std::string mode = GENERATE(as<std::string>{}, "", "--local-nodes 3", "tcp");
   INFO("mode: " << mode);
   Models& m = models();
-  Server s(m.v3, mode);
+  std::optional<TcpNodes> tcp;
+  if (mode == "tcp") tcp.emplace(2);
+  Server s(m.v3, tcp ? tcp->flags : mode);
 
   // /v1/models, /health
   Reply r = s.get("/v1/models");
@@ -613,7 +642,7 @@ TEST_CASE("serve: chat and completions, streamed and not, stop strings, usage (o
   REQUIRE(r.status == 200);
   json h = r.j();
   CHECK(h["status"] == "ok");
-  CHECK(h["ranks"] == (mode.empty() ? 1 : 3));
+  CHECK(h["ranks"] == (mode.empty() ? 1 : 3));  // tcp: the coordinator and two nodes
   CHECK(h["plan"]["ranks"].size() == h["ranks"].get<size_t>());
   CHECK(h["loaded"].size() == h["ranks"].get<size_t>());
   CHECK(h["slots"]["total"] == 16);
@@ -656,7 +685,7 @@ TEST_CASE("serve: chat and completions, streamed and not, stop strings, usage (o
   for (const json& c : sse.chunks) CHECK(c["id"] == sse.chunks.front()["id"]);
 
   // Completions: text prompt (BOS added), ids prompt, streamed.
-  json comp = {{"model", "tiny-chat"}, {"prompt", "The capital of France is"}, {"max_tokens", 12}, {"ignore_eos", true}};
+  json comp = {{"model", "tiny-chat"}, {"prompt", "The capital of France is"}, {"temperature", 0}, {"max_tokens", 12}, {"ignore_eos", true}};
   r = s.post("/v1/completions", comp);
   REQUIRE(r.status == 200);
   const json c1 = r.j();
@@ -680,14 +709,14 @@ TEST_CASE("serve: chat and completions, streamed and not, stop strings, usage (o
       "echo '{\"text\": \"The capital of France is\", \"add_bos\": true}' | " + kShoal + " tokenize --tokenizer " + m.v3 + " encode",
       &status);
   REQUIRE(status == 0);
-  json by_ids = {{"model", "tiny-chat"}, {"prompt", json::parse(ids_line)["ids"]}, {"max_tokens", 12}, {"ignore_eos", true}};
+  json by_ids = {{"model", "tiny-chat"}, {"prompt", json::parse(ids_line)["ids"]}, {"temperature", 0}, {"max_tokens", 12}, {"ignore_eos", true}};
   r = s.post("/v1/completions", by_ids);
   REQUIRE(r.status == 200);
   CHECK(r.j()["choices"][0]["text"] == text);
   CHECK(r.j()["usage"]["prompt_tokens"] == c1["usage"]["prompt_tokens"]);
 
   // Stop strings: the output up to the first match, finish "stop", streamed or not.
-  json longer = {{"model", "tiny-chat"}, {"prompt", "Once upon a time"}, {"max_tokens", 40}, {"ignore_eos", true}};
+  json longer = {{"model", "tiny-chat"}, {"prompt", "Once upon a time"}, {"temperature", 0}, {"max_tokens", 40}, {"ignore_eos", true}};
   r = s.post("/v1/completions", longer);
   REQUIRE(r.status == 200);
   const std::string full = r.j()["choices"][0]["text"];
@@ -815,7 +844,7 @@ TEST_CASE("serve: malformed requests, unknown models and paths, size limits, API
   const std::string big = "{\"model\": \"tiny-chat\", \"prompt\": \"" + std::string(9u << 20, 'a') + "\"}";
   r = s.call("POST", "/v1/completions", big, auth);
   CHECK((r.status == 413 || r.status == 0));  // curl may see the close before the answer
-  r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "hi"}, {"max_tokens", 2}}, auth);
+  r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "hi"}, {"temperature", 0}, {"max_tokens", 2}}, auth);
   CHECK(r.status == 200);
 
   // Keep-alive: curl reuses one connection for two requests.
@@ -833,9 +862,11 @@ TEST_CASE("serve: malformed requests, unknown models and paths, size limits, API
 }
 
 TEST_CASE("serve: 16 concurrent streams equal the same requests one at a time", "[server][serve]") {
-  const std::string mode = GENERATE(as<std::string>{}, "", "--local-nodes 3");
+  const std::string mode = GENERATE(as<std::string>{}, "", "--local-nodes 3", "tcp");
   INFO("mode: " << mode);
-  Server s(models().v3, mode);
+  std::optional<TcpNodes> tcp;
+  if (mode == "tcp") tcp.emplace(2);
+  Server s(models().v3, tcp ? tcp->flags : mode);
   TempDir dir;
   const int n = 16;
   std::vector<std::string> one(n);
@@ -873,7 +904,7 @@ TEST_CASE("serve: a client that goes away mid-stream is cancelled at once and th
   const std::string mode = GENERATE(as<std::string>{}, "", "--local-nodes 3");
   INFO("mode: " << mode);
   Server s(models().v3, mode + " --max-seq-len 4096");
-  const json longest = {{"model", "tiny-chat"}, {"prompt", "A very long story:"}, {"max_tokens", 4000}, {"ignore_eos", true}};
+  const json longest = {{"model", "tiny-chat"}, {"prompt", "A very long story:"}, {"temperature", 0}, {"max_tokens", 4000}, {"ignore_eos", true}};
   json streamed = longest;
   streamed["stream"] = true;
   for (int round = 0; round < 2; ++round) {
@@ -905,7 +936,7 @@ TEST_CASE("serve: a client that goes away mid-stream is cancelled at once and th
   const auto v = s.metrics();
   CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/completions\",status=\"499\"}") == 3);
   CHECK(v.at("shoal_generations_finished_total{reason=\"cancelled\"}") == 3);
-  const Reply r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "still there?"}, {"max_tokens", 4}});
+  const Reply r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "still there?"}, {"temperature", 0}, {"max_tokens", 4}});
   CHECK(r.status == 200);
   CHECK(s.get("/health").j()["slots"]["in_use"] == 0);
   CHECK(s.stop() == 0);
@@ -939,9 +970,13 @@ TEST_CASE("serve: the official OpenAI Node client", "[server][serve][js]") {
   INFO("node and tests/js/node_modules/openai are installed by scripts/setup (npm install --prefix tests/js)");
   REQUIRE(have_node);
   REQUIRE(have_openai);
+  const std::string mode = GENERATE(as<std::string>{}, "", "--local-nodes 3", "tcp");
+  INFO("mode: " << mode);
+  std::optional<TcpNodes> tcp;
+  if (mode == "tcp") tcp.emplace(2);
   TempDir keys;
   write_file(keys / "keys", "sk-js-test\n");
-  Server s(models().v3, "--api-key-file " + keys / "keys");
+  Server s(models().v3, (tcp ? tcp->flags : mode) + " --api-key-file " + keys / "keys");
   int status = -1;
   const std::string out = run_command("cd " + kJsDir + " && SHOAL_BASE_URL=http://127.0.0.1:" + std::to_string(s.port()) +
                                           " SHOAL_API_KEY=sk-js-test SHOAL_MODEL=tiny-chat timeout 600 node openai_client.test.mjs 2>&1",
@@ -957,7 +992,7 @@ TEST_CASE("serve under mpirun -np 3: the same answers as one process", "[server]
     WARN("mpirun not found: skipped");
     return;
   }
-  const json body = {{"model", "tiny-chat"}, {"prompt", "Hello"}, {"max_tokens", 16}, {"ignore_eos", true}};
+  const json body = {{"model", "tiny-chat"}, {"prompt", "Hello"}, {"temperature", 0}, {"max_tokens", 16}, {"ignore_eos", true}};
   std::string want;
   {
     Server one(models().v3);
@@ -978,20 +1013,15 @@ TEST_CASE("serve under mpirun -np 3: the same answers as one process", "[server]
 }
 
 TEST_CASE("serve: a failed rank makes requests 503 and /health report it", "[server][serve][tcp]") {
-  TempDir dir;
-  write_file(dir / "token", "serve-token\n");
-  auto node = std::make_unique<Child>(kShoal + " node --listen 127.0.0.1:0 --token-file " + dir / "token", dir / "node.log");
-  std::string line;
-  REQUIRE(node->read_line(line, 10s));
-  std::smatch m;
-  REQUIRE(std::regex_search(line, m, std::regex("listening on 127\\.0\\.0\\.1:([0-9]+)")));
-  Server s(models().v3, "--nodes 127.0.0.1:" + std::string(m[1]) + " --token-file " + dir / "token" + " --heartbeat-timeout 2");
-  Reply r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "hi"}, {"max_tokens", 4}});
+  TcpNodes tcp(1, "--heartbeat-timeout 2");
+  auto& node = tcp.nodes[0];
+  Server s(models().v3, tcp.flags);
+  Reply r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "hi"}, {"temperature", 0}, {"max_tokens", 4}});
   REQUIRE(r.status == 200);
   CHECK(s.get("/health").j()["ranks"] == 2);
   node->kill(SIGKILL);
   node->wait_exit(5s);
-  r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "hi"}, {"max_tokens", 4}});
+  r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "hi"}, {"temperature", 0}, {"max_tokens", 4}});
   CHECK(r.status == 503);
   CHECK(r.j()["error"]["type"] == "server_error");
   r = s.get("/health");

@@ -384,7 +384,10 @@ std::optional<ApiError> prepare_request(const CompletionRequest& req, const Toke
                              "max_tokens", "context_length_exceeded");
     return e;
   }
-  out.generation.max_tokens = req.max_tokens.value_or(max_seq_len - n);
+  // No max_tokens: chat runs to the end of the context, completions stop after 16 tokens (the
+  // OpenAI API's default for /v1/completions), or earlier at the end of the context.
+  out.generation.max_tokens =
+      req.max_tokens.value_or(req.endpoint == Endpoint::kChat ? max_seq_len - n : std::min<int64_t>(16, max_seq_len - n));
   if (!req.ignore_eos && eos_id >= 0) out.generation.stop_ids.push_back(eos_id);
   out.generation.sampling = req.sampling;
   return {};

@@ -43,7 +43,7 @@ struct CompletionRequest {
   // completions: text, or token ids when the prompt was given as ids
   std::string prompt_text;
   std::optional<std::vector<int32_t>> prompt_ids;
-  std::optional<int64_t> max_tokens;  // none: the rest of the context
+  std::optional<int64_t> max_tokens;  // none: chat the rest of the context, completions 16
   bool stream = false;
   bool include_usage = false;         // stream_options.include_usage
   std::vector<std::string> stop;      // stop strings, at most kMaxStopStrings
@@ -70,7 +70,7 @@ struct Prepared {
 
 // Renders (chat, add_generation_prompt, no BOS added: the template writes it) or encodes
 // (completions, BOS as the tokenizer says) the prompt, checks it against the context and the
-// vocabulary, and sets max_tokens (default: the rest of the context). Errors are 400s naming
+// vocabulary, and sets max_tokens (default: chat the rest of the context, completions 16). Errors are 400s naming
 // the numbers.
 // `eos_id`: the tokenizer's EOS, else config.json's (-1: none).
 std::optional<ApiError> prepare_request(const CompletionRequest& req, const Tokenizer& tok, int64_t max_seq_len,
