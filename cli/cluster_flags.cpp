@@ -55,7 +55,20 @@ int mpi_rank_from_env() {
   return 0;
 }
 
+// srun started this process as one of several tasks of a step, but without PMI (srun without
+// --mpi=pmix where Slurm's MpiDefault is none): the tasks cannot form one MPI job and each would
+// run the whole command on its own.
+static Status check_not_a_lone_srun_task() {
+  const char* tasks = std::getenv("SLURM_STEP_NUM_TASKS");
+  const char* id = std::getenv("SLURM_PROCID");
+  if (under_mpi() || !tasks || !id || std::atoi(tasks) <= 1) return {};
+  return invalid_argument(std::string("this is task ") + id + " of " + tasks +
+                          " that srun started without PMI, so they cannot form one shoal job: start them with "
+                          "`srun --mpi=pmix` (or mpirun inside the allocation), or run one task");
+}
+
 StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOptions o) {
+  SHOAL_RETURN_IF_ERROR(check_not_a_lone_srun_task());
   o.plan_file = f.plan;
   o.expert_scatter = f.expert_scatter;
   o.step_timeout = ms(f.step_timeout_s);

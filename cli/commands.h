@@ -18,6 +18,13 @@ void add_tokenize(CLI::App& app, int& rc);
 void add_bench(CLI::App& app, int& rc);
 void add_serve(CLI::App& app, int& rc);
 void add_batch(CLI::App& app, int& rc);
+void add_plan(CLI::App& app, int& rc);  // shoal plan (cli/cmd_plan.cpp)
+// shoal launch {mpirun,ssh} (cli/cmd_launch.cpp); its slurm subcommand comes from
+// cli/cmd_launch_slurm.cpp, registered on the launch subcommand when that file is built.
+void add_launch(CLI::App& app, int& rc);
+void add_launch_slurm(CLI::App& launch, int& rc);
+// shoal shard (cli/cmd_shard.cpp)
+void add_shard(CLI::App& app, int& rc);
 
 // Prints "shoal: error: ..." and returns 1.
 int fail(const Status& s);

@@ -55,6 +55,9 @@ int main(int argc, char** argv) {
   shoal::cli::add_bench(app, rc);
   shoal::cli::add_serve(app, rc);
   shoal::cli::add_batch(app, rc);
+  shoal::cli::add_plan(app, rc);
+  shoal::cli::add_launch(app, rc);
+  shoal::cli::add_shard(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

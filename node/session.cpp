@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "cluster/plan.h"
+#include "cluster/shard.h"
 #include "comm/wire/wire_io.h"
 #include "node/units.h"
 #include "node/worker.h"
@@ -20,6 +21,13 @@ Status open_checkpoint(NodeState& st, const std::filesystem::path& dir) {
   st.ck.reset();
   SHOAL_ASSIGN_OR_RETURN(st.ck, Checkpoint::open(dir));
   return {};
+}
+
+Status check_shard(const std::filesystem::path& dir, int rank, const std::vector<std::string>& names) {
+  SHOAL_ASSIGN_OR_RETURN(std::optional<cluster::ShardManifest> m, cluster::read_shard_manifest(dir));
+  if (!m) return {};
+  SHOAL_RETURN_IF_ERROR(cluster::check_shard_tensors(dir, *m, rank, names));
+  return cluster::verify_shard(dir, *m);
 }
 
 }  // namespace
@@ -67,6 +75,8 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   auto plan = cluster::plan_from_json(plan_json, st.ck->config(), t.size());
   if (!plan.ok()) return refuse(me + ": " + plan.status().to_string());
   const std::vector<std::string> names = hosted_tensors(*st.ck, *plan, rank);
+  // A shard folder (shoal shard): exactly this rank's tensors, every file as its manifest hashed it.
+  if (Status s = check_shard(dir, rank, names); !s.ok()) return refuse(me + ": " + s.to_string());
   auto fingerprint = weights_fingerprint(*st.ck, names);
   if (!fingerprint.ok()) return refuse(me + ": " + fingerprint.status().to_string());
   loaded->set_weights_fingerprint(*fingerprint);

@@ -101,16 +101,13 @@ std::variant<PreparedRequest, RecordError> prepare_request(const json& request, 
   // another server, or none) stands for it. A "model" that is not a string is still refused.
   json body = *body_it;
   if (const auto m = body.find("model"); m == body.end() || m->is_null() || m->is_string()) body["model"] = o.model;
-  server::CompletionRequest req;
+  PreparedRequest r;
+  server::CompletionRequest& req = r.request;
   if (auto e = server::parse_request(body.dump(-1, ' ', false, json::error_handler_t::replace), endpoint, o.model, req))
     return record_error(*e);
   if (req.stream) return RecordError{"unsupported_parameter", "'stream': true is not supported: a batch writes whole responses"};
-  PreparedRequest r;
   if (auto e = server::prepare_request(req, *o.tokenizer, o.max_seq_len, o.vocab_size, o.eos_id, r.prepared))
     return record_error(*e);
-  r.endpoint = endpoint;
-  r.stop = std::move(req.stop);
-  r.logprobs = req.logprobs;
   if (!req.sampling.seed) r.prepared.generation.seed = default_seed(custom_id);
   return r;
 }

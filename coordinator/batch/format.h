@@ -49,10 +49,8 @@ std::optional<std::string> record_key(const nlohmann::json& record);
 // A request ready for the GenerationService: its body as `shoal serve` reads it
 // (server::parse_request, server::prepare_request).
 struct PreparedRequest {
-  server::Endpoint endpoint = server::Endpoint::kChat;
-  server::Prepared prepared;       // prompt, max_tokens, EOS, sampling and seed; reasoning split
-  std::vector<std::string> stop;   // stop strings
-  bool logprobs = false;           // the body asked for logprobs
+  server::CompletionRequest request;  // the parsed body: endpoint, stop strings, logprobs, ...
+  server::Prepared prepared;          // prompt, max_tokens, EOS, sampling and seed; reasoning split
 };
 
 struct PrepareOptions {

@@ -85,14 +85,10 @@ struct Active {
   int64_t line = 0;
   server::Endpoint endpoint = server::Endpoint::kChat;
   bool reasoning = false;           // split off reasoning_content (server::Prepared::reasoning)
-  std::vector<int32_t> stop_ids;    // EOS: not in logprobs, as `shoal serve`
   uint64_t service_id = 0;
 
-  std::optional<server::TextStream> text;
-  std::optional<server::Logprobs> logprobs;  // when the request asked for them
+  std::optional<server::Completion> answer;  // as `shoal serve` collects a response
   server::TextStream::Delta total;
-  server::Usage usage;
-  std::string finish;  // "stop" or "length"; empty when cancelled (by a signal: no record)
   Status error;
   bool done = false;
 
@@ -189,7 +185,7 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
   int64_t submitted = 0, answered = 0;  // requests given to the service; of them, with a record
   auto handle_finished = [&](const std::shared_ptr<Active>& a) {
     active.erase(a->order);
-    if (a->error.ok() && a->finish.empty()) return;  // stopped by a signal
+    if (a->error.ok() && a->answer->finish().empty()) return;  // cancelled by a signal
     ++answered;
     if (!a->error.ok()) {
       if (Status h = svc->health(); !h.ok()) {  // the executor failed: fatal, nothing written
@@ -200,8 +196,8 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
       return;
     }
     const json body = server::full_response(a->endpoint, server::new_response_id(a->endpoint), int64_t(std::time(nullptr)),
-                                            o_.model_name, a->total, a->reasoning, a->finish, a->usage,
-                                            a->logprobs ? a->logprobs->take() : json(nullptr));
+                                            o_.model_name, a->total, a->reasoning, a->answer->finish(),
+                                            a->answer->usage(), a->answer->take_logprobs());
     write(response_record(a->custom_id, body), false);
   };
 
@@ -220,35 +216,16 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
     a->order = next_order++;
     a->custom_id = *c.head.custom_id;
     a->line = c.head.line;
-    a->endpoint = r.endpoint;
+    a->endpoint = r.request.endpoint;
     a->reasoning = r.prepared.reasoning;
-    a->stop_ids = r.prepared.generation.stop_ids;
-    a->usage.prompt_tokens = int64_t(r.prepared.generation.prompt.size());
-    a->text.emplace(tok, r.prepared, std::move(r.stop));
-    if (r.logprobs) a->logprobs.emplace(tok, r.endpoint);
+    a->answer.emplace(tok, r.prepared, r.request);
     GenerationService::Callbacks cb;
-    // As `shoal serve` answers a request that does not stream (coordinator/server/server.cpp).
     cb.on_event = [a, shared, svc](const TokenEvent& e) {
       if (a->done) return;  // cut at a stop string already
-      if (e.token >= 0) {
-        ++a->usage.completion_tokens;
-        shared->tokens.fetch_add(1, std::memory_order_relaxed);
-        const bool stop_id = std::find(a->stop_ids.begin(), a->stop_ids.end(), e.token) != a->stop_ids.end();
-        if (a->logprobs && e.logprob && !stop_id) a->logprobs->add(e.token, *e.logprob, e.top);
-        a->add(a->text->push(e.token));
-        if (a->text->stopped()) {  // a stop string: the answer ends here
-          a->finish = "stop";
-          svc->cancel(e.request);
-          shared->complete(a);
-          return;
-        }
-      }
-      if (e.finish == FinishReason::kNone) return;
-      if (e.finish != FinishReason::kCancelled) {
-        a->add(a->text->finish());
-        a->finish = e.finish == FinishReason::kLength ? "length" : "stop";
-      }
-      shared->complete(a);
+      if (e.token >= 0) shared->tokens.fetch_add(1, std::memory_order_relaxed);
+      a->add(a->answer->push(e));
+      if (a->answer->stopped_by_string()) svc->cancel(e.request);  // the answer ends here
+      if (!a->answer->finish().empty() || e.finish != FinishReason::kNone) shared->complete(a);
     };
     cb.on_error = [a, shared](const Status& s) {
       if (a->done) return;

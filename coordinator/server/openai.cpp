@@ -1,5 +1,6 @@
 #include "coordinator/server/openai.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -567,6 +568,34 @@ json Logprobs::take() {
     offsets.push_back(e["offset"]);
   }
   return {{"tokens", tokens}, {"token_logprobs", logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
+}
+
+Completion::Completion(const Tokenizer& tok, const Prepared& p, const CompletionRequest& req)
+    : text_(tok, p, req.stop), stop_ids_(p.generation.stop_ids) {
+  if (req.logprobs) logprobs_.emplace(tok, req.endpoint);
+  usage_.prompt_tokens = int64_t(p.generation.prompt.size());
+}
+
+TextStream::Delta Completion::push(const TokenEvent& e) {
+  TextStream::Delta d;
+  if (!finish_.empty()) return d;
+  if (e.token >= 0) {
+    ++usage_.completion_tokens;
+    const bool stop_id = std::find(stop_ids_.begin(), stop_ids_.end(), e.token) != stop_ids_.end();
+    if (logprobs_ && e.logprob && !stop_id) logprobs_->add(e.token, *e.logprob, e.top);
+    d = text_.push(e.token);
+    if (text_.stopped()) {
+      finish_ = "stop";
+      return d;
+    }
+  }
+  if (e.finish == FinishReason::kStop || e.finish == FinishReason::kLength) {
+    const TextStream::Delta rest = text_.finish();
+    d.reasoning += rest.reasoning;
+    d.content += rest.content;
+    finish_ = e.finish == FinishReason::kLength ? "length" : "stop";
+  }
+  return d;
 }
 
 json usage_chunk(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,

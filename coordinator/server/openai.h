@@ -117,6 +117,12 @@ class TextStream {
   std::optional<ReasoningParser> reasoning_;  // chat with an R1-style template
 };
 
+// Token counts of a response (completion tokens include the EOS token when it ended the request).
+struct Usage {
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+};
+
 // The "logprobs" object of a choice, from the generated tokens' logprobs. Chat:
 // {"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}],
 // "refusal": null}; completions: {"tokens", "token_logprobs", "top_logprobs": [{token: logprob}],
@@ -138,12 +144,33 @@ class Logprobs {
   int64_t offset_ = 0;  // completions' text_offset: bytes of the tokens before
 };
 
+// One generation's answer as its token events arrive, shared by `shoal serve` and `shoal batch`:
+// usage, the text deltas (TextStream: detokenizer, stop strings, reasoning split), logprobs
+// when asked (the stop id that ends the request has none), and the finish reason.
+class Completion {
+ public:
+  Completion(const Tokenizer& tok, const Prepared& p, const CompletionRequest& req);
+  // The text the event adds. A token that completes a stop string ends the answer ("stop"):
+  // stopped_by_string() turns true and the caller cancels the request. The end event
+  // (kStop/kLength) flushes the held text; kCancelled ends it without a finish reason.
+  TextStream::Delta push(const TokenEvent& e);
+  bool stopped_by_string() const { return text_.stopped(); }
+  const std::string& finish() const { return finish_; }  // "stop", "length"; empty: not ended
+  const Usage& usage() const { return usage_; }
+  // The logprobs since the last take (null when the request did not ask for them).
+  nlohmann::json take_logprobs() { return logprobs_ ? logprobs_->take() : nlohmann::json(nullptr); }
+  bool has_logprobs() const { return logprobs_ && !logprobs_->empty(); }
+
+ private:
+  TextStream text_;
+  std::optional<Logprobs> logprobs_;
+  std::vector<int32_t> stop_ids_;
+  Usage usage_;
+  std::string finish_;
+};
+
 // Response bodies. `finish`: "stop" / "length"; usage counts tokens (completion tokens include
 // the EOS token when it ended the request).
-struct Usage {
-  int64_t prompt_tokens = 0;
-  int64_t completion_tokens = 0;
-};
 nlohmann::json usage_json(const Usage& u);
 // A random 64-bit value (per-thread generator seeded from std::random_device).
 uint64_t random_u64();

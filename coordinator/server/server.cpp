@@ -445,9 +445,7 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
   if (auto e = prepare_request(cr, tok, ex.max_seq_len(), ex.config().vocab_size, eos_id, p))
     co_return co_await send_error(stream, req, *e, label);
   const bool chat = ep == Endpoint::kChat;
-  Usage usage;
-  usage.prompt_tokens = int64_t(p.generation.prompt.size());
-  TextStream text(tok, p, cr.stop);
+  Completion answer(tok, p, cr);
 
   const net::any_io_executor strand = co_await net::this_coro::executor;
   // Owned by this coroutine; the service's callbacks only reach it while it is alive.
@@ -535,9 +533,8 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
   }
 
   TextStream::Delta total;
-  Logprobs logprobs(tok, ep);
   // A stream's logprobs ride on the next chunk that carries text (or on the last one).
-  auto logprobs_now = [&]() -> json { return cr.logprobs ? logprobs.take() : json(nullptr); };
+  auto logprobs_now = [&]() -> json { return answer.take_logprobs(); };
   auto emit = [&](const TextStream::Delta& d) {
     if (!streaming) {
       total.reasoning += d.reasoning;
@@ -560,24 +557,17 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
       const auto [e, at] = feed->events.front();
       feed->events.pop_front();
       if (e.token >= 0) {
-        ++usage.completion_tokens;
         if (!last_token) metrics.time_to_first_token(seconds_between(t0, at));
         else metrics.inter_token_latency(seconds_between(*last_token, at));
         last_token = at;
-        const bool eos = std::find(p.generation.stop_ids.begin(), p.generation.stop_ids.end(), e.token) !=
-                         p.generation.stop_ids.end();
-        if (e.logprob && !eos) logprobs.add(e.token, *e.logprob, e.top);
-        emit(text.push(e.token));
-        if (text.stopped()) {  // a stop string: the answer ends here
-          finish = "stop";
-          service->cancel(feed->id);
-          break;
-        }
       }
-      if (e.finish != FinishReason::kNone) {
-        emit(text.finish());
-        finish = e.finish == FinishReason::kLength ? "length" : "stop";
+      emit(answer.push(e));
+      finish = answer.finish();
+      if (answer.stopped_by_string()) {  // a stop string: the answer ends here
+        service->cancel(feed->id);
+        break;
       }
+      if (e.finish == FinishReason::kCancelled) finish = "stop";
     }
     if (finish.empty() && feed->error)
       failure = ApiError{503, "generation failed: " + feed->error->to_string(), "server_error", "", "service_unavailable"};
@@ -600,7 +590,7 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
     stream.socket().cancel(cec);  // the watch
   }
   release.finished = !finish.empty() || (feed->error.has_value() && failure);
-  metrics.tokens(usage.prompt_tokens, usage.completion_tokens);
+  metrics.tokens(answer.usage().prompt_tokens, answer.usage().completion_tokens);
   metrics.request_duration(seconds_between(t0, Clock::now()));
 
   if (gone) {
@@ -617,12 +607,12 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
     metrics.finished(finish);
     if (!streaming) {
       const json body =
-          full_response(ep, id, created_at, opt.model_id, total, p.reasoning, finish, usage, logprobs_now());
+          full_response(ep, id, created_at, opt.model_id, total, p.reasoning, finish, answer.usage(), logprobs_now());
       co_return co_await send(stream, req, 200, dump(body), label);
     }
     event(stream_chunk(ep, id, created_at, opt.model_id, json::object(), finish, cr.include_usage,
-                       cr.logprobs && !logprobs.empty() ? logprobs.take() : json(nullptr)));
-    if (cr.include_usage) event(usage_chunk(ep, id, created_at, opt.model_id, usage));
+                       answer.has_logprobs() ? answer.take_logprobs() : json(nullptr)));
+    if (cr.include_usage) event(usage_chunk(ep, id, created_at, opt.model_id, answer.usage()));
   }
   out += "data: [DONE]\n\n";
   metrics.request(std::string(label), 200);

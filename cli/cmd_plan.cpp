@@ -1,0 +1,188 @@
+// shoal plan: does the model fit the cluster, how is it spread, how fast will it decode
+// (cluster/fit.h, docs/plan.md "shoal plan"). Exit 0 when it fits, 3 when it does not (with the
+// reasons and what would make it fit), 1 on errors, 2 on usage errors.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "bench/membw.h"
+#include "cli/commands.h"
+#include "cluster/fit.h"
+#include "model/checkpoint.h"
+
+namespace shoal::cli {
+namespace {
+namespace fs = std::filesystem;
+using namespace shoal::cluster;
+
+constexpr int kDoesNotFit = 3;
+
+struct Options {
+  std::string model, cluster, hostfile, out, weights, kv_dtype = "f32", gpus_gib, gpu_kind = "gpu";
+  bool slurm = false, json = false, gpu_only = false, expert_scatter = false;
+  int local_nodes = 0;
+  double ram_gib = -1, link_gbps = 0, ram_bandwidth_gbs = 0;
+  int64_t context = 4096, concurrency = 1;
+  std::vector<std::string> bandwidth;
+};
+
+StatusOr<std::vector<double>> parse_gib_list(const std::string& text) {
+  std::vector<double> out;
+  std::string word;
+  std::istringstream in(text);
+  while (std::getline(in, word, ',')) {
+    char* end = nullptr;
+    const double v = std::strtod(word.c_str(), &end);
+    if (word.empty() || *end != '\0' || !(v > 0))
+      return invalid_argument("--gpus-gib '" + text + "': '" + word + "' is not a positive number of GiB");
+    out.push_back(v);
+  }
+  return out;
+}
+
+double total_ram_gib() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? double(pages) * double(page) / double(int64_t(1) << 30) : 0;
+}
+
+StatusOr<ClusterSpec> read_cluster(const Options& o, std::vector<std::string>& notes) {
+  const int sources = !o.cluster.empty() + !o.hostfile.empty() + o.slurm + (o.local_nodes > 0);
+  if (sources != 1)
+    return invalid_argument("give exactly one of --cluster FILE, --hostfile FILE, --slurm or --local-nodes N");
+  ClusterSpec spec;
+  if (!o.cluster.empty()) {
+    SHOAL_ASSIGN_OR_RETURN(spec, read_spec_file(o.cluster));
+  } else if (o.local_nodes > 0) {
+    // This machine: one CPU node running --local-nodes ranks; its read bandwidth measured here.
+    NodeSpec n;
+    char host[256] = "local";
+    gethostname(host, sizeof host - 1);
+    n.name = host;
+    n.ram_gib = o.ram_gib >= 0 ? o.ram_gib : total_ram_gib();
+    n.link_gbps = n.local_gbps;
+    n.cpu_ranks = o.local_nodes;
+    n.ram_bandwidth_gbs = o.ram_bandwidth_gbs > 0 ? o.ram_bandwidth_gbs : bench::read_bandwidth_gbs(int64_t(1) << 30, 5);
+    notes.push_back("this machine: " + std::to_string(o.local_nodes) + " rank(s) on one CPU node, read bandwidth " +
+                    std::to_string(int(n.ram_bandwidth_gbs + 0.5)) + " GB/s" +
+                    (o.ram_bandwidth_gbs > 0 ? " (given)" : " (measured)"));
+    spec.nodes.push_back(n);
+  } else {
+    HostDefaults d;
+    SHOAL_ASSIGN_OR_RETURN(d.gpus_gib, o.gpus_gib.empty() ? StatusOr<std::vector<double>>(std::vector<double>{})
+                                                          : parse_gib_list(o.gpus_gib));
+    if (o.ram_gib >= 0) d.ram_gib = o.ram_gib;
+    d.link_gbps = o.link_gbps;
+    d.gpu_kind = o.gpu_kind;
+    if (!o.hostfile.empty()) {
+      SHOAL_ASSIGN_OR_RETURN(spec, spec_from_hostfile(o.hostfile, d));
+    } else {
+      auto env = [](const std::string& name) -> std::optional<std::string> {
+        const char* v = std::getenv(name.c_str());
+        return v ? std::optional<std::string>(v) : std::nullopt;
+      };
+      SHOAL_ASSIGN_OR_RETURN(spec, spec_from_slurm(env, d, notes));
+    }
+  }
+  for (const std::string& kv : o.bandwidth) {
+    const size_t eq = kv.find('=');
+    char* end = nullptr;
+    const double v = eq == std::string::npos ? 0 : std::strtod(kv.c_str() + eq + 1, &end);
+    if (eq == 0 || eq == std::string::npos || *end != '\0' || !(v > 0))
+      return invalid_argument("--bandwidth '" + kv + "' is not KIND=GB/s (e.g. rtx3090=936)");
+    spec.bandwidth_gbs[kv.substr(0, eq)] = v;
+  }
+  return spec;
+}
+
+int plan(const Options& o) {
+  auto config = load_config(o.model);
+  if (!config.ok()) return fail(config.status());
+  FitOptions fo;
+  fo.gpu_only = o.gpu_only;
+  fo.expert_scatter = o.expert_scatter;
+  fo.context = o.context;
+  fo.concurrency = o.concurrency;
+  if (o.kv_dtype != "f32" && o.kv_dtype != "bf16")
+    return fail(invalid_argument("--kv-dtype '" + o.kv_dtype + "' is not f32 or bf16"));
+  fo.kv_value_bytes = o.kv_dtype == "f32" ? 4 : 2;
+  const WeightFormat stored_format = config->fp8 ? WeightFormat::kFp8 : WeightFormat::kBf16;
+  if (o.weights.empty()) {
+    fo.weights = stored_format;
+  } else {
+    auto f = parse_weight_format(o.weights);
+    if (!f.ok()) return fail(f.status());
+    fo.weights = *f;
+  }
+  // A checkpoint folder in the asked format: its stored bytes, not the config's estimate.
+  std::optional<UnitBytes> stored;
+  std::error_code ec;
+  if (fs::is_directory(o.model, ec) && fo.weights == stored_format) {
+    auto ck = Checkpoint::open(o.model);
+    if (!ck.ok()) return fail(ck.status());
+    if ((*ck)->has_weights()) {
+      auto b = unit_bytes(**ck);
+      if (!b.ok()) return fail(b.status());
+      stored = *b;
+    }
+  }
+  std::vector<std::string> notes;
+  auto spec = read_cluster(o, notes);
+  if (!spec.ok()) return fail(spec.status());
+  auto r = fit_plan(*config, *spec, fo, stored ? &*stored : nullptr);
+  if (!r.ok()) return fail(r.status());
+  r->notes = notes;
+  if (o.json) {
+    std::printf("%s\n", fit_to_json(*r, *spec).dump(2).c_str());
+  } else {
+    const std::string text = fit_text(*r, *spec);
+    std::fwrite(text.data(), 1, text.size(), stdout);
+  }
+  std::fflush(stdout);
+  if (!r->fits) {
+    std::fprintf(stderr, "shoal: %s\n", r->reasons.front().c_str());
+    return kDoesNotFit;
+  }
+  if (!o.out.empty()) {
+    std::ofstream out(o.out, std::ios::binary);
+    out << plan_to_json(r->plan).dump(2) << "\n";
+    if (!out.good()) return fail(invalid_argument(o.out + ": cannot write the plan file"));
+    // What --plan of the other commands will read back.
+    auto back = read_plan_file(o.out, *config, int(r->ranks.size()));
+    if (!back.ok()) return fail(back.status());
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_plan(CLI::App& app, int& rc) {
+  auto o = std::make_shared<Options>();
+  CLI::App* sub = app.add_subcommand("plan", "Fit a model to a cluster: placement, memory per rank, predicted tokens/s");
+  sub->add_option("--model", o->model, "Checkpoint folder or config.json")->required();
+  sub->add_option("--cluster", o->cluster, "Cluster spec (JSON, docs/plan.md)");
+  sub->add_option("--hostfile", o->hostfile, "Open MPI hostfile; with --gpus-gib, --ram-gib, --link-gbps per host");
+  sub->add_flag("--slurm", o->slurm, "The nodes of this Slurm allocation (SLURM_JOB_NODELIST, ...)");
+  sub->add_option("--local-nodes", o->local_nodes, "This machine as one CPU node running N ranks")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--gpus-gib", o->gpus_gib, "GPU memory per host, one entry per GPU: 24,24");
+  sub->add_option("--ram-gib", o->ram_gib, "Host memory per host (GiB)");
+  sub->add_option("--link-gbps", o->link_gbps, "Network link per host (Gbit/s)");
+  sub->add_option("--gpu-kind", o->gpu_kind, "Kind of the hosts' GPUs (a key of the bandwidth table)");
+  sub->add_option("--ram-bandwidth-gbs", o->ram_bandwidth_gbs, "--local-nodes: read bandwidth (default: measured)");
+  sub->add_option("--bandwidth", o->bandwidth, "Override the bandwidth table: KIND=GB/s (repeatable)");
+  sub->add_option("--weights", o->weights, "fp8, bf16, q8_0 or q4_k (default: as the checkpoint stores them)");
+  sub->add_flag("--gpu-only", o->gpu_only, "Weights on GPUs only: no experts in host memory, no CPU nodes");
+  sub->add_flag("--expert-scatter", o->expert_scatter, "Spread each layer's experts over all ranks");
+  sub->add_option("--context", o->context, "KV cache positions per sequence")->check(CLI::PositiveNumber);
+  sub->add_option("--concurrency", o->concurrency, "Sequences with a KV cache each")->check(CLI::PositiveNumber);
+  sub->add_option("--kv-dtype", o->kv_dtype, "KV cache dtype: f32 (as the runtime stores it) or bf16");
+  sub->add_flag("--json", o->json, "Print one JSON object instead of text");
+  sub->add_option("--out", o->out, "Write the plan file (the one --plan takes) when it fits");
+  sub->callback([o, &rc] { rc = plan(*o); });
+}
+
+}  // namespace shoal::cli

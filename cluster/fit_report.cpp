@@ -1,0 +1,154 @@
+// shoal plan's output: the JSON object of docs/plan.md ("JSON output") and the text form.
+#include <cstdio>
+#include <sstream>
+
+#include "cluster/fit.h"
+
+namespace shoal::cluster {
+namespace {
+using nlohmann::ordered_json;
+
+// "12.34 GB", "5.67 MB", "8.90 KB" (decimal units, as shoal inspect prints them).
+std::string gb(long double bytes) {
+  char buf[32];
+  const long double a = bytes < 0 ? -bytes : bytes;
+  if (a >= 1e9L || a == 0) std::snprintf(buf, sizeof buf, "%.2Lf GB", bytes / 1e9L);
+  else if (a >= 1e6L) std::snprintf(buf, sizeof buf, "%.2Lf MB", bytes / 1e6L);
+  else std::snprintf(buf, sizeof buf, "%.2Lf KB", bytes / 1e3L);
+  return buf;
+}
+
+std::string fixed(double v, int digits) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+// "3-5, 9" from ascending layer indices.
+std::string ranges(const std::vector<int64_t>& v) {
+  std::string out;
+  for (size_t i = 0; i < v.size();) {
+    size_t j = i;
+    while (j + 1 < v.size() && v[j + 1] == v[j] + 1) ++j;
+    out += (out.empty() ? "" : ", ") + std::to_string(v[i]) + (j > i ? "-" + std::to_string(v[j]) : "");
+    i = j + 1;
+  }
+  return out.empty() ? "-" : out;
+}
+
+const char* kv_dtype(int64_t bytes) { return bytes == 4 ? "f32" : bytes == 2 ? "bf16" : "f8"; }
+
+}  // namespace
+
+ordered_json fit_to_json(const FitResult& r, const ClusterSpec& s) {
+  const FitOptions& o = r.options;
+  ordered_json ranks = ordered_json::array();
+  for (const RankFit& f : r.ranks) {
+    ordered_json host_ranges = ordered_json::array();
+    for (const ExpertRange& e : f.host_ranges) host_ranges.push_back({{"layer", e.layer}, {"first", e.first}, {"last", e.last}});
+    ranks.push_back({{"rank", f.slot.rank},
+                     {"node", s.nodes[f.slot.node].name},
+                     {"device", f.slot.device},
+                     {"layers", f.layers},
+                     {"embed", f.embed},
+                     {"head", f.head},
+                     {"experts", f.experts},
+                     {"weight_bytes", f.weight_bytes},
+                     {"kv_bytes", f.kv_bytes},
+                     {"workspace_bytes", f.workspace_bytes},
+                     {"total_bytes", f.total_bytes},
+                     {"capacity_bytes", f.slot.capacity_bytes},
+                     {"host_experts", f.host_experts},
+                     {"host_expert_ranges", host_ranges},
+                     {"host_weight_bytes", f.host_weight_bytes},
+                     {"host_capacity_bytes", f.slot.host_capacity_bytes},
+                     {"bandwidth_gbs", f.slot.bandwidth_gbs},
+                     {"efficiency", f.slot.efficiency}});
+  }
+  const Prediction& p = r.prediction;
+  ordered_json j = {
+      {"fits", r.fits},
+      {"weights", format_name(r.weights)},
+      {"total_params", r.params.total},
+      {"mtp_params", r.params.mtp},
+      {"active_params", r.params.active},
+      // The checkpoint as published (what a user downloads), MTP layers included; the ranks hold
+      // placed_weight_bytes (the runtime does not load the MTP layers).
+      {"weight_bytes", r.weight_bytes + r.mtp_weight_bytes},
+      {"placed_weight_bytes", r.weight_bytes},
+      {"mtp_weight_bytes", r.mtp_weight_bytes},
+      {"gpu_only", o.gpu_only},
+      {"expert_scatter", o.expert_scatter},
+      {"context", o.context},
+      {"concurrency", o.concurrency},
+      {"kv_dtype", kv_dtype(o.kv_value_bytes)},
+      {"kv_bytes_per_layer", r.kv_bytes_per_layer},
+      {"world_size", r.ranks.size()},
+      {"host_fraction", r.host_fraction},
+      {"ranks", ranks},
+      {"hop_bytes_per_token", p.hop_bytes_per_token},
+      {"hops_per_token", p.hops},
+      {"expert_exchange_bytes_per_token", p.expert_bytes_per_token},
+      {"prediction",
+       {{"one_sequence_tokens_per_s", p.one_sequence_tokens_per_s},
+        {"full_pipeline_tokens_per_s", p.full_pipeline_tokens_per_s},
+        {"pipeline_stages", p.pipeline_stages},
+        {"pipeline_sequences", p.pipeline_sequences},
+        {"one_sequence_ms", {{"weights", p.weight_ms}, {"kv_cache", p.kv_ms}, {"links", p.link_ms}}}}},
+      {"reasons", r.reasons},
+      {"suggestions", r.suggestions},
+      {"warnings", r.warnings},
+      {"notes", r.notes},
+  };
+  if (r.fits) j["plan"] = plan_to_json(r.plan);
+  return j;
+}
+
+std::string fit_text(const FitResult& r, const ClusterSpec& s) {
+  const FitOptions& o = r.options;
+  std::ostringstream out;
+  out << "model: " << r.params.total << " parameters (" << r.params.active << " active per token; MTP "
+      << r.params.mtp << ", not placed), " << gb(r.weight_bytes) << " of " << format_name(r.weights)
+      << " weights (MTP layers " << gb(r.mtp_weight_bytes) << ")\n";
+  out << "KV cache: " << o.context << " positions x " << o.concurrency << " sequence(s), "
+      << kv_dtype(o.kv_value_bytes) << " latent, " << gb(r.kv_bytes_per_layer) << " per layer\n";
+  out << (r.fits ? "fits" : "does not fit") << (o.gpu_only ? " on the GPUs alone" : "")
+      << (r.spilled && r.fits ? ", with experts in host memory" : "") << "\n\n";
+  out << "rank  node              device  layers       experts  weights     KV          workspace   total / capacity"
+         "           host memory (experts, bytes / capacity)\n";
+  for (const RankFit& f : r.ranks) {
+    char line[512];
+    std::string lay = ranges(f.layers);
+    if (f.embed) lay = "embed " + lay;
+    if (f.head) lay += " head";
+    std::snprintf(line, sizeof line, "%-5d %-17s %-7s %-12s %-8lld %-11s %-11s %-11s %s / %s%s", f.slot.rank,
+                  s.nodes[f.slot.node].name.c_str(), f.slot.device.c_str(), lay.c_str(), (long long)f.experts,
+                  gb(f.weight_bytes).c_str(), gb(f.kv_bytes).c_str(), gb(f.workspace_bytes).c_str(),
+                  gb(f.total_bytes).c_str(), gb(f.slot.capacity_bytes).c_str(),
+                  f.total_bytes > f.slot.capacity_bytes ? " OVER" : "");
+    out << line;
+    if (f.slot.host_capacity_bytes > 0 || f.host_experts > 0)
+      out << "   " << f.host_experts << ", " << gb(f.host_weight_bytes) << " / " << gb(f.slot.host_capacity_bytes);
+    out << "\n";
+    for (const ExpertRange& e : f.host_ranges)
+      out << "      in host memory: layer " << e.layer << " experts " << e.first << "-" << e.last << "\n";
+  }
+  for (const auto& w : r.notes) out << "note: " << w << "\n";
+  for (const auto& w : r.warnings) out << "warning: " << w << "\n";
+  if (!r.fits) {
+    for (const auto& w : r.reasons) out << "why: " << w << "\n";
+    for (const auto& w : r.suggestions) out << "would fit: " << w << "\n";
+    if (r.suggestions.empty()) out << "would fit: nothing tried here (more memory)\n";
+    return out.str();
+  }
+  const Prediction& p = r.prediction;
+  out << "\ntraffic per decoded token: " << fixed(p.hop_bytes_per_token, 0) << " B per pipeline hop x " << p.hops
+      << " hops; expert exchange " << fixed(p.expert_bytes_per_token, 0) << " B\n";
+  out << "predicted decode: " << fixed(p.one_sequence_tokens_per_s, 1) << " tokens/s for one sequence (weights "
+      << fixed(p.weight_ms, 2) << " ms, KV cache " << fixed(p.kv_ms, 2) << " ms, links " << fixed(p.link_ms, 2)
+      << " ms per token); " << fixed(p.full_pipeline_tokens_per_s, 1) << " tokens/s with the pipeline full ("
+      << p.pipeline_sequences << " sequences in " << p.pipeline_stages << " micro-batches)\n";
+  return out.str();
+}
+
+}  // namespace shoal::cluster

@@ -1,0 +1,177 @@
+// The decode model of docs/plan.md ("Predicted tokens/s"): decode streams every weight it
+// uses once per step from the memory that holds it, at the device's bandwidth times the
+// kernels' efficiency; routed experts are used with probability 1 - (1 - k/E)^b by a step of b
+// tokens (uniform routing); the latent KV cache is read in full at the end of the context; each
+// message costs the link's latency plus its bytes over the link's speed.
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "cluster/fit.h"
+
+namespace shoal::cluster {
+namespace {
+
+constexpr double kHeaderBytes = 12;  // token id, position and framing per row (docs/performance.md)
+constexpr double kResultBytes = 16;  // the head's token id back to rank 0
+
+struct Model {
+  const ModelConfig& c;
+  const ClusterSpec& s;
+  const FitResult& r;
+  const UnitBytes& bytes;
+  double hop_bytes, kv_read;  // per token; per layer and sequence
+
+  const RankSlot& slot(int rank) const { return r.ranks[size_t(rank)].slot; }
+  static double rate(double gbs, double eff) { return gbs * eff * 1e9; }
+  double device_rate(int rank) const { return rate(slot(rank).bandwidth_gbs, slot(rank).efficiency); }
+  double host_rate(int rank) const { return rate(slot(rank).host_bandwidth_gbs, slot(rank).host_efficiency); }
+
+  // Seconds for one message of `n` bytes from rank a to rank b.
+  double message(int a, int b, double n) const {
+    const NodeSpec& na = s.nodes[slot(a).node];
+    const NodeSpec& nb = s.nodes[slot(b).node];
+    if (slot(a).node == slot(b).node) return na.local_latency_us * 1e-6 + n * 8 / (na.local_gbps * 1e9);
+    return std::max(na.latency_us, nb.latency_us) * 1e-6 + n * 8 / (std::min(na.link_gbps, nb.link_gbps) * 1e9);
+  }
+};
+
+// The chance that a token's k experts include one of the n a rank holds. Under group-limited
+// routing the rank holds whole groups and a token picks topk_group of the n_group groups.
+double reach_probability(const ModelConfig& c, double n) {
+  const double E = double(c.n_routed_experts), k = double(c.n_activated_experts);
+  const bool grouped = c.n_expert_groups > 1 && c.topk_method != TopkMethod::kGreedy;
+  if (!grouped) return 1 - std::pow(1 - n / E, k);
+  const int64_t G = c.n_expert_groups, pick = std::min(c.n_limited_groups, G);
+  const int64_t held = std::llround(n * double(G) / E);
+  double miss = 1;  // C(G - held, pick) / C(G, pick)
+  for (int64_t t = 0; t < pick; ++t) miss *= double(G - held - t) / double(G - t);
+  return 1 - std::max(0.0, miss);
+}
+
+// Where one step of b tokens spends its time in layer i, and what each memory streams.
+struct LayerCost {
+  double seconds = 0, weight_s = 0, kv_s = 0, link_s = 0, expert_bytes = 0;
+};
+
+// Memories: a GPU (node, gpu) or a node's host memory (node, -1); seconds of streaming each.
+using Memories = std::map<std::pair<size_t, int>, double>;
+
+LayerCost layer_cost(const Model& m, int64_t i, double b, Memories& mem) {
+  const ModelConfig& c = m.c;
+  const int a = m.r.plan.attn[size_t(i)];
+  const RankSlot& sa = m.slot(a);
+  LayerCost out;
+  out.weight_s = double(m.bytes.attn[size_t(i)]) / m.device_rate(a);
+  out.kv_s = b * m.kv_read / m.device_rate(a);
+  mem[{sa.node, sa.gpu}] += out.weight_s + out.kv_s;
+  double experts_s = 0;
+  const auto& owners = m.r.plan.experts[size_t(i)];
+  if (!owners.empty()) {
+    const double E = double(c.n_routed_experts), k = double(c.n_activated_experts);
+    const double used = 1 - std::pow(1 - k / E, b);  // an expert's chance of serving a step of b tokens
+    std::map<int, double> dev, host, count;
+    for (size_t e = 0; e < owners.size(); ++e) {
+      const double n = double(m.bytes.experts[size_t(i)][e]) * used;
+      (m.r.expert_on_host[size_t(i)][e] ? host : dev)[owners[e]] += n;
+      count[owners[e]] += 1;
+    }
+    for (const auto& [q, n] : count) {
+      const RankSlot& sq = m.slot(q);
+      const double d = dev[q] / m.device_rate(q), h = host[q] / m.host_rate(q);
+      mem[{sq.node, sq.gpu}] += d;
+      mem[{sq.node, -1}] += sq.gpu >= 0 ? h : 0;
+      double t = d + h, link = 0;
+      if (q != a) {
+        // The token's row goes to q when one of its k experts is there; each expert answers with a row.
+        const double reach = reach_probability(c, n);
+        const double per_token = (reach + k * n / E) * m.hop_bytes;
+        out.expert_bytes += per_token;
+        link = m.message(a, q, b * reach * m.hop_bytes) + m.message(q, a, b * k * n / E * m.hop_bytes);
+      }
+      if (t + link > experts_s) {
+        experts_s = t + link;
+        out.link_s = link;
+      }
+    }
+    out.weight_s += experts_s - out.link_s;
+  }
+  out.seconds = out.weight_s + out.kv_s + out.link_s;
+  return out;
+}
+
+}  // namespace
+
+Prediction predict(const ModelConfig& c, const ClusterSpec& s, const FitResult& r, const UnitBytes& bytes) {
+  Prediction p;
+  const FitOptions& o = r.options;
+  const Model m{c, s, r, bytes, double(c.dim) * 4 + kHeaderBytes,
+                double(o.context) * double(c.kv_lora_rank + c.qk_rope_head_dim) * double(o.kv_value_bytes)};
+  p.hop_bytes_per_token = m.hop_bytes;
+  const Plan& plan = r.plan;
+
+  // The path of a token: embed rank, each layer's attention rank, head rank; stages are runs.
+  std::vector<int> path = {plan.embed};
+  for (int a : plan.attn) path.push_back(a);
+  path.push_back(plan.head);
+  std::vector<int> stage_of(path.size());
+  std::vector<int> stage_rank = {path[0]};
+  for (size_t j = 1; j < path.size(); ++j) {
+    if (path[j] != path[j - 1]) {
+      ++p.hops;
+      stage_rank.push_back(path[j]);
+    }
+    stage_of[j] = int(stage_rank.size()) - 1;
+  }
+  p.pipeline_stages = int64_t(stage_rank.size());
+
+  // One step of b tokens per stage: its own seconds, and what each memory streams.
+  auto step = [&](double b, std::vector<double>& stage_s, Memories& mem, Prediction* detail) {
+    stage_s.assign(stage_rank.size(), 0);
+    const double embed_s = b * double(bytes.embed) / double(std::max<int64_t>(1, c.vocab_size)) / m.device_rate(plan.embed);
+    const double head_s = double(bytes.head) / m.device_rate(plan.head);
+    stage_s.front() += embed_s;
+    stage_s.back() += head_s;
+    mem[{m.slot(plan.head).node, m.slot(plan.head).gpu}] += head_s;
+    if (detail) detail->weight_ms += (embed_s + head_s) * 1e3;
+    for (int64_t i = 0; i < c.n_layers; ++i) {
+      const LayerCost lc = layer_cost(m, i, b, mem);
+      stage_s[size_t(stage_of[size_t(i) + 1])] += lc.seconds;
+      if (detail) {
+        detail->weight_ms += lc.weight_s * 1e3;
+        detail->kv_ms += lc.kv_s * 1e3;
+        detail->link_ms += lc.link_s * 1e3;
+        detail->expert_bytes_per_token += lc.expert_bytes;
+      }
+    }
+    for (size_t k = 0; k + 1 < stage_rank.size(); ++k) {
+      const double t = m.message(stage_rank[k], stage_rank[k + 1], b * m.hop_bytes);
+      stage_s[k] += t;
+      if (detail) detail->link_ms += t * 1e3;
+    }
+    const double result = m.message(plan.head, 0, b * kResultBytes);
+    stage_s.back() += result;
+    if (detail) detail->link_ms += result * 1e3;
+  };
+
+  std::vector<double> stage_s;
+  Memories mem;
+  step(1, stage_s, mem, &p);
+  double one = 0;
+  for (double t : stage_s) one += t;
+  p.one_sequence_tokens_per_s = one > 0 ? 1 / one : 0;
+
+  // Every stage busy: `stages` micro-batches of b sequences; a cycle lasts as long as the slowest
+  // stage or the busiest memory (ranks sharing a node's host memory stream one after another).
+  const int64_t P = p.pipeline_stages;
+  const int64_t b = (std::max(o.concurrency, P) + P - 1) / P;
+  p.pipeline_sequences = b * P;
+  mem.clear();
+  step(double(b), stage_s, mem, nullptr);
+  double cycle = *std::max_element(stage_s.begin(), stage_s.end());
+  for (const auto& [where, seconds] : mem) cycle = std::max(cycle, seconds);
+  p.full_pipeline_tokens_per_s = cycle > 0 ? double(b) / cycle : 0;
+  return p;
+}
+
+}  // namespace shoal::cluster
