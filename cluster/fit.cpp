@@ -15,8 +15,6 @@ constexpr int64_t kGpuOverhead = kGiB;      // CUDA context, library workspaces,
 constexpr int64_t kCpuOverhead = kGiB / 2;  // the process, its threads and message buffers
 constexpr int64_t kPlanShareScale = 1 << 20;  // budgets given to default_plan as shares (see attempt)
 
-bool ends_with(const std::string& s, const char* tail) { return s.ends_with(tail); }
-
 int64_t sum_bytes(const UnitBytes& b) {
   int64_t n = b.embed + b.head;
   for (size_t i = 0; i < b.attn.size(); ++i) {
@@ -28,7 +26,7 @@ int64_t sum_bytes(const UnitBytes& b) {
 
 int64_t tensor_bytes(const TensorSpec& t, WeightFormat f, int64_t fp8_block) {
   const int64_t n = t.numel();
-  const bool bias = ends_with(t.name, "e_score_correction_bias");
+  const bool bias = t.name.ends_with("e_score_correction_bias");
   switch (f) {
     case WeightFormat::kFp8:
       if (t.quantized) {
@@ -39,7 +37,7 @@ int64_t tensor_bytes(const TensorSpec& t, WeightFormat f, int64_t fp8_block) {
     case WeightFormat::kBf16: return n * (bias ? 4 : 2);
     case WeightFormat::kQ8_0:
     case WeightFormat::kQ4K: {
-      const bool router = ends_with(t.name, "mlp.gate.weight");
+      const bool router = t.name.ends_with("mlp.gate.weight");
       if (t.shape.size() != 2 || router) return n * 4;  // F32, as GGUF keeps vectors and the router
       const int64_t cols = t.shape[1];
       if (f == WeightFormat::kQ4K && cols % 256 == 0) return n / 256 * 144;
@@ -48,16 +46,6 @@ int64_t tensor_bytes(const TensorSpec& t, WeightFormat f, int64_t fp8_block) {
     }
   }
   return 0;
-}
-
-// "12.34 GB", "5.67 MB", "8.90 KB" (decimal units, as shoal inspect prints them).
-std::string gb(long double bytes) {
-  char buf[32];
-  const long double a = bytes < 0 ? -bytes : bytes;
-  if (a >= 1e9L || a == 0) std::snprintf(buf, sizeof buf, "%.2Lf GB", bytes / 1e9L);
-  else if (a >= 1e6L) std::snprintf(buf, sizeof buf, "%.2Lf MB", bytes / 1e6L);
-  else std::snprintf(buf, sizeof buf, "%.2Lf KB", bytes / 1e3L);
-  return buf;
 }
 
 double activation_floats_per_token(const ModelConfig& c) {
@@ -196,6 +184,16 @@ double efficiency_for(const ClusterSpec& s, bool gpu, WeightFormat f) {
 }
 
 }  // namespace
+
+// "12.34 GB", "5.67 MB", "8.90 KB" (decimal units, as shoal inspect prints them).
+std::string gb(long double bytes) {
+  char buf[32];
+  const long double a = bytes < 0 ? -bytes : bytes;
+  if (a >= 1e9L || a == 0) std::snprintf(buf, sizeof buf, "%.2Lf GB", bytes / 1e9L);
+  else if (a >= 1e6L) std::snprintf(buf, sizeof buf, "%.2Lf MB", bytes / 1e6L);
+  else std::snprintf(buf, sizeof buf, "%.2Lf KB", bytes / 1e3L);
+  return buf;
+}
 
 StatusOr<WeightFormat> parse_weight_format(const std::string& name) {
   for (WeightFormat f : {WeightFormat::kFp8, WeightFormat::kBf16, WeightFormat::kQ8_0, WeightFormat::kQ4K})

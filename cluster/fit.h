@@ -23,6 +23,8 @@ namespace shoal::cluster {
 enum class WeightFormat { kFp8, kBf16, kQ8_0, kQ4K };
 StatusOr<WeightFormat> parse_weight_format(const std::string& name);
 const char* format_name(WeightFormat f);
+// "12.34 GB", "5.67 MB", "8.90 KB": decimal units, as shoal inspect prints them.
+std::string gb(long double bytes);
 
 // Bytes of every unit (and of the MTP layers, which no unit holds) in that format.
 UnitBytes unit_bytes_in(const ModelConfig& c, WeightFormat f);

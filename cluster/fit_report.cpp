@@ -8,16 +8,6 @@ namespace shoal::cluster {
 namespace {
 using nlohmann::ordered_json;
 
-// "12.34 GB", "5.67 MB", "8.90 KB" (decimal units, as shoal inspect prints them).
-std::string gb(long double bytes) {
-  char buf[32];
-  const long double a = bytes < 0 ? -bytes : bytes;
-  if (a >= 1e9L || a == 0) std::snprintf(buf, sizeof buf, "%.2Lf GB", bytes / 1e9L);
-  else if (a >= 1e6L) std::snprintf(buf, sizeof buf, "%.2Lf MB", bytes / 1e6L);
-  else std::snprintf(buf, sizeof buf, "%.2Lf KB", bytes / 1e3L);
-  return buf;
-}
-
 std::string fixed(double v, int digits) {
   char buf[48];
   std::snprintf(buf, sizeof buf, "%.*f", digits, v);

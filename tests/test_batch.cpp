@@ -21,9 +21,16 @@
 #include <sstream>
 #include <thread>
 
+#include "support/batch_records.h"
+#include "support/files.h"
 #include "support/process.h"
 
 namespace fs = std::filesystem;
+using shoal::test::TempDir;
+using shoal::test::comparable;
+using shoal::test::count_lines;
+using shoal::test::exit_code;
+using shoal::test::read_file;
 using json = nlohmann::json;
 using shoal::test::Child;
 using shoal::test::run_command;
@@ -33,32 +40,6 @@ namespace {
 
 const std::string kShoal = SHOAL_BINARY;
 const std::string kTokenizer = std::string(SHOAL_FIXTURES) + "/tokenizer-deepseek-v3";
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "shoal-test-batch-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
 
 // DeepSeek-V3's architecture at hidden 64: 2 layers (one dense, one MoE with 8 routed experts
 // in 4 groups), the tokenizer's 129,280 ids (synth --tokenizer sets vocab_size).
@@ -170,22 +151,6 @@ std::map<std::string, json> read_results(const std::string& path) {
     out[key] = r;
   }
   return out;
-}
-
-size_t count_lines(const std::string& path) {
-  const std::string text = read_file(path);
-  return size_t(std::count(text.begin(), text.end(), '\n'));
-}
-
-// What must be equal between runs: everything but ids and timestamps.
-json comparable(json r) {
-  r.erase("id");
-  if (r["response"].is_object()) {
-    r["response"].erase("request_id");
-    r["response"]["body"].erase("id");
-    r["response"]["body"].erase("created");
-  }
-  return r;
 }
 
 void check_same_results(const std::map<std::string, json>& want, const std::map<std::string, json>& got) {

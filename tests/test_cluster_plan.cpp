@@ -5,16 +5,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <set>
-#include <sstream>
 #include <string>
 
 #include "cluster/fit.h"
@@ -22,45 +19,22 @@
 #include "cluster/spec.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "support/files.h"
 
 using Catch::Matchers::Contains;
 using nlohmann::json;
 using namespace shoal;
 using namespace shoal::cluster;
 namespace fs = std::filesystem;
+using shoal::test::TempDir;
+using shoal::test::read_file;
+using shoal::test::write_file;
 
 namespace {
 
 const fs::path kFixtures = SHOAL_FIXTURES;
 const fs::path kConfig671b = kFixtures / "configs" / "deepseek-v3-671b" / "config.json";
 const fs::path kBenchConfig = fs::path(SHOAL_FIXTURES).parent_path().parent_path() / "bench" / "configs" / "dist-2048.json";
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() / ("shoal-test-cluster-plan-" + std::to_string(::getpid()) + "-" +
-                                        std::to_string(counter++) + "-" + std::to_string(std::random_device{}()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write_file(const fs::path& p, const std::string& text) {
-  std::ofstream out(p, std::ios::binary);
-  out << text;
-  REQUIRE(out.good());
-}
 
 struct CliRun {
   int rc;
@@ -73,7 +47,7 @@ CliRun shoal_cli(const std::string& args, const std::string& env = "") {
   const std::string cmd = env + " " + std::string(SHOAL_BINARY) + " " + args + " >'" + (tmp.path / "out").string() + "' 2>'" +
                           (tmp.path / "err").string() + "'";
   const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(tmp.path / "out"), slurp(tmp.path / "err")};
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(tmp.path / "out"), read_file(tmp.path / "err")};
 }
 
 json node(const std::string& name, std::vector<double> gpus, double ram, double link = 25) {

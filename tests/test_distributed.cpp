@@ -13,9 +13,12 @@
 
 #include "cluster/plan.h"
 #include "model/checkpoint.h"
+#include "support/files.h"
 #include "support/process.h"
 
 namespace fs = std::filesystem;
+using shoal::test::TempDir;
+using shoal::test::read_file;
 using json = nlohmann::json;
 using shoal::test::Child;
 using shoal::test::run_command;
@@ -26,23 +29,6 @@ namespace {
 const std::string kShoal = SHOAL_BINARY;
 const std::string kMpirun = std::string(SHOAL_MPIEXEC) + " --allow-run-as-root --oversubscribe";
 std::string fixture(const std::string& name) { return std::string(SHOAL_FIXTURES) + "/" + name; }
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "shoal-test-dist-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 void write_file(const std::string& path, const std::string& text) {
   std::ofstream(path) << text;
@@ -258,11 +244,6 @@ int count_ids(const std::string& out) {
   return n;
 }
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 // `shoal run` of a long generation over the nodes (stderr to dir/run.err), returned once it
 // has streamed 5 ids: ids arrive as they are chosen.
 std::unique_ptr<Child> start_streaming_run(const std::string& model, const std::vector<Node>& nodes,
@@ -273,7 +254,7 @@ std::unique_ptr<Child> start_streaming_run(const std::string& model, const std::
                                      dir / "run.err");
   std::string seen;
   const bool streamed = run->read_until([](const std::string& s) { return count_ids(s) >= 5; }, seen, 60s);
-  INFO("stdout: " << seen << "\nstderr: " << slurp(dir / "run.err"));
+  INFO("stdout: " << seen << "\nstderr: " << read_file(dir / "run.err"));
   REQUIRE(streamed);
   return run;
 }
@@ -339,7 +320,7 @@ TEST_CASE("kill -9 of a TCP node while shoal run streams ends the run within 10 
   const auto t0 = std::chrono::steady_clock::now();
   const int status = run.wait_exit(10s);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const std::string err = slurp(dir / "run.err");
+  const std::string err = read_file(dir / "run.err");
   INFO("exit after " << took << " s; stderr: " << err);
   REQUIRE(status != -1);  // it ended
   CHECK(WIFEXITED(status));
@@ -360,7 +341,7 @@ TEST_CASE("kill -9 of a rank under mpirun ends the job within 10 s, naming the r
             dir / "run.err");
   std::string seen;
   const bool streamed = run.read_until([](const std::string& s) { return count_ids(s) >= 5; }, seen, 60s);
-  INFO("stdout: " << seen << "\nstderr: " << slurp(dir / "run.err"));
+  INFO("stdout: " << seen << "\nstderr: " << read_file(dir / "run.err"));
   REQUIRE(streamed);  // ids arrive as they are chosen
   // Rank 2 is the child of mpirun whose environment says so.
   pid_t victim = -1;
@@ -372,7 +353,7 @@ TEST_CASE("kill -9 of a rank under mpirun ends the job within 10 s, naming the r
     pid_t ppid = -1;
     stat >> pid >> comm >> state >> ppid;
     if (ppid != run.pid()) continue;
-    std::string env = slurp((entry.path() / "environ").string());
+    std::string env = read_file((entry.path() / "environ").string());
     if (env.find(std::string("OMPI_COMM_WORLD_RANK=2") + '\0') != std::string::npos) victim = std::stoi(name);
   }
   REQUIRE(victim > 0);
@@ -380,7 +361,7 @@ TEST_CASE("kill -9 of a rank under mpirun ends the job within 10 s, naming the r
   const int status = run.wait_exit(10s);
   std::string rest;
   run.read_until([](const std::string&) { return false; }, rest, 100ms);
-  const std::string err = slurp(dir / "run.err") + rest;
+  const std::string err = read_file(dir / "run.err") + rest;
   INFO(err);
   REQUIRE(status != -1);
   CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 0));
@@ -402,7 +383,7 @@ TEST_CASE("a TCP node that stops answering (SIGSTOP) fails the run by its heartb
   const int status = run.wait_exit(10s);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   nodes[0].child->kill(SIGCONT);
-  const std::string err = slurp(dir / "run.err");
+  const std::string err = read_file(dir / "run.err");
   INFO("exit after " << took << " s; stderr: " << err);
   REQUIRE(status != -1);
   CHECK(WIFEXITED(status));

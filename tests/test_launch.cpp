@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "cluster/launch.h"
+#include "support/files.h"
 #include "support/process.h"
 
 using namespace shoal::cluster;
@@ -126,26 +127,14 @@ TEST_CASE("coordinator line and hosts and model templates and build ids", "[laun
   CHECK(shell_join(ssh_argv({"ssh", "-F", "c"}, "h2", "echo hi")) == "ssh -F c h2 'echo hi'");
 }
 
-namespace {
-struct Tmp {
-  std::filesystem::path dir;
-  Tmp() {
-    std::string t = (std::filesystem::temp_directory_path() / "shoal-test-launch-XXXXXX").string();
-    REQUIRE(::mkdtemp(t.data()));
-    dir = t;
-  }
-  ~Tmp() { std::filesystem::remove_all(dir); }
-};
-}  // namespace
-
 TEST_CASE("the remote check script run by sh reads back as what is there", "[launch]") {
-  Tmp t;
-  const auto model = t.dir / "my model";  // a space: the script must quote it
+  shoal::test::TempDir t;
+  const auto model = t.path / "my model";  // a space: the script must quote it
   std::filesystem::create_directories(model);
   std::ofstream(model / "config.json") << "{}";
   std::ofstream(model / "a.safetensors") << std::string(123, 'x');
   std::ofstream(model / "model.safetensors.index.json") << "{}\n";
-  const auto fake = t.dir / "shoal";
+  const auto fake = t.path / "shoal";
   std::ofstream(fake) << "#!/bin/sh\necho 'shoal 9.9.9 (feedbeef), cpu only'\n";
   std::filesystem::permissions(fake, std::filesystem::perms::owner_all);
   int status = -1;
@@ -167,7 +156,7 @@ TEST_CASE("the remote check script run by sh reads back as what is there", "[lau
   REQUIRE(kb > 0);
   CHECK(std::abs(c->mem_available - kb * 1024) < (int64_t{1} << 30));
 
-  const std::string missing = run_command("sh -c " + shell_quote(remote_check_command("/no/shoal", (t.dir / "none").string())), &status);
+  const std::string missing = run_command("sh -c " + shell_quote(remote_check_command("/no/shoal", (t.path / "none").string())), &status);
   auto m = parse_check_output(missing);
   REQUIRE(m.ok());
   CHECK_FALSE(m->shoal_found);
@@ -177,8 +166,8 @@ TEST_CASE("the remote check script run by sh reads back as what is there", "[lau
 }
 
 TEST_CASE("the remote token and node scripts run by sh", "[launch]") {
-  Tmp t;
-  const auto file = t.dir / "sub dir" / "token";
+  shoal::test::TempDir t;
+  const auto file = t.path / "sub dir" / "token";
   int status = -1;
   run_command("echo s3cret | sh -c " + shell_quote(remote_token_command(file.string())), &status);
   CHECK(status == 0);
@@ -191,7 +180,7 @@ TEST_CASE("the remote token and node scripts run by sh", "[launch]") {
 
   // A stand-in for shoal that prints its arguments and then lives until killed: the script
   // reports its pid, and closing stdin ends it with SIGTERM's status.
-  const auto fake = t.dir / "shoal";
+  const auto fake = t.path / "shoal";
   std::ofstream(fake) << "#!/bin/sh\necho \"args: $*\"\ntrap 'kill $s; exit 143' TERM\nsleep 30 & s=$!\nwait\n";
   std::filesystem::permissions(fake, std::filesystem::perms::owner_all);
   const std::string cmd = remote_node_command({fake.string(), "0.0.0.0:7070", ".shoal/t", "/data/rank 1"});
@@ -208,8 +197,8 @@ TEST_CASE("the remote token and node scripts run by sh", "[launch]") {
 }
 
 TEST_CASE("shoal launch mpirun runs the line on a localhost hostfile with UCX and with TCP", "[launch][mpi]") {
-  Tmp t;
-  std::ofstream(t.dir / "hosts") << "localhost slots=3\n";
+  shoal::test::TempDir t;
+  std::ofstream(t.path / "hosts") << "localhost slots=3\n";
   const std::string shoal = SHOAL_BINARY;
   const std::string model = std::string(SHOAL_FIXTURES) + "/tiny-v3-bf16";
   const std::string args = " -- run --ids '1 2 3 4' --max-tokens 4";
@@ -220,7 +209,7 @@ TEST_CASE("shoal launch mpirun runs the line on a localhost hostfile with UCX an
   REQUIRE(want.rfind("generated: ", 0) == 0);
   for (const std::string mode : {"--ucx", "--tcp"}) {
     INFO(mode);
-    const std::string launch = shoal + " launch mpirun --hostfile " + (t.dir / "hosts").string() + " " + mode +
+    const std::string launch = shoal + " launch mpirun --hostfile " + (t.path / "hosts").string() + " " + mode +
                                " --net-device lo --model " + model;
     const std::string dry = run_command(launch + " --dry-run" + args, &status);
     CHECK(status == 0);
@@ -230,11 +219,11 @@ TEST_CASE("shoal launch mpirun runs the line on a localhost hostfile with UCX an
     CHECK(status == 0);
     CHECK_THAT(out, Catch::Contains(want) && Catch::Contains(mode == "--ucx" ? "3 ranks over MPI (pml ucx)" : "3 ranks over MPI (pml ob1)"));
   }
-  const std::string bad = run_command(shoal + " launch mpirun --hostfile " + (t.dir / "none").string() + " -- run 2>&1", &status);
+  const std::string bad = run_command(shoal + " launch mpirun --hostfile " + (t.path / "none").string() + " -- run 2>&1", &status);
   CHECK(WEXITSTATUS(status) == 1);
-  CHECK_THAT(bad, Catch::Contains("--hostfile " + (t.dir / "none").string() + ": cannot read it"));
-  std::ofstream(t.dir / "hosts") << "localhost slots=2\n";
-  const std::string over = run_command(shoal + " launch mpirun --hostfile " + (t.dir / "hosts").string() + " --np 3 --dry-run" + args + " 2>&1", &status);
+  CHECK_THAT(bad, Catch::Contains("--hostfile " + (t.path / "none").string() + ": cannot read it"));
+  std::ofstream(t.path / "hosts") << "localhost slots=2\n";
+  const std::string over = run_command(shoal + " launch mpirun --hostfile " + (t.path / "hosts").string() + " --np 3 --dry-run" + args + " 2>&1", &status);
   CHECK(WEXITSTATUS(status) == 1);
   CHECK_THAT(over, Catch::Contains("--np 3 is more than the 2 slots of"));
 }

@@ -14,9 +14,11 @@
 #include <regex>
 #include <thread>
 
+#include "support/files.h"
 #include "support/process.h"
 
 namespace fs = std::filesystem;
+using shoal::test::read_file;
 using shoal::test::Child;
 using shoal::test::run_command;
 using namespace std::chrono_literals;
@@ -27,11 +29,6 @@ const std::string kShoal = SHOAL_BINARY;
 const std::string kNetns = SHOAL_NETNS_DIR;
 const std::string kPrefix = "shoal-ls";
 const std::string kSsh = "'ssh -F /run/" + kPrefix + "-ssh/ssh_config'";
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 // Three hosts with sshd for the life of one test case, and a synthesized model with a tokenizer.
 struct Cluster {
@@ -73,7 +70,7 @@ std::vector<pid_t> shoal_pids(const std::string& host) {
   std::vector<pid_t> pids;
   std::istringstream in(out);
   for (pid_t pid; in >> pid;) {
-    std::string comm = slurp("/proc/" + std::to_string(pid) + "/comm");
+    std::string comm = read_file("/proc/" + std::to_string(pid) + "/comm");
     if (comm == "shoal\n") pids.push_back(pid);
   }
   return pids;
@@ -99,7 +96,7 @@ std::string generated_line(const std::string& out) {
 // Waits for the launcher's "node pid N" line for `host` in its stderr file.
 pid_t node_pid(const std::string& err_file, const std::string& host) {
   std::smatch m;
-  const std::string err = slurp(err_file);
+  const std::string err = read_file(err_file);
   return std::regex_search(err, m, std::regex("shoal launch: " + host + ": rank [0-9]+, node pid ([0-9]+)"))
              ? pid_t(std::stoi(m[1]))
              : -1;
@@ -118,7 +115,7 @@ TEST_CASE("shoal launch ssh over three namespace hosts gives the single process'
   const auto t0 = std::chrono::steady_clock::now();
   const std::string out = run_command("timeout -k 10 300 " + c.launch(args) + " 2>" + c.path("err"), &status);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const std::string err = slurp(c.path("err"));
+  const std::string err = read_file(c.path("err"));
   INFO("took " << took << " s\nstdout: " << out << "\nstderr: " << err);
   REQUIRE(status == 0);
   CHECK(generated_line(out) == want);
@@ -130,7 +127,7 @@ TEST_CASE("shoal launch ssh over three namespace hosts gives the single process'
   // The coordinator was told the three nodes; the token file is the owner's only.
   CHECK_THAT(err, Catch::Contains("--nodes h1:7070,h2:7070,h3:7070 --token-file " + c.path("token")));
   CHECK((fs::status(c.path("token")).permissions() & fs::perms::all) == (fs::perms::owner_read | fs::perms::owner_write));
-  CHECK(slurp(c.path("token")).size() == 65);  // 32 random bytes in hex, newline
+  CHECK(read_file(c.path("token")).size() == 65);  // 32 random bytes in hex, newline
   CHECK(all_stopped(10s));
 }
 
@@ -143,7 +140,7 @@ TEST_CASE("shoal launch ssh: kill -9 of one node stops the rest naming its host 
     std::string seen;
     const bool up = launcher.read_until(
         [](const std::string& s) { return s.find("shoal serve: listening on") != std::string::npos; }, seen, 180s);
-    INFO("stdout: " << seen << "\nstderr: " << slurp(c.path("err")));
+    INFO("stdout: " << seen << "\nstderr: " << read_file(c.path("err")));
     REQUIRE(up);
     const pid_t victim = node_pid(c.path("err"), "h2");
     REQUIRE(victim > 0);
@@ -152,7 +149,7 @@ TEST_CASE("shoal launch ssh: kill -9 of one node stops the rest naming its host 
     else ::kill(victim, SIGKILL);
     const int status = launcher.wait_exit(60s);
     const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const std::string err = slurp(c.path("err"));
+    const std::string err = read_file(c.path("err"));
     INFO("stopped after " << took << " s; stderr: " << err);
     REQUIRE(status != -1);  // it ended by the deadline
     REQUIRE(WIFEXITED(status));

@@ -39,6 +39,23 @@ std::vector<int32_t> alone(const GenerationRequest& r) {
   return g->ids[0];
 }
 
+// The single-process Engine (ranks 0) or a cluster of `ranks` local ranks, with `slots` KV slots.
+std::unique_ptr<Executor> open_executor(int ranks, int64_t slots) {
+  if (ranks == 0) {
+    EngineOptions eo;
+    eo.n_slots = slots;
+    auto e = Engine::open(kModel, eo);
+    REQUIRE(e.ok());
+    return std::move(*e);
+  }
+  ClusterOptions co;
+  co.model_dir = kModel;
+  co.n_slots = slots;
+  auto c = start_local_cluster(ranks, co);
+  REQUIRE(c.ok());
+  return std::move(*c);
+}
+
 struct Outcome {
   std::vector<int32_t> ids;
   FinishReason finish = FinishReason::kNone;
@@ -72,21 +89,7 @@ TEST_CASE("continuous batching equals each request run alone", "[scheduler]") {
 
   for (int ranks : {0, 1, 3}) {  // 0: the single-process Engine
     INFO("ranks " << ranks);
-    std::unique_ptr<Executor> ex;
-    if (ranks == 0) {
-      EngineOptions eo;
-      eo.n_slots = 3;
-      auto e = Engine::open(kModel, eo);
-      REQUIRE(e.ok());
-      ex = std::move(*e);
-    } else {
-      ClusterOptions co;
-      co.model_dir = kModel;
-      co.n_slots = 3;
-      auto c = start_local_cluster(ranks, co);
-      REQUIRE(c.ok());
-      ex = std::move(*c);
-    }
+    std::unique_ptr<Executor> ex = open_executor(ranks, 3);
     SchedulerOptions so;
     so.max_batch_tokens = 8;  // the 40-token prompt takes five chunks
     Scheduler s(*ex, so);
@@ -207,21 +210,7 @@ TEST_CASE("the head samples each request as it would alone, on one process and o
 
   for (int ranks : {0, 3}) {
     INFO("ranks " << ranks);
-    std::unique_ptr<Executor> ex;
-    if (ranks == 0) {
-      EngineOptions eo;
-      eo.n_slots = 3;
-      auto e = Engine::open(kModel, eo);
-      REQUIRE(e.ok());
-      ex = std::move(*e);
-    } else {
-      ClusterOptions co;
-      co.model_dir = kModel;
-      co.n_slots = 3;
-      auto c = start_local_cluster(ranks, co);
-      REQUIRE(c.ok());
-      ex = std::move(*c);
-    }
+    std::unique_ptr<Executor> ex = open_executor(ranks, 3);
     SchedulerOptions so;
     so.max_batch_tokens = 8;
     Scheduler s(*ex, so);

@@ -18,9 +18,13 @@
 #include "coordinator/server/metrics.h"
 #include "coordinator/server/openai.h"
 #include "coordinator/tokenizer/tokenizer.h"
+#include "support/files.h"
 #include "support/process.h"
 
 namespace fs = std::filesystem;
+using shoal::test::TempDir;
+using shoal::test::read_file;
+using shoal::test::write_file;
 using json = nlohmann::json;
 using shoal::test::Child;
 using shoal::test::run_command;
@@ -32,29 +36,6 @@ namespace {
 const std::string kShoal = SHOAL_BINARY;
 std::string fixture(const std::string& name) { return std::string(SHOAL_FIXTURES) + "/" + name; }
 const std::string kJsDir = std::string(SHOAL_FIXTURES) + "/../js";
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "shoal-test-server-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
-
-void write_file(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
 
 // A DeepSeek-V3-style config small enough for two cores: hidden 64, 2 layers (one dense, one
 // MoE with 8 experts in 4 groups), DeepSeek-V3's vocabulary.
@@ -315,30 +296,17 @@ class RawClient {
   // Reads until `what` occurs `n` times (true) or EOF/timeout (false).
   bool read_count(const std::string& what, size_t n, std::chrono::milliseconds timeout) {
     const auto end = std::chrono::steady_clock::now() + timeout;
-    while (count(what) < n) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return false;
-      pollfd p{fd_, POLLIN, 0};
-      if (poll(&p, 1, int(left.count())) <= 0) return false;
-      char buf[4096];
-      const ssize_t got = ::recv(fd_, buf, sizeof buf, 0);
-      if (got <= 0) return false;
-      seen.append(buf, size_t(got));
-    }
+    while (count(what) < n)
+      if (read_some(end) <= 0) return false;
     return true;
   }
   // True when the server closes the connection within `timeout`.
   bool closed_within(std::chrono::milliseconds timeout) {
     const auto end = std::chrono::steady_clock::now() + timeout;
     while (true) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return false;
-      pollfd p{fd_, POLLIN, 0};
-      if (poll(&p, 1, int(left.count())) <= 0) return false;
-      char buf[4096];
-      const ssize_t got = ::recv(fd_, buf, sizeof buf, 0);
-      if (got <= 0) return true;
-      seen.append(buf, size_t(got));
+      const int got = read_some(end);
+      if (got == 0) return true;
+      if (got < 0) return false;
     }
   }
   size_t count(const std::string& what) const {
@@ -349,6 +317,20 @@ class RawClient {
   std::string seen;
 
  private:
+  // One recv into `seen` before `end`: the bytes read, 0 when the connection ended, -1 when
+  // nothing came in time.
+  int read_some(std::chrono::steady_clock::time_point end) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return -1;
+    pollfd p{fd_, POLLIN, 0};
+    if (poll(&p, 1, int(left.count())) <= 0) return -1;
+    char buf[4096];
+    const ssize_t got = ::recv(fd_, buf, sizeof buf, 0);
+    if (got <= 0) return 0;
+    seen.append(buf, size_t(got));
+    return int(got);
+  }
+
   int fd_ = -1;
 };
 

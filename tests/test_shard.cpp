@@ -13,9 +13,12 @@
 #include <set>
 
 #include "model/checkpoint.h"
+#include "support/files.h"
 #include "support/process.h"
 
 namespace fs = std::filesystem;
+using shoal::test::TempDir;
+using shoal::test::read_file;
 using json = nlohmann::json;
 using shoal::test::Child;
 using shoal::test::run_command;
@@ -26,17 +29,6 @@ namespace {
 const std::string kShoal = SHOAL_BINARY;
 const std::string kModel = std::string(SHOAL_FIXTURES) + "/tiny-v3-bf16";
 const std::string kIds = " --ids \"0 17 42 99 3 250 7\" --ids \"5 6 1000 8\" --greedy 4";
-
-struct Tmp {
-  fs::path dir;
-  Tmp() {
-    std::string t = (fs::temp_directory_path() / "shoal-test-shard-XXXXXX").string();
-    REQUIRE(::mkdtemp(t.data()));
-    dir = t;
-  }
-  ~Tmp() { fs::remove_all(dir); }
-  std::string operator/(const std::string& name) const { return (dir / name).string(); }
-};
 
 // Runs cmd; REQUIREs success; returns stdout (stderr shown on failure).
 std::string run_ok(const std::string& cmd) {
@@ -92,10 +84,22 @@ json three_rank_plan(const json& config) {
   return {{"version", 1}, {"world_size", 3}, {"embed", 1}, {"head", 2}, {"layers", layers}};
 }
 
+// Changes one byte in the middle of a file, in place.
+void flip_middle_byte(const std::string& file) {
+  std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+  const auto mid = std::streamoff(fs::file_size(file) / 2);
+  io.seekg(mid);
+  char c = 0;
+  io.read(&c, 1);
+  c = char(c ^ 0x5a);
+  io.seekp(mid);
+  io.write(&c, 1);
+}
+
 }  // namespace
 
 TEST_CASE("shoal shard writes each rank's tensors and TCP nodes on the shards give the same logits", "[shard]") {
-  Tmp t;
+  TempDir t;
   const json config = json::parse(std::ifstream(kModel + "/config.json"));
   std::ofstream(t / "plan.json") << three_rank_plan(config).dump(2);
   const std::string out = run_ok(kShoal + " shard --model " + kModel + " --plan " + t / "plan.json" + " --out " + t / "shards");
@@ -153,16 +157,7 @@ TEST_CASE("shoal shard writes each rank's tensors and TCP nodes on the shards gi
   // samples of the tensors there): refused at the hello, naming the file.
   fs::copy(t / "shards/rank-2", t / "tampered");
   const std::string file = t / "tampered/model.safetensors";
-  {
-    std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
-    const auto mid = std::streamoff(fs::file_size(file) / 2);
-    io.seekg(mid);
-    char c = 0;
-    io.read(&c, 1);
-    c = char(c ^ 0x5a);
-    io.seekp(mid);
-    io.write(&c, 1);
-  }
+  flip_middle_byte(file);
   Node bad = start_node(t / "token", t / "tampered", t / "bad.log");
   int status = -1;
   std::string err = run_command("timeout 120 " + kShoal + " logits --model " + kModel + kIds + " --plan " + t / "plan.json" +
@@ -170,14 +165,10 @@ TEST_CASE("shoal shard writes each rank's tensors and TCP nodes on the shards gi
                                 &status);
   // The node refuses the hello naming the file (it tells the coordinator too, which fails naming
   // rank 2).
-  const auto log = [](const std::string& path) {
-    std::ifstream in(path);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  INFO(err << "\nnode: " << log(t / "bad.log"));
+  INFO(err << "\nnode: " << read_file(t / "bad.log"));
   CHECK(status != 0);
   CHECK_THAT(err, Catch::Contains("rank 2 ("));
-  CHECK_THAT(log(t / "bad.log"), Catch::Contains("refused the coordinator") &&
+  CHECK_THAT(read_file(t / "bad.log"), Catch::Contains("refused the coordinator") &&
                                      Catch::Contains("shard file " + file + ": sha256") && Catch::Contains("differs from"));
 
   // Rank 1's shard where rank 2 should be: refused, naming both ranks.
@@ -185,30 +176,20 @@ TEST_CASE("shoal shard writes each rank's tensors and TCP nodes on the shards gi
   err = run_command("timeout 120 " + kShoal + " logits --model " + kModel + kIds + " --plan " + t / "plan.json" +
                         " --nodes " + n1.address + "," + wrong.address + " --token-file " + t / "token" + " 2>&1",
                     &status);
-  INFO(err << "\nnode: " << log(t / "wrong.log"));
+  INFO(err << "\nnode: " << read_file(t / "wrong.log"));
   CHECK(status != 0);
   CHECK_THAT(err, Catch::Contains("rank 2 ("));
-  CHECK_THAT(log(t / "wrong.log"), Catch::Contains("holds the units of rank 1 (of 3), not those the plan gives rank 2"));
+  CHECK_THAT(read_file(t / "wrong.log"), Catch::Contains("holds the units of rank 1 (of 3), not those the plan gives rank 2"));
 
   // The same change under a running node that already checked its shard: the file's
   // modification time moved, so the node hashes it again and refuses.
-  {
-    const std::string own = t / "shards/rank-2/model.safetensors";
-    std::fstream io(own, std::ios::in | std::ios::out | std::ios::binary);
-    const auto mid = std::streamoff(fs::file_size(own) / 2);
-    io.seekg(mid);
-    char c = 0;
-    io.read(&c, 1);
-    c = char(c ^ 0x5a);
-    io.seekp(mid);
-    io.write(&c, 1);
-  }
+  flip_middle_byte(t / "shards/rank-2/model.safetensors");
   err = run_command("timeout 120 " + kShoal + " logits --model " + kModel + kIds + " --plan " + t / "plan.json" +
                         " --nodes " + n1.address + "," + n2.address + " --token-file " + t / "token" + " 2>&1",
                     &status);
-  INFO(err << "\nnode: " << log(t / "n2.log"));
+  INFO(err << "\nnode: " << read_file(t / "n2.log"));
   CHECK(status != 0);
-  CHECK_THAT(log(t / "n2.log"), Catch::Contains("shard file " + t / "shards/rank-2/model.safetensors" + ": sha256"));
+  CHECK_THAT(read_file(t / "n2.log"), Catch::Contains("shard file " + t / "shards/rank-2/model.safetensors" + ": sha256"));
 
   // A bad plan file is named.
   std::ofstream(t / "notaplan.json") << "[1, 2]";

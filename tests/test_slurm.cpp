@@ -25,9 +25,16 @@
 #include <thread>
 
 #include "cluster/slurm_script.h"
+#include "support/batch_records.h"
+#include "support/files.h"
 #include "support/process.h"
 
 namespace fs = std::filesystem;
+using shoal::test::TempDir;
+using shoal::test::comparable;
+using shoal::test::count_lines;
+using shoal::test::exit_code;
+using shoal::test::read_file;
 using json = nlohmann::json;
 using shoal::cluster::SlurmJob;
 using shoal::cluster::SlurmJobKind;
@@ -39,32 +46,6 @@ namespace {
 const std::string kShoal = SHOAL_BINARY;
 const std::string kSource = SHOAL_SOURCE_DIR;
 const std::string kTokenizer = std::string(SHOAL_FIXTURES) + "/tokenizer-deepseek-v3";
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "shoal-test-slurm-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
 
 // The body of a checked-in script: from its "# ---- body:" line to the end.
 std::string body_of_file(const std::string& path) {
@@ -413,11 +394,6 @@ std::string make_input(int n) {
   return in;
 }
 
-size_t count_lines(const std::string& path) {
-  const std::string text = read_file(path);
-  return size_t(std::count(text.begin(), text.end(), '\n'));
-}
-
 // A results file: whole lines, each custom_id once. custom_id -> record.
 std::map<std::string, json> read_results(const std::string& path) {
   const std::string text = read_file(path);
@@ -435,17 +411,6 @@ std::map<std::string, json> read_results(const std::string& path) {
     out[id] = r;
   }
   return out;
-}
-
-// Everything but ids and timestamps.
-json comparable(json r) {
-  r.erase("id");
-  if (r["response"].is_object()) {
-    r["response"].erase("request_id");
-    r["response"]["body"].erase("id");
-    r["response"]["body"].erase("created");
-  }
-  return r;
 }
 
 void check_same_results(const std::map<std::string, json>& want, const std::map<std::string, json>& got) {
@@ -578,7 +543,9 @@ TEST_CASE("slurm: the generated script runs shoal batch with 2 tasks on a real S
                                 &status);
   INFO(out);
   REQUIRE(exit_code(status) == 0);
-  constexpr int kRequests = 24;
+  // Enough work that a signal sent once 6 records are out lands mid-run even on a quiet machine
+  // (24 requests took 0.2 s there: the job ended before the USR1 drain could requeue it).
+  constexpr int kRequests = 240;
   { std::ofstream(dir / "in.jsonl") << make_input(kRequests); }
   const std::string flags = "--max-seq-len 128 --slots 4";
   const auto t_ref = std::chrono::steady_clock::now();

@@ -5,7 +5,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <fstream>
@@ -23,8 +22,12 @@
 #include "model/synth.h"
 #include "model/tensor_names.h"
 #include "node/stage.h"
+#include "support/files.h"
 
 namespace fs = std::filesystem;
+using shoal::test::TempDir;
+using shoal::test::read_file;
+using shoal::test::write_file;
 using nlohmann::json;
 using namespace shoal;
 
@@ -40,33 +43,6 @@ const std::string kTinyFp8 =
     "--config '" + (kFixtures / "tiny-v3-fp8" / "config.json").string() + "' --dtype fp8 --seed 7 --shard-size-mb 1";
 
 // ---- helpers --------------------------------------------------------------------------------
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() / ("shoal-test-synth-" + std::to_string(::getpid()) + "-" +
-                                        std::to_string(counter++) + "-" + std::to_string(std::random_device{}()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write_file(const fs::path& p, const std::string& text) {
-  std::ofstream out(p, std::ios::binary);
-  out << text;
-  REQUIRE(out.good());
-}
 
 std::string quoted(const fs::path& p) {
   std::string s = p.string();
@@ -85,7 +61,7 @@ CliRun shoal_cli(const std::string& args) {
   const std::string cmd = std::string(SHOAL_BINARY) + " " + args + " >" + quoted(tmp.path / "out") + " 2>" +
                           quoted(tmp.path / "err");
   const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(tmp.path / "out"), slurp(tmp.path / "err")};
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(tmp.path / "out"), read_file(tmp.path / "err")};
 }
 
 // Runs `shoal synth ARGS --out <temp>/ckpt` once per key; the folders are removed at exit.
@@ -121,7 +97,7 @@ std::map<std::string, Header> read_headers(const fs::path& dir) {
 }
 
 json read_json(const fs::path& p) {
-  const std::string text = slurp(p);
+  const std::string text = read_file(p);
   REQUIRE(!text.empty());
   return json::parse(text);
 }
@@ -453,10 +429,10 @@ TEST_CASE("synth: the same seed writes the same bytes, another seed other weight
   for (const auto& entry : fs::directory_iterator(a)) {
     const std::string name = entry.path().filename().string();
     INFO(name);
-    const std::string bytes = slurp(entry.path());
-    CHECK(bytes == slurp(a2 / name));
-    if (entry.path().extension() == ".safetensors") CHECK(bytes != slurp(b / name));
-    else CHECK(bytes == slurp(b / name));  // config and index do not depend on the seed
+    const std::string bytes = read_file(entry.path());
+    CHECK(bytes == read_file(a2 / name));
+    if (entry.path().extension() == ".safetensors") CHECK(bytes != read_file(b / name));
+    else CHECK(bytes == read_file(b / name));  // config and index do not depend on the seed
     ++files;
   }
   CHECK(files == size_t(std::distance(fs::directory_iterator(a2), fs::directory_iterator())));
@@ -532,9 +508,9 @@ TEST_CASE("synth --tokenizer: DeepSeek-V3's vocab_size, BOS/EOS and files, and `
 
   for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) {
     INFO(name);
-    const std::string copy = slurp(dir / name);
+    const std::string copy = read_file(dir / name);
     CHECK(!copy.empty());
-    CHECK(copy == slurp(kTokenizerV3 / name));
+    CHECK(copy == read_file(kTokenizerV3 / name));
   }
   CHECK_FALSE(fs::exists(dir / "chat_template.jinja"));  // the fixture has none
 
@@ -596,7 +572,7 @@ TEST_CASE("synth --tokenizer: BOS/EOS come from tokenizer_config.json, and go wh
   CHECK(got.at("eos_token_id") == 2);
   for (const char* name : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}) {
     INFO(name);
-    CHECK(slurp(dir / name) == slurp(tk / name));
+    CHECK(read_file(dir / name) == read_file(tk / name));
   }
   auto c = load_config(dir);
   REQUIRE(c.ok());

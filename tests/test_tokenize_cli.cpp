@@ -10,9 +10,11 @@
 #include <sstream>
 
 #include "model/synth.h"
+#include "support/files.h"
 
 using nlohmann::json;
 namespace fs = std::filesystem;
+using shoal::test::exit_code;
 
 namespace {
 
@@ -52,8 +54,6 @@ Result run_shoal(const std::string& args, const std::string& input) {
   fs::remove_all(dir);
   return r;
 }
-
-int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
 
 }  // namespace
 
