@@ -1,47 +1,91 @@
-// Decode-shaped matrix-vector products per weight dtype: GB/s of weights streamed from memory,
-// against the machine's read bandwidth. Decode is memory-bound when the two are close.
+// Decode-shaped linear (1 to 4 tokens x an 8192x8192 weight) per dtype: GB/s of weights streamed
+// from memory against the machine's read bandwidth, measured before and after the kernels.
+//   bench_linear [--tokens 1,4] [--dtypes F32,BF16,F8_E4M3]     (threads: OMP_NUM_THREADS)
+#include <omp.h>
+
 #include <chrono>
 #include <cstdio>
-#include <random>
+#include <cstring>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "bench/membw.h"
+#include "bench/weights.h"
 #include "kernels/kernels.h"
+#include "kernels/system.h"
 
 using namespace shoal;
 
+namespace {
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) out.push_back(item);
+  return out;
+}
+}  // namespace
+
 int main(int argc, char** argv) {
-  const int64_t rows = 8192, cols = 8192;  // 64 Mi weights: well past the caches at every dtype
-  const double bw = bench::read_bandwidth_gbs();
-  std::printf("{\"read_bandwidth_gbs\": %.2f}\n", bw);
-  std::mt19937 rng(1);
-  std::vector<float> x(static_cast<size_t>(cols));
-  for (auto& v : x) v = std::uniform_real_distribution<float>(-1, 1)(rng);
-  std::vector<float> out(static_cast<size_t>(rows));
-  std::vector<float> scales(static_cast<size_t>(((rows + 127) / 128) * ((cols + 127) / 128)), 0.01f);
-  // Weights cycle through 2 GiB per dtype: more than this machine's caches (L3 can be
-  // hundreds of MiB on server parts), so every call streams from memory as decode does.
-  const int64_t footprint = int64_t(2) << 30;
-  for (DType dt : {DType::kF32, DType::kBF16, DType::kF8E4M3}) {
-    const int64_t bytes = rows * cols * dtype_bytes(dt);
-    const int64_t count = footprint / bytes;
-    std::vector<std::vector<uint8_t>> ws(static_cast<size_t>(count), std::vector<uint8_t>(static_cast<size_t>(bytes)));
-    for (auto& w : ws)
-      for (size_t i = 0; i < w.size(); ++i) w[i] = uint8_t(rng() & 0x77);  // finite in every dtype
-    kernels::Context ctx;
+  std::string tokens_arg = "1,4", dtypes_arg = "F32,BF16,F16,F8_E4M3";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--tokens")) tokens_arg = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--dtypes")) dtypes_arg = argv[i + 1];
+  }
+  const int64_t rows = 8192, cols = 8192;  // 64 Mi weights: past the caches at every dtype
+  const kernels::ReadBandwidth before = bench::read_bandwidth();
+  std::printf("{\"read_bandwidth_gbs\": %.2f, \"probe_threads\": %d, \"probe_kernel\": \"%s\", \"cpu_variant\": \"%s\", "
+              "\"threads\": %d}\n",
+              before.gbs, before.threads, before.kernel, kernels::cpu_variant().c_str(), omp_get_max_threads());
+  std::vector<std::string> lines;
+  double ceiling = before.gbs;
+  for (const std::string& name : split(dtypes_arg)) {
+    const auto dt = dtype_from_name(name);
+    if (!dt) return std::fprintf(stderr, "bench_linear: unknown dtype %s\n", name.c_str()), 2;
+    const bench::BenchWeights proto = bench::make_weights(*dt, rows, cols, 1);
+    const int64_t bytes = int64_t(proto.bytes.size());
+    // Weights cycle through 2 GiB: more than any L3, so every call streams from memory.
+    const int64_t count = std::max<int64_t>(2, (int64_t(2) << 30) / bytes);
+    std::vector<std::vector<uint8_t>> ws(static_cast<size_t>(count), proto.bytes);
     auto matrix = [&](int64_t k) {
-      return kernels::Matrix{ws[static_cast<size_t>(k % count)].data(), dt, rows, cols,
-                             dt == DType::kF8E4M3 ? scales.data() : nullptr};
+      return kernels::Matrix{ws[static_cast<size_t>(k % count)].data(), *dt, rows, cols,
+                             *dt == DType::kF8E4M3 ? proto.scales.data() : nullptr};
     };
-    for (int64_t k = 0; k < count; ++k) kernels::linear(out.data(), x.data(), matrix(k), 1, ctx);  // warm up
-    const int64_t reps = 3 * count;
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int64_t k = 0; k < reps; ++k) kernels::linear(out.data(), x.data(), matrix(k), 1, ctx);
-    const double dt_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(reps);
-    const double gbs = double(bytes) / dt_s / 1e9;
-    std::printf("{\"dtype\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"ms\": %.3f, \"weights_gbs\": %.2f, "
-                "\"fraction_of_read_bandwidth\": %.2f}\n",
-                std::string(dtype_name(dt)).c_str(), (long long)rows, (long long)cols, dt_s * 1e3, gbs, gbs / bw);
+    kernels::Context ctx;
+    for (const std::string& tk : split(tokens_arg)) {
+      const int64_t n = std::stoll(tk);
+      std::vector<float> x(static_cast<size_t>(n * cols)), out(static_cast<size_t>(n * rows));
+      for (size_t i = 0; i < x.size(); ++i) x[i] = float((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
+      for (int64_t k = 0; k < count; ++k) kernels::linear(out.data(), x.data(), matrix(k), n, ctx);  // warm up
+      std::vector<double> times;
+      for (int rep = 0; rep < 3; ++rep) {
+        const int64_t reps = 2 * count;
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int64_t k = 0; k < reps; ++k) kernels::linear(out.data(), x.data(), matrix(k), n, ctx);
+        times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(reps));
+      }
+      std::sort(times.begin(), times.end());
+      const double s = times[1];  // median of 3
+      const double gbs = double(bytes) / s / 1e9;
+      char line[512];
+      std::snprintf(line, sizeof line,
+                    "{\"dtype\": \"%s\", \"tokens\": %lld, \"rows\": %lld, \"cols\": %lld, \"ms\": %.3f, "
+                    "\"weights_gbs\": %.2f, \"read_bandwidth_gbs\": %%.2f, \"fraction_of_read_bandwidth\": %%.2f}",
+                    name.c_str(), (long long)n, (long long)rows, (long long)cols, s * 1e3, gbs);
+      lines.push_back(line);
+      std::printf("%s\n", std::string(line).substr(0, std::string(line).find(", \"read_bandwidth_gbs\"")).append("}").c_str());
+      std::fflush(stdout);
+      (void)ceiling;
+    }
+  }
+  const kernels::ReadBandwidth after = bench::read_bandwidth();
+  const double bw = std::max(before.gbs, after.gbs);
+  std::printf("{\"read_bandwidth_gbs_after\": %.2f, \"read_bandwidth_gbs\": %.2f}\n", after.gbs, bw);
+  for (const std::string& l : lines) {
+    const double gbs = std::stod(l.substr(l.find("\"weights_gbs\": ") + 15));
+    std::printf(l.c_str(), bw, gbs / bw);
+    std::printf("\n");
+    bench::warn_if_over_ceiling(gbs / bw, "a kernel's weight stream");
   }
   return 0;
 }

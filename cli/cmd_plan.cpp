@@ -9,7 +9,7 @@
 #include <memory>
 #include <sstream>
 
-#include "bench/membw.h"
+#include "kernels/system.h"
 #include "cli/commands.h"
 #include "cluster/fit.h"
 #include "model/checkpoint.h"
@@ -65,7 +65,7 @@ StatusOr<ClusterSpec> read_cluster(const Options& o, std::vector<std::string>& n
     n.ram_gib = o.ram_gib >= 0 ? o.ram_gib : total_ram_gib();
     n.link_gbps = n.local_gbps;
     n.cpu_ranks = o.local_nodes;
-    n.ram_bandwidth_gbs = o.ram_bandwidth_gbs > 0 ? o.ram_bandwidth_gbs : bench::read_bandwidth_gbs(int64_t(1) << 30, 5);
+    n.ram_bandwidth_gbs = o.ram_bandwidth_gbs > 0 ? o.ram_bandwidth_gbs : kernels::measure_read_bandwidth(int64_t(1) << 30, 3).gbs;
     notes.push_back("this machine: " + std::to_string(o.local_nodes) + " rank(s) on one CPU node, read bandwidth " +
                     std::to_string(int(n.ram_bandwidth_gbs + 0.5)) + " GB/s" +
                     (o.ram_bandwidth_gbs > 0 ? " (given)" : " (measured)"));

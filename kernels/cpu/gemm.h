@@ -1,0 +1,245 @@
+// linear for one instruction-set variant: included once per variant TU (kernels/cpu/variants/),
+// each compiled with its own target flags; everything here has internal linkage.
+//
+// The canonical order of out[t][r] = sum_c w[r][c] * x[t][c], shared by every path and variant:
+// sixteen lanes, column c in lane c % 16; each lane accumulates its columns in increasing order
+// with fused multiply-adds (acc = fma(w, x, acc), starting from +0); then the fixed tree of
+// reduce16. w[r][c] is the float32 the format defines (dequantize_row's value). Nothing in the
+// order depends on the number of tokens, the tile a token falls in, the thread that computes it
+// or the vector width, so a token's result is bitwise the same alone or in any batch, in decode
+// (weights read in their stored format) or prefill (weights dequantized into float32 panels).
+#pragma once
+
+#include <omp.h>
+
+#include <cstdlib>
+#include <type_traits>
+
+#include "kernels/cpu/formats/bf16.h"
+#include "kernels/cpu/formats/f16.h"
+#include "kernels/cpu/formats/f32.h"
+#include "kernels/cpu/formats/fp8_e4m3.h"
+#include "kernels/cpu/simd.h"
+
+#ifndef SHOAL_PF
+#define SHOAL_PF 512
+#endif
+namespace shoal::kernels::cpu {
+namespace {
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Columns [c0, c1) one at a time, each into its lane c % 16 (block edges not on 16 columns).
+template <int R, int T, class Seg>
+void add_columns_one_by_one(F32x16 (&acc)[R][T], const Seg& seg, const float* x, int64_t xs, int64_t c0,
+                            int64_t c1) {
+  float a[R][T][16];
+  for (int k = 0; k < R; ++k)
+    for (int t = 0; t < T; ++t) lanes16(a[k][t], acc[k][t]);
+  for (int64_t c = c0; c < c1; ++c)
+    for (int k = 0; k < R; ++k) {
+      const float w = seg.one(k, c);
+      for (int t = 0; t < T; ++t) a[k][t][c % 16] = fma1(w, x[t * xs + c], a[k][t][c % 16]);
+    }
+  for (int k = 0; k < R; ++k)
+    for (int t = 0; t < T; ++t) acc[k][t] = load16(a[k][t]);
+}
+
+// The micro-kernel: rows r .. r+R-1 of `rows` against tokens x[0 .. T) (token t at x + t * xs),
+// over all K columns, accumulators in registers; writes out[t * os + r + k].
+template <int R, int T, class Rows, int64_t kPrefetch = 0>
+void tile(const Rows& rows, int64_t r, const float* x, int64_t xs, int64_t K, float* out, int64_t os) {
+  F32x16 acc[R][T];
+#pragma GCC unroll 16
+  for (int k = 0; k < R; ++k)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) acc[k][t] = zero16();
+  const int64_t span = rows.span(K);
+  auto seg = rows.template start<R>(r);
+  for (int64_t cb = 0, j = 0; cb < K; cb += span, ++j) {
+    const int64_t ce = min64(K, cb + span);
+    seg.at(j);
+    int64_t c = cb;
+    const int64_t aligned = min64(ce, (cb + 15) / 16 * 16);
+    if (c < aligned) add_columns_one_by_one<R, T>(acc, seg, x, xs, c, aligned);
+    c = aligned;
+#pragma GCC unroll 4
+    for (; c + 16 <= ce; c += 16) {
+      F32x16 xv[T];
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) xv[t] = load16(x + t * xs + c);
+#pragma GCC unroll 16
+      for (int k = 0; k < R; ++k) {
+        if constexpr (kPrefetch > 0) {  // one prefetch per cache line, kPrefetch bytes ahead
+          using SegT = std::remove_cv_t<decltype(seg)>;
+          if ((c * SegT::kBytes) % 64 == 0) seg.prefetch(k, c + kPrefetch / SegT::kBytes);
+        }
+        const F32x16 wv = seg.load(k, c);
+#pragma GCC unroll 16
+        for (int t = 0; t < T; ++t) acc[k][t] = fma16(wv, xv[t], acc[k][t]);
+      }
+    }
+    if (c < ce) add_columns_one_by_one<R, T>(acc, seg, x, xs, c, ce);
+  }
+  for (int k = 0; k < R; ++k)
+    for (int t = 0; t < T; ++t) out[t * os + r + k] = reduce16(acc[k][t]);
+}
+
+// Rows [r0, r1) straight from the stored format, T tokens at once (decode).
+template <int G, int T, class Rows>
+void stored_rows(const Rows& rows, int64_t r0, int64_t r1, const float* x, int64_t K, float* out, int64_t os) {
+  int64_t r = r0;
+  for (; r + G <= r1; r += G) tile<G, T, Rows, SHOAL_PF>(rows, r, x, K, K, out, os);
+  for (; r < r1; ++r) tile<1, T>(rows, r, x, K, K, out, os);
+}
+
+// Row r of `rows` as float32 into dst[K]: the same floats the micro-kernel's loads give.
+template <class Rows>
+void dequantize_into(float* dst, const Rows& rows, int64_t r, int64_t K) {
+  const int64_t span = rows.span(K);
+  auto seg = rows.template start<1>(r);
+  for (int64_t cb = 0, j = 0; cb < K; cb += span, ++j) {
+    const int64_t ce = min64(K, cb + span);
+    seg.at(j);
+    int64_t c = cb;
+    for (; c < ce && c % 16 != 0; ++c) dst[c] = seg.one(0, c);
+    for (; c + 16 <= ce; c += 16) store16(dst + c, seg.load(0, c));
+    for (; c < ce; ++c) dst[c] = seg.one(0, c);
+  }
+}
+
+// Tokens [0, n) against `m` float32 panel rows, in tiles of up to 6 tokens x 4 rows.
+template <int T>
+void panel_tokens(const F32Rows& panel, int64_t m, const float* x, int64_t K, float* out, int64_t os) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4) tile<4, T>(panel, i, x, K, K, out, os);
+  for (; i < m; ++i) tile<1, T>(panel, i, x, K, K, out, os);
+}
+
+struct PanelBuffer {
+  float* p = nullptr;
+  size_t n = 0;
+  ~PanelBuffer() { std::free(p); }
+  float* get(size_t floats) {
+    if (floats > n) {
+      std::free(p);
+      n = (floats + 15) / 16 * 16;
+      p = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
+    }
+    return p;
+  }
+};
+
+constexpr int64_t kStoredTokens = 4;        // up to this many tokens read the stored format directly
+constexpr int64_t kPanelBytes = 1 << 20;    // a thread's float32 panel: stays in L2
+
+template <class Rows>
+void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int64_t K, int64_t n) {
+  const bool parallel = R * K * n >= (int64_t(1) << 16) && omp_get_max_threads() > 1;
+  if (n <= kStoredTokens) {
+    const int64_t G = n == 1 ? 8 : 4, groups = (R + G - 1) / G;
+#pragma omp parallel if (parallel)
+    {
+      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+      const int64_t r0 = min64(R, groups * id / nt * G), r1 = min64(R, groups * (id + 1) / nt * G);
+      switch (n) {
+        case 1: stored_rows<8, 1>(rows, r0, r1, x, K, out, R); break;
+        case 2: stored_rows<4, 2>(rows, r0, r1, x, K, out, R); break;
+        case 3: stored_rows<4, 3>(rows, r0, r1, x, K, out, R); break;
+        case 4: stored_rows<4, 4>(rows, r0, r1, x, K, out, R); break;
+        default: break;
+      }
+    }
+    return;
+  }
+  const int64_t mc = max64(4, min64(256, kPanelBytes / (K * 4)) / 4 * 4), blocks = (R + mc - 1) / mc;
+#pragma omp parallel if (parallel)
+  {
+    static thread_local PanelBuffer buffer;
+    float* panel = buffer.get(size_t(mc * K));
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t rb = b * mc, m = min64(mc, R - rb);
+      for (int64_t i = 0; i < m; ++i) dequantize_into(panel + i * K, rows, rb + i, K);
+      const F32Rows p{panel, K};
+      int64_t t0 = 0;
+      for (; t0 + 6 <= n; t0 += 6) panel_tokens<6>(p, m, x + t0 * K, K, out + t0 * R + rb, R);
+      switch (n - t0) {
+        case 1: panel_tokens<1>(p, m, x + t0 * K, K, out + t0 * R + rb, R); break;
+        case 2: panel_tokens<2>(p, m, x + t0 * K, K, out + t0 * R + rb, R); break;
+        case 3: panel_tokens<3>(p, m, x + t0 * K, K, out + t0 * R + rb, R); break;
+        case 4: panel_tokens<4>(p, m, x + t0 * K, K, out + t0 * R + rb, R); break;
+        case 5: panel_tokens<5>(p, m, x + t0 * K, K, out + t0 * R + rb, R); break;
+        default: break;
+      }
+    }
+  }
+}
+
+// The variant's linear: one case per weight format (a new format is one header and one case).
+inline void linear_variant(float* out, const float* x, const Matrix& w, int64_t n) {
+  switch (w.dtype) {
+    case DType::kF32: return linear_format(out, x, F32Rows::of(w), w.rows, w.cols, n);
+    case DType::kBF16: return linear_format(out, x, Bf16Rows::of(w), w.rows, w.cols, n);
+    case DType::kF16: return linear_format(out, x, F16Rows::of(w), w.rows, w.cols, n);
+    case DType::kF8E4M3:
+      if (Fp8E4m3Rows<true>::fits_tiny(w)) return linear_format(out, x, Fp8E4m3Rows<true>::of(w), w.rows, w.cols, n);
+      return linear_format(out, x, Fp8E4m3Rows<false>::of(w), w.rows, w.cols, n);
+  }
+}
+
+}  // namespace
+}  // namespace shoal::kernels::cpu
+
+namespace shoal::kernels::cpu {
+namespace {
+
+// Read kernels for the bandwidth probe (kernels/cpu/membw.cpp), in the same vector registers as
+// linear: kernel 0 sums one stream with eight accumulators; kernel 1 reads four streams at
+// once (as linear reads several weight rows). Returns the sum so the reads cannot be elided.
+inline float read_pass_variant(const float* p, int64_t n, int kernel) {
+  const F32x16 one = splat16(1.0f);
+  F32x16 a[8];
+  for (auto& v : a) v = zero16();
+  if (kernel == 0) {
+    int64_t i = 0;
+    for (; i + 128 <= n; i += 128)
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) a[j] = fma16(load16(p + i + 16 * j), one, a[j]);
+  } else {
+    const int64_t q = n / 4 / 32 * 32;
+    for (int64_t i = 0; i < q; i += 32)
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        a[2 * j] = fma16(load16(p + j * q + i), one, a[2 * j]);
+        a[2 * j + 1] = fma16(load16(p + j * q + i + 16), one, a[2 * j + 1]);
+      }
+  }
+  float s = 0.0f;
+  for (auto& v : a) s += reduce16(v);
+  return s;
+}
+
+}  // namespace
+}  // namespace shoal::kernels::cpu
+
+namespace shoal::kernels::cpu {
+namespace {
+
+// Twelve independent fused multiply-add chains per thread: the float32 FMA peak the prefill
+// GEMM is measured against. Returns the sum so the work cannot be elided.
+inline float fma_pass_variant(int64_t iters) {
+  F32x16 a[12];
+  for (int j = 0; j < 12; ++j) a[j] = splat16(float(j));
+  const F32x16 m = splat16(0.999999f), c = splat16(1e-7f);
+  for (int64_t i = 0; i < iters; ++i)
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; ++j) a[j] = fma16(a[j], m, c);
+  float s = 0.0f;
+  for (auto& v : a) s += reduce16(v);
+  return s;
+}
+
+}  // namespace
+}  // namespace shoal::kernels::cpu
