@@ -16,7 +16,9 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "kernels/cpu/variant.h"
 #include "kernels/kernels.h"
+#include "kernels/system.h"
 
 using namespace shoal;
 using kernels::Context;
@@ -1048,4 +1050,52 @@ TEST_CASE("route: softmax scores over all experts, before group masking", "[kern
     INFO(backend_name(ctx));
     check_routed(run_route(ctx, rc, logits, nullptr)[0], want);
   }
+}
+
+namespace {
+// The canonical order of linear (kernels/cpu/gemm.h, docs/performance.md), written out plainly:
+// column c goes to lane c % 16, each lane accumulates with a fused multiply-add in increasing c,
+// then lanes combine as a[i] += a[i + 8], + 4, + 2, + 1.
+float canonical_dot(const double* w, const float* x, int64_t K) {
+  float lane[16] = {};
+  for (int64_t c = 0; c < K; ++c) lane[c % 16] = std::fma(float(w[c]), x[c], lane[c % 16]);
+  for (int s = 8; s > 0; s /= 2)
+    for (int i = 0; i < s; ++i) lane[i] += lane[i + s];
+  return lane[0];
+}
+}  // namespace
+
+TEST_CASE("linear follows the canonical order bit for bit on every CPU variant, token count and path", "[kernels][linear][batch-invariance][variants]") {
+  // Decode (1-4 tokens, stored weights), prefill (float32 panels, packed when K % 16 == 0, with
+  // the unaligned tail otherwise), several row blocks, views starting mid-block: all must give
+  // exactly the canonical sum, so a token's logits cannot depend on its batch, its chunk or the
+  // CPU the node runs on.
+  const auto saved = kernels::cpu::active_variant();
+  const auto variants = kernels::cpu::supported_variants();
+  INFO("variants this CPU runs: " << kernels::cpu_variants_supported());
+  CHECK(!variants.empty());
+  for (auto v : variants) {
+    kernels::cpu::set_variant(v);
+    for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3}) {
+      for (auto [R, C, first] : {std::tuple<int64_t, int64_t, int64_t>{96, 256, 0}, {300, 384, 37}, {37, 208, 5},
+                                 {160, 200, 0}, {9, 19, 0}}) {
+        const TestWeight w = make_weight(dt, R, C, 7 + uint32_t(R));
+        const Matrix view = w.matrix().slice_rows(first, R - first);
+        for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 13, 40}) {
+          const auto x = random_vec(size_t(n * C), uint32_t(n * 31 + C));
+          std::vector<float> out(size_t(n * view.rows), NAN);
+          kernels::linear(out.data(), x.data(), view, n, Context{});
+          int64_t differ = 0;
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t r = 0; r < view.rows; ++r)
+              differ += out[size_t(t * view.rows + r)] !=
+                        canonical_dot(w.value.data() + (first + r) * C, x.data() + t * C, C);
+          INFO("variant " << kernels::cpu::variant_name(v) << " dtype " << dtype_label(dt) << " shape " << R << "x"
+                          << C << " view from row " << first << " tokens " << n);
+          CHECK(differ == 0);
+        }
+      }
+    }
+  }
+  kernels::cpu::set_variant(saved);
 }

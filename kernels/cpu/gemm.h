@@ -109,12 +109,122 @@ void dequantize_into(float* dst, const Rows& rows, int64_t r, int64_t K) {
   }
 }
 
-// Tokens [0, n) against `m` float32 panel rows, in tiles of up to 6 tokens x 4 rows.
+// Columns [c0, c1) of panel rows r .. r+R-1 against T tokens, accumulators carried in acc[R * T]
+// between calls (c0 a multiple of 16, so every column keeps its lane: the order is the tile's).
+template <int R, int T>
+void panel_chunk(const F32Rows& panel, int64_t r, const float* x, int64_t xs, int64_t c0, int64_t c1, F32x16* carry) {
+  F32x16 acc[R][T];
+#pragma GCC unroll 16
+  for (int k = 0; k < R; ++k)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) acc[k][t] = carry[k * T + t];
+  const auto seg = panel.template start<R>(r);
+  int64_t c = c0;
+#pragma GCC unroll 2
+  for (; c + 16 <= c1; c += 16) {
+    F32x16 xv[T];
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) xv[t] = load16(x + t * xs + c);
+#pragma GCC unroll 16
+    for (int k = 0; k < R; ++k) {
+      const F32x16 wv = seg.load(k, c);
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) acc[k][t] = fma16(wv, xv[t], acc[k][t]);
+    }
+  }
+  if (c < c1) add_columns_one_by_one<R, T>(acc, seg, x, xs, c, c1);
+#pragma GCC unroll 16
+  for (int k = 0; k < R; ++k)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) carry[k * T + t] = acc[k][t];
+}
+
+constexpr int64_t kPanelRowsMax = 64;  // rows of one float32 panel
+constexpr int64_t kChunkCols = 512;    // columns of the panel and the token tile kept in L1 at once
+
+// Tokens [0, T) against `m` float32 panel rows, in tiles of 4 rows, over column chunks that keep
+// the tile's operands in L1 (the accumulators wait in `carry` between chunks).
 template <int T>
 void panel_tokens(const F32Rows& panel, int64_t m, const float* x, int64_t K, float* out, int64_t os) {
-  int64_t i = 0;
-  for (; i + 4 <= m; i += 4) tile<4, T>(panel, i, x, K, K, out, os);
-  for (; i < m; ++i) tile<1, T>(panel, i, x, K, K, out, os);
+  alignas(64) F32x16 carry[kPanelRowsMax * T];
+  for (int64_t i = 0; i < m * T; ++i) carry[i] = zero16();
+  for (int64_t c0 = 0; c0 < K; c0 += kChunkCols) {
+    const int64_t c1 = min64(K, c0 + kChunkCols);
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) panel_chunk<4, T>(panel, i, x, K, c0, c1, carry + i * T);
+    for (; i < m; ++i) panel_chunk<1, T>(panel, i, x, K, c0, c1, carry + i * T);
+  }
+  for (int64_t i = 0; i < m; ++i)
+    for (int t = 0; t < T; ++t) out[t * os + i] = reduce16(carry[i * T + t]);
+}
+
+// The packed panel (K a multiple of 16): rows in groups of 4 (the last padded with zeros),
+// columns in chunks of kChunkCols; within a chunk, each group's 16-column steps are contiguous
+// with its 4 rows side by side, so the micro-kernel streams one sequential run per chunk.
+inline int64_t packed_index(int64_t i, int64_t c, int64_t groups, int64_t K) {
+  const int64_t j = c / kChunkCols, c0 = j * kChunkCols, width = min64(kChunkCols, K - c0);
+  return c0 * 4 * groups + (i / 4) * 4 * width + ((c - c0) / 16) * 64 + (i % 4) * 16 + c % 16;
+}
+
+template <class Rows>
+void pack_rows(float* panel, const Rows& rows, int64_t rb, int64_t m, int64_t groups, int64_t K) {
+  for (int64_t i = 0; i < 4 * groups; ++i) {
+    if (i >= m) {
+      for (int64_t c = 0; c < K; c += 16) store16(panel + packed_index(i, c, groups, K), zero16());
+      continue;
+    }
+    auto seg = rows.template start<1>(rb + i);
+    const int64_t span = rows.span(K);
+    for (int64_t cb = 0, j = 0; cb < K; cb += span, ++j) {
+      seg.at(j);
+      for (int64_t c = cb; c < min64(K, cb + span); c += 16) store16(panel + packed_index(i, c, groups, K), seg.load(0, c));
+    }
+  }
+}
+
+// One group of 4 packed rows over `steps` 16-column steps from column c0, T tokens; accumulators
+// carried in carry[4 * T] between chunks.
+template <int T>
+void packed_chunk(const float* wp, int64_t steps, const float* x, int64_t xs, int64_t c0, F32x16* carry) {
+  F32x16 acc[4][T];
+#pragma GCC unroll 16
+  for (int k = 0; k < 4; ++k)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) acc[k][t] = carry[k * T + t];
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t c = c0 + 16 * s;
+    F32x16 xv[T];
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) xv[t] = load16(x + t * xs + c);
+    __builtin_prefetch(wp + s * 64 + 512);
+    __builtin_prefetch(wp + s * 64 + 528);
+    __builtin_prefetch(wp + s * 64 + 544);
+    __builtin_prefetch(wp + s * 64 + 560);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const F32x16 wv = load16(wp + s * 64 + k * 16);
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) acc[k][t] = fma16(wv, xv[t], acc[k][t]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int k = 0; k < 4; ++k)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) carry[k * T + t] = acc[k][t];
+}
+
+template <int T>
+void packed_tokens(const float* panel, int64_t m, int64_t groups, const float* x, int64_t K, float* out, int64_t os) {
+  alignas(64) F32x16 carry[kPanelRowsMax * T];
+  for (int64_t i = 0; i < 4 * groups * T; ++i) carry[i] = zero16();
+  for (int64_t c0 = 0; c0 < K; c0 += kChunkCols) {
+    const int64_t width = min64(kChunkCols, K - c0);
+    const float* chunk = panel + c0 * 4 * groups;
+    for (int64_t g = 0; g < groups; ++g)
+      packed_chunk<T>(chunk + g * 4 * width, width / 16, x, K, c0, carry + g * 4 * T);
+  }
+  for (int64_t i = 0; i < m; ++i)
+    for (int t = 0; t < T; ++t) out[t * os + i] = reduce16(carry[i * T + t]);
 }
 
 struct PanelBuffer {
@@ -153,17 +263,31 @@ void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int6
     }
     return;
   }
-  const int64_t mc = max64(4, min64(256, kPanelBytes / (K * 4)) / 4 * 4), blocks = (R + mc - 1) / mc;
+  const int64_t mc = max64(4, min64(kPanelRowsMax, kPanelBytes / (K * 4)) / 4 * 4), blocks = (R + mc - 1) / mc;
 #pragma omp parallel if (parallel)
   {
     static thread_local PanelBuffer buffer;
-    float* panel = buffer.get(size_t(mc * K));
+    float* panel = buffer.get(size_t((mc + 3) / 4 * 4 * K));
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t rb = b * mc, m = min64(mc, R - rb);
+      int64_t t0 = 0;
+      if (K % 16 == 0) {
+        const int64_t groups = (m + 3) / 4;
+        pack_rows(panel, rows, rb, m, groups, K);
+        for (; t0 + 6 <= n; t0 += 6) packed_tokens<6>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R);
+        switch (n - t0) {
+          case 1: packed_tokens<1>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
+          case 2: packed_tokens<2>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
+          case 3: packed_tokens<3>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
+          case 4: packed_tokens<4>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
+          case 5: packed_tokens<5>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
+          default: break;
+        }
+        continue;
+      }
       for (int64_t i = 0; i < m; ++i) dequantize_into(panel + i * K, rows, rb + i, K);
       const F32Rows p{panel, K};
-      int64_t t0 = 0;
       for (; t0 + 6 <= n; t0 += 6) panel_tokens<6>(p, m, x + t0 * K, K, out + t0 * R + rb, R);
       switch (n - t0) {
         case 1: panel_tokens<1>(p, m, x + t0 * K, K, out + t0 * R + rb, R); break;
