@@ -40,35 +40,48 @@ void attend_naive(float* o, const float* q, const AttnWeights& w, const SeqRange
   kernels::attention(p, lc.kernels);
 }
 
-// Absorbed attention of one sequence: q_lat = q_nope · W_uk (per head, into the latent space),
-// scores against the cached latents directly, context in latent space, then · W_uvᵀ.
-void attend_absorbed(float* o, const float* q, const AttnWeights& w, const SeqRange& s, const int32_t* pos,
-                     const SeqKv& kv, const LayerContext& lc) {
+// Absorbed attention of the sequences that use it, whose tokens are rows `rows` of the batch:
+// q_lat = q_nope · W_uk per head (into the latent space) for all those tokens at once, scores
+// against each sequence's cached latents directly, context in latent space, then · W_uvᵀ per
+// head for all tokens at once. Each projection reads its slice of kv_b_proj once per batch,
+// not once per sequence; every token's result is the same as alone (linear is batch-invariant).
+void attend_absorbed(float* o, const float* q, const AttnWeights& w, const Batch& batch,
+                     const std::vector<size_t>& seqs, const std::vector<SeqKv>& kv, const LayerContext& lc) {
   const ModelConfig& c = *lc.config;
   const int64_t H = c.n_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
-  const int64_t C = c.kv_lora_rank, m = s.count, qw = dn + dr;
+  const int64_t C = c.kv_lora_rank, qw = dn + dr;
+  std::vector<int64_t> rows;  // batch token of each absorbed row
+  for (size_t si : seqs)
+    for (int64_t t = batch.seqs[si].begin; t < batch.seqs[si].begin + batch.seqs[si].count; ++t) rows.push_back(t);
+  const int64_t m = int64_t(rows.size());
   std::vector<float> q_lat(static_cast<size_t>(m * H * C)), ctx_lat(static_cast<size_t>(m * H * C));  // [m, H, C]
   std::vector<float> a(static_cast<size_t>(m * std::max(dn, C))), b(static_cast<size_t>(m * std::max(dv, C)));
   for (int64_t h = 0; h < H; ++h) {
-    gather_cols(a.data(), q, m, H * qw, h * qw, dn);
+    for (int64_t i = 0; i < m; ++i) std::copy_n(q + rows[size_t(i)] * H * qw + h * qw, dn, a.data() + i * dn);
     kernels::linear_t(b.data(), a.data(), w.wkv_b.slice_rows(h * (dn + dv), dn), m, lc.kernels);
     scatter_cols(q_lat.data(), b.data(), m, H * C, h * C, C);
   }
-  kernels::AttentionParams p{};
-  p.out = ctx_lat.data();
-  p.q_a = q_lat.data(); p.q_token_stride = H * C; p.q_head_stride = C;
-  p.q_b = q + dn; p.q_b_token_stride = H * qw; p.q_b_head_stride = qw;
-  p.k_a = kv.kv; p.k_a_token_stride = C; p.k_a_head_stride = 0;
-  p.k_b = kv.pe; p.k_b_token_stride = dr; p.k_b_head_stride = 0;
-  p.v = kv.kv; p.v_token_stride = C; p.v_head_stride = 0;
-  p.q_pos = pos;
-  p.n_q = m; p.n_kv = pos[m - 1] + 1; p.n_heads = H; p.da = C; p.db = dr; p.dv = C;
-  p.scale = lc.rope->softmax_scale;
-  kernels::attention(p, lc.kernels);
+  const int32_t* pos = batch.positions.data();
+  int64_t first = 0;  // first absorbed row of the sequence
+  for (size_t si : seqs) {
+    const SeqRange& s = batch.seqs[si];
+    kernels::AttentionParams p{};
+    p.out = ctx_lat.data() + first * H * C;
+    p.q_a = q_lat.data() + first * H * C; p.q_token_stride = H * C; p.q_head_stride = C;
+    p.q_b = q + s.begin * H * qw + dn; p.q_b_token_stride = H * qw; p.q_b_head_stride = qw;
+    p.k_a = kv[si].kv; p.k_a_token_stride = C; p.k_a_head_stride = 0;
+    p.k_b = kv[si].pe; p.k_b_token_stride = dr; p.k_b_head_stride = 0;
+    p.v = kv[si].kv; p.v_token_stride = C; p.v_head_stride = 0;
+    p.q_pos = pos + s.begin;
+    p.n_q = s.count; p.n_kv = pos[s.begin + s.count - 1] + 1; p.n_heads = H; p.da = C; p.db = dr; p.dv = C;
+    p.scale = lc.rope->softmax_scale;
+    kernels::attention(p, lc.kernels);
+    first += s.count;
+  }
   for (int64_t h = 0; h < H; ++h) {
     gather_cols(a.data(), ctx_lat.data(), m, H * C, h * C, C);
     kernels::linear(b.data(), a.data(), w.wkv_b.slice_rows(h * (dn + dv) + dn, dv), m, lc.kernels);
-    scatter_cols(o, b.data(), m, H * dv, h * dv, dv);
+    for (int64_t i = 0; i < m; ++i) std::copy_n(b.data() + i * dv, dv, o + rows[size_t(i)] * H * dv + h * dv);
   }
 }
 
@@ -110,6 +123,7 @@ void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
   kernels::rms_norm(latent.data(), latent.data(), w.kv_norm, n, float(c.rms_norm_eps), ctx);
 
   std::vector<float> o(static_cast<size_t>(n * H * c.v_head_dim));  // [n, H, dv]
+  std::vector<size_t> absorbed;
   for (size_t si = 0; si < batch.seqs.size(); ++si) {
     const SeqRange& s = batch.seqs[si];
     for (int64_t t = s.begin; t < s.begin + s.count; ++t) {
@@ -117,11 +131,13 @@ void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
       std::copy_n(latent.data() + t * C, C, kv[si].kv + int64_t(pos[t]) * C);
       std::copy_n(kv_a.data() + t * (C + dr) + C, dr, kv[si].pe + int64_t(pos[t]) * dr);
     }
-    float* os = o.data() + s.begin * H * c.v_head_dim;
-    const float* qs = q.data() + s.begin * H * qw;
-    if (use_naive(c, s.count, lc.attn_impl)) attend_naive(os, qs, w, s, pos + s.begin, kv[si], lc);
-    else attend_absorbed(os, qs, w, s, pos + s.begin, kv[si], lc);
+    if (use_naive(c, s.count, lc.attn_impl)) {
+      attend_naive(o.data() + s.begin * H * c.v_head_dim, q.data() + s.begin * H * qw, w, s, pos + s.begin, kv[si], lc);
+    } else {
+      absorbed.push_back(si);
+    }
   }
+  if (!absorbed.empty()) attend_absorbed(o.data(), q.data(), w, batch, absorbed, kv, lc);
   kernels::linear(out, o.data(), w.wo, n, ctx);
 }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <numbers>
 #include <ostream>
 #include <random>
@@ -306,6 +307,63 @@ TEST_CASE("chunked prefill equals one prefill", "[model][batch]") {
       const double atol = impl == AttnImpl::kAuto ? 1e-4 : 1e-6, rtol = impl == AttnImpl::kAuto ? 0.0 : 1e-5;
       CHECK_CLOSE(compare(l1, 0, lw, 0, 37, V, atol, rtol));
       CHECK_CLOSE(compare(l2, 9, lw, 37, 73, V, atol, rtol));
+    }
+  }
+}
+
+namespace {
+// Rows [a0, a0 + n) of a against rows [b0, b0 + n) of b: how many logits differ in any bit.
+int64_t bits_differ(const std::vector<float>& a, int64_t a0, const std::vector<float>& b, int64_t b0, int64_t n,
+                    int64_t V) {
+  REQUIRE(int64_t(a.size()) >= (a0 + n) * V);
+  REQUIRE(int64_t(b.size()) >= (b0 + n) * V);
+  int64_t differ = 0;
+  for (int64_t i = 0; i < n * V; ++i) differ += std::memcmp(&a[size_t(a0 * V + i)], &b[size_t(b0 * V + i)], 4) != 0;
+  return differ;
+}
+}  // namespace
+
+TEST_CASE("logits are bitwise the same alone, in a batch of 32, one token at a time and in chunks of 16", "[model][batch][batch-invariance]") {
+  // Exactness whatever the batch: a sequence's logits may not change in any bit with the batch
+  // around it (32 sequences: routed experts then run grouped on many rows, alone on one), with
+  // decode vs prefill of the same tokens, or with the prefill chunking (16 vs all at once).
+  const int64_t n_seq = 32;
+  for (const std::string name : {"tiny-v3-bf16", "tiny-v3-fp8"}) {
+    for (AttnImpl impl : {AttnImpl::kNaive, AttnImpl::kAbsorb}) {
+      INFO(name << " " << impl_name(impl));
+      std::mt19937 rng(77);
+      std::vector<std::vector<int32_t>> prompts;
+      for (int64_t s = 0; s < n_seq; ++s) prompts.push_back(random_ids(1 + rng() % 40, uint32_t(300 + s)));
+      auto alone = open_engine(name, 1, impl);
+      const int64_t V = alone->config().vocab_size;
+      std::vector<std::vector<float>> ref;  // each prompt alone, one prefill
+      for (const auto& p : prompts) {
+        Batch b;
+        b.add_sequence(0, 0, p);
+        ref.push_back(run(*alone, b, all_rows(b)));
+      }
+      auto batched = open_engine(name, n_seq, impl);
+      Batch all;
+      for (int64_t s = 0; s < n_seq; ++s) all.add_sequence(int32_t(n_seq - 1 - s), 0, prompts[size_t(s)]);
+      const auto lb = run(*batched, all, all_rows(all));
+      for (int64_t s = 0; s < n_seq; ++s) {
+        INFO("sequence " << s << " in the batch of 32");
+        CHECK(bits_differ(lb, all.seqs[size_t(s)].begin, ref[size_t(s)], 0, int64_t(prompts[size_t(s)].size()), V) == 0);
+      }
+      for (int64_t s : {int64_t(0), int64_t(5)}) {
+        const auto& p = prompts[size_t(s)];
+        const int64_t L = int64_t(p.size());
+        for (int64_t chunk : {int64_t(1), int64_t(16)}) {
+          INFO("sequence " << s << " in chunks of " << chunk << " tokens");
+          auto e = open_engine(name, 1, impl);
+          for (int64_t t0 = 0; t0 < L; t0 += chunk) {
+            Batch b;
+            b.add_sequence(0, int32_t(t0), std::vector<int32_t>(p.begin() + t0, p.begin() + std::min(L, t0 + chunk)));
+            const auto lc = run(*e, b, all_rows(b));
+            CHECK(bits_differ(lc, 0, ref[size_t(s)], t0, b.n_tokens(), V) == 0);
+          }
+        }
+      }
     }
   }
 }
