@@ -12,6 +12,8 @@
 #include "cli/commands.h"
 #include "coordinator/cluster.h"
 #include "coordinator/engine.h"
+#include "kernels/kernels.h"
+#include "kernels/system.h"
 
 namespace shoal::cli {
 namespace {
@@ -77,11 +79,15 @@ int bench(const Options& o) {
   Cluster& c = **opened;
   const auto prompts = random_prompts(o.sequences, o.prompt_len, c.config().vocab_size, o.seed);
 
-  // Warm-up: a short prefill and a few decode steps in the same slots (generate_greedy always
-  // starts at position 0, so the timed run overwrites them).
-  std::vector<std::vector<int32_t>> warm;
-  for (const auto& p : prompts) warm.emplace_back(p.begin(), p.begin() + std::min<int64_t>(o.prompt_len, 8));
-  if (auto w = generate_greedy(c, warm, 4, false, false); !w.ok()) return fail(w.status());
+  // Steady state only: the same run twice before the timed one (generate_greedy always starts at
+  // position 0, so each overwrites the last), first with one generated token, then whole. Every
+  // weight the timed run reads is then resident and its page faults are behind us, and the
+  // difference of the two untimed runs' weight bytes is what the decode steps read.
+  const int64_t bytes0 = kernels::weight_bytes_read();
+  if (auto w = generate_greedy(c, prompts, 1, false, false); !w.ok()) return fail(w.status());
+  const int64_t bytes1 = kernels::weight_bytes_read();
+  if (auto w = generate_greedy(c, prompts, o.tokens, false, false); !w.ok()) return fail(w.status());
+  const int64_t bytes2 = kernels::weight_bytes_read();
   const Traffic before = settled_traffic(c);
 
   auto r = generate_greedy(c, prompts, o.tokens, false, false);
@@ -91,6 +97,13 @@ int bench(const Options& o) {
   if (Status s = c.shutdown(); !s.ok()) return fail(s);
 
   const int64_t processed = r->prefill_tokens + r->decode_tokens;  // tokens that went through the layers
+  // Weight bytes per decode step, as the kernels of this process counted them: every rank's when
+  // all ranks are threads of this process (one process, --local-nodes); unknown otherwise.
+  const bool all_ranks_here = !under_mpi() && o.cluster.nodes.empty();
+  const int64_t decode_steps = o.tokens - 1;
+  const double step_bytes = all_ranks_here && decode_steps > 0 ? double(bytes2 - 2 * bytes1 + bytes0) / double(decode_steps) : 0;
+  const kernels::ReadBandwidth bw = kernels::measure_read_bandwidth();
+  const double step_rate = ratio(double(r->decode_tokens) / double(o.sequences), r->decode_seconds);
   nlohmann::json j = {
       {"mode", mode_name(o.cluster)},
       {"world_size", world},
@@ -113,7 +126,18 @@ int bench(const Options& o) {
       {"expert_bytes", t.expert_bytes},
       {"expert_bytes_per_token", ratio(double(t.expert_bytes), double(processed))},
       {"rss_bytes", t.rss_bytes},
+      {"cpu_variant", kernels::cpu_variant()},
+      {"read_bandwidth_gbs", bw.gbs},
+      {"decode_steps_per_s", step_rate},
   };
+  if (all_ranks_here) {
+    j["weight_bytes_per_token"] = step_bytes / double(o.sequences);
+    j["weight_bytes_per_step"] = step_bytes;
+    j["decode_fraction_of_roofline"] = ratio(step_rate * step_bytes / 1e9, bw.gbs);
+  } else {
+    j["weight_bytes_per_token"] = nullptr;  // other processes' kernels: not counted here
+    j["decode_fraction_of_roofline"] = nullptr;
+  }
   std::printf("%s\n", j.dump().c_str());
   std::fflush(stdout);
   std::fprintf(stderr,

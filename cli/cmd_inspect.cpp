@@ -1,8 +1,15 @@
 // shoal inspect: architecture, parameter counts, bytes per dtype, MTP and license of a folder.
+#include <omp.h>
+#include <sched.h>
+
 #include <cstdio>
+#include <nlohmann/json.hpp>
+#include <thread>
 #include <memory>
 
 #include "cli/commands.h"
+#include "kernels/kernels.h"
+#include "kernels/system.h"
 #include "model/inspect.h"
 
 namespace shoal::cli {
@@ -10,10 +17,42 @@ namespace {
 
 struct Options {
   std::string model;
-  bool json = false;
+  bool json = false, system = false;
 };
 
+// This machine as the kernels see it: the CPU variant chosen, cores, read bandwidth, FMA peak.
+int inspect_system(const Options& o) {
+  const kernels::ReadBandwidth bw = kernels::measure_read_bandwidth();
+  const double peak = kernels::measure_fma_peak_gflops();
+  cpu_set_t set;
+  const int affinity = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
+  nlohmann::json j = {{"cpu_variant", kernels::cpu_variant()},
+                      {"cpu_variants_supported", kernels::cpu_variants_supported()},
+                      {"online_cpus", std::thread::hardware_concurrency()},
+                      {"affinity_cpus", affinity},
+                      {"threads", omp_get_max_threads()},
+                      {"read_bandwidth_gbs", bw.gbs},
+                      {"read_bandwidth_threads", bw.threads},
+                      {"fma_peak_gflops", peak},
+                      {"cuda_devices", kernels::cuda_device_count()}};
+  if (o.json) {
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("cpu kernels:     %s (this CPU runs: %s; SHOAL_CPU forces a lower one)\n", kernels::cpu_variant().c_str(),
+                kernels::cpu_variants_supported().c_str());
+    std::printf("cores:           %u online, %d in this process's affinity mask, %d OpenMP threads\n",
+                std::thread::hardware_concurrency(), affinity, omp_get_max_threads());
+    std::printf("read bandwidth:  %.1f GB/s (best of 2 read kernels, 1..%d threads; best with %d)\n", bw.gbs,
+                omp_get_max_threads(), bw.threads);
+    std::printf("fp32 FMA peak:   %.1f GFLOP/s\n", peak);
+    std::printf("cuda devices:    %d\n", kernels::cuda_device_count());
+  }
+  return 0;
+}
+
 int inspect(const Options& o) {
+  if (o.system) return inspect_system(o);
+  if (o.model.empty()) return fail(invalid_argument("inspect: give --model DIR, or --system"));
   auto s = inspect_model(o.model);
   if (!s.ok()) return fail(s.status());
   const std::string text = o.json ? summary_json(*s) : summary_text(*s);
@@ -26,7 +65,8 @@ int inspect(const Options& o) {
 void add_inspect(CLI::App& app, int& rc) {
   auto o = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand("inspect", "Describe a checkpoint folder (config.json alone is enough)");
-  sub->add_option("--model", o->model, "Checkpoint folder")->required();
+  sub->add_option("--model", o->model, "Checkpoint folder");
+  sub->add_flag("--system", o->system, "Describe this machine instead: CPU kernel variant, cores, read bandwidth, FMA peak");
   sub->add_flag("--json", o->json, "Print one JSON object instead of text");
   sub->callback([o, &rc] { rc = inspect(*o); });
 }

@@ -1,4 +1,7 @@
 // shoal: one executable, one subcommand per job (see docs/architecture.md).
+#include <unistd.h>
+
+#include <cstdlib>
 #include <cstdio>
 
 #include "cli/cluster_flags.h"
@@ -37,7 +40,21 @@ StatusOr<std::vector<int32_t>> parse_ids(const std::string& text) {
 
 }  // namespace shoal::cli
 
+namespace {
+// OpenMP threads that wait for work spin for a bounded time (GOMP_SPINCOUNT=30000, tens of
+// microseconds) and then sleep, unless the user chose (OMP_WAIT_POLICY or GOMP_SPINCOUNT): on a
+// machine shared with other jobs, libgomp's default (300,000 spins per wait) made decode 7x
+// slower under two busy processes; bounded, 2.7x (docs/performance.md, "Threads"). libgomp reads
+// its settings when it loads, before main, so the process re-executes itself once with them.
+void bound_openmp_spinning(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  ::setenv("GOMP_SPINCOUNT", "30000", 1);
+  ::execv("/proc/self/exe", argv);  // returns only on failure: then run with libgomp's default
+}
+}  // namespace
+
 int main(int argc, char** argv) {
+  bound_openmp_spinning(argv);
   // Under mpirun, rank 0 runs the command and every other rank serves it.
   if (shoal::cli::under_mpi() && shoal::cli::mpi_rank_from_env() != 0) return shoal::cli::run_mpi_node();
   CLI::App app{"shoal: DeepSeek-V3/R1-class MoE models on the machines you already have"};

@@ -179,8 +179,9 @@ double efficiency_for(const ClusterSpec& s, bool gpu, WeightFormat f) {
   const auto it = s.efficiency.find(gpu ? "gpu" : "cpu");
   if (it != s.efficiency.end()) return it->second;
   if (gpu) return 0.7;
-  // shoal's CPU kernels, measured by bench_linear (docs/performance.md); GGUF blocks assumed as BF16.
-  return f == WeightFormat::kFp8 ? 0.26 : 0.51;
+  // Whole-model decode on shoal's CPU kernels, `shoal bench` on dist-2048 (docs/performance.md):
+  // BF16 0.68, FP8 0.52 of the read bandwidth; GGUF blocks assumed as BF16.
+  return f == WeightFormat::kFp8 ? 0.52 : 0.68;
 }
 
 }  // namespace

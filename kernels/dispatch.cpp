@@ -1,4 +1,6 @@
 // The public kernel entries: validate once, then run on the backend ctx names.
+#include <atomic>
+
 #include "common/check.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/kernels.h"
@@ -13,12 +15,23 @@ namespace shoal::kernels {
   } while (0)
 
 namespace {
+std::atomic<int64_t> g_weight_bytes{0};
+
+void count_bytes(const Matrix& w, int64_t rows) {
+  int64_t bytes = rows * w.cols * dtype_bytes(w.dtype);
+  if (w.dtype == DType::kF8E4M3 && rows > 0)
+    bytes += ((w.row0 + rows - 1) / w.block - w.row0 / w.block + 1) * w.scale_cols() * int64_t(sizeof(float));
+  g_weight_bytes.fetch_add(bytes, std::memory_order_relaxed);
+}
+
 void check_matrix(const Matrix& w) {
   SHOAL_CHECK(w.data != nullptr);
   SHOAL_CHECK(w.rows >= 0 && w.cols > 0);
   if (w.dtype == DType::kF8E4M3) SHOAL_CHECK(w.scale_inv != nullptr && w.block > 0);
 }
 }  // namespace
+
+int64_t weight_bytes_read() { return g_weight_bytes.load(std::memory_order_relaxed); }
 
 Matrix Matrix::slice_rows(int64_t first, int64_t n) const {
   SHOAL_CHECK(first >= 0 && n >= 0 && first + n <= rows);
@@ -37,12 +50,14 @@ void dequantize_row(float* out, const Matrix& w, int64_t r) {
 void linear(float* out, const float* x, const Matrix& w, int64_t n, const Context& ctx) {
   check_matrix(w);
   SHOAL_CHECK(n >= 0);
+  count_bytes(w, w.rows);
   SHOAL_DISPATCH(linear, out, x, w, n, ctx);
 }
 
 void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Context& ctx) {
   check_matrix(w);
   SHOAL_CHECK(n >= 0);
+  count_bytes(w, w.rows);
   SHOAL_DISPATCH(linear_t, out, x, w, n, ctx);
 }
 
@@ -55,6 +70,7 @@ void rms_norm(float* out, const float* x, const Matrix& weight, int64_t n, float
 void embedding(float* out, const int32_t* ids, const Matrix& w, int64_t n, const Context& ctx) {
   check_matrix(w);
   for (int64_t t = 0; t < n; ++t) SHOAL_CHECK(ids[t] >= 0 && ids[t] < w.rows);
+  g_weight_bytes.fetch_add(n * w.cols * dtype_bytes(w.dtype), std::memory_order_relaxed);
   SHOAL_DISPATCH(embedding, out, ids, w, n, ctx);
 }
 

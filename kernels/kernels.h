@@ -35,6 +35,11 @@ struct Matrix {
   int64_t scale_cols() const { return (cols + block - 1) / block; }
 };
 
+// Bytes of weights linear, linear_t and embedding have read in this process since it started:
+// each call counts its view once (stored bytes, FP8 scales included), as decode streams them.
+// shoal bench divides the difference over decode steps by the steps for its roofline.
+int64_t weight_bytes_read();
+
 // Writes row r of the view as float32: out[cols].
 void dequantize_row(float* out, const Matrix& w, int64_t r);
 

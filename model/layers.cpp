@@ -55,11 +55,17 @@ void attend_absorbed(float* o, const float* q, const AttnWeights& w, const Batch
     for (int64_t t = batch.seqs[si].begin; t < batch.seqs[si].begin + batch.seqs[si].count; ++t) rows.push_back(t);
   const int64_t m = int64_t(rows.size());
   std::vector<float> q_lat(static_cast<size_t>(m * H * C)), ctx_lat(static_cast<size_t>(m * H * C));  // [m, H, C]
-  std::vector<float> a(static_cast<size_t>(m * std::max(dn, C))), b(static_cast<size_t>(m * std::max(dv, C)));
-  for (int64_t h = 0; h < H; ++h) {
-    for (int64_t i = 0; i < m; ++i) std::copy_n(q + rows[size_t(i)] * H * qw + h * qw, dn, a.data() + i * dn);
-    kernels::linear_t(b.data(), a.data(), w.wkv_b.slice_rows(h * (dn + dv), dn), m, lc.kernels);
-    scatter_cols(q_lat.data(), b.data(), m, H * C, h * C, C);
+  // Heads in parallel (each head's small products then run on one thread, without a fork/join
+  // of their own); every head writes its own columns.
+#pragma omp parallel
+  {
+    std::vector<float> a(static_cast<size_t>(m * std::max(dn, C))), b(static_cast<size_t>(m * std::max(dv, C)));
+#pragma omp for schedule(static)
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t i = 0; i < m; ++i) std::copy_n(q + rows[size_t(i)] * H * qw + h * qw, dn, a.data() + i * dn);
+      kernels::linear_t(b.data(), a.data(), w.wkv_b.slice_rows(h * (dn + dv), dn), m, lc.kernels);
+      scatter_cols(q_lat.data(), b.data(), m, H * C, h * C, C);
+    }
   }
   const int32_t* pos = batch.positions.data();
   int64_t first = 0;  // first absorbed row of the sequence
@@ -78,10 +84,15 @@ void attend_absorbed(float* o, const float* q, const AttnWeights& w, const Batch
     kernels::attention(p, lc.kernels);
     first += s.count;
   }
-  for (int64_t h = 0; h < H; ++h) {
-    gather_cols(a.data(), ctx_lat.data(), m, H * C, h * C, C);
-    kernels::linear(b.data(), a.data(), w.wkv_b.slice_rows(h * (dn + dv) + dn, dv), m, lc.kernels);
-    for (int64_t i = 0; i < m; ++i) std::copy_n(b.data() + i * dv, dv, o + rows[size_t(i)] * H * dv + h * dv);
+#pragma omp parallel
+  {
+    std::vector<float> a(static_cast<size_t>(m * C)), b(static_cast<size_t>(m * dv));
+#pragma omp for schedule(static)
+    for (int64_t h = 0; h < H; ++h) {
+      gather_cols(a.data(), ctx_lat.data(), m, H * C, h * C, C);
+      kernels::linear(b.data(), a.data(), w.wkv_b.slice_rows(h * (dn + dv) + dn, dv), m, lc.kernels);
+      for (int64_t i = 0; i < m; ++i) std::copy_n(b.data() + i * dv, dv, o + rows[size_t(i)] * H * dv + h * dv);
+    }
   }
 }
 

@@ -15,10 +15,15 @@
 #include <string>
 #include <vector>
 
+#include <sys/wait.h>
+
+#include <nlohmann/json.hpp>
+
 #include "common/dtype.h"
 #include "kernels/cpu/variant.h"
 #include "kernels/kernels.h"
 #include "kernels/system.h"
+#include "tests/support/process.h"
 
 using namespace shoal;
 using kernels::Context;
@@ -1098,4 +1103,25 @@ TEST_CASE("linear follows the canonical order bit for bit on every CPU variant, 
     }
   }
   kernels::cpu::set_variant(saved);
+}
+
+TEST_CASE("shoal inspect --system names the CPU variant, SHOAL_CPU forces a lower one, a wrong one is refused", "[kernels][variants][cli]") {
+  int status = 0;
+  const std::string out = test::run_command(std::string(SHOAL_BINARY) + " inspect --system --json", &status);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  const auto j = nlohmann::json::parse(out);
+  CHECK(j["cpu_variant"] == kernels::cpu_variant());
+  CHECK(j["read_bandwidth_gbs"].get<double>() > 0.1);
+  CHECK(j["fma_peak_gflops"].get<double>() > 0.1);
+  CHECK(j["affinity_cpus"].get<int>() >= 1);
+  for (auto v : kernels::cpu::supported_variants()) {
+    const std::string name(kernels::cpu::variant_name(v));
+    const auto forced = nlohmann::json::parse(
+        test::run_command("SHOAL_CPU=" + name + " " + SHOAL_BINARY + " inspect --system --json", &status));
+    CHECK(forced["cpu_variant"] == name);
+  }
+  const std::string err = test::run_command("SHOAL_CPU=avx9000 " + std::string(SHOAL_BINARY) + " inspect --system 2>&1", &status);
+  CHECK(WEXITSTATUS(status) == 2);
+  CHECK(err.find("SHOAL_CPU=avx9000 is not a kernel variant") != std::string::npos);
 }

@@ -71,9 +71,13 @@ void tile(const Rows& rows, int64_t r, const float* x, int64_t xs, int64_t K, fl
       for (int t = 0; t < T; ++t) xv[t] = load16(x + t * xs + c);
 #pragma GCC unroll 16
       for (int k = 0; k < R; ++k) {
-        if constexpr (kPrefetch > 0) {  // one prefetch per cache line, kPrefetch bytes ahead
-          using SegT = std::remove_cv_t<decltype(seg)>;
-          if ((c * SegT::kBytes) % 64 == 0) seg.prefetch(k, c + kPrefetch / SegT::kBytes);
+        if constexpr (kPrefetch > 0) {  // one prefetch per cache line, kPrefetch bytes ahead;
+          using SegT = std::remove_cv_t<decltype(seg)>;  // near a row's end, the next tile's row
+          if ((c * SegT::kBytes) % 64 == 0) {
+            const int64_t ahead = c + kPrefetch / SegT::kBytes;
+            if (ahead < K) seg.prefetch(k, ahead);
+            else seg.prefetch(k + R, ahead - K);
+          }
         }
         const F32x16 wv = seg.load(k, c);
 #pragma GCC unroll 16
@@ -246,7 +250,7 @@ constexpr int64_t kPanelBytes = 1 << 20;    // a thread's float32 panel: stays i
 
 template <class Rows>
 void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int64_t K, int64_t n) {
-  const bool parallel = R * K * n >= (int64_t(1) << 16) && omp_get_max_threads() > 1;
+  const bool parallel = R * K * n >= (int64_t(1) << 18) && omp_get_max_threads() > 1;  // else fork/join costs more
   if (n <= kStoredTokens) {
     const int64_t G = n == 1 ? 8 : 4, groups = (R + G - 1) / G;
 #pragma omp parallel if (parallel)

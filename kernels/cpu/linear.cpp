@@ -45,7 +45,7 @@ void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Cont
   const int64_t rows = w.rows, cols = w.cols;
   constexpr int64_t kColTile = 256;
   const int64_t n_tiles = (cols + kColTile - 1) / kColTile;
-#pragma omp parallel
+#pragma omp parallel if (rows * cols * n >= (int64_t(1) << 18))
   {
     std::vector<float> buf(kColTile);
 #pragma omp for schedule(static)
