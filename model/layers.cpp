@@ -1,5 +1,7 @@
 #include "model/layers.h"
 
+#include <omp.h>
+
 #include <algorithm>
 
 #include "common/check.h"
@@ -195,21 +197,37 @@ void run_expert_pairs(float* y, const float* x, std::span<const int32_t> pair_ro
   std::vector<int32_t> order(pair_row.size());  // pairs by expert, then in given order
   for (size_t p = 0; p < order.size(); ++p) order[p] = int32_t(p);
   std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return pair_expert[size_t(a)] < pair_expert[size_t(b)]; });
-  std::vector<float> xs, ys;
-  for (size_t first = 0; first < order.size();) {
-    const int32_t e = pair_expert[size_t(order[first])];
-    size_t last = first;
-    while (last < order.size() && pair_expert[size_t(order[last])] == e) ++last;
+  std::vector<size_t> starts;  // first pair (in `order`) of each expert's group, then the end
+  for (size_t i = 0; i < order.size(); ++i)
+    if (i == 0 || pair_expert[size_t(order[i])] != pair_expert[size_t(order[i - 1])]) starts.push_back(i);
+  starts.push_back(order.size());
+  const int64_t groups = int64_t(starts.size()) - 1;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int32_t e = pair_expert[size_t(order[starts[size_t(g)]])];
     SHOAL_CHECK(e >= 0 && size_t(e) < experts.size() && experts[size_t(e)].has_value());
-    const int64_t m = int64_t(last - first);
-    xs.resize(static_cast<size_t>(m * dim));
-    ys.resize(static_cast<size_t>(m * dim));
-    for (int64_t r = 0; r < m; ++r)
-      std::copy_n(x + int64_t(pair_row[size_t(order[first + size_t(r)])]) * dim, dim, xs.data() + r * dim);
-    mlp_forward(ys.data(), xs.data(), *experts[size_t(e)], m, lc.kernels);
-    for (int64_t r = 0; r < m; ++r)
-      std::copy_n(ys.data() + r * dim, dim, y + int64_t(order[first + size_t(r)]) * dim);
-    first = last;
+  }
+  // Experts spread over the threads (each expert's products then run on one thread and stream
+  // whole matrices, with no fork/join of their own) when there are enough of them to share;
+  // otherwise one after another, each split over the threads. A row's result is the same
+  // either way: the kernels do not depend on threading.
+  const bool spread = groups >= 2 * int64_t(omp_get_max_threads()) ||
+                      (groups >= int64_t(omp_get_max_threads()) && int64_t(order.size()) <= 4 * groups);
+#pragma omp parallel if (spread && groups > 1)
+  {
+    std::vector<float> xs, ys;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t g = 0; g < groups; ++g) {
+      const size_t first = starts[size_t(g)], last = starts[size_t(g + 1)];
+      const int32_t e = pair_expert[size_t(order[first])];
+      const int64_t m = int64_t(last - first);
+      xs.resize(static_cast<size_t>(m * dim));
+      ys.resize(static_cast<size_t>(m * dim));
+      for (int64_t r = 0; r < m; ++r)
+        std::copy_n(x + int64_t(pair_row[size_t(order[first + size_t(r)])]) * dim, dim, xs.data() + r * dim);
+      mlp_forward(ys.data(), xs.data(), *experts[size_t(e)], m, lc.kernels);
+      for (int64_t r = 0; r < m; ++r)
+        std::copy_n(ys.data() + r * dim, dim, y + int64_t(order[first + size_t(r)]) * dim);
+    }
   }
 }
 

@@ -1070,7 +1070,7 @@ float canonical_dot(const double* w, const float* x, int64_t K) {
 }
 }  // namespace
 
-TEST_CASE("linear follows the canonical order bit for bit on every CPU variant, token count and path", "[kernels][linear][batch-invariance][variants]") {
+TEST_CASE("linear and linear_t follow their canonical orders bit for bit on every CPU variant, token count and path", "[kernels][linear][batch-invariance][variants]") {
   // Decode (1-4 tokens, stored weights), prefill (float32 panels, packed when K % 16 == 0, with
   // the unaligned tail otherwise), several row blocks, views starting mid-block: all must give
   // exactly the canonical sum, so a token's logits cannot depend on its batch, its chunk or the
@@ -1098,6 +1098,19 @@ TEST_CASE("linear follows the canonical order bit for bit on every CPU variant, 
           INFO("variant " << kernels::cpu::variant_name(v) << " dtype " << dtype_label(dt) << " shape " << R << "x"
                           << C << " view from row " << first << " tokens " << n);
           CHECK(differ == 0);
+          // linear_t's order: each column sums its rows in ascending order, one fma per term.
+          const auto xt = random_vec(size_t(n * view.rows), uint32_t(n * 17 + R));
+          std::vector<float> out_t(size_t(n * C), NAN);
+          kernels::linear_t(out_t.data(), xt.data(), view, n, Context{});
+          int64_t differ_t = 0;
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t c = 0; c < C; ++c) {
+              float acc = 0.0f;
+              for (int64_t r = 0; r < view.rows; ++r)
+                acc = std::fma(xt[size_t(t * view.rows + r)], float(w.value[size_t((first + r) * C + c)]), acc);
+              differ_t += std::memcmp(&acc, &out_t[size_t(t * C + c)], 4) != 0;
+            }
+          CHECK(differ_t == 0);
         }
       }
     }

@@ -253,10 +253,13 @@ void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int6
   const bool parallel = R * K * n >= (int64_t(1) << 18) && omp_get_max_threads() > 1;  // else fork/join costs more
   if (n <= kStoredTokens) {
     const int64_t G = n == 1 ? 8 : 4, groups = (R + G - 1) / G;
-#pragma omp parallel if (parallel)
-    {
-      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-      const int64_t r0 = min64(R, groups * id / nt * G), r1 = min64(R, groups * (id + 1) / nt * G);
+    // Runs of groups handed out as threads come free (a thread slowed by the memory or the OS
+    // takes fewer), 8 runs per thread.
+    const int64_t run = max64(1, groups / (8 * int64_t(omp_get_max_threads())));
+    const int64_t runs = (groups + run - 1) / run;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+    for (int64_t k = 0; k < runs; ++k) {
+      const int64_t r0 = min64(R, k * run * G), r1 = min64(R, (k + 1) * run * G);
       switch (n) {
         case 1: stored_rows<8, 1>(rows, r0, r1, x, K, out, R); break;
         case 2: stored_rows<4, 2>(rows, r0, r1, x, K, out, R); break;
@@ -302,6 +305,70 @@ void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int6
         default: break;
       }
     }
+  }
+}
+
+// linear_t's order: out[t][c] = the sum over rows r in ascending order of x[t][r] * w[r][c], one
+// fused multiply-add per term, from +0; no lanes (each column is its own sum), so it does not
+// depend on the tokens beside it, the chunking of columns or the variant.
+template <int T, class Rows>
+void linear_t_chunk(float* out, const float* x, const Rows& rows, int64_t R, int64_t C, int64_t c0, int64_t width) {
+  const int64_t span = rows.span(C), vecs = width / 16;
+  F32x16 acc[T][4];
+  float tail[T][16];
+  for (int t = 0; t < T; ++t) {
+    for (int v = 0; v < 4; ++v) acc[t][v] = zero16();
+    for (int i = 0; i < 16; ++i) tail[t][i] = 0.0f;
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    auto seg = rows.template start<1>(r);
+    seg.at(c0 / span);
+    F32x16 xs[T];
+    for (int t = 0; t < T; ++t) xs[t] = splat16(x[t * R + r]);
+    for (int64_t v = 0; v < vecs; ++v) {
+      const F32x16 wv = seg.load(0, c0 + 16 * v);
+      for (int t = 0; t < T; ++t) acc[t][v] = fma16(wv, xs[t], acc[t][v]);
+    }
+    for (int64_t c = c0 + 16 * vecs; c < c0 + width; ++c) {
+      const float wc = seg.one(0, c);
+      for (int t = 0; t < T; ++t) tail[t][c - c0 - 16 * vecs] = fma1(wc, x[t * R + r], tail[t][c - c0 - 16 * vecs]);
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    for (int64_t v = 0; v < vecs; ++v) store16(out + t * C + c0 + 16 * v, acc[t][v]);
+    for (int64_t c = c0 + 16 * vecs; c < c0 + width; ++c) out[t * C + c] = tail[t][c - c0 - 16 * vecs];
+  }
+}
+
+template <class Rows>
+void linear_t_format(float* out, const float* x, const Rows& rows, int64_t R, int64_t C, int64_t n) {
+  // Column chunks of 64 that never straddle a block of the format (of 16, or single columns,
+  // when its blocks are narrower or odd).
+  const int64_t span = rows.span(C);
+  const int64_t cw = span >= C || span % 64 == 0 ? 64 : span % 16 == 0 ? 16 : 1;
+  const int64_t chunks = (C + cw - 1) / cw;
+#pragma omp parallel for schedule(static) if (R * C * n >= (int64_t(1) << 18) && !omp_in_parallel())
+  for (int64_t k = 0; k < chunks; ++k) {
+    const int64_t c0 = k * cw, width = min64(cw, C - c0);
+    int64_t t0 = 0;
+    for (; t0 + 4 <= n; t0 += 4) linear_t_chunk<4>(out + t0 * C, x + t0 * R, rows, R, C, c0, width);
+    switch (n - t0) {
+      case 1: linear_t_chunk<1>(out + t0 * C, x + t0 * R, rows, R, C, c0, width); break;
+      case 2: linear_t_chunk<2>(out + t0 * C, x + t0 * R, rows, R, C, c0, width); break;
+      case 3: linear_t_chunk<3>(out + t0 * C, x + t0 * R, rows, R, C, c0, width); break;
+      default: break;
+    }
+  }
+}
+
+inline void linear_t_variant(float* out, const float* x, const Matrix& w, int64_t n) {
+  switch (w.dtype) {
+    case DType::kF32: return linear_t_format(out, x, F32Rows::of(w), w.rows, w.cols, n);
+    case DType::kBF16: return linear_t_format(out, x, Bf16Rows::of(w), w.rows, w.cols, n);
+    case DType::kF16: return linear_t_format(out, x, F16Rows::of(w), w.rows, w.cols, n);
+    case DType::kF8E4M3:
+      if (Fp8E4m3Rows<true>::fits_tiny(w)) return linear_t_format(out, x, Fp8E4m3Rows<true>::of(w), w.rows, w.cols, n);
+      return linear_t_format(out, x, Fp8E4m3Rows<false>::of(w), w.rows, w.cols, n);
   }
 }
 

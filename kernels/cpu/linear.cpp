@@ -1,6 +1,6 @@
-// dequantize_span (rows of any format as float32, for the ops that want whole rows) and
-// linear_t (MLA's absorbed attention: out = x · w). linear itself is per instruction-set
-// variant: kernels/cpu/gemm.h, chosen in kernels/cpu/variant.cpp.
+// dequantize_span: rows of any format as float32, for the ops that want whole rows (norms,
+// embedding). linear and linear_t are per instruction-set variant: kernels/cpu/gemm.h, chosen
+// in kernels/cpu/variant.cpp.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -37,30 +37,6 @@ void dequantize_span(float* out, const Matrix& w, int64_t r, int64_t c0, int64_t
         b0 = b1;
       }
       return;
-    }
-  }
-}
-
-void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Context&) {
-  const int64_t rows = w.rows, cols = w.cols;
-  constexpr int64_t kColTile = 256;
-  const int64_t n_tiles = (cols + kColTile - 1) / kColTile;
-#pragma omp parallel if (rows * cols * n >= (int64_t(1) << 18))
-  {
-    std::vector<float> buf(kColTile);
-#pragma omp for schedule(static)
-    for (int64_t tile = 0; tile < n_tiles; ++tile) {
-      const int64_t c0 = tile * kColTile, c1 = std::min(cols, c0 + kColTile), width = c1 - c0;
-      for (int64_t t = 0; t < n; ++t) std::fill(out + t * cols + c0, out + t * cols + c1, 0.0f);
-      for (int64_t r = 0; r < rows; ++r) {
-        dequantize_span(buf.data(), w, r, c0, c1);
-        for (int64_t t = 0; t < n; ++t) {
-          const float xr = x[t * rows + r];
-          float* o = out + t * cols + c0;
-#pragma omp simd
-          for (int64_t c = 0; c < width; ++c) o[c] += xr * buf[c];
-        }
-      }
     }
   }
 }

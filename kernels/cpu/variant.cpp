@@ -113,4 +113,14 @@ void linear(float* out, const float* x, const Matrix& w, int64_t n, const Contex
   }
 }
 
+void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Context&) {
+  switch (active_variant()) {
+#if defined(__x86_64__)
+    case Variant::kAvx512: return linear_t_avx512(out, x, w, n);
+    case Variant::kAvx2: return linear_t_avx2(out, x, w, n);
+#endif
+    default: return linear_t_baseline(out, x, w, n);
+  }
+}
+
 }  // namespace shoal::kernels::cpu

@@ -29,12 +29,15 @@ float fma_pass(int64_t iters);
 
 // One per variant TU: linear over the weight formats, and the SIMD flavour it was compiled to.
 void linear_baseline(float* out, const float* x, const Matrix& w, int64_t n);
+void linear_t_baseline(float* out, const float* x, const Matrix& w, int64_t n);
 const char* simd_name_baseline();
 float read_pass_baseline(const float* p, int64_t n, int kernel);
 float fma_pass_baseline(int64_t iters);
 #if defined(__x86_64__)
 void linear_avx2(float* out, const float* x, const Matrix& w, int64_t n);
 void linear_avx512(float* out, const float* x, const Matrix& w, int64_t n);
+void linear_t_avx2(float* out, const float* x, const Matrix& w, int64_t n);
+void linear_t_avx512(float* out, const float* x, const Matrix& w, int64_t n);
 const char* simd_name_avx2();
 const char* simd_name_avx512();
 float read_pass_avx2(const float* p, int64_t n, int kernel);

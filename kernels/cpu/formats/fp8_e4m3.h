@@ -19,9 +19,13 @@ struct Fp8E4m3Rows {
   int64_t stride;
   const float* scale_inv;
   int64_t block, scale_cols, row0;
+  int shift;  // log2(block) when block is a power of two (DeepSeek's 128), else -1
   static Fp8E4m3Rows of(const Matrix& w) {
-    return {static_cast<const uint8_t*>(w.data) + w.row0 * w.cols, w.cols, w.scale_inv, w.block, (w.cols + w.block - 1) / w.block, w.row0};
+    const int shift = (w.block & (w.block - 1)) == 0 ? __builtin_ctzll(uint64_t(w.block)) : -1;
+    return {static_cast<const uint8_t*>(w.data) + w.row0 * w.cols, w.cols, w.scale_inv, w.block,
+            (w.cols + w.block - 1) / w.block, w.row0, shift};
   }
+  int64_t block_of(int64_t row) const { return shift >= 0 ? row >> shift : row / block; }
   int64_t span(int64_t) const { return block; }  // one scale per block of columns
   template <int R>
   struct Seg {
@@ -63,7 +67,7 @@ struct Fp8E4m3Rows {
     Seg<R> g;
     g.p = base + r * stride;
     g.stride = stride;
-    for (int k = 0; k < R; ++k) g.srow[k] = scale_inv + ((row0 + r + k) / block) * scale_cols;
+    for (int k = 0; k < R; ++k) g.srow[k] = scale_inv + block_of(row0 + r + k) * scale_cols;
     return g;
   }
 };

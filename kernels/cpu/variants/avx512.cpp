@@ -4,6 +4,7 @@
 
 namespace shoal::kernels::cpu {
 void linear_avx512(float* out, const float* x, const Matrix& w, int64_t n) { linear_variant(out, x, w, n); }
+void linear_t_avx512(float* out, const float* x, const Matrix& w, int64_t n) { linear_t_variant(out, x, w, n); }
 const char* simd_name_avx512() { return kSimdName; }
 float read_pass_avx512(const float* p, int64_t n, int kernel) { return read_pass_variant(p, n, kernel); }
 float fma_pass_avx512(int64_t iters) { return fma_pass_variant(iters); }
