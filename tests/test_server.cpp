@@ -739,7 +739,10 @@ TEST_CASE("serve: chat and completions, streamed and not, stop strings, usage (o
   CHECK(v.at("shoal_generations_finished_total{reason=\"stop\"}") >= 2);
   CHECK(v.at("shoal_kv_slots_total") == 16);
   CHECK(v.count("shoal_rank_rss_bytes{rank=\"0\"}") == 1);
-  if (!mode.empty()) CHECK(v.at("shoal_rank_sent_bytes_total{rank=\"1\",kind=\"hidden\"}") > 0);
+  // Ranks report their counters with their heartbeats (every second): the requests may all be
+  // done before the first one arrives, so wait for it.
+  if (!mode.empty())
+    CHECK(wait_metrics(s, [](const auto& m) { return m.at("shoal_rank_sent_bytes_total{rank=\"1\",kind=\"hidden\"}") > 0; }, 10s));
   CHECK(s.stop() == 0);
 }
 
