@@ -42,8 +42,8 @@ int inspect_system(const Options& o) {
                 kernels::cpu_variants_supported().c_str());
     std::printf("cores:           %u online, %d in this process's affinity mask, %d OpenMP threads\n",
                 std::thread::hardware_concurrency(), affinity, omp_get_max_threads());
-    std::printf("read bandwidth:  %.1f GB/s (best of 2 read kernels, 1..%d threads; best with %d)\n", bw.gbs,
-                omp_get_max_threads(), bw.threads);
+    std::printf("read bandwidth:  %.1f GB/s (best of 3 read kernels, 1..%d threads; best: %s, %d threads)\n", bw.gbs,
+                omp_get_max_threads(), bw.kernel, bw.threads);
     std::printf("fp32 FMA peak:   %.1f GFLOP/s\n", peak);
     std::printf("cuda devices:    %d\n", kernels::cuda_device_count());
   }

@@ -15,10 +15,11 @@ struct ReadBandwidth {
   int64_t bytes = 0;       // buffer size
 };
 
-// Reads a buffer far larger than the caches with the kernels' own vector loads: two read
-// kernels (one stream with 8 accumulators, 4 interleaved streams) at every thread count from 1
-// to the OpenMP maximum, best of `reps` passes each. Takes about 2 x reps x threads x bytes /
-// bandwidth seconds. A kernel that streams weights faster than this exposes a probe bug.
+// Reads a buffer far larger than the caches with the kernels' own vector loads: three read
+// kernels (one stream with 8 accumulators, 4 interleaved streams, 8 streams with linear's
+// software prefetch) at every thread count from 1 to the OpenMP maximum, best of `reps` passes
+// each. Takes about 3 x reps x threads x bytes / bandwidth seconds. A kernel that streams weights
+// faster than this exposes a probe bug.
 ReadBandwidth measure_read_bandwidth(int64_t bytes = int64_t(1) << 30, int reps = 3);
 
 // Float32 fused multiply-add peak of the active variant with all OpenMP threads, in GFLOP/s

@@ -424,12 +424,22 @@ namespace {
 
 // Read kernels for the bandwidth probe (kernels/cpu/membw.cpp), in the same vector registers as
 // linear: kernel 0 sums one stream with eight accumulators; kernel 1 reads four streams at
-// once (as linear reads several weight rows). Returns the sum so the reads cannot be elided.
+// once; kernel 2 reads eight streams with linear's software prefetch (as decode reads eight
+// weight rows). Returns the sum so the reads cannot be elided.
 inline float read_pass_variant(const float* p, int64_t n, int kernel) {
   const F32x16 one = splat16(1.0f);
   F32x16 a[8];
   for (auto& v : a) v = zero16();
-  if (kernel == 0) {
+  if (kernel == 2) {  // blocks of 8 rows of 16 KB read side by side, as decode reads weight rows
+    constexpr int64_t kRow = 4096;
+    for (int64_t b = 0; b + 8 * kRow <= n; b += 8 * kRow)
+      for (int64_t i = 0; i < kRow; i += 16)
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) {
+          __builtin_prefetch(p + b + j * kRow + i + kPrefetchBytes / 4);
+          a[j] = fma16(load16(p + b + j * kRow + i), one, a[j]);
+        }
+  } else if (kernel == 0) {
     int64_t i = 0;
     for (; i + 128 <= n; i += 128)
 #pragma GCC unroll 8

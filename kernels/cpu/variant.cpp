@@ -123,4 +123,14 @@ void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Cont
   }
 }
 
+void attention(const AttentionParams& p, const Context&) {
+  switch (active_variant()) {
+#if defined(__x86_64__)
+    case Variant::kAvx512: return attention_avx512(p);
+    case Variant::kAvx2: return attention_avx2(p);
+#endif
+    default: return attention_baseline(p);
+  }
+}
+
 }  // namespace shoal::kernels::cpu

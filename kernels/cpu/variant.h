@@ -31,6 +31,7 @@ float fma_pass(int64_t iters);
 void linear_baseline(float* out, const float* x, const Matrix& w, int64_t n);
 void linear_t_baseline(float* out, const float* x, const Matrix& w, int64_t n);
 const char* simd_name_baseline();
+void attention_baseline(const AttentionParams& p);
 float read_pass_baseline(const float* p, int64_t n, int kernel);
 float fma_pass_baseline(int64_t iters);
 #if defined(__x86_64__)
@@ -40,6 +41,8 @@ void linear_t_avx2(float* out, const float* x, const Matrix& w, int64_t n);
 void linear_t_avx512(float* out, const float* x, const Matrix& w, int64_t n);
 const char* simd_name_avx2();
 const char* simd_name_avx512();
+void attention_avx2(const AttentionParams& p);
+void attention_avx512(const AttentionParams& p);
 float read_pass_avx2(const float* p, int64_t n, int kernel);
 float read_pass_avx512(const float* p, int64_t n, int kernel);
 float fma_pass_avx2(int64_t iters);

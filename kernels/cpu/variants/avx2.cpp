@@ -1,4 +1,5 @@
 // linear compiled for the avx2 variant (target flags in kernels/CMakeLists.txt).
+#include "kernels/cpu/attention_impl.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/variant.h"
 
@@ -6,6 +7,7 @@ namespace shoal::kernels::cpu {
 void linear_avx2(float* out, const float* x, const Matrix& w, int64_t n) { linear_variant(out, x, w, n); }
 void linear_t_avx2(float* out, const float* x, const Matrix& w, int64_t n) { linear_t_variant(out, x, w, n); }
 const char* simd_name_avx2() { return kSimdName; }
+void attention_avx2(const AttentionParams& p) { attention_variant(p); }
 float read_pass_avx2(const float* p, int64_t n, int kernel) { return read_pass_variant(p, n, kernel); }
 float fma_pass_avx2(int64_t iters) { return fma_pass_variant(iters); }
 }  // namespace shoal::kernels::cpu
