@@ -35,19 +35,6 @@ inline void dot4(float* out, const float* q, const float* const k[4], int64_t n)
   }
 }
 
-struct ScoreBuffer {
-  float* p = nullptr;
-  int64_t n = 0;
-  ~ScoreBuffer() { std::free(p); }
-  float* get(int64_t want) {
-    if (want > n) {
-      std::free(p);
-      n = (want + 63) / 64 * 64;
-      p = static_cast<float*>(std::aligned_alloc(64, size_t(n) * sizeof(float)));
-    }
-    return p;
-  }
-};
 
 // Work items are (head, block of up to 16 queries); keys and values are visited in blocks of 64
 // for all the block's queries, so each key is read from memory once per block, not per query.
@@ -57,7 +44,7 @@ inline void attention_variant(const AttentionParams& p) {
   const int64_t blocks = (p.n_q + kQueries - 1) / kQueries, work = blocks * p.n_heads;
 #pragma omp parallel if (work > 1 && !omp_in_parallel())
   {
-    static thread_local ScoreBuffer buffer;
+    static thread_local AlignedBuffer buffer;
     const int64_t row = p.n_kv + 4;
     float* scores = buffer.get(kQueries * row);
 #pragma omp for schedule(dynamic, 1)

@@ -254,19 +254,6 @@ void packed_tokens(const float* panel, int64_t m, int64_t groups, const float* x
     for (int t = 0; t < T; ++t) out[t * os + i] = reduce16(carry[i * T + t]);
 }
 
-struct PanelBuffer {
-  float* p = nullptr;
-  size_t n = 0;
-  ~PanelBuffer() { std::free(p); }
-  float* get(size_t floats) {
-    if (floats > n) {
-      std::free(p);
-      n = (floats + 15) / 16 * 16;
-      p = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
-    }
-    return p;
-  }
-};
 
 constexpr int64_t kStoredTokens = 4;        // up to this many tokens read the stored format directly
 constexpr int64_t kTiledTokens = 64;        // up to this many, token tiles of 6 over stored rows; more: panels
@@ -305,8 +292,8 @@ void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int6
   const int64_t mc = max64(4, min64(kPanelRowsMax, kPanelBytes / (K * 4)) / 4 * 4), blocks = (R + mc - 1) / mc;
 #pragma omp parallel if (parallel)
   {
-    static thread_local PanelBuffer buffer;
-    float* panel = buffer.get(size_t((mc + 3) / 4 * 4 * K));
+    static thread_local AlignedBuffer buffer;
+    float* panel = buffer.get((mc + 3) / 4 * 4 * K);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t rb = b * mc, m = min64(mc, R - rb);
@@ -337,6 +324,20 @@ void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int6
         default: break;
       }
     }
+  }
+}
+
+// Calls fn with the row reader of w's format: one case per weight format (a new format is one
+// header in formats/ and one case here).
+template <class Fn>
+void with_format(const Matrix& w, Fn&& fn) {
+  switch (w.dtype) {
+    case DType::kF32: return fn(F32Rows::of(w));
+    case DType::kBF16: return fn(Bf16Rows::of(w));
+    case DType::kF16: return fn(F16Rows::of(w));
+    case DType::kF8E4M3:
+      if (Fp8E4m3Rows<true>::fits_tiny(w)) return fn(Fp8E4m3Rows<true>::of(w));
+      return fn(Fp8E4m3Rows<false>::of(w));
   }
 }
 
@@ -394,26 +395,12 @@ void linear_t_format(float* out, const float* x, const Rows& rows, int64_t R, in
 }
 
 inline void linear_t_variant(float* out, const float* x, const Matrix& w, int64_t n) {
-  switch (w.dtype) {
-    case DType::kF32: return linear_t_format(out, x, F32Rows::of(w), w.rows, w.cols, n);
-    case DType::kBF16: return linear_t_format(out, x, Bf16Rows::of(w), w.rows, w.cols, n);
-    case DType::kF16: return linear_t_format(out, x, F16Rows::of(w), w.rows, w.cols, n);
-    case DType::kF8E4M3:
-      if (Fp8E4m3Rows<true>::fits_tiny(w)) return linear_t_format(out, x, Fp8E4m3Rows<true>::of(w), w.rows, w.cols, n);
-      return linear_t_format(out, x, Fp8E4m3Rows<false>::of(w), w.rows, w.cols, n);
-  }
+  with_format(w, [&](const auto& rows) { linear_t_format(out, x, rows, w.rows, w.cols, n); });
 }
 
-// The variant's linear: one case per weight format (a new format is one header and one case).
+// The variant's linear: one case per weight format in with_format.
 inline void linear_variant(float* out, const float* x, const Matrix& w, int64_t n) {
-  switch (w.dtype) {
-    case DType::kF32: return linear_format(out, x, F32Rows::of(w), w.rows, w.cols, n);
-    case DType::kBF16: return linear_format(out, x, Bf16Rows::of(w), w.rows, w.cols, n);
-    case DType::kF16: return linear_format(out, x, F16Rows::of(w), w.rows, w.cols, n);
-    case DType::kF8E4M3:
-      if (Fp8E4m3Rows<true>::fits_tiny(w)) return linear_format(out, x, Fp8E4m3Rows<true>::of(w), w.rows, w.cols, n);
-      return linear_format(out, x, Fp8E4m3Rows<false>::of(w), w.rows, w.cols, n);
-  }
+  with_format(w, [&](const auto& rows) { linear_format(out, x, rows, w.rows, w.cols, n); });
 }
 
 }  // namespace

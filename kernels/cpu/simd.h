@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -172,6 +173,22 @@ inline F32x16 e4m3x16_tiny(const uint8_t*) { return zero16(); }  // never called
 
 // One e4m3 code as e4m3x16_scaled widens it: its value times 2^-8.
 inline float e4m3_scaled_one(uint8_t b) { return f16_one(uint16_t(((b & 0x80u) << 8) | ((b & 0x7Fu) << 7))); }
+
+// A thread's scratch floats (panels, score rows), 64-byte aligned, grown on demand, kept for the
+// thread's life.
+struct AlignedBuffer {
+  float* p = nullptr;
+  int64_t n = 0;
+  ~AlignedBuffer() { std::free(p); }
+  float* get(int64_t want) {
+    if (want > n) {
+      std::free(p);
+      n = (want + 15) / 16 * 16;
+      p = static_cast<float*>(std::aligned_alloc(64, size_t(n) * sizeof(float)));
+    }
+    return p;
+  }
+};
 
 // The fixed reduction tree of the canonical order: a[i] += a[i + 8], then + 4, + 2, + 1.
 inline float reduce16(F32x16 acc) {
