@@ -190,7 +190,23 @@ struct AlignedBuffer {
   }
 };
 
-// The fixed reduction tree of the canonical order: a[i] += a[i + 8], then + 4, + 2, + 1.
+// The fixed reduction tree of the canonical order: a[i] += a[i + 8], then + 4, + 2, + 1. The
+// vector variants add the same pairs with shuffles (so the same bits as the loop).
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
+inline float reduce8(__m256 s8) {
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));  // i + i+4
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                 // i + i+2
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));                        // 0 + 1
+}
+#endif
+#if defined(__AVX512F__)
+inline float reduce16(F32x16 acc) {
+  return reduce8(_mm256_add_ps(_mm512_castps512_ps256(acc.v),
+                               _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc.v), 1))));
+}
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+inline float reduce16(F32x16 acc) { return reduce8(_mm256_add_ps(acc.lo, acc.hi)); }
+#else
 inline float reduce16(F32x16 acc) {
   float a[16];
   lanes16(a, acc);
@@ -198,6 +214,7 @@ inline float reduce16(F32x16 acc) {
     for (int i = 0; i < s; ++i) a[i] += a[i + s];
   return a[0];
 }
+#endif
 
 }  // namespace
 }  // namespace shoal::kernels::cpu
