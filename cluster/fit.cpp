@@ -180,8 +180,8 @@ double efficiency_for(const ClusterSpec& s, bool gpu, WeightFormat f) {
   if (it != s.efficiency.end()) return it->second;
   if (gpu) return 0.7;
   // Whole-model decode on shoal's CPU kernels, `shoal bench` on dist-2048 (docs/performance.md):
-  // BF16 0.68, FP8 0.52 of the read bandwidth; GGUF blocks assumed as BF16.
-  return f == WeightFormat::kFp8 ? 0.52 : 0.68;
+  // BF16 0.77, FP8 0.61 of the read bandwidth; GGUF blocks assumed as BF16.
+  return f == WeightFormat::kFp8 ? 0.61 : 0.77;
 }
 
 }  // namespace
