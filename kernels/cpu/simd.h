@@ -171,6 +171,13 @@ constexpr bool kHaveE4m3Tiny = false;
 inline F32x16 e4m3x16_tiny(const uint8_t*) { return zero16(); }  // never called
 #endif
 
+// One e4m3 code as e4m3x16_tiny widens it: its value times 2^-120, as float32 bits.
+inline float e4m3_tiny_one(uint8_t b) {
+  const uint32_t u = (uint32_t(int32_t(int8_t(b))) << 20) & 0x87F00000u;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 // One e4m3 code as e4m3x16_scaled widens it: its value times 2^-8.
 inline float e4m3_scaled_one(uint8_t b) { return f16_one(uint16_t(((b & 0x80u) << 8) | ((b & 0x7Fu) << 7))); }
 

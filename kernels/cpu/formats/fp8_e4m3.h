@@ -33,15 +33,20 @@ struct Fp8E4m3Rows {
     int64_t stride;
     const float* srow[R];  // each row's scales
     float s256v[R];        // this block's scale * 2^8 per row
+    float s120v[R];        // this block's scale * 2^120 per row
     F32x16 s256[R];        // scale * 2^8, splatted
     F32x16 s120[R];        // scale * 2^120, splatted
     static constexpr int64_t kBytes = 1;  // per weight
-    void at(int64_t j) {  // column block j
+    void at(int64_t j) {  // column block j: only the factors this reader uses
       for (int k = 0; k < R; ++k) {
         const float s = srow[k][j];
-        s120[k] = splat16(s * 0x1p120f);
-        s256v[k] = s * 256.0f;
-        s256[k] = splat16(s256v[k]);
+        if constexpr (kHaveE4m3Tiny && kTiny) {
+          s120v[k] = s * 0x1p120f;
+          s120[k] = splat16(s120v[k]);
+        } else {
+          s256v[k] = s * 256.0f;
+          s256[k] = splat16(s256v[k]);
+        }
       }
     }
     void prefetch(int k, int64_t c) const { __builtin_prefetch(p + k * stride + c); }
@@ -49,7 +54,10 @@ struct Fp8E4m3Rows {
       if constexpr (kHaveE4m3Tiny && kTiny) return mul16(e4m3x16_tiny(p + k * stride + c), s120[k]);
       return mul16(e4m3x16_scaled(p + k * stride + c), s256[k]);
     }
-    float one(int k, int64_t c) const { return e4m3_scaled_one(p[k * stride + c]) * s256v[k]; }
+    float one(int k, int64_t c) const {
+      if constexpr (kHaveE4m3Tiny && kTiny) return e4m3_tiny_one(p[k * stride + c]) * s120v[k];
+      return e4m3_scaled_one(p[k * stride + c]) * s256v[k];
+    }
   };
   // Rows r .. r+R-1, ready for at(j).
   // Whether every scale the view uses is below 2^8 (then kTiny = true may read it).
