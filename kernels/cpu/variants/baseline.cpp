@@ -1,6 +1,9 @@
-// linear compiled for the baseline variant (target flags in kernels/CMakeLists.txt).
+// The CPU kernels (linear, linear_t, attention, the probes' loops) compiled for the baseline variant
+// (target flags in kernels/CMakeLists.txt).
 #include "kernels/cpu/attention_impl.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/linear_t.h"
+#include "kernels/cpu/probe.h"
 #include "kernels/cpu/variant.h"
 
 namespace shoal::kernels::cpu {
