@@ -1,30 +1,12 @@
 // F16 weights: widened exactly (F16C or the portable conversion of simd.h).
 #pragma once
 
-#include "kernels/cpu/simd.h"
-#include "kernels/kernels.h"
+#include "kernels/cpu/formats/widened.h"
 
 namespace shoal::kernels::cpu {
 namespace {
 
-struct F16Rows {
-  const uint16_t* base;
-  int64_t stride;
-  static F16Rows of(const Matrix& w) { return {static_cast<const uint16_t*>(w.data) + w.row0 * w.cols, w.cols}; }
-  int64_t span(int64_t cols) const { return cols; }
-  template <int R>
-  struct Seg {
-    const uint16_t* p;
-    int64_t stride;
-    void at(int64_t) {}  // one segment: nothing per block
-    static constexpr int64_t kBytes = 2;  // per weight
-    void prefetch(int k, int64_t c) const { __builtin_prefetch(p + k * stride + c); }
-    F32x16 load(int k, int64_t c) const { return f16x16(p + k * stride + c); }
-    float one(int k, int64_t c) const { return f16_one(p[k * stride + c]); }
-  };
-  template <int R>
-  Seg<R> start(int64_t r) const { return {base + r * stride, stride}; }
-};
+using F16Rows = WidenedRows<uint16_t, f16x16, f16_one>;
 
 }  // namespace
 }  // namespace shoal::kernels::cpu
