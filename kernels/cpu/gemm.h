@@ -121,69 +121,8 @@ void stored_rows_tiled(const Rows& rows, int64_t r0, int64_t r1, const float* x,
   }
 }
 
-// Row r of `rows` as float32 into dst[K]: the same floats the micro-kernel's loads give.
-template <class Rows>
-void dequantize_into(float* dst, const Rows& rows, int64_t r, int64_t K) {
-  const int64_t span = rows.span(K);
-  auto seg = rows.template start<1>(r);
-  for (int64_t cb = 0, j = 0; cb < K; cb += span, ++j) {
-    const int64_t ce = min64(K, cb + span);
-    seg.at(j);
-    int64_t c = cb;
-    for (; c < ce && c % 16 != 0; ++c) dst[c] = seg.one(0, c);
-    for (; c + 16 <= ce; c += 16) store16(dst + c, seg.load(0, c));
-    for (; c < ce; ++c) dst[c] = seg.one(0, c);
-  }
-}
-
-// Columns [c0, c1) of panel rows r .. r+R-1 against T tokens, accumulators carried in acc[R * T]
-// between calls (c0 a multiple of 16, so every column keeps its lane: the order is the tile's).
-template <int R, int T>
-void panel_chunk(const F32Rows& panel, int64_t r, const float* x, int64_t xs, int64_t c0, int64_t c1, F32x16* carry) {
-  F32x16 acc[R][T];
-#pragma GCC unroll 16
-  for (int k = 0; k < R; ++k)
-#pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) acc[k][t] = carry[k * T + t];
-  const auto seg = panel.template start<R>(r);
-  int64_t c = c0;
-#pragma GCC unroll 2
-  for (; c + 16 <= c1; c += 16) {
-    F32x16 xv[T];
-#pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) xv[t] = load16(x + t * xs + c);
-#pragma GCC unroll 16
-    for (int k = 0; k < R; ++k) {
-      const F32x16 wv = seg.load(k, c);
-#pragma GCC unroll 16
-      for (int t = 0; t < T; ++t) acc[k][t] = fma16(wv, xv[t], acc[k][t]);
-    }
-  }
-  if (c < c1) add_columns_one_by_one<R, T>(acc, seg, x, xs, c, c1);
-#pragma GCC unroll 16
-  for (int k = 0; k < R; ++k)
-#pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) carry[k * T + t] = acc[k][t];
-}
-
 constexpr int64_t kPanelRowsMax = 64;  // rows of one float32 panel
 constexpr int64_t kChunkCols = 512;    // columns of the panel and the token tile kept in L1 at once
-
-// Tokens [0, T) against `m` float32 panel rows, in tiles of 4 rows, over column chunks that keep
-// the tile's operands in L1 (the accumulators wait in `carry` between chunks).
-template <int T>
-void panel_tokens(const F32Rows& panel, int64_t m, const float* x, int64_t K, float* out, int64_t os) {
-  alignas(64) F32x16 carry[kPanelRowsMax * T];
-  for (int64_t i = 0; i < m * T; ++i) carry[i] = zero16();
-  for (int64_t c0 = 0; c0 < K; c0 += kChunkCols) {
-    const int64_t c1 = min64(K, c0 + kChunkCols);
-    int64_t i = 0;
-    for (; i + 4 <= m; i += 4) panel_chunk<4, T>(panel, i, x, K, c0, c1, carry + i * T);
-    for (; i < m; ++i) panel_chunk<1, T>(panel, i, x, K, c0, c1, carry + i * T);
-  }
-  for (int64_t i = 0; i < m; ++i)
-    for (int t = 0; t < T; ++t) out[t * os + i] = reduce16(carry[i * T + t]);
-}
 
 // The packed panel (K a multiple of 16): rows in groups of 4 (the last padded with zeros),
 // columns in chunks of kChunkCols; within a chunk, each group's 16-column steps are contiguous
@@ -259,18 +198,21 @@ constexpr int64_t kStoredTokens = 4;        // up to this many tokens read the s
 constexpr int64_t kTiledTokens = 64;        // up to this many, token tiles of 6 over stored rows; more: panels
 constexpr int64_t kPanelBytes = 1 << 20;    // a thread's float32 panel: stays in L2
 
+// Rows [0, R) in groups of G, handed to the threads in runs as they come free (a thread slowed by
+// the memory or the OS takes fewer), 8 runs per thread: fn(first row, end row) per run.
+template <class Fn>
+void for_row_runs(int64_t R, int64_t G, bool parallel, Fn&& fn) {
+  const int64_t groups = (R + G - 1) / G, run = max64(1, groups / (8 * int64_t(omp_get_max_threads())));
+  const int64_t runs = (groups + run - 1) / run;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+  for (int64_t k = 0; k < runs; ++k) fn(min64(R, k * run * G), min64(R, (k + 1) * run * G));
+}
+
 template <class Rows>
 void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int64_t K, int64_t n) {
   const bool parallel = R * K * n >= (int64_t(1) << 18) && omp_get_max_threads() > 1;  // else fork/join costs more
   if (n <= kStoredTokens) {
-    const int64_t G = n == 1 ? 8 : 4, groups = (R + G - 1) / G;
-    // Runs of groups handed out as threads come free (a thread slowed by the memory or the OS
-    // takes fewer), 8 runs per thread.
-    const int64_t run = max64(1, groups / (8 * int64_t(omp_get_max_threads())));
-    const int64_t runs = (groups + run - 1) / run;
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-    for (int64_t k = 0; k < runs; ++k) {
-      const int64_t r0 = min64(R, k * run * G), r1 = min64(R, (k + 1) * run * G);
+    for_row_runs(R, n == 1 ? 8 : 4, parallel, [&](int64_t r0, int64_t r1) {
       switch (n) {
         case 1: stored_rows<8, 1>(rows, r0, r1, x, K, out, R); break;
         case 2: stored_rows<4, 2>(rows, r0, r1, x, K, out, R); break;
@@ -278,15 +220,13 @@ void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int6
         case 4: stored_rows<4, 4>(rows, r0, r1, x, K, out, R); break;
         default: break;
       }
-    }
+    });
     return;
   }
-  if (n <= kTiledTokens) {
-    const int64_t groups = (R + 3) / 4, run = max64(1, groups / (8 * int64_t(omp_get_max_threads())));
-    const int64_t runs = (groups + run - 1) / run;
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-    for (int64_t k = 0; k < runs; ++k)
-      stored_rows_tiled(rows, min64(R, k * run * 4), min64(R, (k + 1) * run * 4), x, K, n, out, R);
+  // A few tokens, or rows whose width is not a multiple of 16 (no packed panel for those): tiles
+  // over the stored rows, in the same order.
+  if (n <= kTiledTokens || K % 16 != 0) {
+    for_row_runs(R, 4, parallel, [&](int64_t r0, int64_t r1) { stored_rows_tiled(rows, r0, r1, x, K, n, out, R); });
     return;
   }
   const int64_t mc = max64(4, min64(kPanelRowsMax, kPanelBytes / (K * 4)) / 4 * 4), blocks = (R + mc - 1) / mc;
@@ -296,31 +236,16 @@ void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int6
     float* panel = buffer.get((mc + 3) / 4 * 4 * K);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t rb = b * mc, m = min64(mc, R - rb);
+      const int64_t rb = b * mc, m = min64(mc, R - rb), groups = (m + 3) / 4;
+      pack_rows(panel, rows, rb, m, groups, K);
       int64_t t0 = 0;
-      if (K % 16 == 0) {
-        const int64_t groups = (m + 3) / 4;
-        pack_rows(panel, rows, rb, m, groups, K);
-        for (; t0 + 6 <= n; t0 += 6) packed_tokens<6>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R);
-        switch (n - t0) {
-          case 1: packed_tokens<1>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
-          case 2: packed_tokens<2>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
-          case 3: packed_tokens<3>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
-          case 4: packed_tokens<4>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
-          case 5: packed_tokens<5>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
-          default: break;
-        }
-        continue;
-      }
-      for (int64_t i = 0; i < m; ++i) dequantize_into(panel + i * K, rows, rb + i, K);
-      const F32Rows p{panel, K};
-      for (; t0 + 6 <= n; t0 += 6) panel_tokens<6>(p, m, x + t0 * K, K, out + t0 * R + rb, R);
+      for (; t0 + 6 <= n; t0 += 6) packed_tokens<6>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R);
       switch (n - t0) {
-        case 1: panel_tokens<1>(p, m, x + t0 * K, K, out + t0 * R + rb, R); break;
-        case 2: panel_tokens<2>(p, m, x + t0 * K, K, out + t0 * R + rb, R); break;
-        case 3: panel_tokens<3>(p, m, x + t0 * K, K, out + t0 * R + rb, R); break;
-        case 4: panel_tokens<4>(p, m, x + t0 * K, K, out + t0 * R + rb, R); break;
-        case 5: panel_tokens<5>(p, m, x + t0 * K, K, out + t0 * R + rb, R); break;
+        case 1: packed_tokens<1>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
+        case 2: packed_tokens<2>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
+        case 3: packed_tokens<3>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
+        case 4: packed_tokens<4>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
+        case 5: packed_tokens<5>(panel, m, groups, x + t0 * K, K, out + t0 * R + rb, R); break;
         default: break;
       }
     }

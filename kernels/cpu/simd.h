@@ -29,7 +29,6 @@ inline float bf16_one(uint16_t h) {
 }
 
 #if defined(__AVX512F__)
-constexpr const char* kSimdName = "avx512";
 struct F32x16 {
   __m512 v;
 };
@@ -70,7 +69,6 @@ inline float f16_one(uint16_t h) { return _cvtsh_ss(h); }
 inline float fma1(float a, float b, float c) { return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c))); }
 
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-constexpr const char* kSimdName = "avx2";
 struct F32x16 {
   __m256 lo, hi;  // lanes 0..7, 8..15
 };
@@ -109,7 +107,6 @@ inline float f16_one(uint16_t h) { return _cvtsh_ss(h); }
 inline float fma1(float a, float b, float c) { return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c))); }
 
 #else
-constexpr const char* kSimdName = "baseline";
 struct F32x16 {
   float v[16];
 };

@@ -83,54 +83,24 @@ void set_variant(Variant v) {
   g_active.store(int(v), std::memory_order_release);
 }
 
-float read_pass(const float* p, int64_t n, int kernel) {
+namespace {
+const VariantKernels& active_kernels() {
   switch (active_variant()) {
 #if defined(__x86_64__)
-    case Variant::kAvx512: return read_pass_avx512(p, n, kernel);
-    case Variant::kAvx2: return read_pass_avx2(p, n, kernel);
+    case Variant::kAvx512: return kAvx512Kernels;
+    case Variant::kAvx2: return kAvx2Kernels;
 #endif
-    default: return read_pass_baseline(p, n, kernel);
+    default: return kBaselineKernels;
   }
 }
+}  // namespace
 
-float fma_pass(int64_t iters) {
-  switch (active_variant()) {
-#if defined(__x86_64__)
-    case Variant::kAvx512: return fma_pass_avx512(iters);
-    case Variant::kAvx2: return fma_pass_avx2(iters);
-#endif
-    default: return fma_pass_baseline(iters);
-  }
-}
-
-void linear(float* out, const float* x, const Matrix& w, int64_t n, const Context&) {
-  switch (active_variant()) {
-#if defined(__x86_64__)
-    case Variant::kAvx512: return linear_avx512(out, x, w, n);
-    case Variant::kAvx2: return linear_avx2(out, x, w, n);
-#endif
-    default: return linear_baseline(out, x, w, n);
-  }
-}
-
+float read_pass(const float* p, int64_t n, int kernel) { return active_kernels().read_pass(p, n, kernel); }
+float fma_pass(int64_t iters) { return active_kernels().fma_pass(iters); }
+void linear(float* out, const float* x, const Matrix& w, int64_t n, const Context&) { active_kernels().linear(out, x, w, n); }
 void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Context&) {
-  switch (active_variant()) {
-#if defined(__x86_64__)
-    case Variant::kAvx512: return linear_t_avx512(out, x, w, n);
-    case Variant::kAvx2: return linear_t_avx2(out, x, w, n);
-#endif
-    default: return linear_t_baseline(out, x, w, n);
-  }
+  active_kernels().linear_t(out, x, w, n);
 }
-
-void attention(const AttentionParams& p, const Context&) {
-  switch (active_variant()) {
-#if defined(__x86_64__)
-    case Variant::kAvx512: return attention_avx512(p);
-    case Variant::kAvx2: return attention_avx2(p);
-#endif
-    default: return attention_baseline(p);
-  }
-}
+void attention(const AttentionParams& p, const Context&) { active_kernels().attention(p); }
 
 }  // namespace shoal::kernels::cpu

@@ -27,26 +27,18 @@ float read_pass(const float* p, int64_t n, int kernel);
 // The active variant's FMA loop: iters x 12 x 16 fused multiply-adds.
 float fma_pass(int64_t iters);
 
-// One per variant TU: linear over the weight formats, and the SIMD flavour it was compiled to.
-void linear_baseline(float* out, const float* x, const Matrix& w, int64_t n);
-void linear_t_baseline(float* out, const float* x, const Matrix& w, int64_t n);
-const char* simd_name_baseline();
-void attention_baseline(const AttentionParams& p);
-float read_pass_baseline(const float* p, int64_t n, int kernel);
-float fma_pass_baseline(int64_t iters);
+// The kernels one variant TU (kernels/cpu/variants/) compiles; variant.cpp calls the active one's.
+struct VariantKernels {
+  void (*linear)(float* out, const float* x, const Matrix& w, int64_t n);
+  void (*linear_t)(float* out, const float* x, const Matrix& w, int64_t n);
+  void (*attention)(const AttentionParams& p);
+  float (*read_pass)(const float* p, int64_t n, int kernel);
+  float (*fma_pass)(int64_t iters);
+};
+extern const VariantKernels kBaselineKernels;
 #if defined(__x86_64__)
-void linear_avx2(float* out, const float* x, const Matrix& w, int64_t n);
-void linear_avx512(float* out, const float* x, const Matrix& w, int64_t n);
-void linear_t_avx2(float* out, const float* x, const Matrix& w, int64_t n);
-void linear_t_avx512(float* out, const float* x, const Matrix& w, int64_t n);
-const char* simd_name_avx2();
-const char* simd_name_avx512();
-void attention_avx2(const AttentionParams& p);
-void attention_avx512(const AttentionParams& p);
-float read_pass_avx2(const float* p, int64_t n, int kernel);
-float read_pass_avx512(const float* p, int64_t n, int kernel);
-float fma_pass_avx2(int64_t iters);
-float fma_pass_avx512(int64_t iters);
+extern const VariantKernels kAvx2Kernels;
+extern const VariantKernels kAvx512Kernels;
 #endif
 
 }  // namespace shoal::kernels::cpu

@@ -7,10 +7,6 @@
 #include "kernels/cpu/variant.h"
 
 namespace shoal::kernels::cpu {
-void linear_avx512(float* out, const float* x, const Matrix& w, int64_t n) { linear_variant(out, x, w, n); }
-void linear_t_avx512(float* out, const float* x, const Matrix& w, int64_t n) { linear_t_variant(out, x, w, n); }
-const char* simd_name_avx512() { return kSimdName; }
-void attention_avx512(const AttentionParams& p) { attention_variant(p); }
-float read_pass_avx512(const float* p, int64_t n, int kernel) { return read_pass_variant(p, n, kernel); }
-float fma_pass_avx512(int64_t iters) { return fma_pass_variant(iters); }
+extern const VariantKernels kAvx512Kernels = {linear_variant, linear_t_variant, attention_variant, read_pass_variant,
+                                        fma_pass_variant};
 }  // namespace shoal::kernels::cpu
