@@ -18,7 +18,7 @@ namespace {
 std::atomic<int64_t> g_weight_bytes{0};
 
 void count_bytes(const Matrix& w, int64_t rows) {
-  int64_t bytes = rows * w.cols * dtype_bytes(w.dtype);
+  int64_t bytes = rows * dtype_row_bytes(w.dtype, w.cols);
   if (w.dtype == DType::kF8E4M3 && rows > 0)
     bytes += ((w.row0 + rows - 1) / w.block - w.row0 / w.block + 1) * w.scale_cols() * int64_t(sizeof(float));
   g_weight_bytes.fetch_add(bytes, std::memory_order_relaxed);
@@ -28,6 +28,7 @@ void check_matrix(const Matrix& w) {
   SHOAL_CHECK(w.data != nullptr);
   SHOAL_CHECK(w.rows >= 0 && w.cols > 0);
   if (w.dtype == DType::kF8E4M3) SHOAL_CHECK(w.scale_inv != nullptr && w.block > 0);
+  SHOAL_CHECK(w.cols % dtype_block(w.dtype) == 0);
 }
 }  // namespace
 
@@ -70,7 +71,7 @@ void rms_norm(float* out, const float* x, const Matrix& weight, int64_t n, float
 void embedding(float* out, const int32_t* ids, const Matrix& w, int64_t n, const Context& ctx) {
   check_matrix(w);
   for (int64_t t = 0; t < n; ++t) SHOAL_CHECK(ids[t] >= 0 && ids[t] < w.rows);
-  g_weight_bytes.fetch_add(n * w.cols * dtype_bytes(w.dtype), std::memory_order_relaxed);
+  g_weight_bytes.fetch_add(n * dtype_row_bytes(w.dtype, w.cols), std::memory_order_relaxed);
   SHOAL_DISPATCH(embedding, out, ids, w, n, ctx);
 }
 

@@ -42,9 +42,16 @@ StatusOr<std::map<std::string, std::string>> read_index(const fs::path& path) {
 
 StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::open(const fs::path& dir) {
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return not_found(dir.string() + ": not a folder");
   std::unique_ptr<Checkpoint> ck(new Checkpoint());
   ck->dir_ = dir;
+  if (is_gguf_path(dir)) {
+    SHOAL_ASSIGN_OR_RETURN(ck->gguf_, GgufModel::open(dir));
+    SHOAL_ASSIGN_OR_RETURN(ck->config_, gguf_model_config(*ck->gguf_));
+    SHOAL_ASSIGN_OR_RETURN(ck->gguf_tensors_, gguf_hf_tensors(*ck->gguf_, ck->config_));
+    return ck;
+  }
+  if (!fs::is_directory(dir, ec))
+    return not_found(dir.string() + ": not a folder (a Hugging Face checkpoint) or a .gguf file");
   SHOAL_ASSIGN_OR_RETURN(ck->config_, load_config(dir / "config.json"));
   const fs::path index = dir / "model.safetensors.index.json";
   if (fs::exists(index, ec)) {
@@ -76,10 +83,16 @@ StatusOr<SafetensorsFile*> Checkpoint::shard(const std::string& file) {
 std::vector<std::string> Checkpoint::names() const {
   std::vector<std::string> out;
   for (const auto& [name, file] : where_) out.push_back(name);
+  for (const auto& [name, view] : gguf_tensors_) out.push_back(name);
   return out;
 }
 
 StatusOr<TensorRef> Checkpoint::tensor(const std::string& name) {
+  if (gguf_) {
+    auto g = gguf_tensors_.find(name);
+    if (g == gguf_tensors_.end()) return not_found("tensor '" + name + "' is not in the GGUF model " + dir_.string());
+    return TensorRef{&g->second.info, g->second.data};
+  }
   auto it = where_.find(name);
   if (it == where_.end()) return not_found("tensor '" + name + "' is not in the checkpoint " + dir_.string());
   SHOAL_ASSIGN_OR_RETURN(SafetensorsFile * file, shard(it->second));
@@ -142,6 +155,7 @@ StatusOr<kernels::Matrix> Checkpoint::vector(const std::string& name, int64_t n)
 
 StatusOr<std::vector<TensorInfo>> Checkpoint::all_tensor_infos() {
   std::vector<TensorInfo> out;
+  for (const auto& [name, view] : gguf_tensors_) out.push_back(view.info);
   std::map<std::string, std::string> files;  // shard -> first tensor the index puts there
   for (const auto& [name, file] : where_) files.emplace(file, name);
   for (const auto& [file, first] : files) {

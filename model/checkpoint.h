@@ -1,6 +1,8 @@
-// A Hugging Face checkpoint folder: config.json plus either model.safetensors.index.json with
-// its shards, or a single *.safetensors file. Shards are opened (memory-mapped) only when a
-// tensor in them is first asked for; tensors are returned as views into the mapping.
+// A checkpoint: a Hugging Face folder (config.json plus either model.safetensors.index.json with
+// its shards, or a single *.safetensors file), or a GGUF model (a .gguf file, part 1 of a split
+// one, or a folder holding one; model/gguf_checkpoint.h maps it onto the same names). Shards are
+// opened (memory-mapped) only when a tensor in them is first asked for; tensors are returned as
+// views into the mapping.
 #pragma once
 
 #include <filesystem>
@@ -13,6 +15,7 @@
 #include "common/status.h"
 #include "kernels/kernels.h"
 #include "model/config.h"
+#include "model/gguf_checkpoint.h"
 #include "model/safetensors.h"
 
 namespace shoal {
@@ -28,8 +31,10 @@ class Checkpoint {
 
   const ModelConfig& config() const { return config_; }
   const std::filesystem::path& dir() const { return dir_; }
-  bool has_weights() const { return !where_.empty(); }
-  bool has(const std::string& name) const { return where_.count(name) != 0; }
+  bool has_weights() const { return !where_.empty() || !gguf_tensors_.empty(); }
+  bool has(const std::string& name) const { return where_.count(name) != 0 || gguf_tensors_.count(name) != 0; }
+  // The GGUF model behind this checkpoint; nullptr for a Hugging Face folder.
+  const GgufModel* gguf() const { return gguf_.get(); }
   std::vector<std::string> names() const;
 
   StatusOr<TensorRef> tensor(const std::string& name);
@@ -55,6 +60,8 @@ class Checkpoint {
   std::map<std::string, std::string> where_;  // tensor name -> shard file name
   std::map<std::string, std::unique_ptr<SafetensorsFile>> shards_;
   std::mutex mu_;  // guards shards_
+  std::unique_ptr<GgufModel> gguf_;
+  std::map<std::string, GgufView> gguf_tensors_;  // Hugging Face name -> view
 };
 
 }  // namespace shoal

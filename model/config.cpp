@@ -115,7 +115,9 @@ Status parse_quantization(const json& j, ModelConfig& c) {
   return {};
 }
 
-Status validate(const ModelConfig& c) {
+}  // namespace
+
+Status validate_config(const ModelConfig& c) {
   auto bad = [](const std::string& field, const std::string& why) {
     return invalid_argument("config field '" + field + "' " + why);
   };
@@ -132,8 +134,6 @@ Status validate(const ModelConfig& c) {
     return bad("n_group", "noaux_tc scores a group by its top-2 experts: need >= 2 experts per group");
   return {};
 }
-
-}  // namespace
 
 StatusOr<ModelConfig> parse_config(std::string_view text) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -194,7 +194,7 @@ StatusOr<ModelConfig> parse_config(std::string_view text) {
   SHOAL_RETURN_IF_ERROR(f.status());
   SHOAL_RETURN_IF_ERROR(parse_yarn(j, c.yarn));
   SHOAL_RETURN_IF_ERROR(parse_quantization(j, c));
-  SHOAL_RETURN_IF_ERROR(validate(c));
+  SHOAL_RETURN_IF_ERROR(validate_config(c));
   return c;
 }
 

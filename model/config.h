@@ -60,6 +60,9 @@ struct ModelConfig {
   // quantization_config: fp8 e4m3 with [block, block] weight scales, when present.
   bool fp8 = false;
   int64_t fp8_block = 128;
+  // GGUF's MLA layout: kv_b_proj is stored split per head as k_b_proj [n_heads * kv_lora_rank,
+  // qk_nope_head_dim] (the key half, transposed) and v_b_proj [n_heads * v_head_dim, kv_lora_rank].
+  bool mla_split_kv_b = false;
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   // HF: a layer is MoE when experts exist, it is past the dense prefix, and the frequency hits.
@@ -69,6 +72,9 @@ struct ModelConfig {
 };
 
 StatusOr<ModelConfig> parse_config(std::string_view json_text);
+// The checks parse_config makes across fields (routing groups against experts), for configs
+// built from other sources (GGUF metadata); errors name the Hugging Face field.
+Status validate_config(const ModelConfig& c);
 StatusOr<ModelConfig> load_config(const std::filesystem::path& path);  // a file or a folder
 
 }  // namespace shoal

@@ -19,6 +19,26 @@ void scatter_cols(float* dst, const float* src, int64_t n, int64_t stride, int64
   for (int64_t t = 0; t < n; ++t) std::copy_n(src + t * width, width, dst + t * stride + offset);
 }
 
+// MLA's up-projections of head h. q_nope · W_uk (into the latent space): out[m, C].
+void project_q_nope(float* out, const float* q_nope, int64_t m, const AttnWeights& w, int64_t h,
+                    const ModelConfig& c, const kernels::Context& ctx) {
+  const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim, C = c.kv_lora_rank;
+  if (c.mla_split_kv_b) return kernels::linear(out, q_nope, w.wk_b.slice_rows(h * C, C), m, ctx);
+  kernels::linear_t(out, q_nope, w.wkv_b.slice_rows(h * (dn + dv), dn), m, ctx);
+}
+// W_uk · latent (the keys' nope part): out[m, dn].
+void expand_k_nope(float* out, const float* latent, int64_t m, const AttnWeights& w, int64_t h,
+                   const ModelConfig& c, const kernels::Context& ctx) {
+  const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim, C = c.kv_lora_rank;
+  if (c.mla_split_kv_b) return kernels::linear_t(out, latent, w.wk_b.slice_rows(h * C, C), m, ctx);
+  kernels::linear(out, latent, w.wkv_b.slice_rows(h * (dn + dv), dn), m, ctx);
+}
+// W_uv of head h [dv, C].
+Matrix w_uv(const AttnWeights& w, int64_t h, const ModelConfig& c) {
+  const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim;
+  return c.mla_split_kv_b ? w.wv_b.slice_rows(h * dv, dv) : w.wkv_b.slice_rows(h * (dn + dv) + dn, dv);
+}
+
 // Naive attention of one sequence: expand the latents of positions [0, end) with kv_b_proj into
 // per-head k_nope and v, then attend with q = [q_nope, q_pe].
 void attend_naive(float* o, const float* q, const AttnWeights& w, const SeqRange& s, const int32_t* pos,
@@ -27,7 +47,17 @@ void attend_naive(float* o, const float* q, const AttnWeights& w, const SeqRange
   const int64_t H = c.n_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
   const int64_t end = pos[s.count - 1] + 1, kvw = dn + dv;
   std::vector<float> kv_full(static_cast<size_t>(end * H * kvw));  // [end, H, dn + dv]
-  kernels::linear(kv_full.data(), kv.kv, w.wkv_b, end, lc.kernels);
+  if (!c.mla_split_kv_b) {
+    kernels::linear(kv_full.data(), kv.kv, w.wkv_b, end, lc.kernels);
+  } else {
+    std::vector<float> part(static_cast<size_t>(end * std::max(dn, dv)));
+    for (int64_t h = 0; h < H; ++h) {
+      expand_k_nope(part.data(), kv.kv, end, w, h, c, lc.kernels);
+      scatter_cols(kv_full.data(), part.data(), end, H * kvw, h * kvw, dn);
+      kernels::linear(part.data(), kv.kv, w_uv(w, h, c), end, lc.kernels);
+      scatter_cols(kv_full.data(), part.data(), end, H * kvw, h * kvw + dn, dv);
+    }
+  }
   kernels::AttentionParams p{};
   p.out = o;
   p.q_a = q; p.q_b = q + dn;
@@ -65,7 +95,7 @@ void attend_absorbed(float* o, const float* q, const AttnWeights& w, const Batch
 #pragma omp for schedule(static)
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t i = 0; i < m; ++i) std::copy_n(q + rows[size_t(i)] * H * qw + h * qw, dn, a.data() + i * dn);
-      kernels::linear_t(b.data(), a.data(), w.wkv_b.slice_rows(h * (dn + dv), dn), m, lc.kernels);
+      project_q_nope(b.data(), a.data(), m, w, h, c, lc.kernels);
       scatter_cols(q_lat.data(), b.data(), m, H * C, h * C, C);
     }
   }
@@ -92,7 +122,7 @@ void attend_absorbed(float* o, const float* q, const AttnWeights& w, const Batch
 #pragma omp for schedule(static)
     for (int64_t h = 0; h < H; ++h) {
       gather_cols(a.data(), ctx_lat.data(), m, H * C, h * C, C);
-      kernels::linear(b.data(), a.data(), w.wkv_b.slice_rows(h * (dn + dv) + dn, dv), m, lc.kernels);
+      kernels::linear(b.data(), a.data(), w_uv(w, h, c), m, lc.kernels);
       for (int64_t i = 0; i < m; ++i) std::copy_n(b.data() + i * dv, dv, o + rows[size_t(i)] * H * dv + h * dv);
     }
   }

@@ -54,7 +54,12 @@ void add_decoder_layer(const ModelConfig& c, int64_t i, Unit attn_unit, std::vec
   }
   b.matrix("self_attn.kv_a_proj_with_mqa.weight", c.kv_lora_rank + c.qk_rope_head_dim, c.dim);
   b.vector("self_attn.kv_a_layernorm.weight", c.kv_lora_rank);
-  b.matrix("self_attn.kv_b_proj.weight", c.n_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+  if (c.mla_split_kv_b) {
+    b.matrix("self_attn.k_b_proj.weight", c.n_heads * c.kv_lora_rank, c.qk_nope_head_dim);
+    b.matrix("self_attn.v_b_proj.weight", c.n_heads * c.v_head_dim, c.kv_lora_rank);
+  } else {
+    b.matrix("self_attn.kv_b_proj.weight", c.n_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+  }
   b.matrix("self_attn.o_proj.weight", c.dim, c.n_heads * c.v_head_dim);
   b.vector("post_attention_layernorm.weight", c.dim);
   if (!c.is_moe_layer(i)) {

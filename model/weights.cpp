@@ -28,8 +28,15 @@ StatusOr<AttnWeights> load_attn(Checkpoint& ck, int64_t i) {
   SHOAL_ASSIGN_OR_RETURN(a.wkv_a, ck.matrix(name("self_attn.kv_a_proj_with_mqa.weight"),
                                             c.kv_lora_rank + c.qk_rope_head_dim, c.dim));
   SHOAL_ASSIGN_OR_RETURN(a.kv_norm, ck.vector(name("self_attn.kv_a_layernorm.weight"), c.kv_lora_rank));
-  SHOAL_ASSIGN_OR_RETURN(a.wkv_b, ck.matrix(name("self_attn.kv_b_proj.weight"),
-                                            c.n_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank));
+  if (c.mla_split_kv_b) {
+    SHOAL_ASSIGN_OR_RETURN(a.wk_b, ck.matrix(name("self_attn.k_b_proj.weight"), c.n_heads * c.kv_lora_rank,
+                                             c.qk_nope_head_dim));
+    SHOAL_ASSIGN_OR_RETURN(a.wv_b, ck.matrix(name("self_attn.v_b_proj.weight"), c.n_heads * c.v_head_dim,
+                                             c.kv_lora_rank));
+  } else {
+    SHOAL_ASSIGN_OR_RETURN(a.wkv_b, ck.matrix(name("self_attn.kv_b_proj.weight"),
+                                              c.n_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank));
+  }
   SHOAL_ASSIGN_OR_RETURN(a.wo, ck.matrix(name("self_attn.o_proj.weight"), c.dim, c.n_heads * c.v_head_dim));
   return a;
 }

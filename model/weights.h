@@ -25,7 +25,10 @@ struct AttnWeights {
   Matrix wq_b;        // [n_heads * qk_head_dim, q_lora_rank]
   Matrix wkv_a;       // [kv_lora_rank + qk_rope_head_dim, dim]
   Matrix kv_norm;     // [1, kv_lora_rank]
-  Matrix wkv_b;       // [n_heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank]
+  Matrix wkv_b;       // [n_heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank]; or, when
+                      // config.mla_split_kv_b (GGUF), per head:
+  Matrix wk_b;        //   [n_heads * kv_lora_rank, qk_nope_head_dim] (W_uk transposed)
+  Matrix wv_b;        //   [n_heads * v_head_dim, kv_lora_rank]       (W_uv)
   Matrix wo;          // [dim, n_heads * v_head_dim]
 };
 

@@ -83,6 +83,25 @@ TEST_CASE("fp8 fixture matches DeepSeek's reference, naive MLA", "[golden]") {
   check_fixture("tiny-v3-fp8", AttnImpl::kNaive);
 }
 
+// GGUF files (tests/fixtures/gguf-a-*, llama-quantize output): exact numerics, the weights
+// dequantized bit for bit as ggml does, against DeepSeek's reference on those weights.
+TEST_CASE("gguf Q8_0 matches DeepSeek's reference on its dequantized weights", "[golden][gguf]") {
+  check_fixture("gguf-a-q8_0", AttnImpl::kAbsorb);
+}
+TEST_CASE("gguf Q4_K_M (3 split parts) matches, absorbed and naive MLA", "[golden][gguf]") {
+  check_fixture("gguf-a-q4_k_m-split", AttnImpl::kAbsorb);
+  check_fixture("gguf-a-q4_k_m-split", AttnImpl::kNaive);
+}
+TEST_CASE("gguf Q2_K matches DeepSeek's reference on its dequantized weights", "[golden][gguf]") {
+  check_fixture("gguf-a-q2_k", AttnImpl::kAbsorb);
+}
+TEST_CASE("gguf IQ2_XXS matches DeepSeek's reference on its dequantized weights", "[golden][gguf]") {
+  check_fixture("gguf-a-iq2_xxs", AttnImpl::kAbsorb);
+}
+TEST_CASE("gguf IQ1_S matches DeepSeek's reference on its dequantized weights", "[golden][gguf]") {
+  check_fixture("gguf-a-iq1_s", AttnImpl::kAbsorb);
+}
+
 TEST_CASE("shoal logits CLI prints the golden numbers", "[golden][cli]") {
   const std::string dir = std::string(SHOAL_FIXTURES) + "/tiny-v3-bf16";
   const json golden = read_json(dir + "/golden.json");

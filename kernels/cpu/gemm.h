@@ -19,6 +19,7 @@
 #include "kernels/cpu/formats/f16.h"
 #include "kernels/cpu/formats/f32.h"
 #include "kernels/cpu/formats/fp8_e4m3.h"
+#include "kernels/cpu/formats/ggml_blocks.h"
 #include "kernels/cpu/simd.h"
 
 namespace shoal::kernels::cpu {
@@ -263,6 +264,8 @@ void with_format(const Matrix& w, Fn&& fn) {
     case DType::kF8E4M3:
       if (Fp8E4m3Rows<true>::fits_tiny(w)) return fn(Fp8E4m3Rows<true>::of(w));
       return fn(Fp8E4m3Rows<false>::of(w));
+    default:  // the ggml block types (GGUF)
+      return fn(GgmlBlockRows::of(w));
   }
 }
 

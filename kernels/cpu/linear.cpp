@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/formats/ggml/block.h"
 
 namespace shoal::kernels::cpu {
 void dequantize_span(float* out, const Matrix& w, int64_t r, int64_t c0, int64_t c1) {
@@ -35,6 +36,17 @@ void dequantize_span(float* out, const Matrix& w, int64_t r, int64_t c0, int64_t
 #pragma omp simd
         for (int64_t c = b0; c < b1; ++c) out[c - c0] = fp8_e4m3_to_float(p[c]) * s;
         b0 = b1;
+      }
+      return;
+    }
+    default: {  // ggml block types: whole blocks, then the columns asked for
+      const int64_t bw = dtype_block(w.dtype), bb = dtype_bytes(w.dtype);
+      const uint8_t* p = static_cast<const uint8_t*>(w.data) + row * dtype_row_bytes(w.dtype, w.cols);
+      float block[256];
+      for (int64_t b = c0 / bw; b * bw < c1; ++b) {
+        ggml::dequantize_block(w.dtype, p + b * bb, block);
+        const int64_t lo = std::max(c0, b * bw), hi = std::min(c1, (b + 1) * bw);
+        std::copy(block + (lo - b * bw), block + (hi - b * bw), out + (lo - c0));
       }
       return;
     }

@@ -1,0 +1,250 @@
+#include "model/gguf_checkpoint.h"
+
+#include <cmath>
+
+#include "model/tensor_names.h"
+
+namespace shoal {
+namespace {
+
+// Reads deepseek2.* keys; the first problem is kept and names the key.
+class Keys {
+ public:
+  Keys(const GgufHeader& h, std::string file) : h_(h), file_(std::move(file)) {}
+  const GgufValue* find(const std::string& key) const { return h_.find(key); }
+  bool has(const std::string& key) const { return find(key) != nullptr; }
+
+  int64_t integer(const std::string& key, std::optional<int64_t> fallback = std::nullopt, int64_t min = 1) {
+    const GgufValue* v = find(key);
+    if (!v) return missing(key, fallback);
+    if (!v->is_integer() || v->i < min)
+      return fail(key, "must be an integer >= " + std::to_string(min) + ", got " + v->describe()), 0;
+    return v->i;
+  }
+  double number(const std::string& key, std::optional<double> fallback = std::nullopt) {
+    const GgufValue* v = find(key);
+    if (!v) return missing(key, fallback);
+    if (!v->is_float() && !v->is_integer()) return fail(key, "must be a number, got " + v->describe()), 0;
+    return v->is_float() ? v->f : double(v->i);
+  }
+  bool boolean(const std::string& key, bool fallback) {
+    const GgufValue* v = find(key);
+    if (!v) return fallback;
+    if (v->type != GgufType::kBool) return fail(key, "must be a BOOL, got " + v->describe()), false;
+    return v->b;
+  }
+  std::string string(const std::string& key, std::optional<std::string> fallback = std::nullopt) {
+    const GgufValue* v = find(key);
+    if (!v) return missing(key, fallback);
+    if (v->type != GgufType::kString) return fail(key, "must be a STRING, got " + v->describe()), "";
+    return v->s;
+  }
+  void fail(const std::string& key, const std::string& why) {
+    if (status_.ok()) status_ = invalid_argument(file_ + ": metadata '" + key + "' " + why);
+  }
+  const Status& status() const { return status_; }
+
+ private:
+  template <class T>
+  T missing(const std::string& key, std::optional<T> fallback) {
+    if (fallback) return *fallback;
+    fail(key, "is missing (it changes the computation)");
+    return T{};
+  }
+  const GgufHeader& h_;
+  std::string file_;
+  Status status_;
+};
+
+// Hugging Face name suffix of a decoder layer tensor -> llama.cpp's blk.N suffix.
+constexpr std::pair<std::string_view, std::string_view> kLayerNames[] = {
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"self_attn.q_a_proj.weight", "attn_q_a.weight"},
+    {"self_attn.q_a_layernorm.weight", "attn_q_a_norm.weight"},
+    {"self_attn.q_b_proj.weight", "attn_q_b.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.kv_a_proj_with_mqa.weight", "attn_kv_a_mqa.weight"},
+    {"self_attn.kv_a_layernorm.weight", "attn_kv_a_norm.weight"},
+    {"self_attn.kv_b_proj.weight", "attn_kv_b.weight"},
+    {"self_attn.k_b_proj.weight", "attn_k_b.weight"},
+    {"self_attn.v_b_proj.weight", "attn_v_b.weight"},
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"post_attention_layernorm.weight", "ffn_norm.weight"},
+    {"mlp.gate_proj.weight", "ffn_gate.weight"},
+    {"mlp.up_proj.weight", "ffn_up.weight"},
+    {"mlp.down_proj.weight", "ffn_down.weight"},
+    {"mlp.gate.weight", "ffn_gate_inp.weight"},
+    {"mlp.gate.e_score_correction_bias", "exp_probs_b.bias"},
+    {"mlp.shared_experts.gate_proj.weight", "ffn_gate_shexp.weight"},
+    {"mlp.shared_experts.up_proj.weight", "ffn_up_shexp.weight"},
+    {"mlp.shared_experts.down_proj.weight", "ffn_down_shexp.weight"},
+};
+
+struct Source {
+  std::string name;
+  int64_t expert = -1;
+};
+
+Source gguf_source(const TensorSpec& t) {
+  if (t.name == names::embed()) return {"token_embd.weight"};
+  if (t.name == names::final_norm()) return {"output_norm.weight"};
+  if (t.name == names::lm_head()) return {"output.weight"};
+  const std::string blk = "blk." + std::to_string(t.layer) + ".";
+  if (t.expert >= 0) {
+    const std::string proj = t.name.substr(t.name.rfind('.', t.name.size() - 8) + 1);  // gate_proj.weight
+    return {blk + "ffn_" + proj.substr(0, proj.find('_')) + "_exps.weight", t.expert};
+  }
+  const std::string prefix = names::layer(t.layer, "");
+  const std::string_view suffix = std::string_view(t.name).substr(prefix.size());
+  for (const auto& [hf, gg] : kLayerNames)
+    if (hf == suffix) return {blk + std::string(gg)};
+  return {"?" + t.name};
+}
+
+std::string ne_string(const GgufTensor& t) {
+  std::string s = "{";
+  for (size_t d = 0; d < t.ne.size(); ++d) s += (d ? ", " : "") + std::to_string(t.ne[d]);
+  return s + "}";
+}
+
+}  // namespace
+
+StatusOr<ModelConfig> gguf_model_config(const GgufModel& m) {
+  const GgufHeader& h = m.meta();
+  Keys k(h, m.first_path().string());
+  const std::string arch = k.string("general.architecture");
+  SHOAL_RETURN_IF_ERROR(k.status());
+  if (arch != "deepseek2")
+    return unimplemented(m.first_path().string() + ": architecture '" + arch +
+                         "' is not supported (deepseek2: DeepSeek-V2/V3/R1)");
+  const std::string a = arch + ".";
+  ModelConfig c;
+  c.dim = k.integer(a + "embedding_length");
+  c.n_layers = k.integer(a + "block_count");
+  c.inter_dim = k.integer(a + "feed_forward_length");
+  c.n_heads = k.integer(a + "attention.head_count");
+  c.q_lora_rank = k.integer(a + "attention.q_lora_rank", 0, 0);
+  c.kv_lora_rank = k.integer(a + "attention.kv_lora_rank");
+  c.qk_rope_head_dim = k.integer(a + "rope.dimension_count");
+  // MLA files (attn_k_b / attn_v_b) give the per-head sizes in *_mla keys; legacy files in the
+  // plain ones (there key_length = nope + rope per head).
+  if (k.has(a + "attention.key_length_mla")) {
+    c.qk_nope_head_dim = k.integer(a + "attention.key_length_mla") - c.qk_rope_head_dim;
+    c.v_head_dim = k.integer(a + "attention.value_length_mla");
+  } else {
+    c.qk_nope_head_dim = k.integer(a + "attention.key_length") - c.qk_rope_head_dim;
+    c.v_head_dim = k.integer(a + "attention.value_length");
+  }
+  c.rms_norm_eps = k.number(a + "attention.layer_norm_rms_epsilon");
+  c.rope_theta = k.number(a + "rope.freq_base");
+  c.max_position_embeddings = k.integer(a + "context_length");
+  if (k.has(a + "vocab_size")) c.vocab_size = k.integer(a + "vocab_size");
+  else if (const GgufValue* tokens = h.find("tokenizer.ggml.tokens"); tokens && tokens->type == GgufType::kArray)
+    c.vocab_size = int64_t(tokens->count);
+  else k.fail(a + "vocab_size", "is missing (and so is tokenizer.ggml.tokens)");
+  c.bos_token_id = k.integer("tokenizer.ggml.bos_token_id", -1, 0);
+  c.eos_token_id = k.integer("tokenizer.ggml.eos_token_id", -1, 0);
+  SHOAL_RETURN_IF_ERROR(k.status());
+  if (c.qk_nope_head_dim <= 0) k.fail(a + "attention.key_length_mla", "must exceed rope.dimension_count");
+  if (c.qk_rope_head_dim % 2 != 0) k.fail(a + "rope.dimension_count", "must be even");
+
+  c.n_routed_experts = k.integer(a + "expert_count", 0, 0);
+  if (c.n_routed_experts > 0) {
+    c.moe_inter_dim = k.integer(a + "expert_feed_forward_length");
+    c.n_shared_experts = k.integer(a + "expert_shared_count", 0, 0);
+    c.n_activated_experts = k.integer(a + "expert_used_count");
+    c.n_dense_layers = k.integer(a + "leading_dense_block_count", 0, 0);
+    c.n_expert_groups = k.integer(a + "expert_group_count", 1);
+    c.n_limited_groups = k.integer(a + "expert_group_used_count", 1);
+    c.route_scale = k.number(a + "expert_weights_scale", 1.0);
+    c.norm_topk_prob = k.boolean(a + "expert_weights_norm", false);
+    // llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE: 1 softmax, 2 sigmoid; absent in V2 files: softmax.
+    const int64_t gating = k.integer(a + "expert_gating_func", 1, 0);
+    if (gating == 1) c.score_func = ScoringFunc::kSoftmax;
+    else if (gating == 2) c.score_func = ScoringFunc::kSigmoid;
+    else k.fail(a + "expert_gating_func", "is " + std::to_string(gating) + " (1 softmax and 2 sigmoid are supported)");
+    // V3's selection bias marks noaux_tc; without it, groups (V2) rank by their best expert.
+    const bool bias = m.find("blk." + std::to_string(c.n_layers - 1) + ".exp_probs_b.bias").has_value() ||
+                      m.find("blk." + std::to_string(c.n_dense_layers) + ".exp_probs_b.bias").has_value();
+    c.topk_method = bias ? TopkMethod::kNoauxTc
+                         : c.n_expert_groups > 1 ? TopkMethod::kGroupLimitedGreedy : TopkMethod::kGreedy;
+    c.model_type = bias ? ModelType::kDeepseekV3 : ModelType::kDeepseekV2;
+  }
+  if (k.has(a + "rope.scaling.type")) {
+    const std::string type = k.string(a + "rope.scaling.type");
+    if (type == "yarn") {
+      YarnScaling& y = c.yarn;
+      y.enabled = true;
+      y.factor = k.number(a + "rope.scaling.factor");
+      y.original_max_position_embeddings = k.integer(a + "rope.scaling.original_context_length");
+      y.beta_fast = k.number(a + "rope.scaling.yarn_beta_fast", 32.0);
+      y.beta_slow = k.number(a + "rope.scaling.yarn_beta_slow", 1.0);
+      // yarn_log_multiplier = 0.1 * mscale_all_dim (the converter's factor); HF's mscale, which
+      // only scales cos/sin relative to mscale_all_dim, is not in the file: DeepSeek ships them equal.
+      const float mult = float(k.number(a + "rope.scaling.yarn_log_multiplier", 0.0));
+      y.mscale_all_dim = double(mult / 0.1f);
+      y.mscale = y.mscale_all_dim;
+      if (y.factor < 1.0) k.fail(a + "rope.scaling.factor", "must be >= 1");
+    } else if (type != "none") {
+      k.fail(a + "rope.scaling.type", "is '" + type + "' (yarn and none are supported)");
+    }
+  }
+  SHOAL_RETURN_IF_ERROR(k.status());
+  // The MTP block, when the converter kept it, comes after the decoder layers; shoal skips it.
+  const int64_t nextn = k.integer(a + "nextn_predict_layers", 0, 0);
+  if (nextn > 0 && nextn < c.n_layers && m.find("blk." + std::to_string(c.n_layers - 1) + ".nextn.eh_proj.weight"))
+    c.n_layers -= nextn;
+  c.tie_word_embeddings = !m.find("output.weight").has_value();
+  c.mla_split_kv_b = m.find("blk.0.attn_k_b.weight").has_value();
+  auto valid = validate_config(c);
+  if (!valid.ok()) return valid.with_context(m.first_path().string());
+  return c;
+}
+
+StatusOr<std::map<std::string, GgufView>> gguf_hf_tensors(const GgufModel& m, const ModelConfig& c) {
+  std::map<std::string, GgufView> out;
+  for (const TensorSpec& spec : model_tensors(c, /*with_mtp=*/false)) {
+    const Source src = gguf_source(spec);
+    const auto found = m.find(src.name);
+    if (!found) {
+      if (spec.name.find("kv_b_proj") != std::string::npos && m.find("blk." + std::to_string(spec.layer) + ".attn_k_b.weight"))
+        return invalid_argument(m.first_path().string() + ": layer " + std::to_string(spec.layer) +
+                                " has attn_k_b but layer 0 does not: mixed MLA layouts");
+      return not_found(m.first_path().string() + ": tensor '" + src.name + "' (" + spec.name + ") is missing");
+    }
+    const GgufTensor& t = *found->tensor;
+    const std::string label = m.first_path().string() + ": tensor '" + t.name + "'";
+    GgufView v;
+    v.info.name = spec.name;
+    v.info.dtype = t.dtype;
+    v.info.shape = spec.shape;
+    v.data = found->data;
+    v.source = t.name;
+    const bool vec = spec.shape.size() == 1;
+    const int64_t rows = vec ? 1 : spec.shape[0], cols = vec ? spec.shape[0] : spec.shape[1];
+    const int64_t want_rows = src.expert >= 0 ? rows * c.n_routed_experts : rows;
+    bool ok = t.ne[0] == cols && t.rows() == want_rows;
+    if (vec) ok = ok && t.ne.size() == 1;
+    if (src.expert >= 0) ok = ok && t.ne.size() == 3 && t.ne[1] == rows;
+    if (!ok) {
+      std::string want = "{" + std::to_string(cols) + (vec ? "" : ", " + std::to_string(rows));
+      if (src.expert >= 0) want += ", " + std::to_string(c.n_routed_experts);
+      return invalid_argument(label + " has ne " + ne_string(t) + ", expected " + want + "} for " + spec.name);
+    }
+    if ((vec || spec.name.ends_with("mlp.gate.weight")) && t.dtype != DType::kF32 && t.dtype != DType::kF16 &&
+        t.dtype != DType::kBF16)
+      return invalid_argument(label + " is " + std::string(dtype_name(t.dtype)) + "; norms, biases and the router "
+                              "must be F32, F16 or BF16");
+    const uint64_t bytes = uint64_t(dtype_row_bytes(t.dtype, cols)) * uint64_t(rows);
+    if (src.expert >= 0) {
+      v.data += uint64_t(src.expert) * bytes;
+      v.source += "[" + std::to_string(src.expert) + "]";
+    }
+    v.info.begin = 0;
+    v.info.end = bytes;
+    out.emplace(spec.name, std::move(v));
+  }
+  return out;
+}
+
+}  // namespace shoal

@@ -1,0 +1,117 @@
+// ggml block dequantization (kernels/cpu/formats/ggml/) against ggml's reference C code, bit for
+// bit: tests/fixtures/ggml-blocks/<TYPE>.bin holds random and real (GGUF fixture) blocks of each
+// type with the float32 values ggml's dequantize_row_* gives for them
+// (tools/gen_ggml_block_vectors.py). Both the templated and the runtime-dispatch functions must
+// reproduce every value's bits.
+#include <catch2/catch.hpp>
+
+#include <bit>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "common/dtype.h"
+#include "kernels/cpu/formats/ggml/block.h"
+
+namespace {
+
+using shoal::DType;
+namespace ggml = shoal::kernels::cpu::ggml;
+
+struct Vectors {
+  uint32_t ggml_id = 0, block_bytes = 0, block_weights = 0, n_random = 0, n_real = 0;
+  std::vector<uint8_t> blocks;     // (n_random + n_real) * block_bytes
+  std::vector<uint32_t> expected;  // (n_random + n_real) * block_weights float32 bit patterns
+  uint32_t n() const { return n_random + n_real; }
+};
+
+uint32_t read_u32(const std::vector<uint8_t>& f, size_t off) {
+  uint32_t v;
+  std::memcpy(&v, f.data() + off, 4);
+  return v;
+}
+
+Vectors load(DType t) {
+  const std::string path = std::string(SHOAL_FIXTURES) + "/ggml-blocks/" + std::string(shoal::dtype_name(t)) + ".bin";
+  std::ifstream in(path, std::ios::binary);
+  INFO(path);
+  REQUIRE(in.good());
+  const std::vector<uint8_t> f((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  REQUIRE(f.size() >= 24);
+  REQUIRE(std::memcmp(f.data(), "SGB1", 4) == 0);
+  Vectors v;
+  v.ggml_id = read_u32(f, 4);
+  v.block_bytes = read_u32(f, 8);
+  v.block_weights = read_u32(f, 12);
+  v.n_random = read_u32(f, 16);
+  v.n_real = read_u32(f, 20);
+  REQUIRE(int64_t(v.ggml_id) == shoal::dtype_info(t).ggml_id);
+  REQUIRE(int64_t(v.block_bytes) == shoal::dtype_bytes(t));
+  REQUIRE(int64_t(v.block_weights) == shoal::dtype_block(t));
+  REQUIRE(v.n() > 0);
+  const size_t nb = size_t(v.n()) * v.block_bytes, nw = size_t(v.n()) * v.block_weights;
+  REQUIRE(f.size() == 24 + nb + 4 * nw);
+  v.blocks.assign(f.begin() + 24, f.begin() + 24 + nb);
+  v.expected.resize(nw);
+  std::memcpy(v.expected.data(), f.data() + 24 + nb, 4 * nw);
+  return v;
+}
+
+// Dequantizes every block with `dequant` and requires each value's bits to equal ggml's; reports
+// the first few differences by type, block and index.
+template <class F>
+void check(DType t, const Vectors& v, const char* which, F dequant) {
+  std::vector<float> y(v.block_weights);
+  int64_t bad = 0;
+  for (uint32_t i = 0; i < v.n(); ++i) {
+    std::fill(y.begin(), y.end(), std::bit_cast<float>(0x7FC0DEADu));  // a NaN nothing computes
+    dequant(v.blocks.data() + size_t(i) * v.block_bytes, y.data());
+    for (uint32_t j = 0; j < v.block_weights; ++j) {
+      const uint32_t got = std::bit_cast<uint32_t>(y[j]);
+      const uint32_t want = v.expected[size_t(i) * v.block_weights + j];
+      if (got == want) continue;
+      if (++bad <= 8) {
+        char msg[256];
+        std::snprintf(msg, sizeof msg, "%s (%s): block %u (%s) index %u: got 0x%08x (%.9g), ggml 0x%08x (%.9g)",
+                      std::string(shoal::dtype_name(t)).c_str(), which, i, i < v.n_random ? "random" : "gguf", j,
+                      got, double(y[j]), want, double(std::bit_cast<float>(want)));
+        FAIL_CHECK(msg);
+      }
+    }
+  }
+  INFO(shoal::dtype_name(t) << " (" << which << "): " << bad << " of " << v.expected.size() << " values differ");
+  REQUIRE(bad == 0);
+}
+
+template <DType T>
+using Type = std::integral_constant<DType, T>;
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("ggml blocks dequantize bit for bit as ggml", "[ggml]", Type<DType::kQ4_0>, Type<DType::kQ4_1>,
+                   Type<DType::kQ5_0>, Type<DType::kQ5_1>, Type<DType::kQ8_0>, Type<DType::kQ2_K>, Type<DType::kQ3_K>,
+                   Type<DType::kQ4_K>, Type<DType::kQ5_K>, Type<DType::kQ6_K>, Type<DType::kQ8_K>,
+                   Type<DType::kIQ2_XXS>, Type<DType::kIQ2_XS>, Type<DType::kIQ3_XXS>, Type<DType::kIQ1_S>,
+                   Type<DType::kIQ4_NL>, Type<DType::kIQ3_S>, Type<DType::kIQ2_S>, Type<DType::kIQ4_XS>,
+                   Type<DType::kIQ1_M>) {
+  constexpr DType t = TestType::value;
+  const Vectors v = load(t);
+  check(t, v, "template", [](const uint8_t* b, float* y) { ggml::dequantize_block<t>(b, y); });
+  check(t, v, "runtime", [](const uint8_t* b, float* y) { ggml::dequantize_block(t, b, y); });
+}
+
+TEST_CASE("every ggml block type has vectors", "[ggml]") {
+  int types = 0;
+  for (const auto& info : shoal::kDTypes) {
+    if (!shoal::dtype_is_block(info.dtype)) continue;
+    ++types;
+    const Vectors v = load(info.dtype);
+    CHECK(v.n_random > 0);
+  }
+  CHECK(types == 20);
+}
