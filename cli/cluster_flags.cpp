@@ -42,6 +42,9 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
   sub->add_option("--token-file", f.token_file, "File with the cluster token the nodes were started with");
   sub->add_option("--plan", f.plan, "Placement plan file (JSON, docs/distributed.md); default: planned here");
   sub->add_flag("--expert-scatter", f.expert_scatter, "Default plan: spread each layer's experts over the ranks");
+  sub->add_flag("--exact", f.exact,
+                "GGUF: dequantize weights exactly against float32 activations (default for GGUF: fast, "
+                "activations quantized per block and integer dot products, as llama.cpp)");
   sub->add_option("--step-timeout", f.step_timeout_s, "Seconds to wait for one step's result")->check(CLI::PositiveNumber);
   sub->add_option("--heartbeat-timeout", f.heartbeat_timeout_s, "Seconds of node silence that count as a failure")
       ->check(CLI::PositiveNumber);
@@ -71,6 +74,7 @@ StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOp
   SHOAL_RETURN_IF_ERROR(check_not_a_lone_srun_task());
   o.plan_file = f.plan;
   o.expert_scatter = f.expert_scatter;
+  o.exact = f.exact;
   o.step_timeout = ms(f.step_timeout_s);
   o.heartbeat_timeout = ms(f.heartbeat_timeout_s);
   const int modes = int(f.local_nodes > 0) + int(!f.nodes.empty()) + int(under_mpi());

@@ -19,6 +19,7 @@ struct ClusterFlags {
   std::string token_file;
   std::string plan;
   bool expert_scatter = false;
+  bool exact = false;
   double step_timeout_s = 600;
   double heartbeat_timeout_s = 5;
 };

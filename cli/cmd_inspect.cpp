@@ -1,4 +1,5 @@
-// shoal inspect: architecture, parameter counts, bytes per dtype, MTP and license of a folder.
+// shoal inspect: architecture, parameter counts, bytes per dtype, MTP and license of a folder or
+// GGUF model (then also its types, file type, parts and general.name).
 #include <omp.h>
 #include <sched.h>
 
@@ -64,8 +65,8 @@ int inspect(const Options& o) {
 
 void add_inspect(CLI::App& app, int& rc) {
   auto o = std::make_shared<Options>();
-  CLI::App* sub = app.add_subcommand("inspect", "Describe a checkpoint folder (config.json alone is enough)");
-  sub->add_option("--model", o->model, "Checkpoint folder");
+  CLI::App* sub = app.add_subcommand("inspect", "Describe a checkpoint folder (config.json alone is enough) or a GGUF model");
+  sub->add_option("--model", o->model, "Checkpoint folder, or GGUF model (a .gguf file, part 1 of a split one, or a folder)");
   sub->add_flag("--system", o->system, "Describe this machine instead: CPU kernel variant, cores, read bandwidth, FMA peak");
   sub->add_flag("--json", o->json, "Print one JSON object instead of text");
   sub->callback([o, &rc] { rc = inspect(*o); });

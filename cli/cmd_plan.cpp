@@ -12,6 +12,7 @@
 #include "kernels/system.h"
 #include "cli/commands.h"
 #include "cluster/fit.h"
+#include "cluster/quant_recipe.h"
 #include "model/checkpoint.h"
 
 namespace shoal::cli {
@@ -22,7 +23,7 @@ using namespace shoal::cluster;
 constexpr int kDoesNotFit = 3;
 
 struct Options {
-  std::string model, cluster, hostfile, out, weights, kv_dtype = "f32", gpus_gib, gpu_kind = "gpu";
+  std::string model, cluster, hostfile, out, weights, quant, kv_dtype = "f32", gpus_gib, gpu_kind = "gpu";
   bool slurm = false, json = false, gpu_only = false, expert_scatter = false;
   int local_nodes = 0;
   double ram_gib = -1, link_gbps = 0, ram_bandwidth_gbs = 0;
@@ -98,8 +99,69 @@ StatusOr<ClusterSpec> read_cluster(const Options& o, std::vector<std::string>& n
   return spec;
 }
 
+// "IQ1_S 174 x 117.83 GB, Q4_K 427 x 6.92 GB, ...": GGUF tensors and bytes per ggml type.
+std::string types_text(const std::map<DType, std::pair<int64_t, int64_t>>& by_type) {
+  std::string t;
+  for (const auto& [d, cb] : by_type)
+    t += (t.empty() ? "" : ", ") + std::string(dtype_name(d)) + " " + std::to_string(cb.first) + " x " + gb(cb.second);
+  return t;
+}
+
+// The weights of a GGUF --model (its tensor infos), or of a config with --quant (a recipe, or a
+// GGUF whose tensor infos give the types, its data possibly absent), as stored unit bytes.
+Status gguf_weights(const Options& o, Checkpoint* ck, const ModelConfig& c, FitOptions& fo, UnitBytes& stored,
+                    std::vector<std::string>& notes) {
+  if (!o.weights.empty())
+    return invalid_argument("--weights converts a Hugging Face checkpoint; " +
+                            std::string(ck ? "a GGUF model is sized in its own tensor types" : "give it or --quant, not both"));
+  fo.weights = WeightFormat::kGguf;
+  if (ck) {
+    if (!o.quant.empty()) return invalid_argument("--quant gives a config its types; a GGUF --model has its own");
+    SHOAL_ASSIGN_OR_RETURN(stored, unit_bytes(*ck));
+    const GgufModel& m = *ck->gguf();
+    int64_t tensors = 0;
+    for (const auto& p : m.parts()) tensors += int64_t(p->header().tensors.size());
+    const GgufValue* ft = m.meta().find("general.file_type");
+    notes.push_back("GGUF " + m.first_path().filename().string() + ": " + std::to_string(tensors) + " tensors in " +
+                    std::to_string(m.parts().size()) + " part(s)" +
+                    (ft && ft->is_integer() ? ", file type " + std::to_string(ft->i) + " " + llama_file_type_name(ft->i) : "") +
+                    "; sized from its tensor infos, each in its own type");
+    return {};
+  }
+  std::error_code ec;
+  if (o.quant.ends_with(".gguf") || fs::is_regular_file(o.quant, ec)) {
+    SHOAL_ASSIGN_OR_RETURN(const GgufHeaders h, read_gguf_headers(o.quant));
+    SHOAL_ASSIGN_OR_RETURN(GgufUnitBytes u, gguf_unit_bytes(h, c));
+    stored = std::move(u.units);
+    fo.gguf_mtp_bytes = u.mtp_bytes;
+    notes.push_back("--quant " + fs::path(o.quant).filename().string() + ": the tensor infos of " +
+                    std::to_string(h.files.size()) + " GGUF part(s)" +
+                    (h.data_present ? "" : " (metadata only, no tensor data)") + ": " + types_text(u.by_type));
+    return {};
+  }
+  SHOAL_ASSIGN_OR_RETURN(const QuantRecipe* r, find_quant_recipe(o.quant));
+  const GgufPrediction p = predict_gguf(c, *r);
+  stored = p.units;
+  std::string published;
+  if (r->published_gib > 0) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, " (published for DeepSeek-V3/R1: %.0f GiB = %s)", r->published_gib,
+                  gb(r->published_gib * double(int64_t(1) << 30)).c_str());
+    published = buf;
+  }
+  notes.push_back("--quant " + r->name + ": " + r->description + "; predicted GGUF " + gb(p.total_bytes) + published +
+                  ": " + types_text(p.by_type));
+  return {};
+}
+
 int plan(const Options& o) {
-  auto config = load_config(o.model);
+  std::unique_ptr<Checkpoint> gguf_ck;  // a GGUF --model
+  if (is_gguf_path(o.model)) {
+    auto ck = Checkpoint::open(o.model);
+    if (!ck.ok()) return fail(ck.status());
+    gguf_ck = std::move(*ck);
+  }
+  auto config = gguf_ck ? StatusOr<ModelConfig>(gguf_ck->config()) : load_config(o.model);
   if (!config.ok()) return fail(config.status());
   FitOptions fo;
   fo.gpu_only = o.gpu_only;
@@ -109,32 +171,38 @@ int plan(const Options& o) {
   if (o.kv_dtype != "f32" && o.kv_dtype != "bf16")
     return fail(invalid_argument("--kv-dtype '" + o.kv_dtype + "' is not f32 or bf16"));
   fo.kv_value_bytes = o.kv_dtype == "f32" ? 4 : 2;
-  const WeightFormat stored_format = config->fp8 ? WeightFormat::kFp8 : WeightFormat::kBf16;
-  if (o.weights.empty()) {
-    fo.weights = stored_format;
-  } else {
-    auto f = parse_weight_format(o.weights);
-    if (!f.ok()) return fail(f.status());
-    fo.weights = *f;
-  }
-  // A checkpoint folder in the asked format: its stored bytes, not the config's estimate.
   std::optional<UnitBytes> stored;
-  std::error_code ec;
-  if (fs::is_directory(o.model, ec) && fo.weights == stored_format) {
-    auto ck = Checkpoint::open(o.model);
-    if (!ck.ok()) return fail(ck.status());
-    if ((*ck)->has_weights()) {
-      auto b = unit_bytes(**ck);
-      if (!b.ok()) return fail(b.status());
-      stored = *b;
+  std::vector<std::string> notes;
+  if (gguf_ck || !o.quant.empty()) {
+    UnitBytes b;
+    if (Status s = gguf_weights(o, gguf_ck.get(), *config, fo, b, notes); !s.ok()) return fail(s);
+    stored = std::move(b);
+  } else {
+    const WeightFormat stored_format = config->fp8 ? WeightFormat::kFp8 : WeightFormat::kBf16;
+    if (o.weights.empty()) {
+      fo.weights = stored_format;
+    } else {
+      auto f = parse_weight_format(o.weights);
+      if (!f.ok()) return fail(f.status());
+      fo.weights = *f;
+    }
+    // A checkpoint folder in the asked format: its stored bytes, not the config's estimate.
+    std::error_code ec;
+    if (fs::is_directory(o.model, ec) && fo.weights == stored_format) {
+      auto ck = Checkpoint::open(o.model);
+      if (!ck.ok()) return fail(ck.status());
+      if ((*ck)->has_weights()) {
+        auto b = unit_bytes(**ck);
+        if (!b.ok()) return fail(b.status());
+        stored = *b;
+      }
     }
   }
-  std::vector<std::string> notes;
   auto spec = read_cluster(o, notes);
   if (!spec.ok()) return fail(spec.status());
   auto r = fit_plan(*config, *spec, fo, stored ? &*stored : nullptr);
   if (!r.ok()) return fail(r.status());
-  r->notes = notes;
+  r->notes.insert(r->notes.begin(), notes.begin(), notes.end());
   if (o.json) {
     std::printf("%s\n", fit_to_json(*r, *spec).dump(2).c_str());
   } else {
@@ -162,7 +230,7 @@ int plan(const Options& o) {
 void add_plan(CLI::App& app, int& rc) {
   auto o = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand("plan", "Fit a model to a cluster: placement, memory per rank, predicted tokens/s");
-  sub->add_option("--model", o->model, "Checkpoint folder or config.json")->required();
+  sub->add_option("--model", o->model, "Checkpoint folder, config.json or GGUF model (file, part 1 or folder)")->required();
   sub->add_option("--cluster", o->cluster, "Cluster spec (JSON, docs/plan.md)");
   sub->add_option("--hostfile", o->hostfile, "Open MPI hostfile; with --gpus-gib, --ram-gib, --link-gbps per host");
   sub->add_flag("--slurm", o->slurm, "The nodes of this Slurm allocation (SLURM_JOB_NODELIST, ...)");
@@ -175,6 +243,9 @@ void add_plan(CLI::App& app, int& rc) {
   sub->add_option("--ram-bandwidth-gbs", o->ram_bandwidth_gbs, "--local-nodes: read bandwidth (default: measured)");
   sub->add_option("--bandwidth", o->bandwidth, "Override the bandwidth table: KIND=GB/s (repeatable)");
   sub->add_option("--weights", o->weights, "fp8, bf16, q8_0 or q4_k (default: as the checkpoint stores them)");
+  sub->add_option("--quant", o->quant,
+                  "GGUF types for a config: a quant recipe (UD-IQ1_S, UD-IQ1_M, UD-IQ2_XXS, UD-Q2_K_XL) or a GGUF "
+                  "whose tensor infos give them (its data may be absent)");
   sub->add_flag("--gpu-only", o->gpu_only, "Weights on GPUs only: no experts in host memory, no CPU nodes");
   sub->add_flag("--expert-scatter", o->expert_scatter, "Spread each layer's experts over all ranks");
   sub->add_option("--context", o->context, "KV cache positions per sequence")->check(CLI::PositiveNumber);

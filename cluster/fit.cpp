@@ -44,6 +44,7 @@ int64_t tensor_bytes(const TensorSpec& t, WeightFormat f, int64_t fp8_block) {
       if (cols % 32 == 0) return n / 32 * 34;  // q8_0 (also q4_k's fallback for short rows)
       return n * 2;                            // rows no block divides stay 16-bit
     }
+    case WeightFormat::kGguf: return 0;  // per tensor: the file's or the recipe's types (stored)
   }
   return 0;
 }
@@ -208,6 +209,7 @@ const char* format_name(WeightFormat f) {
     case WeightFormat::kBf16: return "bf16";
     case WeightFormat::kQ8_0: return "q8_0";
     case WeightFormat::kQ4K: return "q4_k";
+    case WeightFormat::kGguf: return "gguf";
   }
   return "?";
 }
@@ -295,6 +297,8 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
   if (o.concurrency < 1) return invalid_argument("--concurrency " + std::to_string(o.concurrency) + " is not positive");
   if (s.nodes.empty()) return invalid_argument("the cluster spec has no nodes");
   if (c.n_layers < 1) return invalid_argument("the model has no layers");
+  if (o.weights == WeightFormat::kGguf && !stored)
+    return invalid_argument("gguf weights are sized from a GGUF file or a quant recipe (stored unit bytes)");
   SHOAL_ASSIGN_OR_RETURN(const std::vector<RankSlot> slots, rank_slots(s, o));
   if (slots.empty()) return invalid_argument("the cluster has no ranks (no GPUs and no CPU nodes)");
 
@@ -304,7 +308,7 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
   res.params = count_params(c);
   const UnitBytes bytes = stored ? *stored : unit_bytes_in(c, o.weights);
   res.weight_bytes = sum_bytes(bytes);
-  res.mtp_weight_bytes = mtp_bytes_in(c, o.weights);
+  res.mtp_weight_bytes = o.weights == WeightFormat::kGguf ? o.gguf_mtp_bytes : mtp_bytes_in(c, o.weights);
   res.kv_bytes_per_layer = o.context * o.concurrency * (c.kv_lora_rank + c.qk_rope_head_dim) * o.kv_value_bytes;
 
   const double act = activation_floats_per_token(c) * 4.0 * double(std::max(o.prefill_chunk, o.concurrency)) +
@@ -407,7 +411,7 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
   // What would make it fit.
   auto fits_with = [&](const ClusterSpec& spec, FitOptions opt) {
     opt.suggest = false;
-    auto r = fit_plan(c, spec, opt, nullptr);
+    auto r = fit_plan(c, spec, opt, opt.weights == o.weights ? stored : nullptr);
     return r.ok() && r->fits ? std::optional<FitResult>(std::move(*r)) : std::nullopt;
   };
   if (!stored)

@@ -20,7 +20,9 @@ namespace shoal::cluster {
 // head, norms and router, F32 router bias). bf16: everything BF16 but the F32 router bias.
 // q8_0 / q4_k: GGUF blocks (34 bytes per 32 weights / 144 bytes per 256) for every matrix but
 // the router, which stays F32 with all vectors (norms, bias), as llama.cpp quantizes.
-enum class WeightFormat { kFp8, kBf16, kQ8_0, kQ4K };
+// gguf: a GGUF file or quant recipe (cluster/quant_recipe.h), each tensor in its own ggml type;
+// its bytes always come as `stored` unit bytes (fit_plan refuses it without them).
+enum class WeightFormat { kFp8, kBf16, kQ8_0, kQ4K, kGguf };
 StatusOr<WeightFormat> parse_weight_format(const std::string& name);
 const char* format_name(WeightFormat f);
 // "12.34 GB", "5.67 MB", "8.90 KB": decimal units, as shoal inspect prints them.
@@ -39,6 +41,7 @@ struct FitOptions {
   int64_t kv_value_bytes = 4;   // float32 latent cache, as node/kv_cache.h stores it
   int64_t prefill_chunk = 512;  // tokens per prefill step, for the activation estimate
   bool suggest = true;          // on failure, try what would make it fit
+  int64_t gguf_mtp_bytes = 0;   // kGguf: the MTP layers' bytes in the file (llama.cpp's converter drops them)
 };
 
 // One rank of the cluster and where its memory is.

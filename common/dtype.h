@@ -55,14 +55,14 @@ inline constexpr DTypeInfo kDTypes[] = {
     {DType::kIQ1_M, "IQ1_M", 56, 256, 29},
 };
 
-inline const DTypeInfo& dtype_info(DType d) { return kDTypes[static_cast<int>(d)]; }
+constexpr const DTypeInfo& dtype_info(DType d) { return kDTypes[static_cast<int>(d)]; }
 inline std::string_view dtype_name(DType d) { return dtype_info(d).name; }
 // Bytes per element of an element type (block 1); for a ggml block type, bytes per block.
-inline int64_t dtype_bytes(DType d) { return dtype_info(d).bytes; }
-inline int64_t dtype_block(DType d) { return dtype_info(d).block; }
-inline bool dtype_is_block(DType d) { return dtype_info(d).block > 1; }
+constexpr int64_t dtype_bytes(DType d) { return dtype_info(d).bytes; }
+constexpr int64_t dtype_block(DType d) { return dtype_info(d).block; }
+constexpr bool dtype_is_block(DType d) { return dtype_info(d).block > 1; }
 // Bytes of a row of `cols` weights (cols a whole number of blocks).
-inline int64_t dtype_row_bytes(DType d, int64_t cols) { return cols / dtype_info(d).block * dtype_info(d).bytes; }
+constexpr int64_t dtype_row_bytes(DType d, int64_t cols) { return cols / dtype_info(d).block * dtype_info(d).bytes; }
 // safetensors dtype names only.
 inline std::optional<DType> dtype_from_name(std::string_view name) {
   for (const auto& info : kDTypes)

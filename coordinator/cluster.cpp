@@ -26,6 +26,7 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
   if (c->options_.build_id.empty()) c->options_.build_id = build_id();
   c->t_ = std::move(t);
   SHOAL_ASSIGN_OR_RETURN(c->ck_, Checkpoint::open(o.model_dir));
+  if (o.exact) c->ck_->set_numerics(kernels::Numerics::kExact);
   if (!c->ck_->has_weights()) return not_found(o.model_dir.string() + ": no *.safetensors weights (only a config)");
   const ModelConfig& cfg = c->ck_->config();
   const int world = c->t_->size();
@@ -82,6 +83,7 @@ Status Cluster::hello_all() {
     h->set_n_slots(options_.n_slots);
     h->set_max_seq_len(max_seq_len_);
     h->set_attn_impl(int32_t(options_.attn_impl));
+    h->set_exact_numerics(options_.exact);
     h->set_coordinator_host(host_name());
     SHOAL_RETURN_IF_ERROR(wire::send(*t_, r, wire::kControl, ctl, deadline));
   }

@@ -32,6 +32,7 @@ struct ClusterOptions {
   AttnImpl attn_impl = AttnImpl::kAuto;
   std::filesystem::path plan_file;  // empty: the default planner
   bool expert_scatter = false;      // default planner: spread experts over the ranks
+  bool exact = false;               // GGUF block types: exact numerics (default fast; kernels::Numerics)
   bool coordinator_hosts = true;    // default planner: rank 0 hosts units too
   bool nodes_exit = true;           // at the end, nodes exit (false: TCP nodes wait for the next coordinator)
   std::string build_id;             // sent in the Hello; empty: this build's

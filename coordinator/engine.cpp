@@ -9,6 +9,7 @@ namespace shoal {
 StatusOr<std::unique_ptr<Engine>> Engine::open(const std::filesystem::path& dir, const EngineOptions& opts) {
   std::unique_ptr<Engine> e(new Engine());
   SHOAL_ASSIGN_OR_RETURN(e->ck_, Checkpoint::open(dir));
+  if (opts.exact) e->ck_->set_numerics(kernels::Numerics::kExact);
   if (!e->ck_->has_weights()) return not_found(dir.string() + ": no *.safetensors weights (only a config)");
   const ModelConfig& c = e->ck_->config();
   SHOAL_ASSIGN_OR_RETURN(e->embed_, load_embedding(*e->ck_));

@@ -18,6 +18,7 @@ struct EngineOptions {
   int64_t n_slots = 1;       // sequences in flight
   int64_t max_seq_len = 0;   // 0: max_position_embeddings, capped at kDefaultMaxSeqLen
   AttnImpl attn_impl = AttnImpl::kAuto;
+  bool exact = false;  // GGUF block types: exact numerics (default fast; kernels::Numerics)
 };
 
 inline constexpr int64_t kDefaultMaxSeqLen = 4096;

@@ -18,6 +18,12 @@ struct Context {
   void* stream = nullptr;  // cudaStream_t on kCuda
 };
 
+// How linear treats a matrix of a ggml block type (GGUF): kExact dequantizes each weight exactly
+// (ggml's reference values) against float32 activations; kFast quantizes the activations per
+// block and takes integer dot products, as llama.cpp does (kernels/cpu/qlinear.h). Other dtypes
+// are always exact.
+enum class Numerics : uint8_t { kExact, kFast };
+
 // A weight matrix [rows, cols], row-major, in its stored dtype. For F8_E4M3 the real value is
 // e4m3(w[r][c]) * scale_inv[r / block][c / block], with scale_inv [ceil(R/block), ceil(C/block)]
 // over the whole stored tensor of R rows. A view of rows [row0, row0 + rows) of that tensor keeps
@@ -30,6 +36,7 @@ struct Matrix {
   const float* scale_inv = nullptr;  // F8_E4M3 only
   int64_t block = 128;               // F8_E4M3 only
   int64_t row0 = 0;                  // first row of this view within the stored tensor
+  Numerics numerics = Numerics::kExact;
 
   Matrix slice_rows(int64_t first, int64_t n) const;
   int64_t scale_cols() const { return (cols + block - 1) / block; }

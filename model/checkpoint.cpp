@@ -48,6 +48,7 @@ StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::open(const fs::path& dir) {
     SHOAL_ASSIGN_OR_RETURN(ck->gguf_, GgufModel::open(dir));
     SHOAL_ASSIGN_OR_RETURN(ck->config_, gguf_model_config(*ck->gguf_));
     SHOAL_ASSIGN_OR_RETURN(ck->gguf_tensors_, gguf_hf_tensors(*ck->gguf_, ck->config_));
+    ck->numerics_ = kernels::Numerics::kFast;
     return ck;
   }
   if (!fs::is_directory(dir, ec))
@@ -124,6 +125,7 @@ StatusOr<kernels::Matrix> Checkpoint::matrix(const std::string& name, int64_t ro
   m.dtype = t.info->dtype;
   m.rows = rows;
   m.cols = cols;
+  m.numerics = numerics_;
   if (m.dtype != DType::kF8E4M3) return m;
   m.block = config_.fp8_block;
   const std::string sname = names::scale_inv(name);

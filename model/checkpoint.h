@@ -33,6 +33,10 @@ class Checkpoint {
   const std::filesystem::path& dir() const { return dir_; }
   bool has_weights() const { return !where_.empty() || !gguf_tensors_.empty(); }
   bool has(const std::string& name) const { return where_.count(name) != 0 || gguf_tensors_.count(name) != 0; }
+  // How matrix() tags ggml block-type weights (kernels::Numerics): fast by default for GGUF.
+  kernels::Numerics default_numerics() const { return gguf_ ? kernels::Numerics::kFast : kernels::Numerics::kExact; }
+  kernels::Numerics numerics() const { return numerics_; }
+  void set_numerics(kernels::Numerics n) { numerics_ = n; }
   // The GGUF model behind this checkpoint; nullptr for a Hugging Face folder.
   const GgufModel* gguf() const { return gguf_.get(); }
   std::vector<std::string> names() const;
@@ -61,6 +65,7 @@ class Checkpoint {
   std::map<std::string, std::unique_ptr<SafetensorsFile>> shards_;
   std::mutex mu_;  // guards shards_
   std::unique_ptr<GgufModel> gguf_;
+  kernels::Numerics numerics_ = kernels::Numerics::kExact;
   std::map<std::string, GgufView> gguf_tensors_;  // Hugging Face name -> view
 };
 

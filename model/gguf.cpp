@@ -182,13 +182,15 @@ Status read_tensor_info(Cursor& c, uint64_t k, GgufTensor& t) {
   if (t.name.empty()) return invalid_argument(where + ": empty name");
   if (n_dims == 0 || n_dims > kMaxDims)
     return invalid_argument(label + ": n_dims is " + std::to_string(n_dims) + " (1 to 4 allowed)");
-  uint64_t numel = 1;
+  // The product of the non-zero dimensions is bounded, not only the element count: with a zero
+  // dimension the count is 0 whatever the others, and rows() (the product of ne[1..]) would overflow.
+  uint64_t extent = 1;
   for (uint32_t d = 0; d < n_dims; ++d) {
     const uint64_t v = c.read<uint64_t>(label.c_str());
     if (!c.ok()) return c.status();
-    if (v > kMaxDim || (v && numel > kMaxDim / v))
+    if (v > kMaxDim || (v && extent > kMaxDim / v))
       return invalid_argument(label + ": dimension ne[" + std::to_string(d) + "] = " + std::to_string(v) + " is too large");
-    numel *= v;
+    if (v) extent *= v;
     t.ne.push_back(int64_t(v));
   }
   const uint32_t type = c.read<uint32_t>(label.c_str());

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "model/checkpoint.h"
+#include "model/gguf.h"
 #include "model/tensor_names.h"
 
 namespace shoal {
@@ -76,6 +77,41 @@ std::string license_from_front_matter(const std::string& text) {
   return "";
 }
 
+// ---- GGUF -----------------------------------------------------------------------------------
+
+// gguf-py's LlamaFileType (llama.cpp 3f545be), by id; "" where the id is unused.
+constexpr std::string_view kFileTypes[] = {
+    "ALL_F32", "MOSTLY_F16", "MOSTLY_Q4_0", "MOSTLY_Q4_1", "", "", "", "MOSTLY_Q8_0", "MOSTLY_Q5_0",
+    "MOSTLY_Q5_1", "MOSTLY_Q2_K", "MOSTLY_Q3_K_S", "MOSTLY_Q3_K_M", "MOSTLY_Q3_K_L", "MOSTLY_Q4_K_S",
+    "MOSTLY_Q4_K_M", "MOSTLY_Q5_K_S", "MOSTLY_Q5_K_M", "MOSTLY_Q6_K", "MOSTLY_IQ2_XXS", "MOSTLY_IQ2_XS",
+    "MOSTLY_Q2_K_S", "MOSTLY_IQ3_XS", "MOSTLY_IQ3_XXS", "MOSTLY_IQ1_S", "MOSTLY_IQ4_NL", "MOSTLY_IQ3_S",
+    "MOSTLY_IQ3_M", "MOSTLY_IQ2_S", "MOSTLY_IQ2_M", "MOSTLY_IQ4_XS", "MOSTLY_IQ1_M", "MOSTLY_BF16", "", "", "",
+    "MOSTLY_TQ1_0", "MOSTLY_TQ2_0", "MOSTLY_MXFP4_MOE", "MOSTLY_NVFP4", "MOSTLY_Q1_0", "MOSTLY_Q2_0",
+};
+
+std::string meta_string(const GgufHeader& h, std::string_view key) {
+  const GgufValue* v = h.find(key);
+  return v && v->type == GgufType::kString ? v->s : "";
+}
+
+GgufSummary gguf_summary(const GgufModel& m) {
+  GgufSummary g;
+  const GgufHeader& meta = m.meta();
+  g.version = meta.version;
+  g.architecture = meta_string(meta, "general.architecture");
+  g.name = meta_string(meta, "general.name");
+  if (const GgufValue* ft = meta.find("general.file_type"); ft && ft->is_integer()) g.file_type = ft->i;
+  for (const auto& part : m.parts()) {
+    g.parts.push_back({part->path().filename().string(), part->size()});
+    for (const GgufTensor& t : part->header().tensors) {
+      GgufSummary::TypeBytes& b = g.by_type[std::string(dtype_name(t.dtype))];
+      ++b.tensors;
+      b.bytes += t.bytes;
+    }
+  }
+  return g;
+}
+
 // ---- text helpers ---------------------------------------------------------------------------
 
 std::string with_commas(uint64_t v) {
@@ -140,8 +176,29 @@ std::string rope_text(const ModelConfig& c) {
 std::string bytes_text(const ModelSummary& s) {
   if (!s.has_weights) return "no safetensors in the folder";
   std::string t;
-  for (const auto& [d, b] : s.bytes_by_dtype) t += d + " " + with_commas(b) + ", ";
+  if (s.gguf)
+    for (const auto& [d, b] : s.gguf->by_type) t += d + " " + std::to_string(b.tensors) + " x " + with_commas(b.bytes) + ", ";
+  else
+    for (const auto& [d, b] : s.bytes_by_dtype) t += d + " " + with_commas(b) + ", ";
   return t + "total " + gigabytes(total_bytes(s)) + " in " + std::to_string(s.n_tensors) + " tensors";
+}
+
+std::string file_type_text(int64_t file_type) {
+  return file_type < 0 ? std::string("not given") : std::to_string(file_type) + " " + llama_file_type_name(file_type);
+}
+
+ordered_json gguf_json(const GgufSummary& g) {
+  ordered_json parts = ordered_json::array();
+  for (const auto& p : g.parts) parts.push_back({{"file", p.file}, {"bytes", p.bytes}});
+  ordered_json types = ordered_json::object();
+  for (const auto& [d, b] : g.by_type) types[d] = {{"tensors", b.tensors}, {"bytes", b.bytes}};
+  return {{"version", g.version},
+          {"architecture", g.architecture},
+          {"name", g.name.empty() ? ordered_json(nullptr) : ordered_json(g.name)},
+          {"file_type", g.file_type < 0 ? ordered_json(nullptr) : ordered_json(g.file_type)},
+          {"file_type_name", g.file_type < 0 ? ordered_json(nullptr) : ordered_json(llama_file_type_name(g.file_type))},
+          {"parts", std::move(parts)},
+          {"tensors_by_type", std::move(types)}};
 }
 
 ordered_json rope_json(const ModelConfig& c) {
@@ -205,6 +262,12 @@ ParamCounts count_params(const ModelConfig& c) {
   return p;
 }
 
+std::string llama_file_type_name(int64_t file_type) {
+  if (file_type >= 0 && file_type < int64_t(std::size(kFileTypes)) && !kFileTypes[file_type].empty())
+    return std::string(kFileTypes[file_type]);
+  return file_type == 1024 ? "GUESSED" : "UNKNOWN";
+}
+
 std::string find_license(const fs::path& dir) {
   std::error_code ec;
   for (const char* name : kLicenseFiles) {
@@ -219,8 +282,8 @@ std::string find_license(const fs::path& dir) {
   return "unknown";
 }
 
-StatusOr<ModelSummary> inspect_model(const fs::path& dir) {
-  SHOAL_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ck, Checkpoint::open(dir));
+StatusOr<ModelSummary> inspect_model(const fs::path& path) {
+  SHOAL_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ck, Checkpoint::open(path));
   ModelSummary s;
   s.config = ck->config();
   s.params = count_params(s.config);
@@ -240,7 +303,22 @@ StatusOr<ModelSummary> inspect_model(const fs::path& dir) {
       for (const TensorSpec& t : mtp_tensors(s.config, k))
         s.has_mtp_weights = s.has_mtp_weights && present.count(t.name) > 0;
   }
-  s.license = find_license(dir);
+  std::error_code ec;
+  const fs::path dir = fs::is_directory(path, ec) ? path : path.parent_path();
+  if (const GgufModel* m = ck->gguf()) {
+    // The file's own tensors (a stacked expert tensor is one, not n_routed_experts views).
+    s.gguf = gguf_summary(*m);
+    s.bytes_by_dtype.clear();
+    s.n_tensors = 0;
+    for (const auto& [d, b] : s.gguf->by_type) {
+      s.bytes_by_dtype[d] = b.bytes;
+      s.n_tensors += b.tensors;
+    }
+    s.license = meta_string(m->meta(), "general.license");
+    if (s.license.empty()) s.license = find_license(dir);
+  } else {
+    s.license = find_license(dir);
+  }
   return s;
 }
 
@@ -257,6 +335,7 @@ std::string summary_json(const ModelSummary& s) {
   for (const auto& [d, b] : s.bytes_by_dtype) j["bytes_by_dtype"][d] = b;
   j["total_bytes"] = total_bytes(s);
   j["license"] = s.license;
+  if (s.gguf) j["gguf"] = gguf_json(*s.gguf);
   return j.dump(2) + "\n";
 }
 
@@ -286,6 +365,19 @@ std::string summary_text(const ModelSummary& s) {
   row("mtp", std::to_string(c.n_mtp_layers) + " layer(s) in the config, " + with_commas(uint64_t(s.params.mtp)) +
                  " parameters; weights " + mtp_weights);
   row("bytes", bytes_text(s));
+  if (s.gguf) {
+    const GgufSummary& g = *s.gguf;
+    row("gguf", "version " + std::to_string(g.version) + ", architecture " + g.architecture + ", general.name " +
+                    (g.name.empty() ? std::string("(none)") : "\"" + g.name + "\""));
+    row("file_type", file_type_text(g.file_type));
+    std::string parts;
+    uint64_t all = 0;
+    for (const auto& p : g.parts) {
+      parts += (parts.empty() ? "" : ", ") + p.file + " (" + with_commas(p.bytes) + " bytes)";
+      all += p.bytes;
+    }
+    row("parts", std::to_string(g.parts.size()) + ", " + gigabytes(all) + ": " + parts);
+  }
   row("license", s.license);
   return o.str();
 }

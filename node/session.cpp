@@ -88,6 +88,7 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   wo.n_slots = hello.n_slots();
   wo.max_seq_len = hello.max_seq_len();
   wo.attn_impl = AttnImpl(hello.attn_impl());
+  st.ck->set_numerics(hello.exact_numerics() ? kernels::Numerics::kExact : st.ck->default_numerics());
   auto worker = Worker::load(*st.ck, *plan, rank, wo);
   if (!worker.ok()) return refuse(me + ": " + worker.status().to_string());
   loaded->set_ok(true);

@@ -115,3 +115,109 @@ TEST_CASE("every ggml block type has vectors", "[ggml]") {
   }
   CHECK(types == 20);
 }
+
+// ---- the integer forms and fast numerics (kernels/cpu/qlinear.h) -------------------------------
+
+#include <cmath>
+
+#include "kernels/cpu/variant.h"
+#include "kernels/kernels.h"
+
+TEMPLATE_TEST_CASE("integer forms equal the dequantized values", "[ggml][fast]", Type<DType::kQ4_0>, Type<DType::kQ4_1>,
+                   Type<DType::kQ5_0>, Type<DType::kQ5_1>, Type<DType::kQ8_0>, Type<DType::kQ2_K>, Type<DType::kQ3_K>,
+                   Type<DType::kQ4_K>, Type<DType::kQ5_K>, Type<DType::kQ6_K>, Type<DType::kQ8_K>,
+                   Type<DType::kIQ2_XXS>, Type<DType::kIQ2_XS>, Type<DType::kIQ3_XXS>, Type<DType::kIQ1_S>,
+                   Type<DType::kIQ4_NL>, Type<DType::kIQ3_S>, Type<DType::kIQ2_S>, Type<DType::kIQ4_XS>,
+                   Type<DType::kIQ1_M>) {
+  constexpr DType t = TestType::value;
+  const Vectors v = load(t);
+  std::vector<float> y(v.block_weights);
+  int64_t bad = 0;
+  for (uint32_t i = 0; i < v.n(); ++i) {
+    const uint8_t* b = v.blocks.data() + size_t(i) * v.block_bytes;
+    ggml::dequantize_block<t>(b, y.data());
+    ggml::IntBlock w;
+    ggml::unpack_block<t>(b, w);
+    for (uint32_t j = 0; j < v.block_weights; ++j) {
+      // d * sc * q - dmin * mn in double: the real number the block encodes; ggml rounds twice.
+      const double real = double(w.d) * w.sc[j / 16] * w.q[j] - double(w.dmin) * w.mn[j / 16];
+      if (std::fabs(real - y[j]) > 1e-6 * std::fabs(real) + 1e-30 && ++bad <= 4)
+        FAIL_CHECK(shoal::dtype_name(t) << " block " << i << " index " << j << ": integer form " << real
+                                        << ", dequantized " << y[j]);
+    }
+  }
+  REQUIRE(bad == 0);
+}
+
+namespace {
+
+// Rows of 2 blocks each from the type's vectors (random blocks with finite scales).
+shoal::kernels::Matrix rows_of(const Vectors& v, DType t, int64_t rows, std::vector<uint8_t>& storage) {
+  const int64_t bw = v.block_weights, per_row = 2;
+  storage.resize(size_t(rows * per_row) * v.block_bytes);
+  for (int64_t k = 0; k < rows * per_row; ++k)
+    std::memcpy(storage.data() + k * v.block_bytes, v.blocks.data() + size_t(k % v.n()) * v.block_bytes, v.block_bytes);
+  shoal::kernels::Matrix m;
+  m.data = storage.data();
+  m.dtype = t;
+  m.rows = rows;
+  m.cols = per_row * bw;
+  return m;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("fast linear: exact integer dots, same bits in any batch and variant", "[ggml][fast]",
+                   Type<DType::kQ4_0>, Type<DType::kQ4_1>, Type<DType::kQ5_0>, Type<DType::kQ5_1>, Type<DType::kQ8_0>,
+                   Type<DType::kQ2_K>, Type<DType::kQ3_K>, Type<DType::kQ4_K>, Type<DType::kQ5_K>, Type<DType::kQ6_K>,
+                   Type<DType::kQ8_K>, Type<DType::kIQ2_XXS>, Type<DType::kIQ2_XS>, Type<DType::kIQ3_XXS>,
+                   Type<DType::kIQ1_S>, Type<DType::kIQ4_NL>, Type<DType::kIQ3_S>, Type<DType::kIQ2_S>,
+                   Type<DType::kIQ4_XS>, Type<DType::kIQ1_M>) {
+  namespace k = shoal::kernels;
+  constexpr DType t = TestType::value;
+  const Vectors v = load(t);
+  std::vector<uint8_t> storage;
+  const int64_t R = 21, n = 7;
+  k::Matrix w = rows_of(v, t, R, storage);
+  const int64_t K = w.cols;
+  // Whole-number activations whose every block reaches 127: the quantized activations are the
+  // values themselves (scale 1), so the fast result is the exact dot of the integer forms.
+  std::vector<float> x(size_t(n * K));
+  uint32_t seed = 12345;
+  for (size_t i = 0; i < x.size(); ++i) {
+    seed = seed * 1664525u + 1013904223u;
+    x[i] = float(int(seed >> 24) % 255 - 127);
+  }
+  for (int64_t i = 0; i < n * K; i += v.block_weights) x[size_t(i + (i / 7) % v.block_weights)] = (i & 1) ? 127.f : -127.f;
+  k::Context ctx;
+  w.numerics = k::Numerics::kFast;
+  std::vector<float> fast(static_cast<size_t>(n * R)), one(static_cast<size_t>(R));
+  k::linear(fast.data(), x.data(), w, n, ctx);
+  std::vector<float> row(static_cast<size_t>(K));
+  for (int64_t r = 0; r < R; ++r) {
+    k::dequantize_row(row.data(), w, r);
+    for (int64_t tok = 0; tok < n; ++tok) {
+      double ref = 0, mag = 0;
+      for (int64_t c = 0; c < K; ++c) {
+        ref += double(row[size_t(c)]) * x[size_t(tok * K + c)];
+        mag += std::fabs(double(row[size_t(c)]) * x[size_t(tok * K + c)]);
+      }
+      INFO(shoal::dtype_name(t) << " row " << r << " token " << tok);
+      CHECK(std::fabs(fast[size_t(tok * R + r)] - ref) <= 1e-5 * mag + 1e-30);
+    }
+  }
+  // Each token alone, and the batch again under every variant: the same bits.
+  for (int64_t tok = 0; tok < n; ++tok) {
+    k::linear(one.data(), x.data() + tok * K, w, 1, ctx);
+    for (int64_t r = 0; r < R; ++r) CHECK(std::bit_cast<uint32_t>(one[size_t(r)]) == std::bit_cast<uint32_t>(fast[size_t(tok * R + r)]));
+  }
+  const auto active = shoal::kernels::cpu::active_variant();
+  for (auto variant : shoal::kernels::cpu::supported_variants()) {
+    shoal::kernels::cpu::set_variant(variant);
+    std::vector<float> again(fast.size());
+    k::linear(again.data(), x.data(), w, n, ctx);
+    INFO(shoal::dtype_name(t) << " variant " << shoal::kernels::cpu::variant_name(variant));
+    CHECK(std::memcmp(again.data(), fast.data(), fast.size() * sizeof(float)) == 0);
+  }
+  shoal::kernels::cpu::set_variant(active);
+}

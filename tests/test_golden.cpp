@@ -2,6 +2,7 @@
 // golden.json, see their README.md): every prompt position and greedy step within
 // |got - want| <= atol + rtol |want|, greedy ids exact. Both MLA paths, both fixtures.
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -49,6 +50,7 @@ void check_fixture(const std::string& name, AttnImpl impl) {
     EngineOptions eo;
     eo.n_slots = int64_t(prompts.size());
     eo.attn_impl = impl;
+    eo.exact = true;  // GGUF: the golden is the exact function of the dequantized weights
     auto engine = Engine::open(dir, eo);
     REQUIRE(engine.ok());
     auto r = generate_greedy(**engine, prompts, steps, true, true);
@@ -100,6 +102,80 @@ TEST_CASE("gguf IQ2_XXS matches DeepSeek's reference on its dequantized weights"
 }
 TEST_CASE("gguf IQ1_S matches DeepSeek's reference on its dequantized weights", "[golden][gguf]") {
   check_fixture("gguf-a-iq1_s", AttnImpl::kAbsorb);
+}
+
+// Fast numerics (the GGUF default: activations quantized per block, integer dot products, as
+// llama.cpp computes): no worse than llama.cpp's own run of the same file, whose figures the
+// fixture's README gives ("this quantized file as is": prompt max |d| and top-1 agreement):
+// max |d| at most 1.25x llama.cpp's, top-1 at least llama.cpp's count minus 2.
+struct PeerFigures {
+  double max_abs_diff;
+  int top1, positions;
+};
+
+PeerFigures llama_cpp_figures(const std::string& dir) {
+  std::ifstream in(dir + "/README.md");
+  REQUIRE(in.good());
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find("| this quantized file as is") != 0) continue;
+    // | run | prompt max abs diff | greedy max abs diff | out of tolerance | top-1 | greedy ids |
+    std::vector<std::string> cells;
+    size_t a = 1;
+    for (size_t b; (b = line.find('|', a)) != std::string::npos; a = b + 1) cells.push_back(line.substr(a, b - a));
+    REQUIRE(cells.size() >= 5);
+    PeerFigures f{};
+    f.max_abs_diff = std::stod(cells[1]);
+    REQUIRE(std::sscanf(cells[4].c_str(), " %d/%d", &f.top1, &f.positions) == 2);
+    return f;
+  }
+  FAIL("no llama.cpp row in " << dir << "/README.md");
+  return {};
+}
+
+size_t argmax(const std::vector<float>& v) { return size_t(std::max_element(v.begin(), v.end()) - v.begin()); }
+size_t argmax(const json& v) {
+  size_t best = 0;
+  for (size_t i = 1; i < v.size(); ++i)
+    if (v[i].get<double>() > v[best].get<double>()) best = i;
+  return best;
+}
+
+void check_fast(const std::string& name) {
+  const std::string dir = std::string(SHOAL_FIXTURES) + "/" + name;
+  const json golden = read_json(dir + "/golden.json");
+  const PeerFigures peer = llama_cpp_figures(dir);
+  double max_d = 0;
+  int top1 = 0, positions = 0;
+  for (const json& c : golden["cases"]) {
+    const auto prompts = c["prompt_ids"].get<std::vector<std::vector<int32_t>>>();
+    EngineOptions eo;
+    eo.n_slots = int64_t(prompts.size());
+    auto engine = Engine::open(dir, eo);
+    REQUIRE(engine.ok());
+    auto r = generate_greedy(**engine, prompts, 1, true, false);
+    REQUIRE(r.ok());
+    for (size_t b = 0; b < prompts.size(); ++b)
+      for (size_t p = 0; p < prompts[b].size(); ++p) {
+        const auto& got = r->prompt_logits[b][p];
+        const json& want = c["prompt_logits"][b][p];
+        for (size_t i = 0; i < got.size(); ++i) max_d = std::max(max_d, std::fabs(double(got[i]) - want[i].get<double>()));
+        top1 += argmax(got) == argmax(want);
+        ++positions;
+      }
+  }
+  INFO(name << ": fast max |d| " << max_d << " (llama.cpp " << peer.max_abs_diff << "), top-1 " << top1 << "/"
+            << positions << " (llama.cpp " << peer.top1 << "/" << peer.positions << ")");
+  WARN(name << ": fast max |d| " << max_d << " (llama.cpp " << peer.max_abs_diff << "), top-1 " << top1 << "/"
+            << positions << " (llama.cpp " << peer.top1 << "/" << peer.positions << ")");
+  CHECK(positions == peer.positions);
+  CHECK(max_d <= 1.25 * peer.max_abs_diff);
+  CHECK(top1 >= peer.top1 - 2);
+}
+
+TEST_CASE("gguf fast numerics: no worse than llama.cpp on the same files", "[golden][gguf][fast]") {
+  for (const char* name : {"gguf-a-q8_0", "gguf-a-q4_k_m-split", "gguf-a-q2_k", "gguf-a-iq2_xxs", "gguf-a-iq1_s"})
+    check_fast(name);
 }
 
 TEST_CASE("shoal logits CLI prints the golden numbers", "[golden][cli]") {

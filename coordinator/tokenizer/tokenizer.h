@@ -17,12 +17,19 @@
 
 namespace shoal {
 
+struct GgufHeader;  // model/gguf.h
+
 class Tokenizer {
  public:
   // `path`: a folder holding tokenizer.json (and optionally tokenizer_config.json and the
   // model's config.json), or the tokenizer.json file itself. Malformed files are an error
-  // naming the file and the field.
+  // naming the file and the field. A GGUF model also serves: a .gguf file, part 1 of a split
+  // one, or a folder holding one and no tokenizer.json (which is preferred when both are there);
+  // the tokenizer and chat template then come from its metadata (from_gguf).
   static StatusOr<std::unique_ptr<Tokenizer>> load(const std::filesystem::path& path);
+  // From a GGUF's metadata: tokenizer.ggml.* (byte-level BPE, model "gpt2", only) and
+  // tokenizer.chat_template. `source` names the file in errors. tokenizer_gguf.cpp has the keys.
+  static StatusOr<std::unique_ptr<Tokenizer>> from_gguf(const GgufHeader& meta, const std::string& source);
   virtual ~Tokenizer() = default;
 
   // ids = (add_bos ? [bos] : []) + encode(text) (no BOS when the tokenizer has none). Text is

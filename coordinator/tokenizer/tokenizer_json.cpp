@@ -238,8 +238,10 @@ Status check_decoder(const JsonFile& f) {
   return Status::ok_status();
 }
 
+}  // namespace
+
 // The ByteLevel decoder on one token: its characters' bytes when all are in the byte table,
-// else the token's own UTF-8 (added tokens such as <｜User｜>).
+// else the token's own UTF-8 (added tokens such as <｜User｜>). Also used by tokenizer_gguf.cpp.
 void append_decoded(const std::string& token, std::string& out) {
   const size_t start = out.size();
   for (size_t i = 0; i < token.size();) {
@@ -252,6 +254,8 @@ void append_decoded(const std::string& token, std::string& out) {
     out += static_cast<char>(b);
   }
 }
+
+namespace {
 
 void build_decode_table(TokenizerImpl& t) {
   std::vector<const std::string*> token_of;
@@ -296,7 +300,11 @@ Status load_tokenizer_json(const fs::path& file, TokenizerImpl& t) {
 Status load_tokenizer_config(const fs::path& file, TokenizerImpl& t);  // tokenizer_config.cpp
 Status load_model_config(const fs::path& file, TokenizerImpl& t);
 
+bool is_gguf_tokenizer_path(const fs::path& path);  // tokenizer_gguf.cpp
+StatusOr<std::unique_ptr<Tokenizer>> load_gguf_tokenizer(const fs::path& path);
+
 StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::load(const fs::path& path) {
+  if (is_gguf_tokenizer_path(path)) return load_gguf_tokenizer(path);
   std::error_code ec;
   const bool is_dir = fs::is_directory(path, ec);
   const fs::path file = is_dir ? path / "tokenizer.json" : path;

@@ -4,9 +4,10 @@
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/linear_t.h"
 #include "kernels/cpu/probe.h"
+#include "kernels/cpu/qlinear.h"
 #include "kernels/cpu/variant.h"
 
 namespace shoal::kernels::cpu {
-extern const VariantKernels kAvx2Kernels = {linear_variant, linear_t_variant, attention_variant, read_pass_variant,
+extern const VariantKernels kAvx2Kernels = {linear_any_variant, linear_t_variant, attention_variant, read_pass_variant,
                                         fma_pass_variant};
 }  // namespace shoal::kernels::cpu

@@ -27,6 +27,19 @@ static void dequantize_block(const uint8_t* b, float* y);
 // Runtime dispatch (tests, scalar paths): same, by value; t must be a ggml block type.
 void dequantize_block(DType t, const uint8_t* b, float* y);
 
+// The integer form of a block, for fast numerics' integer dot products: weight i equals, in
+// real numbers, d * sc[i / 16] * q[i] - dmin * mn[i / 16] (sub-blocks of 16 weights; a type
+// with 32-weight sub-blocks repeats each scale twice; a 32-weight block uses sc[0..1]). q fits
+// int8 and |q| <= 128, so the products of |q| with int8 activations never saturate maddubs.
+struct IntBlock {
+  alignas(64) int8_t q[256];
+  int16_t sc[16];
+  int16_t mn[16];
+  float d, dmin;
+};
+template <DType T>
+static void unpack_block(const uint8_t* b, IntBlock& w);
+
 namespace {
 
 static_assert(std::endian::native == std::endian::little, "ggml blocks are read as little-endian words");

@@ -59,4 +59,42 @@ inline void dequantize_block<DType::kIQ1_M>(const uint8_t* b, float* y) {
   }
 }
 
+// Integer forms (IntBlock): grid + delta = (8 grid +- 1) / 8, so q = 8 grid +- 1, d / 8, sc = 2s + 1.
+template <>
+inline void unpack_block<DType::kIQ1_S>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b) * 0.125f;
+  w.dmin = 0.0f;
+  for (int g = 0; g < 8; ++g) {
+    const uint16_t qh = load_u16(b + 34 + 2 * g);
+    w.sc[2 * g] = w.sc[2 * g + 1] = int16_t(2 * ((qh >> 12) & 7) + 1);
+    w.mn[2 * g] = w.mn[2 * g + 1] = 0;
+    const int delta = qh & 0x8000 ? -1 : 1;
+    for (int r = 0; r < 4; ++r) {
+      const int8_t* grid = kIq1sGrid[b[2 + 4 * g + r] | (((qh >> (3 * r)) & 7) << 8)].data();
+      for (int j = 0; j < 8; ++j) w.q[32 * g + 8 * r + j] = int8_t(8 * grid[j] + delta);
+    }
+  }
+}
+
+template <>
+inline void unpack_block<DType::kIQ1_M>(const uint8_t* b, IntBlock& w) {
+  uint16_t sc[4];
+  for (int i = 0; i < 4; ++i) sc[i] = load_u16(b + 48 + 2 * i);
+  w.d = f16_to_float(uint16_t((sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000))) *
+        0.125f;
+  w.dmin = 0.0f;
+  for (int g = 0; g < 8; ++g) {
+    const int shift = 6 * (g % 2);
+    w.sc[2 * g] = int16_t(2 * ((sc[g / 2] >> shift) & 7) + 1);
+    w.sc[2 * g + 1] = int16_t(2 * ((sc[g / 2] >> (shift + 3)) & 7) + 1);
+    w.mn[2 * g] = w.mn[2 * g + 1] = 0;
+    for (int r = 0; r < 4; ++r) {
+      const int h = b[32 + 2 * g + r / 2] >> (4 * (r % 2));
+      const int8_t* grid = kIq1sGrid[b[4 * g + r] | ((h & 7) << 8)].data();
+      const int delta = h & 8 ? -1 : 1;
+      for (int j = 0; j < 8; ++j) w.q[32 * g + 8 * r + j] = int8_t(8 * grid[j] + delta);
+    }
+  }
+}
+
 }  // namespace shoal::kernels::cpu::ggml

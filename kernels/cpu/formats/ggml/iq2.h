@@ -65,4 +65,57 @@ inline void dequantize_block<DType::kIQ2_S>(const uint8_t* b, float* y) {
   }
 }
 
+// Integer forms (IntBlock): db = d * (2s + 1) / 8, so d / 8 with sc = 2s + 1; q = signed grid value.
+namespace {
+inline void iq2_int_run(const uint8_t* grid, uint8_t signs, int8_t* q) {
+  for (int j = 0; j < 8; ++j) q[j] = int8_t((signs >> j) & 1 ? -int(grid[j]) : int(grid[j]));
+}
+inline void iq2_int_scales(IntBlock& w, int g, uint32_t s_lo, uint32_t s_hi) {
+  w.sc[2 * g] = int16_t(2 * s_lo + 1);
+  w.sc[2 * g + 1] = int16_t(2 * s_hi + 1);
+  w.mn[2 * g] = w.mn[2 * g + 1] = 0;
+}
+}  // namespace
+
+template <>
+inline void unpack_block<DType::kIQ2_XXS>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b) * 0.125f;
+  w.dmin = 0.0f;
+  for (int g = 0; g < 8; ++g) {
+    const uint8_t* q = b + 2 + 8 * g;
+    const uint32_t aux = load_u32(q + 4);
+    iq2_int_scales(w, g, aux >> 28, aux >> 28);
+    for (int r = 0; r < 4; ++r) iq2_int_run(kIq2xxsGrid[q[r]].data(), iq_signs((aux >> (7 * r)) & 127), w.q + 32 * g + 8 * r);
+  }
+}
+
+template <>
+inline void unpack_block<DType::kIQ2_XS>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b) * 0.125f;
+  w.dmin = 0.0f;
+  for (int g = 0; g < 8; ++g) {
+    const uint8_t s = b[66 + g];
+    iq2_int_scales(w, g, s & 0xF, s >> 4);
+    for (int r = 0; r < 4; ++r) {
+      const uint16_t q = load_u16(b + 2 + 2 * (4 * g + r));
+      iq2_int_run(kIq2xsGrid[q & 511].data(), iq_signs(q >> 9), w.q + 32 * g + 8 * r);
+    }
+  }
+}
+
+template <>
+inline void unpack_block<DType::kIQ2_S>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b) * 0.125f;
+  w.dmin = 0.0f;
+  for (int g = 0; g < 8; ++g) {
+    const uint8_t s = b[74 + g];
+    iq2_int_scales(w, g, s & 0xF, s >> 4);
+    const uint8_t qh = b[66 + g];
+    for (int r = 0; r < 4; ++r) {
+      const int idx = b[2 + 4 * g + r] | (((qh >> (2 * r)) & 3) << 8);
+      iq2_int_run(kIq2sGrid[idx].data(), b[34 + 4 * g + r], w.q + 32 * g + 8 * r);
+    }
+  }
+}
+
 }  // namespace shoal::kernels::cpu::ggml

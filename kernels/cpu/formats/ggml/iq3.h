@@ -55,4 +55,47 @@ inline void dequantize_block<DType::kIQ3_S>(const uint8_t* b, float* y) {
   }
 }
 
+// Integer forms (IntBlock): q = signed grid value; IQ3_XXS's db = d * (2s + 1) / 4, IQ3_S's d * (2s + 1).
+namespace {
+inline void iq3_int_run(const uint8_t* grid0, const uint8_t* grid1, uint8_t signs, int8_t* q) {
+  for (int j = 0; j < 4; ++j) {
+    q[j] = int8_t((signs >> j) & 1 ? -int(grid0[j]) : int(grid0[j]));
+    q[j + 4] = int8_t((signs >> (j + 4)) & 1 ? -int(grid1[j]) : int(grid1[j]));
+  }
+}
+}  // namespace
+
+template <>
+inline void unpack_block<DType::kIQ3_XXS>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b) * 0.25f;
+  w.dmin = 0.0f;
+  for (int g = 0; g < 8; ++g) {
+    const uint8_t* qs = b + 2 + 8 * g;
+    const uint32_t aux = load_u32(b + 66 + 4 * g);
+    w.sc[2 * g] = w.sc[2 * g + 1] = int16_t(2 * (aux >> 28) + 1);
+    w.mn[2 * g] = w.mn[2 * g + 1] = 0;
+    for (int r = 0; r < 4; ++r)
+      iq3_int_run(kIq3xxsGrid[qs[2 * r]].data(), kIq3xxsGrid[qs[2 * r + 1]].data(), iq_signs((aux >> (7 * r)) & 127),
+                  w.q + 32 * g + 8 * r);
+  }
+}
+
+template <>
+inline void unpack_block<DType::kIQ3_S>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b);
+  w.dmin = 0.0f;
+  for (int g = 0; g < 8; ++g) {
+    const int s = (b[106 + g / 2] >> (4 * (g % 2))) & 0xF;
+    w.sc[2 * g] = w.sc[2 * g + 1] = int16_t(1 + 2 * s);
+    w.mn[2 * g] = w.mn[2 * g + 1] = 0;
+    const uint8_t* qs = b + 2 + 8 * g;
+    const uint8_t qh = b[66 + g];
+    for (int r = 0; r < 4; ++r) {
+      const int i0 = qs[2 * r] | (((qh >> (2 * r)) & 1) << 8);
+      const int i1 = qs[2 * r + 1] | (((qh >> (2 * r + 1)) & 1) << 8);
+      iq3_int_run(kIq3sGrid[i0].data(), kIq3sGrid[i1].data(), b[74 + 4 * g + r], w.q + 32 * g + 8 * r);
+    }
+  }
+}
+
 }  // namespace shoal::kernels::cpu::ggml

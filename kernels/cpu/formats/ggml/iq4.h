@@ -44,4 +44,34 @@ inline void dequantize_block<DType::kIQ4_XS>(const uint8_t* b, float* y) {
   }
 }
 
+// Integer forms (IntBlock): q = the level itself.
+template <>
+inline void unpack_block<DType::kIQ4_NL>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b);
+  w.dmin = 0.0f;
+  for (int j = 0; j < 16; ++j) {
+    w.q[j] = kIq4Levels[b[2 + j] & 0xF];
+    w.q[j + 16] = kIq4Levels[b[2 + j] >> 4];
+  }
+  w.sc[0] = w.sc[1] = 1;
+  w.mn[0] = w.mn[1] = 0;
+}
+
+template <>
+inline void unpack_block<DType::kIQ4_XS>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b);
+  w.dmin = 0.0f;
+  const uint16_t scales_h = load_u16(b + 2);
+  for (int g = 0; g < 8; ++g) {
+    const int ls = ((b[4 + g / 2] >> (4 * (g % 2))) & 0xF) | (((scales_h >> (2 * g)) & 3) << 4);
+    w.sc[2 * g] = w.sc[2 * g + 1] = int16_t(ls - 32);
+    w.mn[2 * g] = w.mn[2 * g + 1] = 0;
+    const uint8_t* qs = b + 8 + 16 * g;
+    for (int j = 0; j < 16; ++j) {
+      w.q[32 * g + j] = kIq4Levels[qs[j] & 0xF];
+      w.q[32 * g + j + 16] = kIq4Levels[qs[j] >> 4];
+    }
+  }
+}
+
 }  // namespace shoal::kernels::cpu::ggml

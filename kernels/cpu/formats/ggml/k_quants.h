@@ -155,4 +155,109 @@ inline void dequantize_block<DType::kQ8_K>(const uint8_t* b, float* y) {
   for (int j = 0; j < 256; ++j) y[j] = d * float(int8_t(qs[j]));
 }
 
+// Integer forms (IntBlock): the sub-block scales and mins as they are stored.
+template <>
+inline void unpack_block<DType::kQ2_K>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b + 80);
+  w.dmin = load_f16(b + 82);
+  for (int i = 0; i < 16; ++i) {
+    w.sc[i] = int16_t(b[i] & 0xF);
+    w.mn[i] = int16_t(b[i] >> 4);
+  }
+  for (int half = 0; half < 2; ++half) {
+    const uint8_t* q = b + 16 + 32 * half;
+    for (int r = 0; r < 4; ++r)
+      for (int l = 0; l < 32; ++l) w.q[128 * half + 32 * r + l] = int8_t((q[l] >> (2 * r)) & 3);
+  }
+}
+
+template <>
+inline void unpack_block<DType::kQ3_K>(const uint8_t* b, IntBlock& w) {
+  const uint8_t* hmask = b;
+  const uint8_t* s = b + 96;
+  w.d = load_f16(b + 108);
+  w.dmin = 0.0f;
+  for (int i = 0; i < 16; ++i) {
+    const int lo = i < 8 ? (s[i] & 0xF) : (s[i - 8] >> 4);
+    const int hi = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+    w.sc[i] = int16_t((lo | hi << 4) - 32);
+    w.mn[i] = 0;
+  }
+  for (int half = 0; half < 2; ++half) {
+    const uint8_t* q = b + 32 + 32 * half;
+    for (int r = 0; r < 4; ++r) {
+      const int hbit = 4 * half + r;
+      for (int l = 0; l < 32; ++l)
+        w.q[128 * half + 32 * r + l] = int8_t(((q[l] >> (2 * r)) & 3) - (((hmask[l] >> hbit) & 1) ? 0 : 4));
+    }
+  }
+}
+
+template <>
+inline void unpack_block<DType::kQ4_K>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b);
+  w.dmin = load_f16(b + 2);
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    k_scale_min(j, b + 4, sc, m);
+    w.sc[2 * j] = w.sc[2 * j + 1] = int16_t(sc);
+    w.mn[2 * j] = w.mn[2 * j + 1] = int16_t(m);
+  }
+  for (int p = 0; p < 4; ++p) {
+    const uint8_t* q = b + 16 + 32 * p;
+    for (int l = 0; l < 32; ++l) {
+      w.q[64 * p + l] = int8_t(q[l] & 0xF);
+      w.q[64 * p + 32 + l] = int8_t(q[l] >> 4);
+    }
+  }
+}
+
+template <>
+inline void unpack_block<DType::kQ5_K>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b);
+  w.dmin = load_f16(b + 2);
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    k_scale_min(j, b + 4, sc, m);
+    w.sc[2 * j] = w.sc[2 * j + 1] = int16_t(sc);
+    w.mn[2 * j] = w.mn[2 * j + 1] = int16_t(m);
+  }
+  const uint8_t* qh = b + 16;
+  for (int p = 0; p < 4; ++p) {
+    const uint8_t* q = b + 48 + 32 * p;
+    for (int l = 0; l < 32; ++l) {
+      w.q[64 * p + l] = int8_t((q[l] & 0xF) + (((qh[l] >> (2 * p)) & 1) << 4));
+      w.q[64 * p + 32 + l] = int8_t((q[l] >> 4) + (((qh[l] >> (2 * p + 1)) & 1) << 4));
+    }
+  }
+}
+
+template <>
+inline void unpack_block<DType::kQ6_K>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b + 208);
+  w.dmin = 0.0f;
+  for (int i = 0; i < 16; ++i) {
+    w.sc[i] = int16_t(int8_t(b[192 + i]));
+    w.mn[i] = 0;
+  }
+  for (int half = 0; half < 2; ++half) {
+    const uint8_t* ql = b + 64 * half;
+    const uint8_t* qh = b + 128 + 32 * half;
+    for (int r = 0; r < 4; ++r) {
+      const uint8_t* lo = ql + 32 * (r & 1);
+      const int shift = 4 * (r >> 1);
+      for (int l = 0; l < 32; ++l)
+        w.q[128 * half + 32 * r + l] = int8_t(int(((lo[l] >> shift) & 0xF) | (((qh[l] >> (2 * r)) & 3) << 4)) - 32);
+    }
+  }
+}
+
+template <>
+inline void unpack_block<DType::kQ8_K>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f32(b);
+  w.dmin = 0.0f;
+  std::memcpy(w.q, b + 4, 256);
+  for (int i = 0; i < 16; ++i) w.sc[i] = 1, w.mn[i] = 0;
+}
+
 }  // namespace shoal::kernels::cpu::ggml

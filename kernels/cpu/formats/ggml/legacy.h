@@ -68,4 +68,64 @@ inline void dequantize_block<DType::kQ8_0>(const uint8_t* b, float* y) {
   for (int j = 0; j < 32; ++j) y[j] = float(int8_t(qs[j])) * d;
 }
 
+// Integer forms (IntBlock): one scale d, sc = 1; the _1 types' offset as dmin = m, mn = -1.
+template <>
+inline void unpack_block<DType::kQ4_0>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b);
+  w.dmin = 0.0f;
+  for (int j = 0; j < 16; ++j) {
+    w.q[j] = int8_t(int(b[2 + j] & 0xF) - 8);
+    w.q[j + 16] = int8_t(int(b[2 + j] >> 4) - 8);
+  }
+  w.sc[0] = w.sc[1] = 1;
+  w.mn[0] = w.mn[1] = 0;
+}
+
+template <>
+inline void unpack_block<DType::kQ4_1>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b);
+  w.dmin = load_f16(b + 2);
+  for (int j = 0; j < 16; ++j) {
+    w.q[j] = int8_t(b[4 + j] & 0xF);
+    w.q[j + 16] = int8_t(b[4 + j] >> 4);
+  }
+  w.sc[0] = w.sc[1] = 1;
+  w.mn[0] = w.mn[1] = -1;
+}
+
+template <>
+inline void unpack_block<DType::kQ5_0>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b);
+  w.dmin = 0.0f;
+  const uint32_t qh = load_u32(b + 2);
+  for (int j = 0; j < 16; ++j) {
+    w.q[j] = int8_t(int((b[6 + j] & 0xF) | (((qh >> j) & 1) << 4)) - 16);
+    w.q[j + 16] = int8_t(int((b[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16);
+  }
+  w.sc[0] = w.sc[1] = 1;
+  w.mn[0] = w.mn[1] = 0;
+}
+
+template <>
+inline void unpack_block<DType::kQ5_1>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b);
+  w.dmin = load_f16(b + 2);
+  const uint32_t qh = load_u32(b + 4);
+  for (int j = 0; j < 16; ++j) {
+    w.q[j] = int8_t((b[8 + j] & 0xF) | (((qh >> j) & 1) << 4));
+    w.q[j + 16] = int8_t((b[8 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+  }
+  w.sc[0] = w.sc[1] = 1;
+  w.mn[0] = w.mn[1] = -1;
+}
+
+template <>
+inline void unpack_block<DType::kQ8_0>(const uint8_t* b, IntBlock& w) {
+  w.d = load_f16(b);
+  w.dmin = 0.0f;
+  std::memcpy(w.q, b + 2, 32);
+  w.sc[0] = w.sc[1] = 1;
+  w.mn[0] = w.mn[1] = 0;
+}
+
 }  // namespace shoal::kernels::cpu::ggml
