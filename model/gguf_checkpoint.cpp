@@ -194,6 +194,15 @@ StatusOr<ModelConfig> gguf_model_config(const GgufModel& m) {
   const int64_t nextn = k.integer(a + "nextn_predict_layers", 0, 0);
   if (nextn > 0 && nextn < c.n_layers && m.find("blk." + std::to_string(c.n_layers - 1) + ".nextn.eh_proj.weight"))
     c.n_layers -= nextn;
+  // Counts that size the tensor table are bounded by the tensors the file holds (a header that
+  // claims millions of layers or experts is refused before anything is built for them).
+  size_t tensors = 0;
+  for (const auto& part : m.parts()) tensors += part->header().tensors.size();
+  if (c.n_layers > int64_t(tensors))
+    return invalid_argument(m.first_path().string() + ": block_count " + std::to_string(c.n_layers) +
+                            " exceeds the " + std::to_string(tensors) + " tensors in the file");
+  if (c.n_routed_experts > 65536 || c.n_heads > 65536)
+    return invalid_argument(m.first_path().string() + ": expert_count or head_count is implausibly large");
   c.tie_word_embeddings = !m.find("output.weight").has_value();
   c.mla_split_kv_b = m.find("blk.0.attn_k_b.weight").has_value();
   auto valid = validate_config(c);

@@ -180,15 +180,15 @@ TEMPLATE_TEST_CASE("fast linear: exact integer dots, same bits in any batch and 
   const int64_t R = 21, n = 7;
   k::Matrix w = rows_of(v, t, R, storage);
   const int64_t K = w.cols;
-  // Whole-number activations whose every block reaches 127: the quantized activations are the
-  // values themselves (scale 1), so the fast result is the exact dot of the integer forms.
+  // Whole-number activations whose every 16 reach 127: the quantized activations are the values
+  // themselves (scale 1), so the fast result is the exact dot of the integer forms.
   std::vector<float> x(size_t(n * K));
   uint32_t seed = 12345;
   for (size_t i = 0; i < x.size(); ++i) {
     seed = seed * 1664525u + 1013904223u;
     x[i] = float(int(seed >> 24) % 255 - 127);
   }
-  for (int64_t i = 0; i < n * K; i += v.block_weights) x[size_t(i + (i / 7) % v.block_weights)] = (i & 1) ? 127.f : -127.f;
+  for (int64_t i = 0; i < n * K; i += 16) x[size_t(i + (i / 16) % 16)] = (i / 16) & 1 ? 127.f : -127.f;
   k::Context ctx;
   w.numerics = k::Numerics::kFast;
   std::vector<float> fast(static_cast<size_t>(n * R)), one(static_cast<size_t>(R));

@@ -1,17 +1,21 @@
 // linear for ggml block types with fast numerics (llama.cpp's scheme), for one instruction-set
 // variant (included by kernels/cpu/variants/*.cpp after gemm.h; internal linkage throughout).
 //
-// Activations are quantized per block of the weight's block size (32 or 256) to int8 with one
-// float scale (d_x = max|x| / 127, q = round(x / d_x)), their sums per 16 kept for the types with
-// mins. Each weight block is taken in its integer form (IntBlock: d * sc[s] * q - dmin * mn[s]),
-// and a (row, token) pair is, over the blocks b in increasing order, starting from +0:
-//   isum = sum_s sc[s] * sum_{i in s} q_i x_i          (exact, int32)
-//   imin = sum_s mn[s] * sum_{i in s} x_i              (exact, int32)
-//   acc  = acc + ((d * d_x) * float(isum) - (dmin * d_x) * float(imin))
+// Activations are quantized per 16 columns to int8 with one float scale each (d_x = max|x| / 127,
+// q = round(x / d_x)); the sums of each 16 quantized activations are kept for the types with mins.
+// (llama.cpp quantizes per 32 or 256; per 16 keeps its speed and is closer to float32: on the
+// gguf-a fixtures it beats llama.cpp's own run of the files, docs/gguf.md.) Each weight block is
+// taken in its integer form (IntBlock: d * sc[s] * q - dmin * mn[s], sub-blocks s of 16), and a
+// (row, token) pair is, over the blocks in increasing order, starting from +0:
+//   a[s] = float(sc[s] * sum_{i in s} q_i x_i) * d_x[s]      (the integer part exact, int32)
+//   m[s] = float(mn[s] * sum_{i in s} x_i) * d_x[s]
+//   A, M = the 16-lane tree of a, m (lanes past the block's sub-blocks are +0): [i] += [i + 8],
+//          [i] += [i + 4], [i] += [i + 2], [0] += [1]
+//   acc  = acc + (d * A - dmin * M)                            (- dmin * M only for types with mins)
 // each product and sum rounded once (no fused multiply-add). The integer parts are exact in every
-// variant (AVX-512BW and AVX2 maddubs never saturate: |q| <= 128 against |x| <= 127, or |q| <= 64
-// against x + 128), and the float part is the same few scalar operations in the same order, so a
-// token's result is bitwise the same alone or in a batch, in any variant and thread count.
+// variant (maddubs never saturates: |q| <= 128 against |x| <= 127, or |q| <= 64 against x + 128),
+// and the float parts are the same operations in the same order, so a token's result is bitwise
+// the same alone or in a batch, in any variant and thread count.
 #pragma once
 
 #include <omp.h>
@@ -32,7 +36,9 @@ namespace {
 
 using ggml::IntBlock;
 
-// Activations of n tokens, quantized per block of `blk` columns.
+constexpr int64_t kActBlock = 16;
+
+// Activations of n tokens, quantized per kActBlock columns.
 struct QuantActs {
   int64_t K = 0, blk = 0;
   std::vector<int8_t> q;     // [n, K]
@@ -83,8 +89,9 @@ constexpr bool has_mins(DType t) {
 template <DType T>
 struct Prepared {
   static constexpr int kW = int(dtype_info(T).block);
+  static constexpr int kS = kW / 16;  // sub-blocks
   IntBlock w;
-  int32_t corr = 0;  // offset form: 128 * sum_s sc[s] * sum_{i in s} q_i
+  alignas(32) int32_t corr[16] = {};  // offset form: 128 * sc[s] * sum_{i in s} q_i
 #if defined(__AVX2__)
   __m256i sc16[kW / 32];  // per 32-weight chunk: int16 lanes 0-7 scale of its first 16, 8-15 of the next
   __m256i qv[kW / 32];
@@ -93,13 +100,11 @@ struct Prepared {
   void prepare(const uint8_t* b) {
     ggml::unpack_block<T>(b, w);
     if constexpr (small_q(T)) {
-      int32_t c = 0;
-      for (int s = 0; s < kW / 16; ++s) {
+      for (int s = 0; s < kS; ++s) {
         int sum = 0;
         for (int i = 0; i < 16; ++i) sum += w.q[16 * s + i];
-        c += int32_t(w.sc[s]) * sum;
+        corr[s] = 128 * int32_t(w.sc[s]) * sum;
       }
-      corr = 128 * c;
     }
 #if defined(__AVX2__)
     for (int c = 0; c < kW / 32; ++c) {
@@ -111,50 +116,82 @@ struct Prepared {
   }
 };
 
+// The 16-lane tree of the canonical order on a[16]: [i] += [i + 8], [i + 4], [i + 2], then [0] + [1].
+inline float tree16(float* a) {
+  for (int h = 8; h >= 1; h /= 2)
+    for (int i = 0; i < h; ++i) a[i] = a[i] + a[i + h];
+  return a[0];
+}
+
 #if defined(__AVX2__)
-inline int32_t hsum8(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-  return _mm_cvtsi128_si32(s);
+// Sum of the 4 int32 lanes of a 128-bit half.
+inline int32_t hsum4(__m128i v) {
+  v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0x4E));
+  v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0xB1));
+  return _mm_cvtsi128_si32(v);
+}
+// The 8-lane part of the tree on lanes 0..7 of a (after [i] += [i + 8]).
+inline float tree8(__m256 t) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));  // [i] + [i + 4]
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));                                         // [i] + [i + 2]
+  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));                                     // [0] + [1]
+  return _mm_cvtss_f32(x);
 }
 #endif
 
-// isum of one prepared block against the token's block (xq signed, xu offset form).
+// sc[s] * sum_{i in s} q_i x_i of each sub-block s, through the chunk products (8 int32 lanes per
+// 32 weights: lanes 0-3 the first sub-block's scaled partial sums, 4-7 the second's).
 template <DType T>
-inline int32_t block_isum(const Prepared<T>& p, const int8_t* xq, const uint8_t* xu) {
-  constexpr int kW = Prepared<T>::kW;
+inline float block_a(const Prepared<T>& p, const int8_t* xq, const uint8_t* xu, const float* dx) {
+  constexpr int kW = Prepared<T>::kW, kS = Prepared<T>::kS;
 #if defined(__AVX2__)
-  __m256i acc = _mm256_setzero_si256();
+  __m256i prod[kW / 32];
   for (int c = 0; c < kW / 32; ++c) {
-    __m256i prod;
+    __m256i p16;
     if constexpr (small_q(T)) {
-      prod = _mm256_maddubs_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xu + 32 * c)), p.qv[c]);
+      p16 = _mm256_maddubs_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xu + 32 * c)), p.qv[c]);
     } else {
       const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * c));
-      prod = _mm256_maddubs_epi16(p.qabs[c], _mm256_sign_epi8(x, p.qv[c]));
+      p16 = _mm256_maddubs_epi16(p.qabs[c], _mm256_sign_epi8(x, p.qv[c]));
     }
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(prod, p.sc16[c]));
+    prod[c] = _mm256_madd_epi16(p16, p.sc16[c]);
   }
-  return hsum8(acc) - p.corr;
+  if constexpr (kS == 2) {
+    const float a0 = float(hsum4(_mm256_castsi256_si128(prod[0])) - p.corr[0]) * dx[0];
+    const float a1 = float(hsum4(_mm256_extracti128_si256(prod[0], 1)) - p.corr[1]) * dx[1];
+    return (a0 + 0.0f) + (a1 + 0.0f);  // the tree with its zero lanes
+  } else {
+    // Two hadd levels leave [s0, s2, s4, s6 | s1, s3, s5, s7] per 4 chunks; put them in order.
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256 half[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i* q = prod + 4 * h;
+      const __m256i g = _mm256_hadd_epi32(_mm256_hadd_epi32(q[0], q[1]), _mm256_hadd_epi32(q[2], q[3]));
+      const __m256i sums = _mm256_sub_epi32(_mm256_permutevar8x32_epi32(g, order),
+                                            _mm256_load_si256(reinterpret_cast<const __m256i*>(p.corr + 8 * h)));
+      half[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_loadu_ps(dx + 8 * h));
+    }
+    return tree8(_mm256_add_ps(half[0], half[1]));
+  }
 #else
   (void)xu;
-  int32_t isum = 0;
-  for (int s = 0; s < kW / 16; ++s) {
-    int32_t d = 0;
-    for (int i = 0; i < 16; ++i) d += int32_t(p.w.q[16 * s + i]) * int32_t(xq[16 * s + i]);
-    isum += int32_t(p.w.sc[s]) * d;
+  float a[16] = {};
+  for (int s = 0; s < kS; ++s) {
+    int32_t dot = 0;
+    for (int i = 0; i < 16; ++i) dot += int32_t(p.w.q[16 * s + i]) * int32_t(xq[16 * s + i]);
+    a[s] = float(int32_t(p.w.sc[s]) * dot) * dx[s];
   }
-  return isum;
+  return tree16(a);
 #endif
 }
 
+// mn[s] * sum_{i in s} x_i of each sub-block, scaled and summed the same way.
 template <DType T>
-inline int32_t block_imin(const Prepared<T>& p, const int16_t* s16) {
-  constexpr int kW = Prepared<T>::kW;
-  int32_t imin = 0;
-  for (int s = 0; s < kW / 16; ++s) imin += int32_t(p.w.mn[s]) * int32_t(s16[s]);
-  return imin;
+inline float block_m(const Prepared<T>& p, const int16_t* s16, const float* dx) {
+  constexpr int kS = Prepared<T>::kS;
+  float m[16] = {};
+  for (int s = 0; s < kS; ++s) m[s] = float(int32_t(p.w.mn[s]) * int32_t(s16[s])) * dx[s];
+  return tree16(m);
 }
 
 constexpr int kQRows = 8;  // rows whose blocks are prepared together
@@ -163,11 +200,12 @@ template <DType T>
 void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
   constexpr int64_t kW = Prepared<T>::kW;
   const int64_t R = w.rows, K = w.cols, nb = K / kW;
+  static_assert(kActBlock == 16, "block_a reads one activation scale per 16 weights");
   const int64_t stride = dtype_row_bytes(T, K), bb = dtype_bytes(T);
   const uint8_t* base = static_cast<const uint8_t*>(w.data) + w.row0 * stride;
   static thread_local QuantActs caller_acts;  // the calling thread's; the row runs read it
   QuantActs& acts = caller_acts;
-  quantize_acts(x, n, K, kW, acts);
+  quantize_acts(x, n, K, kActBlock, acts);
   const bool parallel = R * K * n >= (int64_t(1) << 18) && omp_get_max_threads() > 1;
   for_row_runs(R, kQRows, parallel, [&](int64_t r0, int64_t r1) {
     static thread_local std::vector<float> acc;
@@ -184,17 +222,13 @@ void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
         }
         for (int64_t t = 0; t < n; ++t) {
           const int64_t xo = t * K + b * kW;
-          const float dx = acts.d[size_t(t * nb + b)];
+          const float* dx = acts.d.data() + xo / kActBlock;
           for (int k = 0; k < g; ++k) {
             const Prepared<T>& p = prep[size_t(k)];
-            const int32_t isum = block_isum<T>(p, acts.q.data() + xo, acts.qu.data() + xo);
-            float v = (p.w.d * dx) * float(isum);
-            if constexpr (has_mins(T)) {
-              const int32_t imin = block_imin<T>(p, acts.s16.data() + xo / 16);
-              v = v - (p.w.dmin * dx) * float(imin);
-            }
-            float& a = acc[size_t(t * kQRows + k)];
-            a = a + v;
+            float v = p.w.d * block_a<T>(p, acts.q.data() + xo, acts.qu.data() + xo, dx);
+            if constexpr (has_mins(T)) v = v - p.w.dmin * block_m<T>(p, acts.s16.data() + xo / 16, dx);
+            float& sum = acc[size_t(t * kQRows + k)];
+            sum = sum + v;
           }
         }
       }
