@@ -112,6 +112,33 @@ TEST_CASE("shoal logits is the same over --local-nodes and plans", "[distributed
   }
 }
 
+// A GGUF (split in 3 parts, Q4_K/Q5_0/Q5_K/Q6_K) in both numerics: bitwise the same logits in
+// one process, over in-process ranks, scattered experts, mpirun and TCP nodes.
+TEST_CASE("a GGUF gives the same bits over every transport and placement, fast and exact", "[distributed][gguf][mpi][tcp]") {
+  const std::string env = "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo ";
+  TempDir dir;
+  write_file(dir / "token", "cluster-token-1\n");
+  std::vector<Node> nodes;
+  nodes.push_back(start_node(dir / "token"));
+  nodes.push_back(start_node(dir / "token"));
+  for (const std::string numerics : {"", " --exact"}) {
+    const std::string base = kShoal + " logits --model " + fixture("gguf-a-q4_k_m-split") + kIds + numerics;
+    const json want = logits(base);
+    std::vector<std::string> runs = {base + " --local-nodes 3", base + " --local-nodes 4 --expert-scatter",
+                                     base + " --nodes " + node_list(nodes) + " --token-file " + (dir / "token") +
+                                         " --expert-scatter"};
+    runs.push_back("timeout 120 env " + env + kMpirun + " -np 3 --mca pml ob1 --mca btl self,vader,tcp " + base +
+                     " --expert-scatter");
+    for (const std::string& cmd : runs) {
+      INFO(cmd);
+      const json got = logits(cmd);
+      CHECK(got["greedy_ids"] == want["greedy_ids"]);
+      CHECK(max_diff(want["prompt_logits"], got["prompt_logits"]) == 0.0);
+      CHECK(max_diff(want["greedy_logits"], got["greedy_logits"]) == 0.0);
+    }
+  }
+}
+
 TEST_CASE("a plan file: one layer's experts on three ranks, the head on the first rank", "[distributed]") {
   TempDir dir;
   for (const std::string name : {"tiny-v3-bf16", "tiny-v3-fp8"}) {

@@ -84,12 +84,23 @@ def main():
         w.add_float32(f"{arch}.rope.scaling.yarn_beta_fast", float(rs["beta_fast"]))
         w.add_float32(f"{arch}.rope.scaling.yarn_beta_slow", float(rs["beta_slow"]))
         w.add_float32(f"{arch}.rope.scaling.yarn_log_multiplier", 0.1 * float(rs.get("mscale_all_dim", 1.0)))
-    # A byte-level vocabulary of placeholder tokens (llama-bench feeds token ids, never text).
+    # A byte-level vocabulary as in the gguf-a fixtures: BOS 0, EOS 1, the 256 bytes (GPT-2's
+    # byte-to-unicode map) at 2..257, placeholders after; enough for llama-imatrix to read text.
     V = c["vocab_size"]
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + \
+        list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    byte_char, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            byte_char[b] = chr(b)
+        else:
+            byte_char[b] = chr(256 + extra)
+            extra += 1
+    tokens = ["<s>", "</s>"] + [byte_char[b] for b in range(256)] + [f"<t{i}>" for i in range(258, V)]
     w.add_string("tokenizer.ggml.model", "gpt2")
     w.add_string("tokenizer.ggml.pre", "default")
-    w.add_array("tokenizer.ggml.tokens", [f"<t{i}>" for i in range(V)])
-    w.add_array("tokenizer.ggml.token_type", [1] * V)
+    w.add_array("tokenizer.ggml.tokens", tokens)
+    w.add_array("tokenizer.ggml.token_type", [3, 3] + [1] * (V - 2))
     w.add_array("tokenizer.ggml.merges", ["\u0120 \u0120"])
     w.add_uint32("tokenizer.ggml.bos_token_id", c.get("bos_token_id", 0))
     w.add_uint32("tokenizer.ggml.eos_token_id", c.get("eos_token_id", 1))

@@ -13,7 +13,7 @@
 //          [i] += [i + 4], [i] += [i + 2], [0] += [1]
 //   acc  = acc + (d * A - dmin * M)                            (- dmin * M only for types with mins)
 // each product and sum rounded once (no fused multiply-add). The integer parts are exact in every
-// variant (maddubs never saturates: |q| <= 128 against |x| <= 127, or |q| <= 64 against x + 128),
+// variant (maddubs never saturates: |q| <= 128 against |x| <= 127),
 // and the float parts are the same operations in the same order, so a token's result is bitwise
 // the same alone or in a batch, in any variant and thread count.
 #pragma once
@@ -42,7 +42,6 @@ constexpr int64_t kActBlock = 16;
 struct QuantActs {
   int64_t K = 0, blk = 0;
   std::vector<int8_t> q;     // [n, K]
-  std::vector<uint8_t> qu;   // [n, K]: q + 128 (the offset form)
   std::vector<float> d;      // [n, K / blk]
   std::vector<int16_t> s16;  // [n, K / 16]: sums of q per 16
 };
@@ -51,7 +50,6 @@ inline void quantize_acts(const float* x, int64_t n, int64_t K, int64_t blk, Qua
   a.K = K;
   a.blk = blk;
   a.q.resize(size_t(n * K));
-  a.qu.resize(size_t(n * K));
   a.d.resize(size_t(n * (K / blk)));
   a.s16.resize(size_t(n * (K / 16)));
   for (int64_t t = 0; t < n; ++t)
@@ -62,11 +60,9 @@ inline void quantize_acts(const float* x, int64_t n, int64_t K, int64_t blk, Qua
       const float iscale = amax > 0.0f ? 127.0f / amax : 0.0f;
       a.d[size_t(t * (K / blk) + b)] = amax / 127.0f;
       int8_t* q = a.q.data() + t * K + b * blk;
-      uint8_t* qu = a.qu.data() + t * K + b * blk;
       for (int64_t i = 0; i < blk; ++i) {
         const float v = std::nearbyint(xb[i] * iscale);
         q[i] = int8_t(v > 127.0f ? 127 : v < -127.0f ? -127 : int(v));
-        qu[i] = uint8_t(q[i] + 128);
       }
       for (int64_t s = 0; s < blk / 16; ++s) {
         int sum = 0;
@@ -76,10 +72,10 @@ inline void quantize_acts(const float* x, int64_t n, int64_t K, int64_t blk, Qua
     }
 }
 
-// Whether a type's integer weights satisfy |q| <= 64 (then the offset form x + 128 is exact in
-// maddubs); the others (Q8_0, Q8_K, the IQ4 levels) take the sign form.
-constexpr bool small_q(DType t) {
-  return t != DType::kQ8_0 && t != DType::kQ8_K && t != DType::kIQ4_NL && t != DType::kIQ4_XS;
+// Types whose integer weights are never negative: maddubs takes them as they are (|q| <= 31, no
+// saturation); the others take |q| against x with q's sign.
+constexpr bool nonneg_q(DType t) {
+  return t == DType::kQ4_1 || t == DType::kQ5_1 || t == DType::kQ2_K || t == DType::kQ4_K || t == DType::kQ5_K;
 }
 constexpr bool has_mins(DType t) {
   return t == DType::kQ4_1 || t == DType::kQ5_1 || t == DType::kQ2_K || t == DType::kQ4_K || t == DType::kQ5_K;
@@ -91,26 +87,18 @@ struct Prepared {
   static constexpr int kW = int(dtype_info(T).block);
   static constexpr int kS = kW / 16;  // sub-blocks
   IntBlock w;
-  alignas(32) int32_t corr[16] = {};  // offset form: 128 * sc[s] * sum_{i in s} q_i
 #if defined(__AVX2__)
   __m256i sc16[kW / 32];  // per 32-weight chunk: int16 lanes 0-7 scale of its first 16, 8-15 of the next
-  __m256i qv[kW / 32];
-  __m256i qabs[kW / 32];
+  __m256i qv[kW / 32];    // q (sign form: its signs)
+  __m256i qabs[kW / 32];  // |q| (nonneg types: q itself)
 #endif
   void prepare(const uint8_t* b) {
     ggml::unpack_block<T>(b, w);
-    if constexpr (small_q(T)) {
-      for (int s = 0; s < kS; ++s) {
-        int sum = 0;
-        for (int i = 0; i < 16; ++i) sum += w.q[16 * s + i];
-        corr[s] = 128 * int32_t(w.sc[s]) * sum;
-      }
-    }
 #if defined(__AVX2__)
     for (int c = 0; c < kW / 32; ++c) {
       sc16[c] = _mm256_set_m128i(_mm_set1_epi16(w.sc[2 * c + 1]), _mm_set1_epi16(w.sc[2 * c]));
       qv[c] = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.q + 32 * c));
-      if constexpr (!small_q(T)) qabs[c] = _mm256_sign_epi8(qv[c], qv[c]);
+      qabs[c] = nonneg_q(T) ? qv[c] : _mm256_sign_epi8(qv[c], qv[c]);
     }
 #endif
   }
@@ -142,23 +130,18 @@ inline float tree8(__m256 t) {
 // sc[s] * sum_{i in s} q_i x_i of each sub-block s, through the chunk products (8 int32 lanes per
 // 32 weights: lanes 0-3 the first sub-block's scaled partial sums, 4-7 the second's).
 template <DType T>
-inline float block_a(const Prepared<T>& p, const int8_t* xq, const uint8_t* xu, const float* dx) {
+inline float block_a(const Prepared<T>& p, const int8_t* xq, const float* dx) {
   constexpr int kW = Prepared<T>::kW, kS = Prepared<T>::kS;
 #if defined(__AVX2__)
   __m256i prod[kW / 32];
   for (int c = 0; c < kW / 32; ++c) {
-    __m256i p16;
-    if constexpr (small_q(T)) {
-      p16 = _mm256_maddubs_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xu + 32 * c)), p.qv[c]);
-    } else {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * c));
-      p16 = _mm256_maddubs_epi16(p.qabs[c], _mm256_sign_epi8(x, p.qv[c]));
-    }
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * c));
+    const __m256i p16 = _mm256_maddubs_epi16(p.qabs[c], nonneg_q(T) ? x : _mm256_sign_epi8(x, p.qv[c]));
     prod[c] = _mm256_madd_epi16(p16, p.sc16[c]);
   }
   if constexpr (kS == 2) {
-    const float a0 = float(hsum4(_mm256_castsi256_si128(prod[0])) - p.corr[0]) * dx[0];
-    const float a1 = float(hsum4(_mm256_extracti128_si256(prod[0], 1)) - p.corr[1]) * dx[1];
+    const float a0 = float(hsum4(_mm256_castsi256_si128(prod[0]))) * dx[0];
+    const float a1 = float(hsum4(_mm256_extracti128_si256(prod[0], 1))) * dx[1];
     return (a0 + 0.0f) + (a1 + 0.0f);  // the tree with its zero lanes
   } else {
     // Two hadd levels leave [s0, s2, s4, s6 | s1, s3, s5, s7] per 4 chunks; put them in order.
@@ -167,14 +150,11 @@ inline float block_a(const Prepared<T>& p, const int8_t* xq, const uint8_t* xu, 
     for (int h = 0; h < 2; ++h) {
       const __m256i* q = prod + 4 * h;
       const __m256i g = _mm256_hadd_epi32(_mm256_hadd_epi32(q[0], q[1]), _mm256_hadd_epi32(q[2], q[3]));
-      const __m256i sums = _mm256_sub_epi32(_mm256_permutevar8x32_epi32(g, order),
-                                            _mm256_load_si256(reinterpret_cast<const __m256i*>(p.corr + 8 * h)));
-      half[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_loadu_ps(dx + 8 * h));
+      half[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(g, order)), _mm256_loadu_ps(dx + 8 * h));
     }
     return tree8(_mm256_add_ps(half[0], half[1]));
   }
 #else
-  (void)xu;
   float a[16] = {};
   for (int s = 0; s < kS; ++s) {
     int32_t dot = 0;
@@ -189,12 +169,24 @@ inline float block_a(const Prepared<T>& p, const int8_t* xq, const uint8_t* xu, 
 template <DType T>
 inline float block_m(const Prepared<T>& p, const int16_t* s16, const float* dx) {
   constexpr int kS = Prepared<T>::kS;
+#if defined(__AVX2__)
+  if constexpr (kS == 16) {
+    __m256 half[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i mn = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p.w.mn + 8 * h)));
+      const __m256i bs = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s16 + 8 * h)));
+      half[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(mn, bs)), _mm256_loadu_ps(dx + 8 * h));
+    }
+    return tree8(_mm256_add_ps(half[0], half[1]));
+  }
+#endif
   float m[16] = {};
   for (int s = 0; s < kS; ++s) m[s] = float(int32_t(p.w.mn[s]) * int32_t(s16[s])) * dx[s];
   return tree16(m);
 }
 
-constexpr int kQRows = 8;  // rows whose blocks are prepared together
+constexpr int kQRows = 8;     // rows whose blocks are prepared together
+constexpr int64_t kAhead = 4;  // blocks of software prefetch distance per row
 
 template <DType T>
 void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
@@ -215,9 +207,12 @@ void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
       const int g = int(min64(kQRows, r1 - rg));
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t b = 0; b < nb; ++b) {
+        // Prefetch kAhead blocks ahead in each row's stream; near a row's end, the same row of
+        // the next group (where the run continues).
+        const int64_t ahead = b + kAhead < nb ? kAhead * bb : (kQRows * stride) - (nb - kAhead) * bb;
         for (int k = 0; k < g; ++k) {
           const uint8_t* blk = base + (rg + k) * stride + b * bb;
-          __builtin_prefetch(blk + 8 * bb);
+          for (int64_t o = 0; o < bb; o += 64) __builtin_prefetch(blk + ahead + o);
           prep[size_t(k)].prepare(blk);
         }
         for (int64_t t = 0; t < n; ++t) {
@@ -225,7 +220,7 @@ void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
           const float* dx = acts.d.data() + xo / kActBlock;
           for (int k = 0; k < g; ++k) {
             const Prepared<T>& p = prep[size_t(k)];
-            float v = p.w.d * block_a<T>(p, acts.q.data() + xo, acts.qu.data() + xo, dx);
+            float v = p.w.d * block_a<T>(p, acts.q.data() + xo, dx);
             if constexpr (has_mins(T)) v = v - p.w.dmin * block_m<T>(p, acts.s16.data() + xo / 16, dx);
             float& sum = acc[size_t(t * kQRows + k)];
             sum = sum + v;
