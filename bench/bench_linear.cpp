@@ -1,11 +1,13 @@
 // Decode-shaped linear (1 to 4 tokens x an 8192x8192 weight) per dtype: GB/s of weights streamed
 // from memory against the machine's read bandwidth, measured before and after the kernels.
-//   bench_linear [--tokens 1,4] [--dtypes F32,BF16,F8_E4M3]     (threads: OMP_NUM_THREADS)
+//   bench_linear [--tokens 1,4] [--dtypes F32,BF16,F8_E4M3,Q4_K,...] [--numerics fast|exact]
+// (threads: OMP_NUM_THREADS; ggml block types take random blocks, fast numerics unless exact)
 #include <omp.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -28,9 +30,11 @@ std::vector<std::string> split(const std::string& s) {
 
 int main(int argc, char** argv) {
   std::string tokens_arg = "1,4", dtypes_arg = "F32,BF16,F16,F8_E4M3";
+  bool exact = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--tokens")) tokens_arg = argv[i + 1];
     else if (!std::strcmp(argv[i], "--dtypes")) dtypes_arg = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--numerics")) exact = !std::strcmp(argv[i + 1], "exact");
   }
   const int64_t rows = 8192, cols = 8192;  // 64 Mi weights: past the caches at every dtype
   const kernels::ReadBandwidth before = bench::read_bandwidth();
@@ -40,7 +44,9 @@ int main(int argc, char** argv) {
   std::vector<std::string> lines;
   double ceiling = before.gbs;
   for (const std::string& name : split(dtypes_arg)) {
-    const auto dt = dtype_from_name(name);
+    std::optional<DType> dt;
+    for (const auto& info : kDTypes)
+      if (info.name == name) dt = info.dtype;
     if (!dt) return std::fprintf(stderr, "bench_linear: unknown dtype %s\n", name.c_str()), 2;
     const bench::BenchWeights proto = bench::make_weights(*dt, rows, cols, 1);
     const int64_t bytes = int64_t(proto.bytes.size());
@@ -48,8 +54,10 @@ int main(int argc, char** argv) {
     const int64_t count = std::max<int64_t>(2, (int64_t(2) << 30) / bytes);
     std::vector<std::vector<uint8_t>> ws(static_cast<size_t>(count), proto.bytes);
     auto matrix = [&](int64_t k) {
-      return kernels::Matrix{ws[static_cast<size_t>(k % count)].data(), *dt, rows, cols,
-                             *dt == DType::kF8E4M3 ? proto.scales.data() : nullptr};
+      kernels::Matrix m{ws[static_cast<size_t>(k % count)].data(), *dt, rows, cols,
+                        *dt == DType::kF8E4M3 ? proto.scales.data() : nullptr};
+      m.numerics = exact ? kernels::Numerics::kExact : kernels::Numerics::kFast;  // ggml block types only
+      return m;
     };
     kernels::Context ctx;
     for (const std::string& tk : split(tokens_arg)) {

@@ -25,6 +25,11 @@ inline BenchWeights make_weights(DType dt, int64_t rows, int64_t cols, uint32_t 
   std::vector<float> v(static_cast<size_t>(rows * cols));
   for (auto& x : v) x = normal(rng);
   BenchWeights w;
+  if (dtype_is_block(dt)) {  // ggml block types: random blocks (the kernels' speed does not depend on the values)
+    w.bytes.resize(size_t(rows * dtype_row_bytes(dt, cols)));
+    for (auto& b : w.bytes) b = uint8_t(rng());
+    return w;
+  }
   w.bytes.resize(v.size() * size_t(dtype_bytes(dt)));
   switch (dt) {
     case DType::kF32: std::memcpy(w.bytes.data(), v.data(), w.bytes.size()); break;

@@ -151,9 +151,10 @@ TEMPLATE_TEST_CASE("integer forms equal the dequantized values", "[ggml][fast]",
 
 namespace {
 
-// Rows of 2 blocks each from the type's vectors (random blocks with finite scales).
+// Rows of blocks from the type's vectors: 2 of the 256-weight types, 10 of the 32-weight ones (one
+// whole 256-column unit and 2 single blocks after it).
 shoal::kernels::Matrix rows_of(const Vectors& v, DType t, int64_t rows, std::vector<uint8_t>& storage) {
-  const int64_t bw = v.block_weights, per_row = 2;
+  const int64_t bw = v.block_weights, per_row = bw == 32 ? 10 : 2;
   storage.resize(size_t(rows * per_row) * v.block_bytes);
   for (int64_t k = 0; k < rows * per_row; ++k)
     std::memcpy(storage.data() + k * v.block_bytes, v.blocks.data() + size_t(k % v.n()) * v.block_bytes, v.block_bytes);

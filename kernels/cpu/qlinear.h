@@ -2,20 +2,24 @@
 // variant (included by kernels/cpu/variants/*.cpp after gemm.h; internal linkage throughout).
 //
 // Activations are quantized per 16 columns to int8 with one float scale each (d_x = max|x| / 127,
-// q = round(x / d_x)); the sums of each 16 quantized activations are kept for the types with mins.
-// (llama.cpp quantizes per 32 or 256; per 16 keeps its speed and is closer to float32: on the
-// gguf-a fixtures it beats llama.cpp's own run of the files, docs/gguf.md.) Each weight block is
-// taken in its integer form (IntBlock: d * sc[s] * q - dmin * mn[s], sub-blocks s of 16), and a
-// (row, token) pair is, over the blocks in increasing order, starting from +0:
-//   a[s] = float(sc[s] * sum_{i in s} q_i x_i) * d_x[s]      (the integer part exact, int32)
-//   m[s] = float(mn[s] * sum_{i in s} x_i) * d_x[s]
-//   A, M = the 16-lane tree of a, m (lanes past the block's sub-blocks are +0): [i] += [i + 8],
-//          [i] += [i + 4], [i] += [i + 2], [0] += [1]
-//   acc  = acc + (d * A - dmin * M)                            (- dmin * M only for types with mins)
-// each product and sum rounded once (no fused multiply-add). The integer parts are exact in every
-// variant (maddubs never saturates: |q| <= 128 against |x| <= 127),
-// and the float parts are the same operations in the same order, so a token's result is bitwise
-// the same alone or in a batch, in any variant and thread count.
+// q = round(x / d_x)); their sums per 16 are kept. (llama.cpp quantizes per 32 or 256; per 16
+// costs no memory traffic and is closer to float32: docs/gguf.md.) Weights are taken 256 columns
+// at a time (a unit: one block of the 256-weight types, eight of the 32-weight ones) in their
+// integer form (IntBlock: d * sc[s] * q - dmin * mn[s], sub-blocks s of 16). For a (row, token)
+// pair and each sub-block s of a unit:
+//   i[s] = sc[s] * sum_{j in s} q_j x_j                         (exact int32)
+//   a[s] = float(i[s]) * d_x[s];  m[s] = float(mn[s] * sum_{j in s} x_j) * d_x[s]
+//   u[s] = d * a[s] - dmin * m[s]    (d, dmin of the block holding s; "- dmin * m" only with mins)
+// The 16 sub-blocks sit in lanes in the order P = 0 2 4 6 1 3 5 7 | 8 10 12 14 9 11 13 15 (what
+// two rounds of hadd leave), and a unit's value is, for the 256-weight types, the tree
+//   t[k] = u[P(k)] + u[P(k + 8)] (k < 8);  t[k] += t[k + 4] (k < 4);  t[k] += t[k + 2];  t[0] + t[1]
+// added to the running sum once; for the 32-weight types, block b's value u[2b] + u[2b + 1]
+// added to the running sum block by block. The running sum starts from +0 and takes the units in
+// increasing order; every product and sum rounds once (no fused multiply-add). The integer parts
+// are exact in every variant (maddubs never saturates: 0 <= q' <= 128 against |x| <= 127), and
+// the float parts are the same operations in the same order, so a token's result is bitwise the
+// same alone or in a batch, in any variant and thread count. A row whose length is not a whole
+// number of units (32-weight types only) ends with single blocks, each u[2b] + u[2b + 1].
 #pragma once
 
 #include <omp.h>
@@ -36,197 +40,337 @@ namespace {
 
 using ggml::IntBlock;
 
-constexpr int64_t kActBlock = 16;
+constexpr int64_t kUnit = 256;
+constexpr int kLaneSub[16] = {0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15};  // P: lane -> sub-block
+constexpr int kSubLane[16] = {0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15};  // its inverse
 
-// Activations of n tokens, quantized per kActBlock columns.
+// Where sub-block s (a multiple-of-16 column index / 16) of a row of K columns sits in the per-16
+// arrays: in its unit's lane order inside whole units, in column order in a partial last unit.
+inline int64_t sub_slot(int64_t s, int64_t K) {
+  const int64_t unit = s / 16;
+  return (unit + 1) * kUnit <= K ? unit * 16 + kSubLane[s % 16] : s;
+}
+
+// Activations of n tokens, quantized per 16 columns.
 struct QuantActs {
-  int64_t K = 0, blk = 0;
+  int64_t K = 0;
   std::vector<int8_t> q;     // [n, K]
-  std::vector<float> d;      // [n, K / blk]
-  std::vector<int16_t> s16;  // [n, K / 16]: sums of q per 16
+  std::vector<float> d;      // [n, K / 16], slots as sub_slot
+  std::vector<int32_t> sum;  // [n, K / 16]: sums of q per 16, same slots
 };
 
-inline void quantize_acts(const float* x, int64_t n, int64_t K, int64_t blk, QuantActs& a) {
+inline void quantize_acts(const float* x, int64_t n, int64_t K, QuantActs& a) {
   a.K = K;
-  a.blk = blk;
   a.q.resize(size_t(n * K));
-  a.d.resize(size_t(n * (K / blk)));
-  a.s16.resize(size_t(n * (K / 16)));
+  a.d.resize(size_t(n * (K / 16)));
+  a.sum.resize(size_t(n * (K / 16)));
   for (int64_t t = 0; t < n; ++t)
-    for (int64_t b = 0; b < K / blk; ++b) {
-      const float* xb = x + t * K + b * blk;
+    for (int64_t s = 0; s < K / 16; ++s) {
+      const float* xb = x + t * K + 16 * s;
       float amax = 0.0f;
-      for (int64_t i = 0; i < blk; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      for (int i = 0; i < 16; ++i) amax = std::max(amax, std::fabs(xb[i]));
       const float iscale = amax > 0.0f ? 127.0f / amax : 0.0f;
-      a.d[size_t(t * (K / blk) + b)] = amax / 127.0f;
-      int8_t* q = a.q.data() + t * K + b * blk;
-      for (int64_t i = 0; i < blk; ++i) {
+      int8_t* q = a.q.data() + t * K + 16 * s;
+      int sum = 0;
+      for (int i = 0; i < 16; ++i) {
         const float v = std::nearbyint(xb[i] * iscale);
         q[i] = int8_t(v > 127.0f ? 127 : v < -127.0f ? -127 : int(v));
+        sum += q[i];
       }
-      for (int64_t s = 0; s < blk / 16; ++s) {
-        int sum = 0;
-        for (int i = 0; i < 16; ++i) sum += q[16 * s + i];
-        a.s16[size_t(t * (K / 16) + b * (blk / 16) + s)] = int16_t(sum);
-      }
+      const size_t slot = size_t(t * (K / 16) + sub_slot(s, K));
+      a.d[slot] = amax / 127.0f;
+      a.sum[slot] = sum;
     }
 }
 
-// Types whose integer weights are never negative: maddubs takes them as they are (|q| <= 31, no
-// saturation); the others take |q| against x with q's sign.
-constexpr bool nonneg_q(DType t) {
-  return t == DType::kQ4_1 || t == DType::kQ5_1 || t == DType::kQ2_K || t == DType::kQ4_K || t == DType::kQ5_K;
+// How maddubs, which wants an unsigned operand, takes a type's integer weights q:
+//   kNonneg: q >= 0 as is;  kOffset: q + o >= 0, then subtract o * sum(x);  kSign: |q| against
+//   x with q's sign. Every form gives the exact sum of q_j x_j.
+enum class Form { kNonneg, kOffset, kSign };
+constexpr Form form_of(DType t) {
+  switch (t) {
+    case DType::kQ4_1: case DType::kQ5_1: case DType::kQ2_K: case DType::kQ4_K: case DType::kQ5_K: return Form::kNonneg;
+    case DType::kQ8_0: case DType::kQ8_K: case DType::kIQ4_NL: case DType::kIQ4_XS: return Form::kSign;
+    default: return Form::kOffset;
+  }
+}
+constexpr int offset_of(DType t) {  // the least o with q + o >= 0 for every q the type can hold
+  switch (t) {
+    case DType::kQ4_0: return 8;
+    case DType::kQ5_0: return 16;
+    case DType::kQ3_K: return 4;
+    case DType::kQ6_K: return 32;
+    case DType::kIQ1_S: case DType::kIQ1_M: return 9;
+    case DType::kIQ3_XXS: return 62;
+    case DType::kIQ3_S: return 15;
+    default: return 43;  // IQ2_XXS, IQ2_XS, IQ2_S: grid values up to 43
+  }
 }
 constexpr bool has_mins(DType t) {
   return t == DType::kQ4_1 || t == DType::kQ5_1 || t == DType::kQ2_K || t == DType::kQ4_K || t == DType::kQ5_K;
 }
 
-// One weight block ready for the token loop.
+// One unit of one row, ready for the token loop: maddubs' weight operand, the sign source, and
+// per lane (order P) the sub-block scale, min and the scales d, dmin of its block.
 template <DType T>
-struct Prepared {
+struct Unit {
   static constexpr int kW = int(dtype_info(T).block);
-  static constexpr int kS = kW / 16;  // sub-blocks
-  IntBlock w;
+  static constexpr int kBlocks = int(kUnit) / kW;
+  alignas(64) int8_t qa[256];
+  alignas(64) int8_t qs[256];   // kSign: q (its signs)
+  alignas(64) int32_t sc[16];
+  alignas(64) int32_t mn[16];
+  alignas(64) float d[16];
+  alignas(64) float dmin[16];
+
+  // Block k (of kBlocks) of the unit from its bytes.
+  void take(int k, const uint8_t* b) {
 #if defined(__AVX2__)
-  __m256i sc16[kW / 32];  // per 32-weight chunk: int16 lanes 0-7 scale of its first 16, 8-15 of the next
-  __m256i qv[kW / 32];    // q (sign form: its signs)
-  __m256i qabs[kW / 32];  // |q| (nonneg types: q itself)
+    if constexpr (T == DType::kQ4_K || T == DType::kQ6_K || T == DType::kQ8_0) return take_simd(k, b);
 #endif
-  void prepare(const uint8_t* b) {
+    IntBlock w;
     ggml::unpack_block<T>(b, w);
-#if defined(__AVX2__)
-    for (int c = 0; c < kW / 32; ++c) {
-      sc16[c] = _mm256_set_m128i(_mm_set1_epi16(w.sc[2 * c + 1]), _mm_set1_epi16(w.sc[2 * c]));
-      qv[c] = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.q + 32 * c));
-      qabs[c] = nonneg_q(T) ? qv[c] : _mm256_sign_epi8(qv[c], qv[c]);
+    int8_t* a = qa + kW * k;
+    for (int j = 0; j < kW; ++j) {
+      if constexpr (form_of(T) == Form::kSign) {
+        qs[kW * k + j] = w.q[j];
+        a[j] = int8_t(w.q[j] < 0 ? -w.q[j] : w.q[j]);  // |-128| wraps to -128: read as u8 128
+      } else if constexpr (form_of(T) == Form::kOffset) {
+        a[j] = int8_t(w.q[j] + offset_of(T));
+      } else {
+        a[j] = w.q[j];
+      }
     }
-#endif
+    for (int s = 0; s < kW / 16; ++s) {
+      const int lane = kSubLane[k * (kW / 16) + s];
+      sc[lane] = w.sc[s];
+      mn[lane] = w.mn[s];
+      d[lane] = w.d;
+      dmin[lane] = w.dmin;
+    }
   }
+
+#if defined(__AVX2__)
+  // The same fields straight from the bytes for the types that dominate the usual files.
+  void take_simd(int k, const uint8_t* b) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    auto put = [&](int lane_sub, int32_t scale, int32_t min, float dd, float dm) {
+      const int lane = kSubLane[lane_sub];
+      sc[lane] = scale;
+      mn[lane] = min;
+      d[lane] = dd;
+      dmin[lane] = dm;
+    };
+    auto load = [](const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
+    auto store = [](int8_t* p, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), v); };
+    if constexpr (T == DType::kQ8_0) {  // d f16 @0, qs int8[32] @2
+      const __m256i q = load(b + 2);
+      store(qs + 32 * k, q);
+      store(qa + 32 * k, _mm256_sign_epi8(q, q));  // |q|; |-128| stays 0x80, read as u8 128
+      const float dd = ggml::load_f16(b);
+      put(2 * k, 1, 0, dd, 0.0f);
+      put(2 * k + 1, 1, 0, dd, 0.0f);
+    } else if constexpr (T == DType::kQ4_K) {  // d, dmin f16 @0, @2; scales[12] @4; qs[128] @16
+      const float dd = ggml::load_f16(b), dm = ggml::load_f16(b + 2);
+      for (int j = 0; j < 8; ++j) {
+        int s6, m6;
+        ggml::k_scale_min(j, b + 4, s6, m6);
+        put(2 * j, s6, m6, dd, dm);
+        put(2 * j + 1, s6, m6, dd, dm);
+      }
+      for (int p = 0; p < 4; ++p) {
+        const __m256i v = load(b + 16 + 32 * p);
+        store(qa + 64 * p, _mm256_and_si256(v, low4));
+        store(qa + 64 * p + 32, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
+      }
+    } else if constexpr (T == DType::kQ6_K) {  // ql[128] @0, qh[64] @128, scales int8[16] @192, d f16 @208
+      const float dd = ggml::load_f16(b + 208);
+      for (int i = 0; i < 16; ++i) put(i, int8_t(b[192 + i]), 0, dd, 0.0f);
+      const __m256i low2 = _mm256_set1_epi8(0x03);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i hi = load(b + 128 + 32 * h);
+        for (int r = 0; r < 4; ++r) {
+          __m256i lo = load(b + 64 * h + 32 * (r & 1));
+          if (r >= 2) lo = _mm256_srli_epi16(lo, 4);
+          lo = _mm256_and_si256(lo, low4);
+          const __m256i top = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hi, 2 * r), low2), 4);
+          store(qa + 128 * h + 32 * r, _mm256_or_si256(lo, top));  // q + 32 (0..63)
+        }
+      }
+    }
+  }
+#endif
 };
 
-// The 16-lane tree of the canonical order on a[16]: [i] += [i + 8], [i + 4], [i + 2], then [0] + [1].
-inline float tree16(float* a) {
-  for (int h = 8; h >= 1; h /= 2)
-    for (int i = 0; i < h; ++i) a[i] = a[i] + a[i + h];
-  return a[0];
-}
-
 #if defined(__AVX2__)
-// Sum of the 4 int32 lanes of a 128-bit half.
-inline int32_t hsum4(__m128i v) {
-  v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0x4E));
-  v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0xB1));
-  return _mm_cvtsi128_si32(v);
-}
-// The 8-lane part of the tree on lanes 0..7 of a (after [i] += [i + 8]).
+// t[k] = u[k] + u[k + 8] already added; the rest of the tree on 8 lanes.
 inline float tree8(__m256 t) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));  // [i] + [i + 4]
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));                                         // [i] + [i + 2]
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));  // [k] + [k + 4]
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));                                         // [k] + [k + 2]
   x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));                                     // [0] + [1]
   return _mm_cvtss_f32(x);
 }
 #endif
 
-// sc[s] * sum_{i in s} q_i x_i of each sub-block s, through the chunk products (8 int32 lanes per
-// 32 weights: lanes 0-3 the first sub-block's scaled partial sums, 4-7 the second's).
+// u[lane] of a whole unit for one token (xq: its 256 activations; xd, xs: its 16 slots).
 template <DType T>
-inline float block_a(const Prepared<T>& p, const int8_t* xq, const float* dx) {
-  constexpr int kW = Prepared<T>::kW, kS = Prepared<T>::kS;
-#if defined(__AVX2__)
-  __m256i prod[kW / 32];
-  for (int c = 0; c < kW / 32; ++c) {
-    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * c));
-    const __m256i p16 = _mm256_maddubs_epi16(p.qabs[c], nonneg_q(T) ? x : _mm256_sign_epi8(x, p.qv[c]));
-    prod[c] = _mm256_madd_epi16(p16, p.sc16[c]);
+inline void unit_u(const Unit<T>& w, const int8_t* xq, const float* xd, const int32_t* xs, float* u) {
+#if defined(__AVX512BW__)
+  // Four 64-weight products; each int32 lane holds 4 weights, 4 lanes a sub-block.
+  const __m512i ones = _mm512_set1_epi16(1);
+  __m512i p[4];
+  for (int z = 0; z < 4; ++z) {
+    __m512i x = _mm512_loadu_si512(xq + 64 * z);
+    if constexpr (form_of(T) == Form::kSign)
+      x = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(_mm512_load_si512(w.qs + 64 * z)), _mm512_setzero_si512(), x);
+    p[z] = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_load_si512(w.qa + 64 * z), x), ones);
   }
-  if constexpr (kS == 2) {
-    const float a0 = float(hsum4(_mm256_castsi256_si128(prod[0]))) * dx[0];
-    const float a1 = float(hsum4(_mm256_extracti128_si256(prod[0], 1))) * dx[1];
-    return (a0 + 0.0f) + (a1 + 0.0f);  // the tree with its zero lanes
-  } else {
-    // Two hadd levels leave [s0, s2, s4, s6 | s1, s3, s5, s7] per 4 chunks; put them in order.
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    __m256 half[2];
-    for (int h = 0; h < 2; ++h) {
-      const __m256i* q = prod + 4 * h;
-      const __m256i g = _mm256_hadd_epi32(_mm256_hadd_epi32(q[0], q[1]), _mm256_hadd_epi32(q[2], q[3]));
-      half[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(g, order)), _mm256_loadu_ps(dx + 8 * h));
+  // Sum each sub-block's 4 lanes: lane 4l + z ends up holding sub-block 4z + l; then order P.
+  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
+  const __m512i t2 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2], p[3]), _mm512_unpackhi_epi32(p[2], p[3]));
+  __m512i g = _mm512_add_epi32(_mm512_unpacklo_epi64(t1, t2), _mm512_unpackhi_epi64(t1, t2));
+  g = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 1, 9, 4, 12, 5, 13, 2, 10, 3, 11, 6, 14, 7, 15), g);
+  const __m512i sums = _mm512_loadu_si512(xs);
+  if constexpr (form_of(T) == Form::kOffset) g = _mm512_sub_epi32(g, _mm512_mullo_epi32(sums, _mm512_set1_epi32(offset_of(T))));
+  const __m512i ints = _mm512_mullo_epi32(g, _mm512_load_si512(w.sc));
+  const __m512 dx = _mm512_loadu_ps(xd);
+  __m512 v = _mm512_mul_ps(_mm512_load_ps(w.d), _mm512_mul_ps(_mm512_cvtepi32_ps(ints), dx));
+  if constexpr (has_mins(T)) {
+    const __m512 m = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_mullo_epi32(_mm512_load_si512(w.mn), sums)), dx);
+    v = _mm512_sub_ps(v, _mm512_mul_ps(_mm512_load_ps(w.dmin), m));
+  }
+  _mm512_storeu_ps(u, v);
+#elif defined(__AVX2__)
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i p[8];
+  for (int c = 0; c < 8; ++c) {
+    __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * c));
+    if constexpr (form_of(T) == Form::kSign)
+      x = _mm256_sign_epi8(x, _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qs + 32 * c)));
+    const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qa + 32 * c));
+    p[c] = _mm256_madd_epi16(_mm256_maddubs_epi16(a, x), ones);
+  }
+  for (int h = 0; h < 2; ++h) {
+    __m256i g = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4 * h], p[4 * h + 1]), _mm256_hadd_epi32(p[4 * h + 2], p[4 * h + 3]));
+    const __m256i sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + 8 * h));
+    if constexpr (form_of(T) == Form::kOffset) g = _mm256_sub_epi32(g, _mm256_mullo_epi32(sums, _mm256_set1_epi32(offset_of(T))));
+    const __m256i ints = _mm256_mullo_epi32(g, _mm256_load_si256(reinterpret_cast<const __m256i*>(w.sc + 8 * h)));
+    const __m256 dx = _mm256_loadu_ps(xd + 8 * h);
+    __m256 v = _mm256_mul_ps(_mm256_load_ps(w.d + 8 * h), _mm256_mul_ps(_mm256_cvtepi32_ps(ints), dx));
+    if constexpr (has_mins(T)) {
+      const __m256i mins = _mm256_mullo_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.mn + 8 * h)), sums);
+      const __m256 m = _mm256_mul_ps(_mm256_cvtepi32_ps(mins), dx);
+      v = _mm256_sub_ps(v, _mm256_mul_ps(_mm256_load_ps(w.dmin + 8 * h), m));
     }
-    return tree8(_mm256_add_ps(half[0], half[1]));
+    _mm256_storeu_ps(u + 8 * h, v);
   }
 #else
-  float a[16] = {};
-  for (int s = 0; s < kS; ++s) {
+  for (int lane = 0; lane < 16; ++lane) {
+    const int s = kLaneSub[lane];
     int32_t dot = 0;
-    for (int i = 0; i < 16; ++i) dot += int32_t(p.w.q[16 * s + i]) * int32_t(xq[16 * s + i]);
-    a[s] = float(int32_t(p.w.sc[s]) * dot) * dx[s];
-  }
-  return tree16(a);
-#endif
-}
-
-// mn[s] * sum_{i in s} x_i of each sub-block, scaled and summed the same way.
-template <DType T>
-inline float block_m(const Prepared<T>& p, const int16_t* s16, const float* dx) {
-  constexpr int kS = Prepared<T>::kS;
-#if defined(__AVX2__)
-  if constexpr (kS == 16) {
-    __m256 half[2];
-    for (int h = 0; h < 2; ++h) {
-      const __m256i mn = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p.w.mn + 8 * h)));
-      const __m256i bs = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s16 + 8 * h)));
-      half[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(mn, bs)), _mm256_loadu_ps(dx + 8 * h));
+    for (int j = 0; j < 16; ++j) {
+      const int xj = xq[16 * s + j];
+      if constexpr (form_of(T) == Form::kSign) dot += int32_t(uint8_t(w.qa[16 * s + j])) * (w.qs[16 * s + j] < 0 ? -xj : w.qs[16 * s + j] == 0 ? 0 : xj);
+      else dot += int32_t(uint8_t(w.qa[16 * s + j])) * xj;
     }
-    return tree8(_mm256_add_ps(half[0], half[1]));
+    if constexpr (form_of(T) == Form::kOffset) dot -= offset_of(T) * xs[lane];
+    const float a = float(dot * w.sc[lane]) * xd[lane];
+    float v = w.d[lane] * a;
+    if constexpr (has_mins(T)) v = v - w.dmin[lane] * (float(w.mn[lane] * xs[lane]) * xd[lane]);
+    u[lane] = v;
   }
 #endif
-  float m[16] = {};
-  for (int s = 0; s < kS; ++s) m[s] = float(int32_t(p.w.mn[s]) * int32_t(s16[s])) * dx[s];
-  return tree16(m);
 }
 
-constexpr int kQRows = 8;     // rows whose blocks are prepared together
-constexpr int64_t kAhead = 4;  // blocks of software prefetch distance per row
+// The unit's contribution to the running sum `acc`, in the canonical order.
+template <DType T>
+inline float unit_add(const float* u, float acc) {
+  if constexpr (Unit<T>::kBlocks == 1) {
+#if defined(__AVX2__)
+    return acc + tree8(_mm256_add_ps(_mm256_loadu_ps(u), _mm256_loadu_ps(u + 8)));
+#else
+    float t[8];
+    for (int k = 0; k < 8; ++k) t[k] = u[k] + u[k + 8];
+    for (int k = 0; k < 4; ++k) t[k] = t[k] + t[k + 4];
+    for (int k = 0; k < 2; ++k) t[k] = t[k] + t[k + 2];
+    return acc + (t[0] + t[1]);
+#endif
+  } else {
+    // Block b = 4h + k holds lanes 8h + k and 8h + k + 4 (sub-blocks 2b, 2b + 1).
+    for (int b = 0; b < 8; ++b) {
+      const int h = b / 4, k = b % 4;
+      acc = acc + (u[8 * h + k] + u[8 * h + k + 4]);
+    }
+    return acc;
+  }
+}
+
+// A single block of a partial last unit (32-weight types): u[2b] + u[2b + 1] in column order.
+template <DType T>
+inline float block_value(const uint8_t* bytes, const int8_t* xq, const float* xd, const int32_t* xs) {
+  IntBlock w;
+  ggml::unpack_block<T>(bytes, w);
+  float u[2];
+  for (int s = 0; s < 2; ++s) {
+    int32_t dot = 0;
+    for (int j = 0; j < 16; ++j) dot += int32_t(w.q[16 * s + j]) * int32_t(xq[16 * s + j]);
+    const float a = float(dot * w.sc[s]) * xd[s];
+    u[s] = w.d * a;
+    if constexpr (has_mins(T)) u[s] = u[s] - w.dmin * (float(w.mn[s] * xs[s]) * xd[s]);
+  }
+  return u[0] + u[1];
+}
+
+constexpr int kQRows = 8;  // rows whose units are prepared together
 
 template <DType T>
 void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
-  constexpr int64_t kW = Prepared<T>::kW;
-  const int64_t R = w.rows, K = w.cols, nb = K / kW;
-  static_assert(kActBlock == 16, "block_a reads one activation scale per 16 weights");
-  const int64_t stride = dtype_row_bytes(T, K), bb = dtype_bytes(T);
+  using U = Unit<T>;
+  constexpr int64_t kW = U::kW;
+  const int64_t R = w.rows, K = w.cols, units = K / kUnit, tail_blocks = (K % kUnit) / kW;
+  const int64_t stride = dtype_row_bytes(T, K), bb = dtype_bytes(T), unit_bytes = bb * U::kBlocks;
   const uint8_t* base = static_cast<const uint8_t*>(w.data) + w.row0 * stride;
   static thread_local QuantActs caller_acts;  // the calling thread's; the row runs read it
   QuantActs& acts = caller_acts;
-  quantize_acts(x, n, K, kActBlock, acts);
+  quantize_acts(x, n, K, acts);
   const bool parallel = R * K * n >= (int64_t(1) << 18) && omp_get_max_threads() > 1;
   for_row_runs(R, kQRows, parallel, [&](int64_t r0, int64_t r1) {
     static thread_local std::vector<float> acc;
-    acc.assign(size_t(n * kQRows), 0.0f);
-    std::vector<Prepared<T>> prep(kQRows);
+    static thread_local std::vector<U> prep;
+    acc.resize(size_t(n * kQRows));
+    prep.resize(kQRows);
+    alignas(64) float u[16];
     for (int64_t rg = r0; rg < r1; rg += kQRows) {
       const int g = int(min64(kQRows, r1 - rg));
       std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t b = 0; b < nb; ++b) {
-        // Prefetch kAhead blocks ahead in each row's stream; near a row's end, the same row of
-        // the next group (where the run continues).
-        const int64_t ahead = b + kAhead < nb ? kAhead * bb : (kQRows * stride) - (nb - kAhead) * bb;
+      for (int64_t un = 0; un < units; ++un) {
+        // Prefetch two units ahead in each row's stream; near a row's end, the same row of the
+        // next group (where the run continues).
+        const int64_t ahead = un + 2 < units ? 2 * unit_bytes : kQRows * stride - (units - 2) * unit_bytes;
         for (int k = 0; k < g; ++k) {
-          const uint8_t* blk = base + (rg + k) * stride + b * bb;
-          for (int64_t o = 0; o < bb; o += 64) __builtin_prefetch(blk + ahead + o);
-          prep[size_t(k)].prepare(blk);
+          const uint8_t* p = base + (rg + k) * stride + un * unit_bytes;
+          for (int64_t o = 0; o < unit_bytes; o += 64) __builtin_prefetch(p + ahead + o);
+          for (int b = 0; b < U::kBlocks; ++b) prep[size_t(k)].take(b, p + b * bb);
         }
         for (int64_t t = 0; t < n; ++t) {
-          const int64_t xo = t * K + b * kW;
-          const float* dx = acts.d.data() + xo / kActBlock;
+          const int8_t* xq = acts.q.data() + t * K + un * kUnit;
+          const size_t slot = size_t(t * (K / 16) + un * 16);
           for (int k = 0; k < g; ++k) {
-            const Prepared<T>& p = prep[size_t(k)];
-            float v = p.w.d * block_a<T>(p, acts.q.data() + xo, dx);
-            if constexpr (has_mins(T)) v = v - p.w.dmin * block_m<T>(p, acts.s16.data() + xo / 16, dx);
-            float& sum = acc[size_t(t * kQRows + k)];
-            sum = sum + v;
+            unit_u<T>(prep[size_t(k)], xq, acts.d.data() + slot, acts.sum.data() + slot, u);
+            float& a = acc[size_t(t * kQRows + k)];
+            a = unit_add<T>(u, a);
           }
         }
       }
+      for (int64_t b = 0; b < tail_blocks; ++b)
+        for (int64_t t = 0; t < n; ++t)
+          for (int k = 0; k < g; ++k) {
+            const int64_t col = units * kUnit + b * kW;
+            const size_t slot = size_t(t * (K / 16) + col / 16);
+            float& a = acc[size_t(t * kQRows + k)];
+            a = a + block_value<T>(base + (rg + k) * stride + units * unit_bytes + b * bb, acts.q.data() + t * K + col,
+                                   acts.d.data() + slot, acts.sum.data() + slot);
+          }
       for (int64_t t = 0; t < n; ++t)
         for (int k = 0; k < g; ++k) out[t * R + rg + k] = acc[size_t(t * kQRows + k)];
     }
