@@ -12,6 +12,7 @@
 #include "cli/commands.h"
 #include "coordinator/cluster.h"
 #include "coordinator/engine.h"
+#include "model/inspect.h"
 #include "kernels/kernels.h"
 #include "kernels/system.h"
 
@@ -138,6 +139,15 @@ int bench(const Options& o) {
     j["weight_bytes_per_token"] = nullptr;  // other processes' kernels: not counted here
     j["decode_fraction_of_roofline"] = nullptr;
   }
+  // Prefill against the compute ceiling: weight multiply-adds per token (the active parameters)
+  // over the float32 FMA peak and, for the int8 dot products of GGUF's fast numerics, the int8 peak.
+  const double macs_per_token = double(count_params(c.config()).active);
+  const double prefill_gops = ratio(double(r->prefill_tokens), r->prefill_seconds) * 2 * macs_per_token / 1e9;
+  j["prefill_weight_gops"] = prefill_gops;
+  j["fma_peak_gflops"] = kernels::measure_fma_peak_gflops();
+  j["int8_peak_gops"] = kernels::measure_int8_peak_gops();
+  j["prefill_fraction_of_fma_peak"] = ratio(prefill_gops, j["fma_peak_gflops"].get<double>());
+  j["prefill_fraction_of_int8_peak"] = ratio(prefill_gops, j["int8_peak_gops"].get<double>());
   std::printf("%s\n", j.dump().c_str());
   std::fflush(stdout);
   std::fprintf(stderr,

@@ -1,6 +1,7 @@
 // shoal shard: cut a checkpoint into one folder per rank of a plan (out/rank-N), each with
 // exactly that rank's tensors and a sha256 manifest (cluster/shard.h), for machines that each
 // keep only their part on a local disk. Start each node with `shoal node --model out/rank-N`.
+// A GGUF source gives GGUF shards (cluster/shard.h, docs/gguf.md "Synth and shard").
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -50,7 +51,10 @@ int shard(const Options& o) {
 void add_shard(CLI::App& app, int& rc) {
   auto o = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand("shard", "Write each rank's tensors of a plan into OUT/rank-N with a sha256 manifest");
-  sub->add_option("--model", o->model, "Checkpoint folder to cut")->required();
+  sub->add_option("--model", o->model,
+                  "Checkpoint to cut: a Hugging Face folder (shards: config.json + model.safetensors), or a GGUF "
+                  "model (shards: one model.gguf each, holding only the rank's experts)")
+      ->required();
   sub->add_option("--plan", o->plan, "Placement plan (JSON, docs/plan.md): which rank hosts what")->required();
   sub->add_option("--out", o->out, "Folder for the rank-N folders")->required();
   sub->callback([o, &rc] { rc = shard(*o); });

@@ -1,4 +1,4 @@
-// shoal synth: write a random-weight checkpoint in Hugging Face layout for a config.
+// shoal synth: write a random-weight checkpoint for a config, in Hugging Face layout or as a GGUF.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -18,10 +18,11 @@ namespace {
 namespace fs = std::filesystem;
 
 struct Options {
-  std::string config, out, tokenizer, dtype = "bf16";
+  std::string config, out, tokenizer, dtype = "bf16", format = "hf", quant;
   int64_t layers = 0;
   uint64_t seed = 0;
   double shard_size_mb = 4096;
+  double split_max_mb = 0;
   bool mtp = false;
 };
 
@@ -78,6 +79,21 @@ Status add_tokenizer(const fs::path& dir, SynthOptions& so, int64_t& n_ids) {
 int synth(const Options& o) {
   SynthOptions so;
   int64_t n_ids = 0;
+  so.gguf = o.format == "gguf";
+  if (so.gguf) {
+    if (!o.tokenizer.empty())
+      return fail(invalid_argument("--tokenizer: a GGUF synth carries its own byte-level vocabulary (no tokenizer folder)"));
+    if (o.dtype != "bf16") return fail(invalid_argument("--dtype is for --format hf; a GGUF takes --quant TYPE"));
+    const auto q = gguf_quant_type(o.quant.empty() ? "Q8_0" : o.quant);
+    if (!q)
+      return fail(invalid_argument("--quant " + o.quant +
+                                   ": not a ggml type (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K ... Q6_K, "
+                                   "IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS)"));
+    so.quant = *q;
+    so.split_bytes = uint64_t(o.split_max_mb * (1 << 20));
+  } else if (!o.quant.empty() || o.split_max_mb > 0) {
+    return fail(invalid_argument("--quant and --split-max-mb are for --format gguf"));
+  }
   if (!o.tokenizer.empty()) {
     if (Status s = add_tokenizer(o.tokenizer, so, n_ids); !s.ok()) return fail(s);
   }
@@ -92,6 +108,12 @@ int synth(const Options& o) {
   auto r = synth_checkpoint(so);
   if (!r.ok()) return fail(r.status());
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (so.gguf) {
+    std::printf("wrote %lld tensors, %.3f GB in %lld file(s), %lld layers, %s, to %s in %.1f s\n",
+                (long long)r->n_tensors, double(r->total_bytes) / 1e9, (long long)r->n_shards,
+                (long long)r->config.n_layers, std::string(dtype_name(so.quant)).c_str(), r->files.front().c_str(), s);
+    return 0;
+  }
   std::printf("wrote %lld tensors, %.3f GB in %lld shard(s), %lld layers%s, to %s in %.1f s\n",
               (long long)r->n_tensors, double(r->total_bytes) / 1e9, (long long)r->n_shards,
               (long long)r->config.n_layers, o.mtp && r->config.n_mtp_layers > 0 ? " + MTP" : "", o.out.c_str(), s);
@@ -107,12 +129,23 @@ int synth(const Options& o) {
 
 void add_synth(CLI::App& app, int& rc) {
   auto o = std::make_shared<Options>();
-  CLI::App* sub = app.add_subcommand("synth", "Write a random-weight checkpoint (HF layout) for a config");
+  CLI::App* sub = app.add_subcommand("synth", "Write a random-weight checkpoint (HF layout or GGUF) for a config");
   sub->add_option("--config", o->config,
                   "config.json, or a folder holding it (default: the embedded demo model, DeepSeek-V3's "
                   "architecture at hidden 1024, 4 layers, 32 experts)");
-  sub->add_option("--out", o->out, "Folder to write (created; must not hold a checkpoint yet)")
+  sub->add_option("--out", o->out,
+                  "Folder to write (created; must not hold a checkpoint yet); with --format gguf also a NAME.gguf file")
       ->required();
+  sub->add_option("--format", o->format,
+                  "hf (default): config.json + safetensors; gguf: llama.cpp's deepseek2 GGUF (docs/gguf.md)")
+      ->check(CLI::IsMember({"hf", "gguf"}));
+  sub->add_option("--quant", o->quant,
+                  "GGUF: ggml type of the matrices (default Q8_0): F32, F16, BF16, Q4_0 ... Q6_K, IQ1_S ... IQ4_XS; "
+                  "a matrix whose rows do not fit its blocks falls back as llama-quantize does; norms and router F32");
+  sub->add_option("--split-max-mb", o->split_max_mb,
+                  "GGUF: split into NAME-0000k-of-0000N.gguf parts of at most this many MiB of tensors, as "
+                  "llama-gguf-split --split-max-size (default: one file)")
+      ->check(CLI::PositiveNumber);
   sub->add_option("--tokenizer", o->tokenizer,
                   "Folder with tokenizer.json and tokenizer_config.json: copied into --out, vocab_size set to "
                   "the tokenizer's ids rounded up to a multiple of 1280 (129,280 for DeepSeek-V3's), "

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -11,7 +12,9 @@
 #include <sstream>
 
 #include "model/checkpoint.h"
+#include "model/gguf_writer.h"
 #include "model/safetensors.h"
+#include "model/synth.h"
 
 namespace shoal::cluster {
 namespace {
@@ -50,6 +53,91 @@ std::string sample(const std::vector<std::string>& names) {
   return out + (names.size() > 3 ? ", ..." : "");
 }
 
+// A stacked ffn_*_exps tensor keeps only the hosted experts' slices, in expert order, and
+// `shoal.shard.experts.<name>` lists their expert indices; every other tensor is copied whole.
+// The metadata is the source's (less split.* and an earlier shard's shoal.shard.*) plus the
+// shard's keys, so the file opens alone with the source's config (model/gguf_checkpoint.cpp).
+StatusOr<ShardManifest> write_gguf_shard(Checkpoint& source, const GgufModel& g, const std::vector<std::string>& tensors,
+                                         int rank, int world_size, const fs::path& dir) {
+  SHOAL_ASSIGN_OR_RETURN(auto views, gguf_hf_tensors(g, source.config()));
+  struct Piece {
+    int64_t expert;  // -1: the whole tensor
+    const GgufView* view;
+  };
+  std::map<std::string, std::vector<Piece>> hosted;  // GGUF tensor -> its hosted pieces
+  for (const std::string& name : tensors) {
+    const auto it = views.find(name);
+    if (it == views.end()) return not_found("tensor '" + name + "' is not in the GGUF model " + source.dir().string());
+    const std::string& src = it->second.source;  // "blk.3.ffn_up_exps.weight[5]" for expert 5
+    const size_t bracket = src.find('[');
+    if (bracket == std::string::npos) hosted[src].push_back({-1, &it->second});
+    else hosted[src.substr(0, bracket)].push_back({std::stoll(src.substr(bracket + 1)), &it->second});
+  }
+  std::vector<std::pair<std::string, GgufValue>> kv;
+  for (const auto& [key, value] : g.meta().kv)
+    if (!key.starts_with("split.") && !key.starts_with("shoal.shard.")) kv.emplace_back(key, value);
+  kv.emplace_back("shoal.shard.rank", gguf_u32(uint32_t(rank)));
+  kv.emplace_back("shoal.shard.world_size", gguf_u32(uint32_t(world_size)));
+  if (const GgufValue* all = g.meta().find("shoal.shard.source_tensors")) {
+    kv.emplace_back("shoal.shard.source_tensors", *all);
+  } else {
+    std::vector<std::string> names;
+    for (const auto& part : g.parts())
+      for (const GgufTensor& t : part->header().tensors) names.push_back(t.name);
+    kv.emplace_back("shoal.shard.source_tensors", gguf_strings(std::move(names)));
+  }
+  // Tensors in the source's file order.
+  std::vector<GgufTensorOut> outs;
+  std::vector<std::vector<Piece>> pieces;
+  for (const auto& part : g.parts()) {
+    for (const GgufTensor& t : part->header().tensors) {
+      auto it = hosted.find(t.name);
+      if (it == hosted.end()) continue;
+      std::vector<Piece>& p = it->second;
+      std::sort(p.begin(), p.end(), [](const Piece& a, const Piece& b) { return a.expert < b.expert; });
+      GgufTensorOut o{t.name, t.dtype, t.ne, 0, 0};
+      for (const Piece& x : p) o.bytes += x.view->info.end - x.view->info.begin;
+      if (p.front().expert >= 0) {
+        std::vector<int64_t> ids;
+        for (const Piece& x : p) ids.push_back(x.expert);
+        o.ne.back() = int64_t(ids.size());
+        kv.emplace_back("shoal.shard.experts." + t.name, gguf_ints(GgufType::kI32, std::move(ids)));
+      }
+      outs.push_back(std::move(o));
+      pieces.push_back(std::move(p));
+    }
+  }
+  const uint64_t alignment = g.meta().alignment;
+  const std::string header = gguf_stream_header(kv, outs, nullptr, alignment);
+  const fs::path path = dir / "model.gguf";
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return not_found("cannot write " + path.string());
+  Sha256 h;
+  auto put = [&](const void* p, size_t n) {
+    out.write(static_cast<const char*>(p), std::streamsize(n));
+    h.add(p, n);
+  };
+  put(header.data(), header.size());
+  uint64_t at = 0;  // in the data section
+  const std::vector<char> zeros(size_t(alignment), 0);
+  for (size_t i = 0; i < outs.size(); ++i) {
+    put(zeros.data(), size_t(outs[i].offset - at));
+    for (const Piece& x : pieces[i]) put(x.view->data, size_t(x.view->info.end - x.view->info.begin));
+    at = outs[i].offset + outs[i].bytes;
+  }
+  const uint64_t end = (at + alignment - 1) / alignment * alignment;  // the last tensor padded too
+  put(zeros.data(), size_t(end - at));
+  at = end;
+  out.close();
+  if (!out) return internal_error("write failed: " + path.string());
+  ShardManifest m;
+  m.rank = rank;
+  m.world_size = world_size;
+  m.source = fs::absolute(source.dir()).string();
+  m.files.push_back({"model.gguf", int64_t(header.size() + at), h.hex(), tensors});
+  return m;
+}
+
 }  // namespace
 
 StatusOr<std::string> file_sha256(const fs::path& file) {
@@ -70,6 +158,12 @@ StatusOr<ShardManifest> write_shard(Checkpoint& source, const std::vector<std::s
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return not_found("cannot make " + dir.string() + ": " + ec.message());
+  if (const GgufModel* g = source.gguf()) {
+    SHOAL_ASSIGN_OR_RETURN(ShardManifest m, write_gguf_shard(source, *g, tensors, rank, world_size, dir));
+    std::ofstream(dir / kShardManifest) << to_json(m).dump(2) << "\n";
+    if (!fs::exists(dir / kShardManifest)) return internal_error("cannot write " + (dir / kShardManifest).string());
+    return m;
+  }
   fs::copy_file(source.dir() / "config.json", dir / "config.json", fs::copy_options::overwrite_existing, ec);
   if (ec) return not_found("cannot copy config.json into " + dir.string() + ": " + ec.message());
   std::vector<TensorRef> refs;

@@ -4,6 +4,11 @@
 // bytes and SHA-256. A node whose --model is such a folder checks, at each session's hello, that
 // the folder holds exactly the tensors the plan gives its rank and that every file still has its
 // manifest hash (node/session.cpp).
+//
+// A GGUF source gives GGUF shards instead: the folder holds model.gguf (no config.json) with all
+// the source's metadata, the rank's tensors, and of each stacked ffn_*_exps tensor only the
+// slices of the experts the rank hosts, listed in `shoal.shard.experts.<tensor>`; the manifest
+// names the tensors by their Hugging Face names as for safetensors (docs/gguf.md, "Synth and shard").
 #pragma once
 
 #include <cstdint>
@@ -38,7 +43,8 @@ struct ShardManifest {
 };
 
 // Writes dir/config.json (the source's), dir/model.safetensors (the named tensors, bytes as
-// stored) and dir/shoal-shard.json. Tensors are streamed from the source's mapping.
+// stored) and dir/shoal-shard.json; for a GGUF source dir/model.gguf and dir/shoal-shard.json.
+// Tensors are streamed from the source's mapping.
 StatusOr<ShardManifest> write_shard(Checkpoint& source, const std::vector<std::string>& tensors, int rank,
                                     int world_size, const std::filesystem::path& dir);
 

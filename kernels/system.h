@@ -26,6 +26,10 @@ ReadBandwidth measure_read_bandwidth(int64_t bytes = int64_t(1) << 30, int reps 
 // (2 flops per FMA), best of `reps` runs of about 0.1 s.
 double measure_fma_peak_gflops(int reps = 3);
 
+// Int8 dot-product peak (the fast numerics' maddubs + madd, int32 accumulation) of the active
+// variant with all OpenMP threads, in GOP/s (2 ops per multiply-add), best of `reps` runs.
+double measure_int8_peak_gops(int reps = 3);
+
 // The CPU kernel variant in use (baseline, avx2, avx512) and the ones this CPU can run.
 std::string cpu_variant();
 std::string cpu_variants_supported();

@@ -1,5 +1,6 @@
 #include "model/gguf_checkpoint.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "model/tensor_names.h"
@@ -101,6 +102,21 @@ Source gguf_source(const TensorSpec& t) {
   return {"?" + t.name};
 }
 
+// A per-rank shard written by `shoal shard` (docs/gguf.md, "Synth and shard") holds only some of
+// the model's tensors: `shoal.shard.source_tensors` lists every tensor of the whole model (what
+// the config is read from), and `shoal.shard.experts.<stacked tensor>` the expert index of each
+// slice its stacked ffn_*_exps tensor keeps.
+constexpr char kShardSourceTensors[] = "shoal.shard.source_tensors";
+constexpr char kShardExpertsPrefix[] = "shoal.shard.experts.";
+
+// Whether the whole model has the tensor: the file's own, or a shard's source list.
+bool model_has(const GgufModel& m, const std::string& name) {
+  if (m.find(name)) return true;
+  const GgufValue* v = m.meta().find(kShardSourceTensors);
+  return v && v->type == GgufType::kArray &&
+         std::find(v->strings.begin(), v->strings.end(), name) != v->strings.end();
+}
+
 std::string ne_string(const GgufTensor& t) {
   std::string s = "{";
   for (size_t d = 0; d < t.ne.size(); ++d) s += (d ? ", " : "") + std::to_string(t.ne[d]);
@@ -164,8 +180,8 @@ StatusOr<ModelConfig> gguf_model_config(const GgufModel& m) {
     else if (gating == 2) c.score_func = ScoringFunc::kSigmoid;
     else k.fail(a + "expert_gating_func", "is " + std::to_string(gating) + " (1 softmax and 2 sigmoid are supported)");
     // V3's selection bias marks noaux_tc; without it, groups (V2) rank by their best expert.
-    const bool bias = m.find("blk." + std::to_string(c.n_layers - 1) + ".exp_probs_b.bias").has_value() ||
-                      m.find("blk." + std::to_string(c.n_dense_layers) + ".exp_probs_b.bias").has_value();
+    const bool bias = model_has(m, "blk." + std::to_string(c.n_layers - 1) + ".exp_probs_b.bias") ||
+                      model_has(m, "blk." + std::to_string(c.n_dense_layers) + ".exp_probs_b.bias");
     c.topk_method = bias ? TopkMethod::kNoauxTc
                          : c.n_expert_groups > 1 ? TopkMethod::kGroupLimitedGreedy : TopkMethod::kGreedy;
     c.model_type = bias ? ModelType::kDeepseekV3 : ModelType::kDeepseekV2;
@@ -192,19 +208,21 @@ StatusOr<ModelConfig> gguf_model_config(const GgufModel& m) {
   SHOAL_RETURN_IF_ERROR(k.status());
   // The MTP block, when the converter kept it, comes after the decoder layers; shoal skips it.
   const int64_t nextn = k.integer(a + "nextn_predict_layers", 0, 0);
-  if (nextn > 0 && nextn < c.n_layers && m.find("blk." + std::to_string(c.n_layers - 1) + ".nextn.eh_proj.weight"))
+  if (nextn > 0 && nextn < c.n_layers && model_has(m, "blk." + std::to_string(c.n_layers - 1) + ".nextn.eh_proj.weight"))
     c.n_layers -= nextn;
   // Counts that size the tensor table are bounded by the tensors the file holds (a header that
   // claims millions of layers or experts is refused before anything is built for them).
   size_t tensors = 0;
   for (const auto& part : m.parts()) tensors += part->header().tensors.size();
+  if (const GgufValue* v = h.find(kShardSourceTensors); v && v->type == GgufType::kArray)
+    tensors = std::max<size_t>(tensors, v->strings.size());
   if (c.n_layers > int64_t(tensors))
     return invalid_argument(m.first_path().string() + ": block_count " + std::to_string(c.n_layers) +
                             " exceeds the " + std::to_string(tensors) + " tensors in the file");
   if (c.n_routed_experts > 65536 || c.n_heads > 65536)
     return invalid_argument(m.first_path().string() + ": expert_count or head_count is implausibly large");
-  c.tie_word_embeddings = !m.find("output.weight").has_value();
-  c.mla_split_kv_b = m.find("blk.0.attn_k_b.weight").has_value();
+  c.tie_word_embeddings = !model_has(m, "output.weight");
+  c.mla_split_kv_b = model_has(m, "blk.0.attn_k_b.weight");
   auto valid = validate_config(c);
   if (!valid.ok()) return valid.with_context(m.first_path().string());
   return c;
@@ -212,9 +230,23 @@ StatusOr<ModelConfig> gguf_model_config(const GgufModel& m) {
 
 StatusOr<std::map<std::string, GgufView>> gguf_hf_tensors(const GgufModel& m, const ModelConfig& c) {
   std::map<std::string, GgufView> out;
+  const bool shard = m.meta().find(kShardSourceTensors) != nullptr;
   for (const TensorSpec& spec : model_tensors(c, /*with_mtp=*/false)) {
     const Source src = gguf_source(spec);
     const auto found = m.find(src.name);
+    if (!found && shard) continue;  // another rank's
+    // A shard's stacked experts: slice p is expert slices[p].
+    int64_t slice = src.expert, n_slices = c.n_routed_experts;
+    if (shard && src.expert >= 0) {
+      const GgufValue* ids = m.meta().find(kShardExpertsPrefix + src.name);
+      if (!ids || ids->type != GgufType::kArray || ids->elem == GgufType::kBool || ids->ints.size() != ids->count)
+        return invalid_argument(m.first_path().string() + ": shard tensor '" + src.name + "' has no integer array '" +
+                                kShardExpertsPrefix + src.name + "' naming its experts");
+      const auto at = std::find(ids->ints.begin(), ids->ints.end(), src.expert);
+      if (at == ids->ints.end()) continue;  // another rank's expert
+      slice = at - ids->ints.begin();
+      n_slices = int64_t(ids->ints.size());
+    }
     if (!found) {
       if (spec.name.find("kv_b_proj") != std::string::npos && m.find("blk." + std::to_string(spec.layer) + ".attn_k_b.weight"))
         return invalid_argument(m.first_path().string() + ": layer " + std::to_string(spec.layer) +
@@ -231,13 +263,13 @@ StatusOr<std::map<std::string, GgufView>> gguf_hf_tensors(const GgufModel& m, co
     v.source = t.name;
     const bool vec = spec.shape.size() == 1;
     const int64_t rows = vec ? 1 : spec.shape[0], cols = vec ? spec.shape[0] : spec.shape[1];
-    const int64_t want_rows = src.expert >= 0 ? rows * c.n_routed_experts : rows;
+    const int64_t want_rows = src.expert >= 0 ? rows * n_slices : rows;
     bool ok = t.ne[0] == cols && t.rows() == want_rows;
     if (vec) ok = ok && t.ne.size() == 1;
     if (src.expert >= 0) ok = ok && t.ne.size() == 3 && t.ne[1] == rows;
     if (!ok) {
       std::string want = "{" + std::to_string(cols) + (vec ? "" : ", " + std::to_string(rows));
-      if (src.expert >= 0) want += ", " + std::to_string(c.n_routed_experts);
+      if (src.expert >= 0) want += ", " + std::to_string(n_slices);
       return invalid_argument(label + " has ne " + ne_string(t) + ", expected " + want + "} for " + spec.name);
     }
     if ((vec || spec.name.ends_with("mlp.gate.weight")) && t.dtype != DType::kF32 && t.dtype != DType::kF16 &&
@@ -246,7 +278,7 @@ StatusOr<std::map<std::string, GgufView>> gguf_hf_tensors(const GgufModel& m, co
                               "must be F32, F16 or BF16");
     const uint64_t bytes = uint64_t(dtype_row_bytes(t.dtype, cols)) * uint64_t(rows);
     if (src.expert >= 0) {
-      v.data += uint64_t(src.expert) * bytes;
+      v.data += uint64_t(slice) * bytes;
       v.source += "[" + std::to_string(src.expert) + "]";
     }
     v.info.begin = 0;

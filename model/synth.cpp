@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -20,6 +22,8 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "kernels/cpu/formats/ggml/block.h"
+#include "model/gguf_writer.h"
 #include "model/tensor_names.h"
 
 namespace shoal {
@@ -366,6 +370,420 @@ Status write_shards(const SynthOptions& o, const ModelConfig& c, const std::vect
   return {};
 }
 
+
+// ---- GGUF -----------------------------------------------------------------------------------
+
+namespace gguf_synth {
+
+// float -> IEEE half, round to nearest even (scales are chosen finite and small).
+uint16_t f32_to_f16(float f) {
+  uint32_t x = std::bit_cast<uint32_t>(f);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000);
+  x &= 0x7FFFFFFFu;
+  if (x >= 0x7F800000u) return sign | (x > 0x7F800000u ? 0x7E00 : 0x7C00);
+  if (x >= 0x477FF000u) return sign | 0x7C00;  // 65520 and up round to infinity
+  if (x < 0x38800000u)                          // below 2^-14: a subnormal half (units of 2^-24)
+    return sign | uint16_t(std::nearbyint(std::bit_cast<float>(x) * 0x1p24f));
+  uint32_t h = (((x >> 23) - 112) << 10) | ((x >> 13) & 0x3FF);
+  const uint32_t rest = x & 0x1FFF;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;
+  return sign | uint16_t(h);
+}
+
+// Where a block keeps its fp16 scales (kernels/cpu/formats/ggml/*.h): the super-scale d and,
+// for the asymmetric types, the fp16 min (K-quants: w = d*sc*q - dmin*m) or offset (Q4_1/Q5_1:
+// w = d*q + m). IQ1_M spreads d over the top nibbles of its four u16 scales at bytes 48..55.
+struct ScaleFields {
+  int d = 0, m = -1;
+  bool iq1m = false;
+};
+
+ScaleFields scale_fields(DType t) {
+  switch (t) {
+    case DType::kQ4_1: case DType::kQ5_1: case DType::kQ4_K: case DType::kQ5_K: return {0, 2};
+    case DType::kQ2_K: return {80, 82};
+    case DType::kQ3_K: return {108};
+    case DType::kQ6_K: return {208};
+    case DType::kIQ1_M: return {-1, -1, true};
+    default: return {0};  // Q4_0, Q5_0, Q8_0, IQ2_*, IQ3_*, IQ1_S, IQ4_NL, IQ4_XS: d at byte 0
+  }
+}
+
+void put_u16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+
+void put_scales(uint8_t* b, const ScaleFields& s, float d, float m) {
+  const uint16_t hd = f32_to_f16(d);
+  if (s.iq1m) {
+    for (int k = 0; k < 4; ++k) {
+      uint16_t v;
+      std::memcpy(&v, b + 48 + 2 * k, 2);
+      put_u16(b + 48 + 2 * k, uint16_t((v & 0x0FFF) | (((hd >> (4 * k)) & 0xF) << 12)));
+    }
+    return;
+  }
+  put_u16(b + s.d, hd);
+  if (s.m >= 0) put_u16(b + s.m, f32_to_f16(m));
+}
+
+void random_bytes(uint8_t* out, int64_t n, uint64_t seed) {
+  for (int64_t w = 0; w * 8 < n; ++w) {
+    const uint64_t z = mix64(seed + uint64_t(w + 1) * kGolden);
+    std::memcpy(out + w * 8, &z, size_t(std::min<int64_t>(8, n - w * 8)));
+  }
+}
+
+// How a type's random blocks dequantize with d = 1: their RMS, and the min (or offset) per unit
+// d that centres them at zero. Measured once per type on fixed random blocks, by ggml's own
+// dequantization, so no per-type arithmetic is restated here.
+struct Calibration {
+  ScaleFields fields;
+  double unit_rms = 1;
+  double m_ratio = 0;
+};
+
+Calibration calibrate(DType t) {
+  Calibration c;
+  c.fields = scale_fields(t);
+  constexpr int kBlocks = 64;
+  const int64_t nb = dtype_bytes(t), bw = dtype_block(t);
+  std::vector<uint8_t> blocks(static_cast<size_t>(kBlocks * nb)), b(static_cast<size_t>(nb));
+  random_bytes(blocks.data(), int64_t(blocks.size()), 0x5EED0000ull + uint64_t(t));
+  std::vector<float> y(static_cast<size_t>(bw));
+  auto stats = [&](float d, float m, double& mean, double& mean_sq) {
+    double s = 0, s2 = 0;
+    for (int k = 0; k < kBlocks; ++k) {
+      std::memcpy(b.data(), blocks.data() + k * nb, size_t(nb));
+      put_scales(b.data(), c.fields, d, m);
+      kernels::cpu::ggml::dequantize_block(t, b.data(), y.data());
+      for (float v : y) s += v, s2 += double(v) * v;
+    }
+    mean = s / double(kBlocks * bw);
+    mean_sq = s2 / double(kBlocks * bw);
+  };
+  double mean_d = 0, ms = 0;
+  stats(1.0f, 0.0f, mean_d, ms);
+  if (c.fields.m >= 0) {
+    double mean_m = 0, unused = 0;
+    stats(0.0f, 1.0f, mean_m, unused);
+    if (mean_m != 0) c.m_ratio = -mean_d / mean_m;
+    stats(1.0f, float(c.m_ratio), mean_d, ms);
+  }
+  c.unit_rms = ms > 0 ? std::sqrt(ms) : 1.0;
+  return c;
+}
+
+// Hugging Face name suffix of a decoder layer tensor -> llama.cpp's blk.N suffix (the table of
+// tests/fixtures/gguf-a-q4_k_m-split/README.md).
+constexpr std::pair<std::string_view, std::string_view> kLayerTensors[] = {
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"self_attn.q_a_proj.weight", "attn_q_a.weight"},
+    {"self_attn.q_a_layernorm.weight", "attn_q_a_norm.weight"},
+    {"self_attn.q_b_proj.weight", "attn_q_b.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.kv_a_proj_with_mqa.weight", "attn_kv_a_mqa.weight"},
+    {"self_attn.kv_a_layernorm.weight", "attn_kv_a_norm.weight"},
+    {"self_attn.k_b_proj.weight", "attn_k_b.weight"},
+    {"self_attn.v_b_proj.weight", "attn_v_b.weight"},
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"post_attention_layernorm.weight", "ffn_norm.weight"},
+    {"mlp.gate_proj.weight", "ffn_gate.weight"},
+    {"mlp.up_proj.weight", "ffn_up.weight"},
+    {"mlp.down_proj.weight", "ffn_down.weight"},
+    {"mlp.gate.weight", "ffn_gate_inp.weight"},
+    {"mlp.gate.e_score_correction_bias", "exp_probs_b.bias"},
+    {"mlp.shared_experts.gate_proj.weight", "ffn_gate_shexp.weight"},
+    {"mlp.shared_experts.up_proj.weight", "ffn_up_shexp.weight"},
+    {"mlp.shared_experts.down_proj.weight", "ffn_down_shexp.weight"},
+};
+
+StatusOr<std::string> gguf_name(const TensorSpec& t) {
+  if (t.name == names::embed()) return std::string("token_embd.weight");
+  if (t.name == names::final_norm()) return std::string("output_norm.weight");
+  if (t.name == names::lm_head()) return std::string("output.weight");
+  const std::string blk = "blk." + std::to_string(t.layer) + ".";
+  if (t.expert >= 0) {
+    for (const char* proj : {"gate", "up", "down"})
+      if (t.name.ends_with(std::string(".") + proj + "_proj.weight")) return blk + "ffn_" + proj + "_exps.weight";
+  }
+  const std::string_view suffix = std::string_view(t.name).substr(names::layer(t.layer, "").size());
+  for (const auto& [hf, gg] : kLayerTensors)
+    if (hf == suffix) return blk + std::string(gg);
+  return internal_error("no GGUF name for tensor " + t.name);
+}
+
+// One tensor to write: its GGUF entry, the table tensor it comes from (for experts, expert 0's),
+// and the file part it goes in.
+struct Planned {
+  GgufTensorOut out;
+  const TensorSpec* spec = nullptr;
+  int64_t part = 0;
+  int64_t rows() const {
+    int64_t r = 1;
+    for (size_t d = 1; d < out.ne.size(); ++d) r *= out.ne[d];
+    return r;
+  }
+};
+
+StatusOr<std::vector<Planned>> plan_gguf(const std::vector<TensorSpec>& specs, const ModelConfig& c, DType quant) {
+  std::vector<Planned> out;
+  for (const TensorSpec& t : specs) {
+    if (t.expert > 0) continue;  // stacked onto expert 0's tensor
+    Planned p;
+    p.spec = &t;
+    SHOAL_ASSIGN_OR_RETURN(p.out.name, gguf_name(t));
+    if (t.shape.size() == 1) p.out.ne = {t.shape[0]};
+    else p.out.ne = {t.shape[1], t.shape[0]};
+    if (t.expert == 0) p.out.ne.push_back(c.n_routed_experts);
+    if (t.name.ends_with("k_b_proj.weight")) p.out.ne = {c.qk_nope_head_dim, c.kv_lora_rank, c.n_heads};
+    if (t.name.ends_with("v_b_proj.weight")) p.out.ne = {c.kv_lora_rank, c.v_head_dim, c.n_heads};
+    // Vectors and the router stay F32, as llama-quantize leaves them; every other matrix
+    // (embedding and output included) takes the asked type.
+    const bool f32 = t.shape.size() == 1 || t.name.ends_with("mlp.gate.weight");
+    p.out.dtype = f32 ? DType::kF32 : gguf_fallback_type(quant, p.out.ne[0]);
+    p.out.bytes = uint64_t(dtype_row_bytes(p.out.dtype, p.out.ne[0]) * p.rows());
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+GgufValue u16_value(uint16_t v) {
+  GgufValue x;
+  x.type = GgufType::kU16;
+  x.u = v;
+  x.i = v;
+  return x;
+}
+
+// GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the others for
+// U+0100 onwards in byte order; as UTF-8.
+std::vector<std::string> byte_tokens() {
+  std::vector<std::string> out(256);
+  int extra = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    const uint32_t cp = printable ? uint32_t(b) : uint32_t(256 + extra++);
+    std::string s;
+    if (cp < 0x80) s += char(cp);
+    else s += char(0xC0 | (cp >> 6)), s += char(0x80 | (cp & 0x3F));
+    out[size_t(b)] = s;
+  }
+  return out;
+}
+
+using Kv = std::vector<std::pair<std::string, GgufValue>>;
+
+// What llama.cpp's converter writes for a DeepSeek-V2/V3 (MLA layout), and a byte-level gpt2
+// vocabulary as in the gguf-a fixtures.
+Kv metadata(const ModelConfig& c, DType quant) {
+  Kv kv;
+  const std::string a = "deepseek2.";
+  auto u32 = [&](const std::string& k, int64_t v) { kv.emplace_back(a + k, gguf_u32(uint32_t(v))); };
+  auto f32 = [&](const std::string& k, double v) { kv.emplace_back(a + k, gguf_f32(float(v))); };
+  kv.emplace_back("general.architecture", gguf_str("deepseek2"));
+  kv.emplace_back("general.name", gguf_str("shoal-synth"));
+  u32("block_count", c.n_layers);
+  u32("context_length", c.max_position_embeddings);
+  u32("embedding_length", c.dim);
+  u32("feed_forward_length", c.inter_dim);
+  u32("attention.head_count", c.n_heads);
+  u32("attention.head_count_kv", 1);
+  f32("rope.freq_base", c.rope_theta);
+  f32("attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+  u32("vocab_size", c.vocab_size);
+  if (c.n_routed_experts > 0) u32("leading_dense_block_count", c.n_dense_layers);
+  if (c.q_lora_rank > 0) u32("attention.q_lora_rank", c.q_lora_rank);
+  u32("attention.kv_lora_rank", c.kv_lora_rank);
+  u32("attention.key_length", c.kv_lora_rank + c.qk_rope_head_dim);
+  u32("attention.value_length", c.kv_lora_rank);
+  u32("attention.key_length_mla", c.qk_nope_head_dim + c.qk_rope_head_dim);
+  u32("attention.value_length_mla", c.v_head_dim);
+  u32("rope.dimension_count", c.qk_rope_head_dim);
+  if (c.n_routed_experts > 0) {
+    u32("expert_feed_forward_length", c.moe_inter_dim);
+    u32("expert_shared_count", c.n_shared_experts);
+    u32("expert_count", c.n_routed_experts);
+    u32("expert_used_count", c.n_activated_experts);
+    u32("expert_group_count", c.n_expert_groups);
+    u32("expert_group_used_count", c.n_limited_groups);
+    f32("expert_weights_scale", c.route_scale);
+    kv.emplace_back(a + "expert_weights_norm", gguf_bool(c.norm_topk_prob));
+    u32("expert_gating_func", c.score_func == ScoringFunc::kSigmoid ? 2 : 1);
+  }
+  if (c.yarn.enabled) {
+    kv.emplace_back(a + "rope.scaling.type", gguf_str("yarn"));
+    f32("rope.scaling.factor", c.yarn.factor);
+    u32("rope.scaling.original_context_length", c.yarn.original_max_position_embeddings);
+    f32("rope.scaling.yarn_beta_fast", c.yarn.beta_fast);
+    f32("rope.scaling.yarn_beta_slow", c.yarn.beta_slow);
+    f32("rope.scaling.yarn_log_multiplier", 0.1 * c.yarn.mscale_all_dim);
+  }
+  // BOS 0, EOS 1, the 256 bytes at 2..257, the one merge's token at 258, placeholders after.
+  const int64_t v = c.vocab_size;
+  std::vector<std::string> tokens = {"<|bos|>", "<|eos|>"};
+  for (std::string& b : byte_tokens()) tokens.push_back(std::move(b));
+  tokens.push_back("\u0120\u0120");
+  for (int64_t i = int64_t(tokens.size()); i < v; ++i) tokens.push_back("<t" + std::to_string(i) + ">");
+  tokens.resize(size_t(v));
+  std::vector<int64_t> types(size_t(v), 1);
+  for (int64_t i = 0; i < std::min<int64_t>(2, v); ++i) types[size_t(i)] = 3;
+  kv.emplace_back("tokenizer.ggml.model", gguf_str("gpt2"));
+  kv.emplace_back("tokenizer.ggml.pre", gguf_str("default"));
+  kv.emplace_back("tokenizer.ggml.tokens", gguf_strings(std::move(tokens)));
+  kv.emplace_back("tokenizer.ggml.token_type", gguf_ints(GgufType::kI32, std::move(types)));
+  kv.emplace_back("tokenizer.ggml.merges",
+                  gguf_strings(v > 258 ? std::vector<std::string>{"\u0120 \u0120"} : std::vector<std::string>{}));
+  kv.emplace_back("tokenizer.ggml.bos_token_id", gguf_u32(0));
+  kv.emplace_back("tokenizer.ggml.eos_token_id", gguf_u32(1));
+  kv.emplace_back("tokenizer.ggml.add_bos_token", gguf_bool(false));
+  kv.emplace_back("general.quantization_version", gguf_u32(2));
+  kv.emplace_back("general.file_type", gguf_u32(gguf_file_type(quant)));
+  return kv;
+}
+
+// llama-gguf-split --split-max-size: a new part starts when the next tensor (padded to 32) would
+// take the current part's tensor bytes past the limit (never leaving a part empty).
+int64_t assign_parts(std::vector<Planned>& tensors, uint64_t limit) {
+  if (limit == 0) return 1;
+  int64_t part = 0;
+  uint64_t size = 0, n = 0;
+  for (Planned& p : tensors) {
+    const uint64_t padded = (p.out.bytes + 31) / 32 * 32;
+    if (n > 0 && size + padded > limit) ++part, size = 0, n = 0;
+    p.part = part;
+    size += padded, ++n;
+  }
+  return part + 1;
+}
+
+// The paths to write: `out` a .gguf file (NAME.gguf), or a folder (model.gguf in it).
+StatusOr<std::vector<fs::path>> gguf_paths(const fs::path& out, int64_t parts) {
+  std::error_code ec;
+  fs::path base = out;
+  if (out.extension() == ".gguf") {
+    base.replace_extension();
+    if (!out.parent_path().empty() && !fs::exists(out.parent_path(), ec)) fs::create_directories(out.parent_path(), ec);
+  } else {
+    if (fs::exists(out, ec) && !fs::is_directory(out, ec))
+      return invalid_argument(out.string() + " exists and is not a folder (name a .gguf file or a folder)");
+    fs::create_directories(out, ec);
+    for (const auto& e : fs::directory_iterator(out, ec))
+      if (e.path().extension() == ".gguf")
+        return invalid_argument(out.string() + " already holds a GGUF (" + e.path().filename().string() +
+                                "); choose an empty --out");
+    base = out / "model";
+  }
+  std::vector<fs::path> paths;
+  for (int64_t k = 0; k < parts; ++k) {
+    if (parts == 1) {
+      paths.push_back(base.string() + ".gguf");
+    } else {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "-%05lld-of-%05lld.gguf", (long long)k + 1, (long long)parts);
+      paths.push_back(base.string() + buf);
+    }
+    if (fs::exists(paths.back(), ec)) return invalid_argument(paths.back().string() + " exists; choose a new --out");
+  }
+  return paths;
+}
+
+// Writes one tensor's rows a chunk at a time at `at` in fd: random blocks with their scales set
+// (block types) or values from the HF synth's initialisation (F32/F16/BF16).
+Status write_tensor_data(int fd, uint64_t at, const fs::path& path, const Planned& p, uint64_t seed,
+                         const std::map<DType, Calibration>& calib) {
+  const DType t = p.out.dtype;
+  const int64_t cols = p.out.ne[0], rows = p.rows();
+  const int64_t row_bytes = dtype_row_bytes(t, cols);
+  const uint64_t tseed = mix64(seed ^ mix64(name_hash(p.out.name)));
+  const Init init = init_for(*p.spec);
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(16) << 20) / std::max<int64_t>(row_bytes, cols * 4));
+  std::vector<uint8_t> buf;
+  std::vector<float> w;
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t m = std::min(chunk, rows - r0);
+    buf.resize(size_t(m * row_bytes));
+    if (dtype_is_block(t)) {
+      const Calibration& c = calib.at(t);
+      const double d0 = init.half_width / std::sqrt(3.0) / c.unit_rms;  // the uniform init's std
+      const int64_t nb = dtype_bytes(t), blocks = cols / dtype_block(t);
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < m; ++r) {
+        const uint64_t rs = mix64(tseed ^ mix64(uint64_t(r0 + r)));
+        uint8_t* row = buf.data() + r * row_bytes;
+        random_bytes(row, row_bytes, rs);
+        for (int64_t b = 0; b < blocks; ++b) {
+          const double u = double(mix64(~rs + uint64_t(b + 1) * kGolden) >> 11) * 0x1p-53;
+          const double d = d0 * (0.75 + 0.5 * u);
+          put_scales(row + b * nb, c.fields, float(d), float(d * c.m_ratio));
+        }
+      }
+    } else {
+      w.resize(size_t(m * cols));
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < m; ++r) random_row(w.data() + r * cols, cols, mix64(tseed ^ mix64(uint64_t(r0 + r))), init);
+      for (int64_t i = 0; i < m * cols; ++i) {
+        const float v = w[size_t(i)];
+        if (t == DType::kF32) std::memcpy(buf.data() + i * 4, &v, 4);
+        else put_u16(buf.data() + i * 2, t == DType::kF16 ? f32_to_f16(v) : float_to_bf16(v));
+      }
+    }
+    SHOAL_RETURN_IF_ERROR(pwrite_all(fd, buf.data(), buf.size(), at + uint64_t(r0 * row_bytes), path));
+  }
+  return {};
+}
+
+StatusOr<SynthResult> synth_gguf(const SynthOptions& o, SynthResult r) {
+  if (o.fp8) return invalid_argument("--dtype fp8 is for Hugging Face checkpoints; a GGUF takes --quant");
+  if (o.mtp) return invalid_argument("--mtp: llama.cpp's converter writes no MTP layer; a GGUF synth has none");
+  if (!o.tokenizer.empty())
+    return invalid_argument("--tokenizer: a GGUF synth carries its own byte-level vocabulary in its metadata");
+  if (dtype_info(o.quant).ggml_id < 0 || o.quant == DType::kQ8_K)
+    return invalid_argument("--quant " + std::string(dtype_name(o.quant)) + " is not a type llama-quantize writes");
+  ModelConfig c = r.config;
+  c.mla_split_kv_b = true;
+  c.n_mtp_layers = 0;
+  const std::vector<TensorSpec> specs = model_tensors(c, /*with_mtp=*/false);
+  SHOAL_ASSIGN_OR_RETURN(std::vector<Planned> tensors, plan_gguf(specs, c, o.quant));
+  std::map<DType, Calibration> calib;
+  for (const Planned& p : tensors)
+    if (dtype_is_block(p.out.dtype) && !calib.count(p.out.dtype)) calib.emplace(p.out.dtype, calibrate(p.out.dtype));
+  const int64_t n_parts = assign_parts(tensors, o.split_bytes);
+  SHOAL_ASSIGN_OR_RETURN(r.files, gguf_paths(o.out, n_parts));
+  const Kv meta = metadata(c, o.quant);
+  for (int64_t k = 0; k < n_parts; ++k) {
+    Kv kv = k == 0 ? meta : Kv{};
+    if (n_parts > 1) {
+      kv.emplace_back("split.no", u16_value(uint16_t(k)));
+      kv.emplace_back("split.count", u16_value(uint16_t(n_parts)));
+      kv.emplace_back("split.tensors.count", gguf_i32(int32_t(tensors.size())));
+    }
+    std::vector<GgufTensorOut> outs;
+    std::vector<const Planned*> mine;
+    for (const Planned& p : tensors)
+      if (p.part == k) outs.push_back(p.out), mine.push_back(&p);
+    uint64_t data_bytes = 0;
+    const std::string header = gguf_stream_header(kv, outs, &data_bytes);
+    const fs::path& path = r.files[size_t(k)];
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return not_found("cannot write " + path.string() + ": " + std::strerror(errno));
+    Status s = pwrite_all(fd, header.data(), header.size(), 0, path);
+    if (s.ok() && ::ftruncate(fd, off_t(header.size() + data_bytes)) != 0)
+      s = internal_error("cannot size " + path.string() + ": " + std::strerror(errno));
+    for (size_t i = 0; s.ok() && i < mine.size(); ++i)
+      s = write_tensor_data(fd, header.size() + outs[i].offset, path, *mine[i], o.seed, calib);
+    if (::close(fd) != 0 && s.ok()) s = internal_error("write failed: " + path.string() + ": " + std::strerror(errno));
+    SHOAL_RETURN_IF_ERROR(s);
+    for (const GgufTensorOut& t : outs) r.total_bytes += t.bytes;
+  }
+  r.config = c;
+  r.config.bos_token_id = 0;
+  r.config.eos_token_id = 1;
+  r.n_tensors = int64_t(tensors.size());
+  r.n_shards = n_parts;
+  return r;
+}
+
+}  // namespace gguf_synth
+
 }  // namespace
 
 void quantize_fp8_blocks(uint8_t* q, float* scale_inv, const float* w, int64_t rows, int64_t cols, int64_t block) {
@@ -384,6 +802,84 @@ void quantize_fp8_blocks(uint8_t* q, float* scale_inv, const float* w, int64_t r
   }
 }
 
+std::optional<DType> gguf_quant_type(std::string_view name) {
+  std::string up(name);
+  for (char& ch : up) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+  for (const DTypeInfo& info : kDTypes)
+    if (info.ggml_id >= 0 && info.dtype != DType::kQ8_K && info.name == up) return info.dtype;
+  return std::nullopt;
+}
+
+DType gguf_fallback_type(DType want, int64_t ne0) {
+  if (ne0 % dtype_block(want) == 0) return want;
+  DType t = DType::kF16;
+  switch (want) {
+    case DType::kIQ1_S: case DType::kIQ1_M: case DType::kIQ2_XXS: case DType::kIQ2_XS: case DType::kIQ2_S:
+    case DType::kIQ3_XXS: case DType::kIQ3_S: case DType::kIQ4_XS: t = DType::kIQ4_NL; break;
+    case DType::kQ2_K: case DType::kQ3_K: t = DType::kQ4_0; break;
+    case DType::kQ4_K: t = DType::kQ5_0; break;
+    case DType::kQ5_K: t = DType::kQ5_1; break;
+    case DType::kQ6_K: t = DType::kQ8_0; break;
+    default: break;
+  }
+  return ne0 % dtype_block(t) == 0 ? t : DType::kF16;
+}
+
+uint32_t gguf_file_type(DType t) {
+  switch (t) {
+    case DType::kF32: return 0;
+    case DType::kF16: return 1;
+    case DType::kQ4_0: return 2;
+    case DType::kQ4_1: return 3;
+    case DType::kQ8_0: return 7;
+    case DType::kQ5_0: return 8;
+    case DType::kQ5_1: return 9;
+    case DType::kQ2_K: return 10;
+    case DType::kQ3_K: return 11;   // MOSTLY_Q3_K_S
+    case DType::kQ4_K: return 14;   // MOSTLY_Q4_K_S
+    case DType::kQ5_K: return 16;   // MOSTLY_Q5_K_S
+    case DType::kQ6_K: return 18;
+    case DType::kIQ2_XXS: return 19;
+    case DType::kIQ2_XS: return 20;
+    case DType::kIQ3_XXS: return 23;
+    case DType::kIQ1_S: return 24;
+    case DType::kIQ4_NL: return 25;
+    case DType::kIQ3_S: return 26;
+    case DType::kIQ2_S: return 28;
+    case DType::kIQ4_XS: return 30;
+    case DType::kIQ1_M: return 31;
+    case DType::kBF16: return 32;
+    default: return 0;
+  }
+}
+
+std::string gguf_stream_header(const std::vector<std::pair<std::string, GgufValue>>& kv,
+                               std::vector<GgufTensorOut>& tensors, uint64_t* data_bytes, uint64_t alignment) {
+  // The metadata as gguf_writer serialises it (alignment 1: no padding after it), then the
+  // tensor count patched in and the tensor infos appended.
+  std::string out = gguf_image(kv, {}, 1);
+  const uint64_t n = tensors.size();
+  std::memcpy(out.data() + 8, &n, 8);
+  auto put = [&](const void* p, size_t k) { out.append(static_cast<const char*>(p), k); };
+  uint64_t offset = 0;
+  for (GgufTensorOut& t : tensors) {
+    const uint64_t len = t.name.size();
+    put(&len, 8);
+    out += t.name;
+    const uint32_t dims = uint32_t(t.ne.size());
+    put(&dims, 4);
+    for (int64_t d : t.ne) put(&d, 8);
+    const uint32_t type = uint32_t(dtype_info(t.dtype).ggml_id);
+    put(&type, 4);
+    t.offset = offset;
+    put(&offset, 8);
+    offset = (offset + t.bytes + alignment - 1) / alignment * alignment;
+  }
+  out.resize((out.size() + alignment - 1) / alignment * alignment, '\0');
+  if (data_bytes) *data_bytes = offset;
+  return out;
+}
+
 StatusOr<SynthResult> synth_checkpoint(const SynthOptions& o) {
   if (o.shard_bytes == 0) return invalid_argument("shard size must be positive");
   json j = json::parse(default_config_json());
@@ -400,6 +896,7 @@ StatusOr<SynthResult> synth_checkpoint(const SynthOptions& o) {
   if (!parsed.ok()) return parsed.status().with_context(o.config.empty() ? "the default config" : o.config.string());
   SynthResult r;
   r.config = *parsed;
+  if (o.gguf) return gguf_synth::synth_gguf(o, std::move(r));
   SHOAL_RETURN_IF_ERROR(check_out_dir(o.out));
   if (!o.tokenizer.empty()) SHOAL_RETURN_IF_ERROR(copy_tokenizer_files(o.tokenizer, o.out));
 

@@ -20,9 +20,16 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
+#include "common/dtype.h"
 #include "common/status.h"
 #include "model/config.h"
+#include "model/gguf.h"
 
 namespace shoal {
 
@@ -41,6 +48,16 @@ struct SynthOptions {
   std::filesystem::path tokenizer;
   int64_t vocab_size = 0;
   int64_t bos_token_id = -1, eos_token_id = -1;
+
+  // GGUF instead (`shoal synth --format gguf`, docs/gguf.md "Synth and shard"): llama.cpp's
+  // deepseek2 layout with every matrix in `quant` (llama-quantize's fallback where a row is not a
+  // whole number of its blocks), norms, router and bias F32, a synthetic byte-level vocabulary.
+  // `out` is a .gguf file, or a folder that gets model.gguf. split_bytes > 0 splits the file as
+  // llama-gguf-split --split-max-size does (NAME-0000k-of-0000N.gguf); fp8, mtp and tokenizer
+  // do not apply.
+  bool gguf = false;
+  DType quant = DType::kQ8_0;
+  uint64_t split_bytes = 0;
 };
 
 // The files of a tokenizer folder that synth copies: the first two must exist, the last is copied
@@ -63,6 +80,7 @@ struct SynthResult {
   int64_t n_tensors = 0;    // including the _scale_inv tensors
   int64_t n_shards = 0;
   uint64_t total_bytes = 0; // metadata.total_size: tensor bytes of every shard
+  std::vector<std::filesystem::path> files;  // GGUF: the files written (part 1 first)
 };
 
 StatusOr<SynthResult> synth_checkpoint(const SynthOptions& o);
@@ -71,5 +89,37 @@ StatusOr<SynthResult> synth_checkpoint(const SynthOptions& o);
 // max|w| / 448 (1 for an all-zero tile) and q = e4m3(w / scale_inv), rounded to nearest.
 // w [rows, cols] float -> q [rows, cols] e4m3 bytes, scale_inv [ceil(rows/block), ceil(cols/block)].
 void quantize_fp8_blocks(uint8_t* q, float* scale_inv, const float* w, int64_t rows, int64_t cols, int64_t block);
+
+// ---- GGUF (synth --format gguf, and shoal shard of a GGUF) -------------------------------------
+
+// A --quant name (case-insensitive): F32, F16, BF16 or a ggml block type llama-quantize writes
+// (Q4_0 ... IQ1_M; not Q8_K, ggml's activation type); nullopt otherwise.
+std::optional<DType> gguf_quant_type(std::string_view name);
+
+// The type llama-quantize stores a matrix of row length ne0 in when asked for `want`
+// (llama-quant.cpp's tensor_type_fallback): `want` when ne0 is a whole number of its blocks; else
+// the 256-block i-quants -> IQ4_NL, Q2_K/Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0;
+// F16 when the fallback's 32-weight blocks do not fit either.
+DType gguf_fallback_type(DType want, int64_t ne0);
+
+// llama.cpp's general.file_type (LlamaFileType) for a file whose matrices are all `t`.
+uint32_t gguf_file_type(DType t);
+
+// One tensor of a GGUF being written: its data is `bytes` long at `offset` of the data section.
+struct GgufTensorOut {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> ne;  // ggml order
+  uint64_t bytes = 0;
+  uint64_t offset = 0;      // set by gguf_stream_header
+};
+
+// The header of a GGUF (version 3) whose tensors follow in the given order, each padded to
+// `alignment`: magic, counts, metadata, tensor infos, padding; the data section starts right
+// after it. Sets every tensor's offset; *data_bytes (if given) is the data section's length.
+// Lets a writer stream tensor data without holding it (model/gguf_writer.h builds whole images).
+std::string gguf_stream_header(const std::vector<std::pair<std::string, GgufValue>>& kv,
+                               std::vector<GgufTensorOut>& tensors, uint64_t* data_bytes = nullptr,
+                               uint64_t alignment = 32);
 
 }  // namespace shoal

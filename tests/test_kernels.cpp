@@ -146,6 +146,8 @@ TestWeight make_weight(DType dtype, int64_t R, int64_t C, uint32_t seed) {
         w.value[size_t(i)] = double(float(ref_e4m3(q)) * s);
         break;
       }
+      default:  // ggml block types: tests/test_ggml_blocks.cpp
+        FAIL("random_weights covers the element types only");
     }
   }
   return w;

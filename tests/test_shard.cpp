@@ -2,7 +2,8 @@
 // exactly each rank's tensors with the source's bytes and a manifest whose sha256 is sha256sum's;
 // TCP nodes started on the shards give the single process's logits; a tampered shard file and a
 // shard of another rank are refused at the hello, naming the file or the rank; so is a file
-// changed under a running node that had already checked it.
+// changed under a running node that had already checked it. A GGUF source gives GGUF shards
+// holding only each rank's tensors and expert slices, on which TCP nodes give the same bits.
 #include <catch2/catch.hpp>
 
 #include <chrono>
@@ -13,6 +14,7 @@
 #include <set>
 
 #include "model/checkpoint.h"
+#include "model/gguf.h"
 #include "support/files.h"
 #include "support/process.h"
 
@@ -196,4 +198,90 @@ TEST_CASE("shoal shard writes each rank's tensors and TCP nodes on the shards gi
   err = run_command(kShoal + " shard --model " + kModel + " --plan " + t / "notaplan.json" + " --out " + t / "x 2>&1", &status);
   CHECK(status != 0);
   CHECK_THAT(err, Catch::Contains("notaplan.json: not a plan"));
+}
+
+TEST_CASE("shoal shard of a GGUF: one GGUF per rank with only its experts, nodes on them give the same bits", "[shard][gguf]") {
+  TempDir t;
+  const std::string model = std::string(SHOAL_FIXTURES) + "/gguf-a-q4_k_m-split";
+  auto source = shoal::Checkpoint::open(model);
+  REQUIRE(source.ok());
+  const shoal::ModelConfig& c = (*source)->config();
+  const json config = {{"num_hidden_layers", c.n_layers},
+                       {"first_k_dense_replace", c.n_dense_layers},
+                       {"n_routed_experts", c.n_routed_experts}};
+  std::ofstream(t / "plan.json") << three_rank_plan(config).dump(2);
+  const std::string out = run_ok(kShoal + " shard --model " + model + " --plan " + t / "plan.json" + " --out " + t / "shards");
+  CHECK_THAT(out, Catch::Contains("rank 1: ") && Catch::Contains("model.gguf"));
+  CHECK_FALSE(fs::exists(t / "shards/rank-0"));
+
+  uint64_t whole = 0;
+  for (const auto& e : fs::directory_iterator(model))
+    if (e.path().extension() == ".gguf") whole += fs::file_size(e.path());
+  std::set<std::string> seen;
+  for (int r : {1, 2}) {
+    INFO("rank " << r);
+    const std::string dir = t / ("shards/rank-" + std::to_string(r));
+    CHECK_FALSE(fs::exists(dir + "/config.json"));
+    const json m = json::parse(std::ifstream(dir + "/shoal-shard.json"));
+    CHECK(m["rank"] == r);
+    REQUIRE(m["files"].size() == 1);
+    const json& f = m["files"][0];
+    CHECK(f["file"] == "model.gguf");
+    int status = -1;
+    const std::string sum = run_command("sha256sum " + dir + "/model.gguf", &status);
+    CHECK(sum.substr(0, 64) == f["sha256"].get<std::string>());
+    const uint64_t bytes = fs::file_size(dir + "/model.gguf");
+    CHECK(f["bytes"].get<int64_t>() == int64_t(bytes));
+    CHECK(bytes < whole * 3 / 4);  // only its tensors, and half of the experts
+
+    // Opens alone with the source's config, and holds the source's bytes for its tensors.
+    auto shard = shoal::Checkpoint::open(dir);
+    INFO(shard.status().to_string());
+    REQUIRE(shard.ok());
+    const shoal::ModelConfig& sc = (*shard)->config();
+    CHECK(sc.n_layers == c.n_layers);
+    CHECK(sc.n_routed_experts == c.n_routed_experts);
+    CHECK(sc.topk_method == c.topk_method);
+    CHECK(sc.tie_word_embeddings == c.tie_word_embeddings);
+    CHECK(sc.mla_split_kv_b == c.mla_split_kv_b);
+    CHECK((*shard)->names().size() == f["tensors"].size());
+    for (const std::string& name : (*shard)->names()) {
+      CHECK(seen.insert(name).second);
+      auto a = (*source)->tensor(name);
+      auto b = (*shard)->tensor(name);
+      REQUIRE(a.ok());
+      REQUIRE(b.ok());
+      const size_t n = a->info->end - a->info->begin;
+      REQUIRE(b->info->end - b->info->begin == n);
+      CHECK(a->info->dtype == b->info->dtype);
+      CHECK(std::equal(a->data, a->data + n, b->data));
+    }
+    // Experts alternate: rank 1 keeps the even ones of each MoE layer, rank 2 the odd ones.
+    const shoal::GgufModel& g = *(*shard)->gguf();
+    const auto exps = g.find("blk.2.ffn_down_exps.weight");
+    REQUIRE(exps.has_value());
+    CHECK(exps->tensor->ne[2] == c.n_routed_experts / 2);
+    const shoal::GgufValue* ids = g.meta().find("shoal.shard.experts.blk.2.ffn_down_exps.weight");
+    REQUIRE(ids != nullptr);
+    std::vector<int64_t> want;
+    for (int64_t j = r - 1; j < c.n_routed_experts; j += 2) want.push_back(j);
+    CHECK(ids->ints == want);
+  }
+  for (const std::string& name : (*source)->names()) CHECK(seen.count(name) == 1);
+
+  // TCP nodes on their shards, the coordinator on the whole file: the same bits, both numerics.
+  std::ofstream(t / "token") << "shard-test-token\n";
+  fs::permissions(t / "token", fs::perms::owner_read | fs::perms::owner_write);
+  Node n1 = start_node(t / "token", t / "shards/rank-1");
+  Node n2 = start_node(t / "token", t / "shards/rank-2");
+  for (const std::string numerics : {"", " --exact"}) {
+    INFO(numerics);
+    const json want = json::parse(run_ok(kShoal + " logits --model " + model + kIds + numerics));
+    const json got = json::parse(run_ok("timeout 120 " + kShoal + " logits --model " + model + kIds + numerics +
+                                        " --plan " + t / "plan.json" + " --nodes " + n1.address + "," + n2.address +
+                                        " --token-file " + t / "token"));
+    CHECK(got["greedy_ids"] == want["greedy_ids"]);
+    CHECK(max_diff(want["prompt_logits"], got["prompt_logits"]) == 0.0);
+    CHECK(max_diff(want["greedy_logits"], got["greedy_logits"]) == 0.0);
+  }
 }

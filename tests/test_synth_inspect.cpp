@@ -17,6 +17,9 @@
 #include "coordinator/engine.h"
 #include "coordinator/reasoning.h"
 #include "coordinator/tokenizer/tokenizer.h"
+#include "kernels/cpu/formats/ggml/block.h"
+#include "model/checkpoint.h"
+#include "model/gguf.h"
 #include "model/inspect.h"
 #include "model/layers.h"
 #include "model/synth.h"
@@ -437,6 +440,271 @@ TEST_CASE("synth: the same seed writes the same bytes, another seed other weight
   }
   CHECK(files == size_t(std::distance(fs::directory_iterator(a2), fs::directory_iterator())));
   CHECK(files >= 7);  // config.json, index, 5 or more shards
+}
+
+// ---- synth --format gguf --------------------------------------------------------------------
+
+namespace {
+
+// Model A's sizes (tests/fixtures/gguf-a-q4_k_m-split/README.md) on the tiny fixture's config:
+// rows of 256 and 512 take the 256-weight K- and i-quant blocks; attn_k_b's rows of
+// qk_nope_head_dim 64 do not, and fall back.
+fs::path write_gguf_a_config(const fs::path& dir) {
+  json c = read_json(kFixtures / "tiny-v3-bf16" / "config.json");
+  const std::map<std::string, int> sizes{{"hidden_size", 256},      {"intermediate_size", 512},
+                                         {"moe_intermediate_size", 256}, {"q_lora_rank", 256},
+                                         {"kv_lora_rank", 256},     {"qk_nope_head_dim", 64},
+                                         {"qk_rope_head_dim", 32},  {"v_head_dim", 64},
+                                         {"num_hidden_layers", 3}};
+  for (const auto& [k, v] : sizes) c[k] = v;
+  fs::create_directories(dir);
+  write_file(dir / "config.json", c.dump(2));
+  return dir / "config.json";
+}
+
+// The fields of a config that change the computation, GGUF against the source config (BOS/EOS
+// are the synthetic vocabulary's, MTP is not in a GGUF).
+void check_same_config(const ModelConfig& got, const ModelConfig& want) {
+  CHECK(got.vocab_size == want.vocab_size);
+  CHECK(got.dim == want.dim);
+  CHECK(got.inter_dim == want.inter_dim);
+  CHECK(got.moe_inter_dim == want.moe_inter_dim);
+  CHECK(got.n_layers == want.n_layers);
+  CHECK(got.n_dense_layers == want.n_dense_layers);
+  CHECK(got.n_heads == want.n_heads);
+  CHECK(got.n_routed_experts == want.n_routed_experts);
+  CHECK(got.n_shared_experts == want.n_shared_experts);
+  CHECK(got.n_activated_experts == want.n_activated_experts);
+  CHECK(got.n_expert_groups == want.n_expert_groups);
+  CHECK(got.n_limited_groups == want.n_limited_groups);
+  CHECK(got.score_func == want.score_func);
+  CHECK(got.topk_method == want.topk_method);
+  CHECK(got.model_type == want.model_type);
+  CHECK(got.norm_topk_prob == want.norm_topk_prob);
+  CHECK(float(got.route_scale) == float(want.route_scale));
+  CHECK(got.q_lora_rank == want.q_lora_rank);
+  CHECK(got.kv_lora_rank == want.kv_lora_rank);
+  CHECK(got.qk_nope_head_dim == want.qk_nope_head_dim);
+  CHECK(got.qk_rope_head_dim == want.qk_rope_head_dim);
+  CHECK(got.v_head_dim == want.v_head_dim);
+  CHECK(float(got.rope_theta) == float(want.rope_theta));
+  CHECK(float(got.rms_norm_eps) == float(want.rms_norm_eps));
+  CHECK(got.max_position_embeddings == want.max_position_embeddings);
+  CHECK(got.tie_word_embeddings == want.tie_word_embeddings);
+  CHECK(got.yarn.enabled == want.yarn.enabled);
+  CHECK(float(got.yarn.factor) == float(want.yarn.factor));
+  CHECK(got.yarn.original_max_position_embeddings == want.yarn.original_max_position_embeddings);
+  CHECK(float(got.yarn.mscale_all_dim) == float(want.yarn.mscale_all_dim));
+  CHECK(got.mla_split_kv_b);
+  CHECK(got.bos_token_id == 0);
+  CHECK(got.eos_token_id == 1);
+}
+
+ModelConfig source_config(const fs::path& config, int64_t layers) {
+  auto c = load_config(config);
+  REQUIRE(c.ok());
+  if (layers > 0) c->n_layers = layers;
+  return *c;
+}
+
+// Every tensor of a GGUF dequantizes to finite values; returns the RMS of each 2-D-or-more one.
+std::map<std::string, double> dequantized_rms(const GgufModel& m) {
+  std::map<std::string, double> out;
+  for (const auto& part : m.parts()) {
+    for (const GgufTensor& t : part->header().tensors) {
+      const auto* p = reinterpret_cast<const uint8_t*>(part->data(t));
+      const int64_t n = t.ne[0] * t.rows();
+      std::vector<float> y(static_cast<size_t>(n));
+      if (dtype_is_block(t.dtype)) {
+        for (int64_t b = 0; b < n / dtype_block(t.dtype); ++b)
+          kernels::cpu::ggml::dequantize_block(t.dtype, p + b * dtype_bytes(t.dtype), y.data() + b * dtype_block(t.dtype));
+      } else {
+        for (int64_t i = 0; i < n; ++i) {
+          uint16_t h;
+          std::memcpy(&h, p + 2 * i, 2);
+          if (t.dtype == DType::kF32) std::memcpy(&y[size_t(i)], p + 4 * i, 4);
+          else y[size_t(i)] = t.dtype == DType::kF16 ? f16_to_float(h) : bf16_to_float(h);
+        }
+      }
+      double s2 = 0;
+      int64_t bad = 0;
+      for (float v : y) bad += !std::isfinite(v), s2 += double(v) * v;
+      INFO(t.name << " " << dtype_name(t.dtype));
+      CHECK(bad == 0);
+      if (t.ne.size() >= 2) out[t.name] = std::sqrt(s2 / double(n));
+    }
+  }
+  return out;
+}
+
+// Each matrix has about the HF synth's std: 1/sqrt(fan_in = ne[0]), 1 for the embedding.
+void check_rms(const GgufModel& m) {
+  for (const auto& [name, rms] : dequantized_rms(m)) {
+    const auto t = m.find(name);
+    const double want = name == "token_embd.weight" ? 1.0 : 1.0 / std::sqrt(double(t->tensor->ne[0]));
+    INFO(name << " " << dtype_name(t->tensor->dtype) << " rms " << rms << " want " << want);
+    CHECK(rms > want / 2);
+    CHECK(rms < want * 2);
+  }
+}
+
+void check_finite_json(const json& j) {
+  if (j.is_array()) {
+    for (const json& x : j) check_finite_json(x);
+  } else if (j.is_object()) {
+    for (const auto& [k, v] : j.items()) check_finite_json(v);
+  } else if (j.is_number_float()) {
+    REQUIRE(std::isfinite(j.get<double>()));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("synth --format gguf: llama.cpp's layout in the asked type with llama-quantize's fallbacks", "[gguf]") {
+  TempDir tmp;
+  const fs::path config = write_gguf_a_config(tmp.path / "a");
+  struct Case {
+    const char* quant;
+    DType matrices, k_b;  // attn_k_b: rows of 64
+  };
+  for (const Case& k : {Case{"Q4_K", DType::kQ4_K, DType::kQ5_0}, Case{"IQ2_XXS", DType::kIQ2_XXS, DType::kIQ4_NL},
+                        Case{"q8_0", DType::kQ8_0, DType::kQ8_0}}) {
+    INFO(k.quant);
+    const fs::path out = tmp.path / (std::string(k.quant) + ".gguf");
+    const CliRun r = shoal_cli("synth --format gguf --quant " + std::string(k.quant) + " --seed 3 --config " +
+                               quoted(config) + " --out " + quoted(out));
+    INFO(r.out << r.err);
+    REQUIRE(r.rc == 0);
+    auto ck = Checkpoint::open(out);
+    INFO(ck.status().to_string());
+    REQUIRE(ck.ok());
+    check_same_config((*ck)->config(), source_config(config, 0));
+    const GgufModel& m = *(*ck)->gguf();
+    auto type = [&](const std::string& name) {
+      const auto t = m.find(name);
+      REQUIRE(t.has_value());
+      return t->tensor->dtype;
+    };
+    CHECK(type("token_embd.weight") == k.matrices);
+    CHECK(type("output.weight") == k.matrices);
+    CHECK(type("blk.1.attn_q_b.weight") == k.matrices);
+    CHECK(type("blk.1.ffn_down_exps.weight") == k.matrices);
+    CHECK(type("blk.0.attn_k_b.weight") == k.k_b);
+    CHECK(type("blk.0.attn_v_b.weight") == k.matrices);
+    for (const char* f32 : {"blk.1.ffn_gate_inp.weight", "blk.1.exp_probs_b.bias", "blk.1.attn_norm.weight",
+                            "output_norm.weight"})
+      CHECK(type(f32) == DType::kF32);
+    CHECK(m.find("blk.1.ffn_up_exps.weight")->tensor->ne == std::vector<int64_t>{256, 256, 8});
+    CHECK(m.find("blk.2.attn_k_b.weight")->tensor->ne == std::vector<int64_t>{64, 256, 4});
+    CHECK(m.meta().find("general.file_type")->u == gguf_file_type(k.matrices));
+    check_rms(m);  // the scales give each matrix about the HF synth's std
+    check_generates(out);
+  }
+}
+
+TEST_CASE("synth --format gguf of the tiny config: shoal run and logits, every ggml type, same seed same bytes", "[gguf]") {
+  TempDir tmp;
+  const fs::path config = kFixtures / "tiny-v3-bf16" / "config.json";
+  auto synth = [&](const std::string& quant, const std::string& out, const std::string& extra = "") {
+    const CliRun r = shoal_cli("synth --format gguf --quant " + quant + " --layers 2 --seed 5 --config " +
+                               quoted(config) + " --out " + quoted(tmp.path / out) + extra);
+    INFO(r.out << r.err);
+    REQUIRE(r.rc == 0);
+    return tmp.path / out;
+  };
+  for (const std::string quant : {"Q4_K", "IQ2_XXS", "Q8_0"}) {
+    INFO(quant);
+    const fs::path file = synth(quant, quant + ".gguf");
+    auto ck = Checkpoint::open(file);
+    REQUIRE(ck.ok());
+    check_same_config((*ck)->config(), source_config(config, 2));
+    const CliRun run = shoal_cli("run --model " + quoted(file) + " --ids \"1 2 3\" --max-tokens 4");
+    INFO(run.out << run.err);
+    CHECK(run.rc == 0);
+    const CliRun logits = shoal_cli("logits --model " + quoted(file) + " --ids \"1 2 3\" --greedy 2");
+    INFO(logits.err);
+    REQUIRE(logits.rc == 0);
+    const json j = json::parse(logits.out);
+    REQUIRE(j.contains("prompt_logits"));
+    check_finite_json(j);
+  }
+  // The same seed writes the same bytes (a folder --out gets model.gguf); another seed others.
+  const fs::path again = synth("Q4_K", "again");
+  CHECK(read_file(again / "model.gguf") == read_file(tmp.path / "Q4_K.gguf"));
+  const CliRun other = shoal_cli("synth --format gguf --quant Q4_K --layers 2 --seed 6 --config " + quoted(config) +
+                                 " --out " + quoted(tmp.path / "other.gguf"));
+  REQUIRE(other.rc == 0);
+  CHECK(read_file(tmp.path / "other.gguf") != read_file(tmp.path / "Q4_K.gguf"));
+  CHECK(read_file(tmp.path / "other.gguf").size() == read_file(tmp.path / "Q4_K.gguf").size());
+
+  // Split as llama-gguf-split names and keys it: the same tensors with the same bytes.
+  const fs::path split = synth("Q4_K", "split/m.gguf", " --split-max-mb 0.05");
+  (void)split;
+  std::vector<fs::path> parts;
+  for (const auto& e : fs::directory_iterator(tmp.path / "split")) parts.push_back(e.path());
+  std::sort(parts.begin(), parts.end());
+  REQUIRE(parts.size() >= 3);
+  CHECK(parts[0].filename() == "m-00001-of-" + [&] {
+    char b[8];
+    std::snprintf(b, sizeof b, "%05zu", parts.size());
+    return std::string(b);
+  }() + ".gguf");
+  auto whole = GgufModel::open(tmp.path / "Q4_K.gguf");
+  auto parted = GgufModel::open(parts[0]);
+  REQUIRE(whole.ok());
+  REQUIRE(parted.ok());
+  CHECK((*parted)->parts().size() == parts.size());
+  CHECK((*parted)->meta().find("split.count")->i == int64_t(parts.size()));
+  CHECK((*parted)->parts()[1]->header().kv.size() == 3);  // split.no, split.count, split.tensors.count
+  size_t n = 0;
+  for (const GgufTensor& t : (*whole)->parts()[0]->header().tensors) {
+    INFO(t.name);
+    const auto a = (*whole)->find(t.name);
+    const auto b = (*parted)->find(t.name);
+    REQUIRE(b.has_value());
+    REQUIRE(b->tensor->bytes == t.bytes);
+    CHECK(std::equal(a->data, a->data + t.bytes, b->data));
+    ++n;
+  }
+  CHECK(n > 20);
+  const CliRun logits = shoal_cli("logits --model " + quoted(parts[0]) + " --ids \"1 2 3\"");
+  CHECK(logits.rc == 0);
+  CHECK(logits.out == shoal_cli("logits --model " + quoted(tmp.path / "Q4_K.gguf") + " --ids \"1 2 3\"").out);
+
+  // Every ggml type llama-quantize writes: a model that opens, with finite weights of the HF
+  // synth's std.
+  for (const DTypeInfo& info : kDTypes) {
+    if (info.ggml_id < 0 || info.dtype == DType::kQ8_K) continue;
+    INFO(info.name);
+    const fs::path file = tmp.path / ("all-" + std::string(info.name) + ".gguf");
+    const CliRun r = shoal_cli("synth --format gguf --quant " + std::string(info.name) + " --layers 1 --config " +
+                               quoted(write_gguf_a_config(tmp.path / "a")) + " --out " + quoted(file));
+    INFO(r.err);
+    REQUIRE(r.rc == 0);
+    auto ck = Checkpoint::open(file);
+    INFO(ck.status().to_string());
+    REQUIRE(ck.ok());
+    CHECK((*ck)->gguf()->find("blk.0.attn_q_a.weight")->tensor->dtype == info.dtype);
+    check_rms(*(*ck)->gguf());
+  }
+}
+
+TEST_CASE("gguf_fallback_type and gguf_quant_type follow llama-quantize", "[gguf]") {
+  CHECK(gguf_fallback_type(DType::kQ4_K, 512) == DType::kQ4_K);
+  CHECK(gguf_fallback_type(DType::kQ4_K, 64) == DType::kQ5_0);
+  CHECK(gguf_fallback_type(DType::kQ5_K, 64) == DType::kQ5_1);
+  CHECK(gguf_fallback_type(DType::kQ6_K, 128) == DType::kQ8_0);
+  CHECK(gguf_fallback_type(DType::kQ2_K, 96) == DType::kQ4_0);
+  CHECK(gguf_fallback_type(DType::kIQ1_M, 64) == DType::kIQ4_NL);
+  CHECK(gguf_fallback_type(DType::kIQ4_XS, 48) == DType::kF16);
+  CHECK(gguf_fallback_type(DType::kQ8_0, 48) == DType::kF16);
+  CHECK(gguf_quant_type("iq2_xxs") == DType::kIQ2_XXS);
+  CHECK(gguf_quant_type("BF16") == DType::kBF16);
+  CHECK_FALSE(gguf_quant_type("Q8_K").has_value());
+  CHECK_FALSE(gguf_quant_type("F8_E4M3").has_value());
+  const CliRun r = shoal_cli("synth --format gguf --quant Q7_X --out /tmp/x.gguf");
+  CHECK(r.rc != 0);
+  CHECK_THAT(r.err, Catch::Contains("--quant Q7_X"));
 }
 
 TEST_CASE("synth: routing of a synthesized MoE model is not degenerate") {

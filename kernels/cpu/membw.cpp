@@ -62,6 +62,27 @@ double measure_fma_peak_gflops(int reps) {
   return best;
 }
 
+double measure_int8_peak_gops(int reps) {
+  const int64_t iters = int64_t(1) << 22;
+  double best = 0;
+  volatile float sink = 0;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    float total = 0;
+    int threads = 1;
+#pragma omp parallel reduction(+ : total)
+    {
+#pragma omp single
+      threads = omp_get_num_threads();
+      total += cpu::int8_pass(iters);
+    }
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    sink = sink + total;
+    best = std::max(best, double(iters) * 12 * double(cpu::int8_pass_macs()) * 2 * threads / s / 1e9);
+  }
+  return best;
+}
+
 std::string cpu_variant() { return std::string(cpu::variant_name(cpu::active_variant())); }
 
 std::string cpu_variants_supported() {

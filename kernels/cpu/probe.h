@@ -47,8 +47,55 @@ inline float read_pass_variant(const float* p, int64_t n, int kernel) {
 }  // namespace
 }  // namespace shoal::kernels::cpu
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace shoal::kernels::cpu {
 namespace {
+
+// Twelve independent chains of the fast numerics' int8 dot product (maddubs then madd into
+// int32, kernels/cpu/qlinear.h) per thread: iters x 12 x kInt8PassMacs multiply-adds. The peak
+// fast prefill is measured against. Returns a sum so the work cannot be elided.
+#if defined(__AVX512BW__)
+constexpr int64_t kInt8PassMacs = 64;
+inline float int8_pass_variant(int64_t iters) {
+  __m512i acc[12];
+  const __m512i a = _mm512_set1_epi8(3), ones = _mm512_set1_epi16(1);
+  for (int j = 0; j < 12; ++j) acc[j] = _mm512_set1_epi8(int8_t(j));
+  for (int64_t i = 0; i < iters; ++i)
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; ++j) acc[j] = _mm512_madd_epi16(_mm512_maddubs_epi16(a, acc[j]), ones);
+  int32_t s = 0;
+  for (auto& v : acc) s += _mm512_reduce_add_epi32(v);
+  return float(s);
+}
+#elif defined(__AVX2__)
+constexpr int64_t kInt8PassMacs = 32;
+inline float int8_pass_variant(int64_t iters) {
+  __m256i acc[12];
+  const __m256i a = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+  for (int j = 0; j < 12; ++j) acc[j] = _mm256_set1_epi8(int8_t(j));
+  for (int64_t i = 0; i < iters; ++i)
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; ++j) acc[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(a, acc[j]), ones);
+  int32_t s = 0;
+  for (auto& v : acc) s += _mm256_extract_epi32(v, 0) + _mm256_extract_epi32(v, 7);
+  return float(s);
+}
+#else
+constexpr int64_t kInt8PassMacs = 1;
+inline float int8_pass_variant(int64_t iters) {
+  int32_t acc[12];
+  for (int j = 0; j < 12; ++j) acc[j] = j;
+  for (int64_t i = 0; i < iters; ++i)
+    for (int j = 0; j < 12; ++j) acc[j] = acc[j] * 3 + int8_t(acc[j]);
+  int32_t s = 0;
+  for (int v : acc) s += v;
+  return float(s);
+}
+#endif
+inline int64_t int8_pass_macs_variant() { return kInt8PassMacs; }
 
 // Twelve independent fused multiply-add chains per thread: the float32 FMA peak the prefill
 // GEMM is measured against. Returns the sum so the work cannot be elided.

@@ -97,6 +97,8 @@ const VariantKernels& active_kernels() {
 
 float read_pass(const float* p, int64_t n, int kernel) { return active_kernels().read_pass(p, n, kernel); }
 float fma_pass(int64_t iters) { return active_kernels().fma_pass(iters); }
+float int8_pass(int64_t iters) { return active_kernels().int8_pass(iters); }
+int64_t int8_pass_macs() { return active_kernels().int8_pass_macs(); }
 void linear(float* out, const float* x, const Matrix& w, int64_t n, const Context&) { active_kernels().linear(out, x, w, n); }
 void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Context&) {
   active_kernels().linear_t(out, x, w, n);

@@ -26,6 +26,9 @@ void set_variant(Variant v);
 float read_pass(const float* p, int64_t n, int kernel);
 // The active variant's FMA loop: iters x 12 x 16 fused multiply-adds.
 float fma_pass(int64_t iters);
+// The active variant's int8 dot-product loop (maddubs + madd): iters x 12 x int8_pass_macs() MACs.
+float int8_pass(int64_t iters);
+int64_t int8_pass_macs();
 
 // The kernels one variant TU (kernels/cpu/variants/) compiles; variant.cpp calls the active one's.
 struct VariantKernels {
@@ -34,6 +37,8 @@ struct VariantKernels {
   void (*attention)(const AttentionParams& p);
   float (*read_pass)(const float* p, int64_t n, int kernel);
   float (*fma_pass)(int64_t iters);
+  float (*int8_pass)(int64_t iters);  // iters x 12 x int8_pass_macs() int8 multiply-adds
+  int64_t (*int8_pass_macs)();
 };
 extern const VariantKernels kBaselineKernels;
 #if defined(__x86_64__)

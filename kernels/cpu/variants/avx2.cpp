@@ -9,5 +9,5 @@
 
 namespace shoal::kernels::cpu {
 extern const VariantKernels kAvx2Kernels = {linear_any_variant, linear_t_variant, attention_variant, read_pass_variant,
-                                        fma_pass_variant};
+                                        fma_pass_variant, int8_pass_variant, int8_pass_macs_variant};
 }  // namespace shoal::kernels::cpu
