@@ -24,6 +24,7 @@
 
 #include <omp.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -110,6 +111,19 @@ constexpr bool has_mins(DType t) {
   return t == DType::kQ4_1 || t == DType::kQ5_1 || t == DType::kQ2_K || t == DType::kQ4_K || t == DType::kQ5_K;
 }
 
+#if defined(__AVX2__)
+// The IQ2 sign codes (7 stored bits, parity for the 8th) as byte masks: 0xFF where negative.
+constexpr std::array<uint64_t, 128> kSignBytes = [] {
+  std::array<uint64_t, 128> t{};
+  for (uint32_t c = 0; c < 128; ++c) {
+    const uint8_t s = ggml::iq_signs(c);
+    for (int j = 0; j < 8; ++j)
+      if ((s >> j) & 1) t[c] |= uint64_t(0xFF) << (8 * j);
+  }
+  return t;
+}();
+#endif
+
 // One unit of one row, ready for the token loop: maddubs' weight operand, the sign source, and
 // per lane (order P) the sub-block scale, min and the scales d, dmin of its block.
 template <DType T>
@@ -126,7 +140,9 @@ struct Unit {
   // Block k (of kBlocks) of the unit from its bytes.
   void take(int k, const uint8_t* b) {
 #if defined(__AVX2__)
-    if constexpr (T == DType::kQ4_K || T == DType::kQ6_K || T == DType::kQ8_0) return take_simd(k, b);
+    if constexpr (T == DType::kQ4_K || T == DType::kQ6_K || T == DType::kQ8_0 || T == DType::kQ2_K ||
+                  T == DType::kQ3_K || T == DType::kIQ2_XXS)
+      return take_simd(k, b);
 #endif
     IntBlock w;
     ggml::unpack_block<T>(b, w);
@@ -152,41 +168,70 @@ struct Unit {
 
 #if defined(__AVX2__)
   // The same fields straight from the bytes for the types that dominate the usual files.
+  static __m256i load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static void store(void* p, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), v); }
+  static float f16(const uint8_t* p) {  // the F16C conversion: exact, as f16_to_float
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+  }
+  // A 256-weight block's per-lane fields: d, dmin on every lane; scales (and mins) of 16-weight
+  // sub-blocks given in column order (int8 or uint8 s[16]) are put in lane order P.
+  void block_scalars(float dd, float dm) {
+    const __m256 vd = _mm256_set1_ps(dd), vm = _mm256_set1_ps(dm);
+    _mm256_store_ps(d, vd), _mm256_store_ps(d + 8, vd);
+    _mm256_store_ps(dmin, vm), _mm256_store_ps(dmin + 8, vm);
+  }
+  static void lanes_of16(int32_t* out, __m128i s16_epi8, bool is_signed) {
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m128i hi = _mm_srli_si128(s16_epi8, 8);
+    const __m256i a = is_signed ? _mm256_cvtepi8_epi32(s16_epi8) : _mm256_cvtepu8_epi32(s16_epi8);
+    const __m256i c = is_signed ? _mm256_cvtepi8_epi32(hi) : _mm256_cvtepu8_epi32(hi);
+    store(out, _mm256_permutevar8x32_epi32(a, order));
+    store(out + 8, _mm256_permutevar8x32_epi32(c, order));
+  }
+  // Scales of 32-weight sub-blocks (8 bytes): sub-blocks 2j, 2j + 1 share byte j. In order P,
+  // half h's lanes are bytes 4h .. 4h + 3, twice.
+  static void lanes_of32(int32_t* out, const uint8_t* s8) {
+    uint32_t lo, hi;
+    std::memcpy(&lo, s8, 4);
+    std::memcpy(&hi, s8 + 4, 4);
+    store(out, _mm256_cvtepu8_epi32(_mm_set1_epi32(int32_t(lo))));
+    store(out + 8, _mm256_cvtepu8_epi32(_mm_set1_epi32(int32_t(hi))));
+  }
+
   void take_simd(int k, const uint8_t* b) {
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
-    auto put = [&](int lane_sub, int32_t scale, int32_t min, float dd, float dm) {
-      const int lane = kSubLane[lane_sub];
-      sc[lane] = scale;
-      mn[lane] = min;
-      d[lane] = dd;
-      dmin[lane] = dm;
-    };
-    auto load = [](const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
-    auto store = [](int8_t* p, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), v); };
+    const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
     if constexpr (T == DType::kQ8_0) {  // d f16 @0, qs int8[32] @2
       const __m256i q = load(b + 2);
       store(qs + 32 * k, q);
       store(qa + 32 * k, _mm256_sign_epi8(q, q));  // |q|; |-128| stays 0x80, read as u8 128
-      const float dd = ggml::load_f16(b);
-      put(2 * k, 1, 0, dd, 0.0f);
-      put(2 * k + 1, 1, 0, dd, 0.0f);
-    } else if constexpr (T == DType::kQ4_K) {  // d, dmin f16 @0, @2; scales[12] @4; qs[128] @16
-      const float dd = ggml::load_f16(b), dm = ggml::load_f16(b + 2);
-      for (int j = 0; j < 8; ++j) {
-        int s6, m6;
-        ggml::k_scale_min(j, b + 4, s6, m6);
-        put(2 * j, s6, m6, dd, dm);
-        put(2 * j + 1, s6, m6, dd, dm);
+      const float dd = f16(b);
+      d[kSubLane[2 * k]] = dd;
+      d[kSubLane[2 * k + 1]] = dd;
+      if (k == 0) {  // sub-block scale 1, no mins: the same for every unit
+        store(sc, _mm256_set1_epi32(1)), store(sc + 8, _mm256_set1_epi32(1));
+        store(mn, _mm256_setzero_si256()), store(mn + 8, _mm256_setzero_si256());
+        _mm256_store_ps(dmin, _mm256_setzero_ps()), _mm256_store_ps(dmin + 8, _mm256_setzero_ps());
       }
+    } else if constexpr (T == DType::kQ4_K) {  // d, dmin f16 @0, @2; scales[12] @4; qs[128] @16
+      block_scalars(f16(b), f16(b + 2));
+      // The 8 six-bit scales and mins (k_scale_min) as bytes, four per 32-bit word.
+      uint32_t u[3];
+      std::memcpy(u, b + 4, 12);
+      const uint32_t six = 0x3F3F3F3F, four = 0x0F0F0F0F, two = 0x03030303;
+      const uint32_t sc8[2] = {u[0] & six, (u[2] & four) | (((u[0] >> 6) & two) << 4)};
+      const uint32_t mn8[2] = {u[1] & six, ((u[2] >> 4) & four) | (((u[1] >> 6) & two) << 4)};
+      lanes_of32(sc, reinterpret_cast<const uint8_t*>(sc8));
+      lanes_of32(mn, reinterpret_cast<const uint8_t*>(mn8));
       for (int p = 0; p < 4; ++p) {
         const __m256i v = load(b + 16 + 32 * p);
         store(qa + 64 * p, _mm256_and_si256(v, low4));
         store(qa + 64 * p + 32, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
       }
     } else if constexpr (T == DType::kQ6_K) {  // ql[128] @0, qh[64] @128, scales int8[16] @192, d f16 @208
-      const float dd = ggml::load_f16(b + 208);
-      for (int i = 0; i < 16; ++i) put(i, int8_t(b[192 + i]), 0, dd, 0.0f);
-      const __m256i low2 = _mm256_set1_epi8(0x03);
+      block_scalars(f16(b + 208), 0.0f);
+      lanes_of16(sc, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)), true);
       for (int h = 0; h < 2; ++h) {
         const __m256i hi = load(b + 128 + 32 * h);
         for (int r = 0; r < 4; ++r) {
@@ -197,6 +242,56 @@ struct Unit {
           store(qa + 128 * h + 32 * r, _mm256_or_si256(lo, top));  // q + 32 (0..63)
         }
       }
+    } else if constexpr (T == DType::kQ2_K) {  // scales[16] @0 (low: scale, high: min), qs[64] @16, d, dmin @80, @82
+      block_scalars(f16(b + 80), f16(b + 82));
+      const __m128i s = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
+      lanes_of16(sc, _mm_and_si128(s, _mm_set1_epi8(0x0F)), false);
+      lanes_of16(mn, _mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F)), false);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i q = load(b + 16 + 32 * h);
+        for (int r = 0; r < 4; ++r) store(qa + 128 * h + 32 * r, _mm256_and_si256(_mm256_srli_epi16(q, 2 * r), low2));
+      }
+    } else if constexpr (T == DType::kQ3_K) {  // hmask[32] @0, qs[64] @32, scales[12] @96, d @108
+      block_scalars(f16(b + 108), 0.0f);
+      uint32_t u[3];
+      std::memcpy(u, b + 96, 12);
+      const uint32_t four = 0x0F0F0F0F, two = 0x03030303;
+      // Sixteen 6-bit scales - 32: low nibbles from bytes 0..7 (i < 8) and their high nibbles
+      // (i >= 8), top two bits from bytes 8..11 at bits 2(i / 4).
+      uint32_t v[4] = {(u[0] & four) | ((u[2] & two) << 4), (u[1] & four) | (((u[2] >> 2) & two) << 4),
+                       ((u[0] >> 4) & four) | (((u[2] >> 4) & two) << 4), ((u[1] >> 4) & four) | (((u[2] >> 6) & two) << 4)};
+      const __m128i s = _mm_sub_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)), _mm_set1_epi8(32));
+      lanes_of16(sc, s, true);
+      const __m256i m = load(b);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i q = load(b + 32 + 32 * h);
+        for (int r = 0; r < 4; ++r) {
+          // q + 4 = low two bits + 4 * (hmask bit 4h + r)
+          const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * r), low2);
+          const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(m, 4 * h + r), _mm256_set1_epi8(1));
+          store(qa + 128 * h + 32 * r, _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2)));
+        }
+      }
+    } else if constexpr (T == DType::kIQ2_XXS) {  // d @0; per 32: 4 grid indices, u32 of signs and scale
+      block_scalars(f16(b) * 0.125f, 0.0f);
+      alignas(16) uint8_t s8[16];
+      const __m256i off = _mm256_set1_epi8(43);
+      for (int g = 0; g < 8; ++g) {
+        const uint8_t* q = b + 2 + 8 * g;
+        uint32_t aux;
+        std::memcpy(&aux, q + 4, 4);
+        s8[2 * g] = s8[2 * g + 1] = uint8_t(2 * (aux >> 28) + 1);
+        uint64_t grid[4], neg[4];
+        for (int r = 0; r < 4; ++r) {
+          std::memcpy(&grid[r], ggml::kIq2xxsGrid[q[r]].data(), 8);
+          neg[r] = kSignBytes[(aux >> (7 * r)) & 127];
+        }
+        const __m256i gv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grid));
+        const __m256i nv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(neg));
+        // Negate where the sign is set, then the offset form (+ 43).
+        store(qa + 32 * g, _mm256_add_epi8(_mm256_sub_epi8(_mm256_xor_si256(gv, nv), nv), off));
+      }
+      lanes_of16(sc, _mm_load_si128(reinterpret_cast<const __m128i*>(s8)), false);
     }
   }
 #endif
