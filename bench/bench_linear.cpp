@@ -1,6 +1,7 @@
 // Decode-shaped linear (1 to 4 tokens x an 8192x8192 weight) per dtype: GB/s of weights streamed
 // from memory against the machine's read bandwidth, measured before and after the kernels.
 //   bench_linear [--tokens 1,4] [--dtypes F32,BF16,F8_E4M3,Q4_K,...] [--numerics fast|exact]
+//                [--rows 8192] [--cols 8192]
 // (threads: OMP_NUM_THREADS; ggml block types take random blocks, fast numerics unless exact)
 #include <omp.h>
 
@@ -31,12 +32,14 @@ std::vector<std::string> split(const std::string& s) {
 int main(int argc, char** argv) {
   std::string tokens_arg = "1,4", dtypes_arg = "F32,BF16,F16,F8_E4M3";
   bool exact = false;
+  int64_t rows = 8192, cols = 8192;  // 64 Mi weights: past the caches at every dtype
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--tokens")) tokens_arg = argv[i + 1];
     else if (!std::strcmp(argv[i], "--dtypes")) dtypes_arg = argv[i + 1];
     else if (!std::strcmp(argv[i], "--numerics")) exact = !std::strcmp(argv[i + 1], "exact");
+    else if (!std::strcmp(argv[i], "--rows")) rows = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--cols")) cols = std::stoll(argv[i + 1]);
   }
-  const int64_t rows = 8192, cols = 8192;  // 64 Mi weights: past the caches at every dtype
   const kernels::ReadBandwidth before = bench::read_bandwidth();
   std::printf("{\"read_bandwidth_gbs\": %.2f, \"probe_threads\": %d, \"probe_kernel\": \"%s\", \"cpu_variant\": \"%s\", "
               "\"threads\": %d}\n",

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "model/synth.h"
 
 namespace shoal::bench {
 
@@ -25,9 +26,9 @@ inline BenchWeights make_weights(DType dt, int64_t rows, int64_t cols, uint32_t 
   std::vector<float> v(static_cast<size_t>(rows * cols));
   for (auto& x : v) x = normal(rng);
   BenchWeights w;
-  if (dtype_is_block(dt)) {  // ggml block types: random blocks (the kernels' speed does not depend on the values)
+  if (dtype_is_block(dt)) {  // ggml block types: random blocks with realistic scales, as synth writes them
     w.bytes.resize(size_t(rows * dtype_row_bytes(dt, cols)));
-    for (auto& b : w.bytes) b = uint8_t(rng());
+    random_gguf_rows(w.bytes.data(), dt, rows, cols, 0.02, seed);
     return w;
   }
   w.bytes.resize(v.size() * size_t(dtype_bytes(dt)));

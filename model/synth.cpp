@@ -496,6 +496,17 @@ constexpr std::pair<std::string_view, std::string_view> kLayerTensors[] = {
     {"mlp.shared_experts.down_proj.weight", "ffn_down_shexp.weight"},
 };
 
+// One row of random blocks whose scales give weights of std about d0 * unit_rms, centred.
+void random_block_row(uint8_t* row, DType t, int64_t cols, const Calibration& c, double d0, uint64_t rs) {
+  const int64_t nb = dtype_bytes(t), blocks = cols / dtype_block(t);
+  random_bytes(row, blocks * nb, rs);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const double u = double(mix64(~rs + uint64_t(b + 1) * kGolden) >> 11) * 0x1p-53;
+    const double d = d0 * (0.75 + 0.5 * u);
+    put_scales(row + b * nb, c.fields, float(d), float(d * c.m_ratio));
+  }
+}
+
 StatusOr<std::string> gguf_name(const TensorSpec& t) {
   if (t.name == names::embed()) return std::string("token_embd.weight");
   if (t.name == names::final_norm()) return std::string("output_norm.weight");
@@ -704,18 +715,9 @@ Status write_tensor_data(int fd, uint64_t at, const fs::path& path, const Planne
     if (dtype_is_block(t)) {
       const Calibration& c = calib.at(t);
       const double d0 = init.half_width / std::sqrt(3.0) / c.unit_rms;  // the uniform init's std
-      const int64_t nb = dtype_bytes(t), blocks = cols / dtype_block(t);
 #pragma omp parallel for schedule(static)
-      for (int64_t r = 0; r < m; ++r) {
-        const uint64_t rs = mix64(tseed ^ mix64(uint64_t(r0 + r)));
-        uint8_t* row = buf.data() + r * row_bytes;
-        random_bytes(row, row_bytes, rs);
-        for (int64_t b = 0; b < blocks; ++b) {
-          const double u = double(mix64(~rs + uint64_t(b + 1) * kGolden) >> 11) * 0x1p-53;
-          const double d = d0 * (0.75 + 0.5 * u);
-          put_scales(row + b * nb, c.fields, float(d), float(d * c.m_ratio));
-        }
-      }
+      for (int64_t r = 0; r < m; ++r)
+        random_block_row(buf.data() + r * row_bytes, t, cols, c, d0, mix64(tseed ^ mix64(uint64_t(r0 + r))));
     } else {
       w.resize(size_t(m * cols));
 #pragma omp parallel for schedule(static)
@@ -823,6 +825,15 @@ DType gguf_fallback_type(DType want, int64_t ne0) {
     default: break;
   }
   return ne0 % dtype_block(t) == 0 ? t : DType::kF16;
+}
+
+void random_gguf_rows(uint8_t* out, DType t, int64_t rows, int64_t cols, double std, uint64_t seed) {
+  const gguf_synth::Calibration c = gguf_synth::calibrate(t);
+  const int64_t row_bytes = dtype_row_bytes(t, cols);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r)
+    gguf_synth::random_block_row(out + r * row_bytes, t, cols, c, std / c.unit_rms,
+                                 mix64(seed ^ mix64(uint64_t(r))));
 }
 
 uint32_t gguf_file_type(DType t) {

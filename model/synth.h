@@ -104,6 +104,9 @@ DType gguf_fallback_type(DType want, int64_t ne0);
 
 // llama.cpp's general.file_type (LlamaFileType) for a file whose matrices are all `t`.
 uint32_t gguf_file_type(DType t);
+// rows x cols weights of ggml block type t as random blocks whose scales give weights of about
+// the given standard deviation (the same blocks synth writes; benches use them).
+void random_gguf_rows(uint8_t* out, DType t, int64_t rows, int64_t cols, double std, uint64_t seed);
 
 // One tensor of a GGUF being written: its data is `bytes` long at `offset` of the data section.
 struct GgufTensorOut {

@@ -141,7 +141,8 @@ struct Unit {
   void take(int k, const uint8_t* b) {
 #if defined(__AVX2__)
     if constexpr (T == DType::kQ4_K || T == DType::kQ6_K || T == DType::kQ8_0 || T == DType::kQ2_K ||
-                  T == DType::kQ3_K || T == DType::kIQ2_XXS)
+                  T == DType::kQ3_K || T == DType::kIQ2_XXS || T == DType::kQ4_0 || T == DType::kQ5_0 ||
+                  T == DType::kIQ4_NL || T == DType::kIQ1_S)
       return take_simd(k, b);
 #endif
     IntBlock w;
@@ -272,6 +273,55 @@ struct Unit {
           store(qa + 128 * h + 32 * r, _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2)));
         }
       }
+    } else if constexpr (T == DType::kQ4_0 || T == DType::kQ5_0 || T == DType::kIQ4_NL) {
+      // 32-weight blocks, d f16 @0; Q4_0/IQ4_NL: qs[16] @2; Q5_0: qh u32 @2, qs[16] @6. Byte j of
+      // qs holds weight j (low nibble) and j + 16 (high nibble).
+      const uint8_t* q = b + (T == DType::kQ5_0 ? 6 : 2);
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+      const __m128i m4 = _mm_set1_epi8(0x0F);
+      __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
+      if constexpr (T == DType::kQ5_0) {  // fifth bit j of qh above weight j: q + 16 = nibble | bit << 4
+        uint32_t qh;
+        std::memcpy(&qh, b + 2, 4);
+        const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(int32_t(qh)),
+                                                  _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202,
+                                                                     0x0303030303030303));
+        const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+        nib = _mm256_or_si256(nib, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+      }
+      if constexpr (T == DType::kIQ4_NL) {  // the 16 levels, then the sign form
+        const __m128i lv = _mm_setr_epi8(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
+        const __m256i lq = _mm256_shuffle_epi8(_mm256_set_m128i(lv, lv), nib);
+        store(qs + 32 * k, lq);
+        store(qa + 32 * k, _mm256_sign_epi8(lq, lq));
+      } else {
+        store(qa + 32 * k, nib);  // q + 8 (Q4_0), q + 16 (Q5_0): the offset form
+      }
+      const float dd = f16(b);
+      d[kSubLane[2 * k]] = dd;
+      d[kSubLane[2 * k + 1]] = dd;
+      if (k == 0) {
+        store(sc, _mm256_set1_epi32(1)), store(sc + 8, _mm256_set1_epi32(1));
+        store(mn, _mm256_setzero_si256()), store(mn + 8, _mm256_setzero_si256());
+      }
+    } else if constexpr (T == DType::kIQ1_S) {  // d @0; qs[32] @2; qh u16[8] @34
+      block_scalars(f16(b) * 0.125f, 0.0f);
+      alignas(16) uint8_t s8[16];
+      const __m256i eight = _mm256_set1_epi8(8);
+      for (int g = 0; g < 8; ++g) {
+        uint16_t qh;
+        std::memcpy(&qh, b + 34 + 2 * g, 2);
+        s8[2 * g] = s8[2 * g + 1] = uint8_t(2 * ((qh >> 12) & 7) + 1);
+        uint64_t grid[4];
+        for (int r = 0; r < 4; ++r)
+          std::memcpy(&grid[r], ggml::kIq1sGrid[b[2 + 4 * g + r] | (((qh >> (3 * r)) & 7) << 8)].data(), 8);
+        const __m256i gv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grid));
+        // q + 9 = 8 grid + delta + 9 (grid in -1, 0, 1; delta -1 or 1)
+        const __m256i q8 = _mm256_sign_epi8(eight, gv);
+        store(qa + 32 * g, _mm256_add_epi8(q8, _mm256_set1_epi8(int8_t(10 - 2 * (qh >> 15)))));  // no branch
+      }
+      lanes_of16(sc, _mm_load_si128(reinterpret_cast<const __m128i*>(s8)), false);
     } else if constexpr (T == DType::kIQ2_XXS) {  // d @0; per 32: 4 grid indices, u32 of signs and scale
       block_scalars(f16(b) * 0.125f, 0.0f);
       alignas(16) uint8_t s8[16];
