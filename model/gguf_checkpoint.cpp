@@ -81,12 +81,9 @@ constexpr std::pair<std::string_view, std::string_view> kLayerNames[] = {
     {"mlp.shared_experts.down_proj.weight", "ffn_down_shexp.weight"},
 };
 
-struct Source {
-  std::string name;
-  int64_t expert = -1;
-};
+}  // namespace
 
-Source gguf_source(const TensorSpec& t) {
+GgufSource gguf_source(const TensorSpec& t) {
   if (t.name == names::embed()) return {"token_embd.weight"};
   if (t.name == names::final_norm()) return {"output_norm.weight"};
   if (t.name == names::lm_head()) return {"output.weight"};
@@ -101,6 +98,8 @@ Source gguf_source(const TensorSpec& t) {
     if (hf == suffix) return {blk + std::string(gg)};
   return {"?" + t.name};
 }
+
+namespace {
 
 // A per-rank shard written by `shoal shard` (docs/gguf.md, "Synth and shard") holds only some of
 // the model's tensors: `shoal.shard.source_tensors` lists every tensor of the whole model (what
@@ -232,7 +231,7 @@ StatusOr<std::map<std::string, GgufView>> gguf_hf_tensors(const GgufModel& m, co
   std::map<std::string, GgufView> out;
   const bool shard = m.meta().find(kShardSourceTensors) != nullptr;
   for (const TensorSpec& spec : model_tensors(c, /*with_mtp=*/false)) {
-    const Source src = gguf_source(spec);
+    const GgufSource src = gguf_source(spec);
     const auto found = m.find(src.name);
     if (!found && shard) continue;  // another rank's
     // A shard's stacked experts: slice p is expert slices[p].

@@ -12,6 +12,7 @@
 #include "model/config.h"
 #include "model/gguf.h"
 #include "model/safetensors.h"
+#include "model/tensor_names.h"
 
 namespace shoal {
 
@@ -24,6 +25,15 @@ struct GgufView {
   const std::byte* data = nullptr;
   std::string source;  // the GGUF tensor ("blk.3.ffn_up_exps.weight[5]" for an expert slice)
 };
+
+// Where a Hugging Face tensor lives in llama.cpp's layout: the GGUF tensor's name and, for a
+// routed expert, its index on the stacked tensor's slowest axis (-1 otherwise). The one table of
+// these names (synth writes GGUF with it too).
+struct GgufSource {
+  std::string name;
+  int64_t expert = -1;
+};
+GgufSource gguf_source(const TensorSpec& t);
 
 // Every tensor of model_tensors(config), found in the file and checked (type, shape).
 StatusOr<std::map<std::string, GgufView>> gguf_hf_tensors(const GgufModel& m, const ModelConfig& c);

@@ -1,4 +1,5 @@
 #include "model/synth.h"
+#include "model/gguf_checkpoint.h"
 
 #include "model/default_config.h"
 #include "model/safetensors.h"
@@ -472,29 +473,6 @@ Calibration calibrate(DType t) {
   return c;
 }
 
-// Hugging Face name suffix of a decoder layer tensor -> llama.cpp's blk.N suffix (the table of
-// tests/fixtures/gguf-a-q4_k_m-split/README.md).
-constexpr std::pair<std::string_view, std::string_view> kLayerTensors[] = {
-    {"input_layernorm.weight", "attn_norm.weight"},
-    {"self_attn.q_a_proj.weight", "attn_q_a.weight"},
-    {"self_attn.q_a_layernorm.weight", "attn_q_a_norm.weight"},
-    {"self_attn.q_b_proj.weight", "attn_q_b.weight"},
-    {"self_attn.q_proj.weight", "attn_q.weight"},
-    {"self_attn.kv_a_proj_with_mqa.weight", "attn_kv_a_mqa.weight"},
-    {"self_attn.kv_a_layernorm.weight", "attn_kv_a_norm.weight"},
-    {"self_attn.k_b_proj.weight", "attn_k_b.weight"},
-    {"self_attn.v_b_proj.weight", "attn_v_b.weight"},
-    {"self_attn.o_proj.weight", "attn_output.weight"},
-    {"post_attention_layernorm.weight", "ffn_norm.weight"},
-    {"mlp.gate_proj.weight", "ffn_gate.weight"},
-    {"mlp.up_proj.weight", "ffn_up.weight"},
-    {"mlp.down_proj.weight", "ffn_down.weight"},
-    {"mlp.gate.weight", "ffn_gate_inp.weight"},
-    {"mlp.gate.e_score_correction_bias", "exp_probs_b.bias"},
-    {"mlp.shared_experts.gate_proj.weight", "ffn_gate_shexp.weight"},
-    {"mlp.shared_experts.up_proj.weight", "ffn_up_shexp.weight"},
-    {"mlp.shared_experts.down_proj.weight", "ffn_down_shexp.weight"},
-};
 
 // One row of random blocks whose scales give weights of std about d0 * unit_rms, centred.
 void random_block_row(uint8_t* row, DType t, int64_t cols, const Calibration& c, double d0, uint64_t rs) {
@@ -508,18 +486,9 @@ void random_block_row(uint8_t* row, DType t, int64_t cols, const Calibration& c,
 }
 
 StatusOr<std::string> gguf_name(const TensorSpec& t) {
-  if (t.name == names::embed()) return std::string("token_embd.weight");
-  if (t.name == names::final_norm()) return std::string("output_norm.weight");
-  if (t.name == names::lm_head()) return std::string("output.weight");
-  const std::string blk = "blk." + std::to_string(t.layer) + ".";
-  if (t.expert >= 0) {
-    for (const char* proj : {"gate", "up", "down"})
-      if (t.name.ends_with(std::string(".") + proj + "_proj.weight")) return blk + "ffn_" + proj + "_exps.weight";
-  }
-  const std::string_view suffix = std::string_view(t.name).substr(names::layer(t.layer, "").size());
-  for (const auto& [hf, gg] : kLayerTensors)
-    if (hf == suffix) return blk + std::string(gg);
-  return internal_error("no GGUF name for tensor " + t.name);
+  const GgufSource src = gguf_source(t);
+  if (src.name.starts_with("?")) return internal_error("no GGUF name for tensor " + t.name);
+  return src.name;
 }
 
 // One tensor to write: its GGUF entry, the table tensor it comes from (for experts, expert 0's),
