@@ -19,7 +19,8 @@
 // are exact in every variant (maddubs never saturates: 0 <= q' <= 128 against |x| <= 127), and
 // the float parts are the same operations in the same order, so a token's result is bitwise the
 // same alone or in a batch, in any variant and thread count. A row whose length is not a whole
-// number of units (32-weight types only) ends with single blocks, each u[2b] + u[2b + 1].
+// number of units (32-weight types only) ends with a partial unit: its blocks, each u[2b] + u[2b + 1]
+// (the unit is padded with zero weights and activations, whose lanes are not added).
 #pragma once
 
 #include <omp.h>
@@ -45,40 +46,40 @@ constexpr int64_t kUnit = 256;
 constexpr int kLaneSub[16] = {0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15};  // P: lane -> sub-block
 constexpr int kSubLane[16] = {0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15};  // its inverse
 
-// Where sub-block s (a multiple-of-16 column index / 16) of a row of K columns sits in the per-16
-// arrays: in its unit's lane order inside whole units, in column order in a partial last unit.
-inline int64_t sub_slot(int64_t s, int64_t K) {
-  const int64_t unit = s / 16;
-  return (unit + 1) * kUnit <= K ? unit * 16 + kSubLane[s % 16] : s;
-}
+// Where sub-block s (column / 16) sits in the per-16 arrays: in its unit's lane order.
+inline int64_t sub_slot(int64_t s) { return s / 16 * 16 + kSubLane[s % 16]; }
+inline int64_t padded(int64_t K) { return (K + kUnit - 1) / kUnit * kUnit; }
 
-// Activations of n tokens, quantized per 16 columns.
+// Activations of n tokens, quantized per 16 columns, each token padded with zeros to whole units
+// (Kp = padded(K) columns).
 struct QuantActs {
-  int64_t K = 0;
-  std::vector<int8_t> q;     // [n, K]
-  std::vector<float> d;      // [n, K / 16], slots as sub_slot
-  std::vector<int32_t> sum;  // [n, K / 16]: sums of q per 16, same slots
+  int64_t K = 0, Kp = 0;
+  std::vector<int8_t> q;     // [n, Kp]
+  std::vector<float> d;      // [n, Kp / 16], slots as sub_slot
+  std::vector<int32_t> sum;  // [n, Kp / 16]: sums of q per 16, same slots
 };
 
 inline void quantize_acts(const float* x, int64_t n, int64_t K, QuantActs& a) {
   a.K = K;
-  a.q.resize(size_t(n * K));
-  a.d.resize(size_t(n * (K / 16)));
-  a.sum.resize(size_t(n * (K / 16)));
+  a.Kp = padded(K);
+  const int64_t Kp = a.Kp;
+  a.q.assign(size_t(n * Kp), 0);
+  a.d.assign(size_t(n * (Kp / 16)), 0.0f);
+  a.sum.assign(size_t(n * (Kp / 16)), 0);
   for (int64_t t = 0; t < n; ++t)
     for (int64_t s = 0; s < K / 16; ++s) {
       const float* xb = x + t * K + 16 * s;
       float amax = 0.0f;
       for (int i = 0; i < 16; ++i) amax = std::max(amax, std::fabs(xb[i]));
       const float iscale = amax > 0.0f ? 127.0f / amax : 0.0f;
-      int8_t* q = a.q.data() + t * K + 16 * s;
+      int8_t* q = a.q.data() + t * Kp + 16 * s;
       int sum = 0;
       for (int i = 0; i < 16; ++i) {
         const float v = std::nearbyint(xb[i] * iscale);
         q[i] = int8_t(v > 127.0f ? 127 : v < -127.0f ? -127 : int(v));
         sum += q[i];
       }
-      const size_t slot = size_t(t * (K / 16) + sub_slot(s, K));
+      const size_t slot = size_t(t * (Kp / 16) + sub_slot(s));
       a.d[slot] = amax / 127.0f;
       a.sum[slot] = sum;
     }
@@ -136,6 +137,19 @@ struct Unit {
   alignas(64) int32_t mn[16];
   alignas(64) float d[16];
   alignas(64) float dmin[16];
+
+  // A partial unit: blocks k .. kBlocks - 1 as zero weights (scale 1, d 0), so their lanes are +0.
+  void pad(int k) {
+    std::memset(qa + kW * k, 0, size_t(kW * (kBlocks - k)));
+    std::memset(qs + kW * k, 0, size_t(kW * (kBlocks - k)));
+    for (int s = k * (kW / 16); s < 16; ++s) {
+      const int lane = kSubLane[s];
+      sc[lane] = 1;
+      mn[lane] = 0;
+      d[lane] = 0.0f;
+      dmin[lane] = 0.0f;
+    }
+  }
 
   // Block k (of kBlocks) of the unit from its bytes.
   void take(int k, const uint8_t* b) {
@@ -429,7 +443,7 @@ inline void unit_u(const Unit<T>& w, const int8_t* xq, const float* xd, const in
 
 // The unit's contribution to the running sum `acc`, in the canonical order.
 template <DType T>
-inline float unit_add(const float* u, float acc) {
+inline float unit_add(const float* u, float acc, int blocks) {
   if constexpr (Unit<T>::kBlocks == 1) {
 #if defined(__AVX2__)
     return acc + tree8(_mm256_add_ps(_mm256_loadu_ps(u), _mm256_loadu_ps(u + 8)));
@@ -442,28 +456,12 @@ inline float unit_add(const float* u, float acc) {
 #endif
   } else {
     // Block b = 4h + k holds lanes 8h + k and 8h + k + 4 (sub-blocks 2b, 2b + 1).
-    for (int b = 0; b < 8; ++b) {
+    for (int b = 0; b < blocks; ++b) {
       const int h = b / 4, k = b % 4;
       acc = acc + (u[8 * h + k] + u[8 * h + k + 4]);
     }
     return acc;
   }
-}
-
-// A single block of a partial last unit (32-weight types): u[2b] + u[2b + 1] in column order.
-template <DType T>
-inline float block_value(const uint8_t* bytes, const int8_t* xq, const float* xd, const int32_t* xs) {
-  IntBlock w;
-  ggml::unpack_block<T>(bytes, w);
-  float u[2];
-  for (int s = 0; s < 2; ++s) {
-    int32_t dot = 0;
-    for (int j = 0; j < 16; ++j) dot += int32_t(w.q[16 * s + j]) * int32_t(xq[16 * s + j]);
-    const float a = float(dot * w.sc[s]) * xd[s];
-    u[s] = w.d * a;
-    if constexpr (has_mins(T)) u[s] = u[s] - w.dmin * (float(w.mn[s] * xs[s]) * xd[s]);
-  }
-  return u[0] + u[1];
 }
 
 constexpr int kQRows = 8;  // rows whose units are prepared together
@@ -472,7 +470,8 @@ template <DType T>
 void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
   using U = Unit<T>;
   constexpr int64_t kW = U::kW;
-  const int64_t R = w.rows, K = w.cols, units = K / kUnit, tail_blocks = (K % kUnit) / kW;
+  const int64_t R = w.rows, K = w.cols, units = padded(K) / kUnit, Kp = padded(K);
+  const int last_blocks = int((K - (units - 1) * kUnit) / kW);  // blocks in the last unit
   const int64_t stride = dtype_row_bytes(T, K), bb = dtype_bytes(T), unit_bytes = bb * U::kBlocks;
   const uint8_t* base = static_cast<const uint8_t*>(w.data) + w.row0 * stride;
   static thread_local QuantActs caller_acts;  // the calling thread's; the row runs read it
@@ -489,33 +488,26 @@ void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
       const int g = int(min64(kQRows, r1 - rg));
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t un = 0; un < units; ++un) {
+        const int blocks = un + 1 < units ? U::kBlocks : last_blocks;
         // Prefetch two units ahead in each row's stream; near a row's end, the same row of the
         // next group (where the run continues).
         const int64_t ahead = un + 2 < units ? 2 * unit_bytes : kQRows * stride - (units - 2) * unit_bytes;
         for (int k = 0; k < g; ++k) {
           const uint8_t* p = base + (rg + k) * stride + un * unit_bytes;
           for (int64_t o = 0; o < unit_bytes; o += 64) __builtin_prefetch(p + ahead + o);
-          for (int b = 0; b < U::kBlocks; ++b) prep[size_t(k)].take(b, p + b * bb);
+          for (int b = 0; b < blocks; ++b) prep[size_t(k)].take(b, p + b * bb);
+          if (blocks < U::kBlocks) prep[size_t(k)].pad(blocks);
         }
         for (int64_t t = 0; t < n; ++t) {
-          const int8_t* xq = acts.q.data() + t * K + un * kUnit;
-          const size_t slot = size_t(t * (K / 16) + un * 16);
+          const int8_t* xq = acts.q.data() + t * Kp + un * kUnit;
+          const size_t slot = size_t(t * (Kp / 16) + un * 16);
           for (int k = 0; k < g; ++k) {
             unit_u<T>(prep[size_t(k)], xq, acts.d.data() + slot, acts.sum.data() + slot, u);
             float& a = acc[size_t(t * kQRows + k)];
-            a = unit_add<T>(u, a);
+            a = unit_add<T>(u, a, blocks);
           }
         }
       }
-      for (int64_t b = 0; b < tail_blocks; ++b)
-        for (int64_t t = 0; t < n; ++t)
-          for (int k = 0; k < g; ++k) {
-            const int64_t col = units * kUnit + b * kW;
-            const size_t slot = size_t(t * (K / 16) + col / 16);
-            float& a = acc[size_t(t * kQRows + k)];
-            a = a + block_value<T>(base + (rg + k) * stride + units * unit_bytes + b * bb, acts.q.data() + t * K + col,
-                                   acts.d.data() + slot, acts.sum.data() + slot);
-          }
       for (int64_t t = 0; t < n; ++t)
         for (int k = 0; k < g; ++k) out[t * R + rg + k] = acc[size_t(t * kQRows + k)];
     }
