@@ -63,9 +63,16 @@ inline void quantize_acts(const float* x, int64_t n, int64_t K, QuantActs& a) {
   a.K = K;
   a.Kp = padded(K);
   const int64_t Kp = a.Kp;
-  a.q.assign(size_t(n * Kp), 0);
-  a.d.assign(size_t(n * (Kp / 16)), 0.0f);
-  a.sum.assign(size_t(n * (Kp / 16)), 0);
+  a.q.resize(size_t(n * Kp));
+  a.d.resize(size_t(n * (Kp / 16)));
+  a.sum.resize(size_t(n * (Kp / 16)));
+  for (int64_t t = 0; t < n; ++t) {  // the padding: zero activations, scale 0, sum 0
+    std::memset(a.q.data() + t * Kp + K, 0, size_t(Kp - K));
+    for (int64_t s = K / 16; s < Kp / 16; ++s) {
+      a.d[size_t(t * (Kp / 16) + sub_slot(s))] = 0.0f;
+      a.sum[size_t(t * (Kp / 16) + sub_slot(s))] = 0;
+    }
+  }
   for (int64_t t = 0; t < n; ++t)
     for (int64_t s = 0; s < K / 16; ++s) {
       const float* xb = x + t * K + 16 * s;
@@ -456,6 +463,11 @@ inline float unit_add(const float* u, float acc, int blocks) {
 #endif
   } else {
     // Block b = 4h + k holds lanes 8h + k and 8h + k + 4 (sub-blocks 2b, 2b + 1).
+    if (blocks == 8) {  // whole units: the same sums, unrolled
+#pragma GCC unroll 8
+      for (int b = 0; b < 8; ++b) acc = acc + (u[8 * (b / 4) + b % 4] + u[8 * (b / 4) + b % 4 + 4]);
+      return acc;
+    }
     for (int b = 0; b < blocks; ++b) {
       const int h = b / 4, k = b % 4;
       acc = acc + (u[8 * h + k] + u[8 * h + k + 4]);
