@@ -129,7 +129,7 @@ void add_batch(CLI::App& app, int& rc) {
   sub->add_option("-o,--output", o->output,
                   "Results: one record per line, appended as they finish; also the journal a rerun resumes from")
       ->required();
-  sub->add_option("--tokenizer", o->tokenizer, "Folder with tokenizer.json (default: --model)");
+  sub->add_option("--tokenizer", o->tokenizer, "Folder with tokenizer.json, or a GGUF (default: --model)");
   sub->add_option("--max-seq-len", o->max_seq_len, "KV cache positions per request (default: min(config, 4096))");
   sub->add_option("--slots", o->slots, "Requests generated at once (KV slots)")->check(CLI::Range(int64_t(1), int64_t(4096)));
   sub->add_option("--max-in-flight", o->max_in_flight, "Requests submitted ahead (default: 4 x --slots)")

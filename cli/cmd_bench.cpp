@@ -169,7 +169,7 @@ int bench(const Options& o) {
 void add_bench(CLI::App& app, int& rc) {
   auto o = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand("bench", "Prefill and decode tokens/s and traffic per token on random prompts");
-  sub->add_option("--model", o->model, "Checkpoint folder (config.json + safetensors)")->required();
+  sub->add_option("--model", o->model, "Checkpoint: a Hugging Face folder (config.json + safetensors) or a GGUF (file, part 1 or folder)")->required();
   sub->add_option("--sequences", o->sequences, "Concurrent sequences (one KV slot each)")->check(CLI::PositiveNumber);
   sub->add_option("--prompt-len", o->prompt_len, "Random prompt tokens per sequence")->check(CLI::PositiveNumber);
   sub->add_option("--tokens", o->tokens, "Tokens to generate per sequence")->check(CLI::PositiveNumber);

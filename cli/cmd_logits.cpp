@@ -78,7 +78,7 @@ int run(const Options& o) {
 void add_logits(CLI::App& app, int& rc) {
   auto o = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand("logits", "Print the logits of token-id prompts as JSON");
-  sub->add_option("--model", o->model, "Checkpoint folder (config.json + safetensors)")->required();
+  sub->add_option("--model", o->model, "Checkpoint: a Hugging Face folder (config.json + safetensors) or a GGUF (file, part 1 or folder)")->required();
   sub->add_option("--ids", o->ids, "Prompt token ids, e.g. \"0 17 42\"; repeat for a batch")->required();
   sub->add_option("--greedy", o->greedy, "Greedy steps to generate")->check(CLI::NonNegativeNumber);
   sub->add_option("--attn", o->attn, "MLA path: auto, naive or absorb")

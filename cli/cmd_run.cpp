@@ -94,11 +94,11 @@ int run(const Options& o) {
 void add_run(CLI::App& app, int& rc) {
   auto o = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand("run", "Generate greedily from token ids, a text prompt or a chat");
-  sub->add_option("--model", o->model, "Checkpoint folder (config.json + safetensors)")->required();
+  sub->add_option("--model", o->model, "Checkpoint: a Hugging Face folder (config.json + safetensors) or a GGUF (file, part 1 or folder)")->required();
   sub->add_option("--ids", o->ids, "Prompt token ids, e.g. \"0 17 42\"");
   sub->add_option("--prompt", o->prompt, "Prompt text (BOS as tokenizer_config.json says)");
   sub->add_option("--chat", o->chat, "Messages as JSON, e.g. '[{\"role\":\"user\",\"content\":\"Hi\"}]'");
-  sub->add_option("--tokenizer", o->tokenizer, "Folder with tokenizer.json (default: --model)");
+  sub->add_option("--tokenizer", o->tokenizer, "Folder with tokenizer.json, or a GGUF (default: --model)");
   sub->add_option("--max-tokens", o->max_tokens, "Tokens to generate (text prompts stop at EOS)")
       ->check(CLI::PositiveNumber);
   sub->add_option("--max-seq-len", o->max_seq_len, "KV cache positions (default: min(config, 4096))");

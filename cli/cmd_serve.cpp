@@ -161,7 +161,7 @@ void add_serve(CLI::App& app, int& rc) {
   sub->add_option("--max-seq-len", o->max_seq_len, "Context: KV positions per sequence (default: min(config, 4096))")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--slots", o->slots, "KV cache slots: sequences generated at once (default 8)")->check(CLI::Range(1, 4096));
-  sub->add_option("--tokenizer", o->tokenizer, "Folder with tokenizer.json (default: --model)");
+  sub->add_option("--tokenizer", o->tokenizer, "Folder with tokenizer.json, or a GGUF (default: --model)");
   sub->add_option("--served-model-name", o->served_model_name, "The model's name in the API (default: the folder's name)");
   sub->add_option("--max-batch-tokens", o->max_batch_tokens, "Tokens per micro-batch: prefill chunks + decodes (default 512)")
       ->check(CLI::Range(1, 1 << 20));

@@ -113,7 +113,7 @@ int run(const Options& o) {
 void add_tokenize(CLI::App& app, int& rc) {
   auto o = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand("tokenize", "Encode, decode, render chats and count tokens (JSON lines on stdin)");
-  sub->add_option("--tokenizer", o->tokenizer, "Folder with tokenizer.json (default: --model)");
+  sub->add_option("--tokenizer", o->tokenizer, "Folder with tokenizer.json, or a GGUF (default: --model)");
   sub->add_option("--model", o->model, "Checkpoint folder holding the tokenizer files");
   sub->add_option("mode", o->mode, "encode, decode, chat or count")
       ->required()
