@@ -40,6 +40,34 @@ class Sha256 {
   std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> md_;
 };
 
+// A shard file being written: every byte goes to the file and into its SHA-256.
+class HashedFile {
+ public:
+  static StatusOr<std::unique_ptr<HashedFile>> create(const fs::path& path) {
+    std::unique_ptr<HashedFile> f(new HashedFile(path));
+    if (!f->out_) return not_found("cannot write " + path.string());
+    return f;
+  }
+  void put(const void* p, size_t n) {
+    out_.write(static_cast<const char*>(p), std::streamsize(n));
+    sha_.add(p, n);
+    bytes_ += int64_t(n);
+  }
+  // Closes the file: its entry in the manifest.
+  StatusOr<ShardFile> finish(const std::vector<std::string>& tensors) {
+    out_.close();
+    if (!out_) return internal_error("write failed: " + path_.string());
+    return ShardFile{path_.filename().string(), bytes_, sha_.hex(), tensors};
+  }
+
+ private:
+  explicit HashedFile(const fs::path& path) : path_(path), out_(path, std::ios::binary | std::ios::trunc) {}
+  fs::path path_;
+  std::ofstream out_;
+  Sha256 sha_;
+  int64_t bytes_ = 0;
+};
+
 json to_json(const ShardManifest& m) {
   json files = json::array();
   for (const ShardFile& f : m.files)
@@ -57,8 +85,8 @@ std::string sample(const std::vector<std::string>& names) {
 // `shoal.shard.experts.<name>` lists their expert indices; every other tensor is copied whole.
 // The metadata is the source's (less split.* and an earlier shard's shoal.shard.*) plus the
 // shard's keys, so the file opens alone with the source's config (model/gguf_checkpoint.cpp).
-StatusOr<ShardManifest> write_gguf_shard(Checkpoint& source, const GgufModel& g, const std::vector<std::string>& tensors,
-                                         int rank, int world_size, const fs::path& dir) {
+StatusOr<ShardFile> write_gguf_shard(Checkpoint& source, const GgufModel& g, const std::vector<std::string>& tensors,
+                                     int rank, int world_size, const fs::path& dir) {
   SHOAL_ASSIGN_OR_RETURN(auto views, gguf_hf_tensors(g, source.config()));
   struct Piece {
     int64_t expert;  // -1: the whole tensor
@@ -109,14 +137,8 @@ StatusOr<ShardManifest> write_gguf_shard(Checkpoint& source, const GgufModel& g,
   }
   const uint64_t alignment = g.meta().alignment;
   const std::string header = gguf_stream_header(kv, outs, nullptr, alignment);
-  const fs::path path = dir / "model.gguf";
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return not_found("cannot write " + path.string());
-  Sha256 h;
-  auto put = [&](const void* p, size_t n) {
-    out.write(static_cast<const char*>(p), std::streamsize(n));
-    h.add(p, n);
-  };
+  SHOAL_ASSIGN_OR_RETURN(auto file, HashedFile::create(dir / "model.gguf"));
+  auto put = [&](const void* p, size_t n) { file->put(p, n); };
   put(header.data(), header.size());
   uint64_t at = 0;  // in the data section
   const std::vector<char> zeros(size_t(alignment), 0);
@@ -127,15 +149,31 @@ StatusOr<ShardManifest> write_gguf_shard(Checkpoint& source, const GgufModel& g,
   }
   const uint64_t end = (at + alignment - 1) / alignment * alignment;  // the last tensor padded too
   put(zeros.data(), size_t(end - at));
-  at = end;
-  out.close();
-  if (!out) return internal_error("write failed: " + path.string());
-  ShardManifest m;
-  m.rank = rank;
-  m.world_size = world_size;
-  m.source = fs::absolute(source.dir()).string();
-  m.files.push_back({"model.gguf", int64_t(header.size() + at), h.hex(), tensors});
-  return m;
+  return file->finish(tensors);
+}
+
+// config.json and model.safetensors with the named tensors, bytes as stored.
+StatusOr<ShardFile> write_safetensors_shard(Checkpoint& source, const std::vector<std::string>& tensors,
+                                            const fs::path& dir) {
+  std::error_code ec;
+  fs::copy_file(source.dir() / "config.json", dir / "config.json", fs::copy_options::overwrite_existing, ec);
+  if (ec) return not_found("cannot copy config.json into " + dir.string() + ": " + ec.message());
+  std::vector<TensorRef> refs;
+  std::vector<TensorSlot> slots;
+  for (const std::string& name : tensors) {
+    SHOAL_ASSIGN_OR_RETURN(TensorRef t, source.tensor(name));
+    refs.push_back(t);
+    slots.push_back({name, t.info->dtype, t.info->shape, t.info->end - t.info->begin});
+  }
+  std::vector<TensorSlot*> ptrs;
+  for (TensorSlot& s : slots) ptrs.push_back(&s);
+  const std::string header = safetensors_header(ptrs);
+  SHOAL_ASSIGN_OR_RETURN(auto file, HashedFile::create(dir / "model.safetensors"));
+  const uint64_t len = header.size();
+  file->put(&len, 8);
+  file->put(header.data(), header.size());
+  for (size_t i = 0; i < refs.size(); ++i) file->put(refs[i].data, size_t(slots[i].bytes));
+  return file->finish(tensors);
 }
 
 }  // namespace
@@ -158,47 +196,17 @@ StatusOr<ShardManifest> write_shard(Checkpoint& source, const std::vector<std::s
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return not_found("cannot make " + dir.string() + ": " + ec.message());
-  if (const GgufModel* g = source.gguf()) {
-    SHOAL_ASSIGN_OR_RETURN(ShardManifest m, write_gguf_shard(source, *g, tensors, rank, world_size, dir));
-    std::ofstream(dir / kShardManifest) << to_json(m).dump(2) << "\n";
-    if (!fs::exists(dir / kShardManifest)) return internal_error("cannot write " + (dir / kShardManifest).string());
-    return m;
-  }
-  fs::copy_file(source.dir() / "config.json", dir / "config.json", fs::copy_options::overwrite_existing, ec);
-  if (ec) return not_found("cannot copy config.json into " + dir.string() + ": " + ec.message());
-  std::vector<TensorRef> refs;
-  std::vector<TensorSlot> slots;
-  for (const std::string& name : tensors) {
-    SHOAL_ASSIGN_OR_RETURN(TensorRef t, source.tensor(name));
-    refs.push_back(t);
-    slots.push_back({name, t.info->dtype, t.info->shape, t.info->end - t.info->begin});
-  }
-  std::vector<TensorSlot*> ptrs;
-  for (TensorSlot& s : slots) ptrs.push_back(&s);
-  const std::string header = safetensors_header(ptrs);
-  const fs::path path = dir / "model.safetensors";
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return not_found("cannot write " + path.string());
-  Sha256 h;
-  auto put = [&](const void* p, size_t n) {
-    out.write(static_cast<const char*>(p), std::streamsize(n));
-    h.add(p, n);
-  };
-  const uint64_t len = header.size();
-  put(&len, 8);
-  put(header.data(), header.size());
-  int64_t bytes = int64_t(8 + header.size());
-  for (size_t i = 0; i < refs.size(); ++i) {
-    put(refs[i].data, size_t(slots[i].bytes));
-    bytes += int64_t(slots[i].bytes);
-  }
-  out.close();
-  if (!out) return internal_error("write failed: " + path.string());
   ShardManifest m;
   m.rank = rank;
   m.world_size = world_size;
   m.source = fs::absolute(source.dir()).string();
-  m.files.push_back({"model.safetensors", bytes, h.hex(), tensors});
+  if (const GgufModel* g = source.gguf()) {
+    SHOAL_ASSIGN_OR_RETURN(ShardFile f, write_gguf_shard(source, *g, tensors, rank, world_size, dir));
+    m.files.push_back(std::move(f));
+  } else {
+    SHOAL_ASSIGN_OR_RETURN(ShardFile f, write_safetensors_shard(source, tensors, dir));
+    m.files.push_back(std::move(f));
+  }
   std::ofstream(dir / kShardManifest) << to_json(m).dump(2) << "\n";
   if (!fs::exists(dir / kShardManifest)) return internal_error("cannot write " + (dir / kShardManifest).string());
   return m;

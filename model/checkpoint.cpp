@@ -48,7 +48,7 @@ StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::open(const fs::path& dir) {
     SHOAL_ASSIGN_OR_RETURN(ck->gguf_, GgufModel::open(dir));
     SHOAL_ASSIGN_OR_RETURN(ck->config_, gguf_model_config(*ck->gguf_));
     SHOAL_ASSIGN_OR_RETURN(ck->gguf_tensors_, gguf_hf_tensors(*ck->gguf_, ck->config_));
-    ck->numerics_ = kernels::Numerics::kFast;
+    ck->numerics_ = ck->default_numerics();
     return ck;
   }
   if (!fs::is_directory(dir, ec))

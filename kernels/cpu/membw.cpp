@@ -41,7 +41,11 @@ ReadBandwidth measure_read_bandwidth(int64_t bytes, int reps) {
   return best;
 }
 
-double measure_fma_peak_gflops(int reps) {
+namespace {
+
+// Best rate over `reps` runs of a compute loop on all OpenMP threads, in G operations per second:
+// pass(iters) does ops_per_iter operations per iteration on each thread.
+double peak_rate(float (*pass)(int64_t), double ops_per_iter, int reps) {
   const int64_t iters = int64_t(1) << 22;
   double best = 0;
   volatile float sink = 0;
@@ -53,34 +57,21 @@ double measure_fma_peak_gflops(int reps) {
     {
 #pragma omp single
       threads = omp_get_num_threads();
-      total += cpu::fma_pass(iters);
+      total += pass(iters);
     }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     sink = sink + total;
-    best = std::max(best, double(iters) * 12 * 16 * 2 * threads / s / 1e9);
+    best = std::max(best, double(iters) * ops_per_iter * threads / s / 1e9);
   }
   return best;
 }
 
+}  // namespace
+
+double measure_fma_peak_gflops(int reps) { return peak_rate(cpu::fma_pass, 12 * 16 * 2, reps); }
+
 double measure_int8_peak_gops(int reps) {
-  const int64_t iters = int64_t(1) << 22;
-  double best = 0;
-  volatile float sink = 0;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    float total = 0;
-    int threads = 1;
-#pragma omp parallel reduction(+ : total)
-    {
-#pragma omp single
-      threads = omp_get_num_threads();
-      total += cpu::int8_pass(iters);
-    }
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    sink = sink + total;
-    best = std::max(best, double(iters) * 12 * double(cpu::int8_pass_macs()) * 2 * threads / s / 1e9);
-  }
-  return best;
+  return peak_rate(cpu::int8_pass, 12 * double(cpu::int8_pass_macs()) * 2, reps);
 }
 
 std::string cpu_variant() { return std::string(cpu::variant_name(cpu::active_variant())); }

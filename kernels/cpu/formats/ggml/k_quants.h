@@ -193,8 +193,9 @@ inline void unpack_block<DType::kQ3_K>(const uint8_t* b, IntBlock& w) {
   }
 }
 
-template <>
-inline void unpack_block<DType::kQ4_K>(const uint8_t* b, IntBlock& w) {
+namespace {
+// Q4_K/Q5_K's shared head: d, dmin and the eight (scale, min) pairs, each for two sub-blocks of 16.
+inline void k_int_header(const uint8_t* b, IntBlock& w) {
   w.d = load_f16(b);
   w.dmin = load_f16(b + 2);
   for (int j = 0; j < 8; ++j) {
@@ -203,6 +204,12 @@ inline void unpack_block<DType::kQ4_K>(const uint8_t* b, IntBlock& w) {
     w.sc[2 * j] = w.sc[2 * j + 1] = int16_t(sc);
     w.mn[2 * j] = w.mn[2 * j + 1] = int16_t(m);
   }
+}
+}  // namespace
+
+template <>
+inline void unpack_block<DType::kQ4_K>(const uint8_t* b, IntBlock& w) {
+  k_int_header(b, w);
   for (int p = 0; p < 4; ++p) {
     const uint8_t* q = b + 16 + 32 * p;
     for (int l = 0; l < 32; ++l) {
@@ -214,14 +221,7 @@ inline void unpack_block<DType::kQ4_K>(const uint8_t* b, IntBlock& w) {
 
 template <>
 inline void unpack_block<DType::kQ5_K>(const uint8_t* b, IntBlock& w) {
-  w.d = load_f16(b);
-  w.dmin = load_f16(b + 2);
-  for (int j = 0; j < 8; ++j) {
-    int sc, m;
-    k_scale_min(j, b + 4, sc, m);
-    w.sc[2 * j] = w.sc[2 * j + 1] = int16_t(sc);
-    w.mn[2 * j] = w.mn[2 * j + 1] = int16_t(m);
-  }
+  k_int_header(b, w);
   const uint8_t* qh = b + 16;
   for (int p = 0; p < 4; ++p) {
     const uint8_t* q = b + 48 + 32 * p;
