@@ -68,12 +68,16 @@ void silu_mul(float* out, const float* gate, const float* up, int64_t n, int64_t
 // Rotary embedding on interleaved pairs, in place: for each token t and head h, the pairs
 // (x[t, h, 2i], x[t, h, 2i+1]) of the first rope_dim values at x + t*token_stride + h*head_stride
 // are rotated by the angle positions[t] * inv_freq[i] (DeepSeek model.py's complex view).
+// Which elements of a head rotate together: DeepSeek's model.py pairs neighbours (2i, 2i + 1);
+// Hugging Face's rotate_half (Qwen2, Llama; llama.cpp's NEOX) pairs i with i + rope_dim / 2.
+enum class RopeLayout { kInterleaved, kHalves };
 struct RopeParams {
   float* x;
   const int32_t* positions;  // [n]
   const float* inv_freq;     // [rope_dim / 2]
   int64_t n, n_heads, rope_dim, token_stride, head_stride;
   float attn_factor = 1.0f;  // cos/sin multiplier (HF's YaRN mscale / mscale_all_dim)
+  RopeLayout layout = RopeLayout::kInterleaved;
 };
 void rope(const RopeParams& p, const Context& ctx);
 
@@ -95,6 +99,7 @@ struct AttentionParams {
   int64_t k_a_token_stride, k_a_head_stride, k_b_token_stride, k_b_head_stride;
   int64_t v_token_stride, v_head_stride;
   float scale;
+  int64_t kv_group = 1;  // query heads per key/value head: head h reads k/v head h / kv_group (GQA)
 };
 void attention(const AttentionParams& p, const Context& ctx);
 

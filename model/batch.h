@@ -30,10 +30,11 @@ struct Batch {
   }
 };
 
-// The latent KV cache rows of one sequence in one layer: rows [0, capacity), row p for position p.
+// The KV cache rows of one sequence in one layer: rows [0, capacity), row p for position p.
+// MLA keeps the latent and the roped key; GQA keeps the roped keys in `kv` and the values in `pe`.
 struct SeqKv {
-  float* kv = nullptr;  // [capacity, kv_lora_rank]  normalised latent c_kv
-  float* pe = nullptr;  // [capacity, qk_rope_head_dim]  roped k_pe
+  float* kv = nullptr;  // [capacity, kv_lora_rank]  normalised latent c_kv  (GQA: keys [capacity, n_kv_heads * head_dim])
+  float* pe = nullptr;  // [capacity, qk_rope_head_dim]  roped k_pe          (GQA: values, same shape)
   int64_t capacity = 0;
 };
 

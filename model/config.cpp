@@ -135,6 +135,71 @@ Status validate_config(const ModelConfig& c) {
   return {};
 }
 
+namespace {  // the dense architectures
+
+// rope_scaling of a dense model: none ("default" or null) or llama3.
+Status parse_llama3_scaling(const json& j, Llama3Scaling& l) {
+  if (!j.contains("rope_scaling") || j["rope_scaling"].is_null()) return {};
+  const json& rs = j["rope_scaling"];
+  if (!rs.is_object()) return invalid_argument("config field 'rope_scaling' must be an object or null");
+  Fields f(rs, "rope_scaling.");
+  const char* type_key = rs.contains("rope_type") ? "rope_type" : "type";
+  const std::string type = f.string(type_key);
+  SHOAL_RETURN_IF_ERROR(f.status());
+  if (type == "default") return {};
+  if (type != "llama3")
+    return invalid_argument(std::string("config field 'rope_scaling.") + type_key + "' is '" + type +
+                            "': only llama3 (and none) are supported for this model_type");
+  l.enabled = true;
+  l.factor = f.number("factor");
+  l.low_freq_factor = f.number("low_freq_factor");
+  l.high_freq_factor = f.number("high_freq_factor");
+  l.original_max_position_embeddings = f.integer("original_max_position_embeddings");
+  if (f.status().ok() && l.factor < 1.0) f.fail("factor", "must be >= 1");
+  if (f.status().ok() && !(l.high_freq_factor > l.low_freq_factor && l.low_freq_factor > 0))
+    f.fail("high_freq_factor", "must exceed low_freq_factor, which must be > 0");
+  return f.status();
+}
+
+// Qwen2 and Llama: grouped-query attention, SwiGLU MLP, no experts. Defaults are transformers'
+// (Qwen2Config, LlamaConfig) where a field may be absent.
+Status parse_dense(const json& j, Fields& f, ModelConfig& c) {
+  const bool qwen2 = c.model_type == ModelType::kQwen2;
+  c.n_kv_heads = f.integer("num_key_value_heads", c.n_heads);
+  const bool explicit_head_dim = f.has("head_dim");  // newer configs; else hidden / heads
+  c.head_dim = explicit_head_dim ? f.integer("head_dim") : c.dim / c.n_heads;
+  c.rms_norm_eps = f.number("rms_norm_eps", 1e-6);
+  c.rope_theta = f.number("rope_theta", 10000.0);
+  c.max_position_embeddings = f.integer("max_position_embeddings", 2048);
+  SHOAL_RETURN_IF_ERROR(f.status());
+  if (!explicit_head_dim && c.dim % c.n_heads != 0) f.fail("num_attention_heads", "must divide hidden_size");
+  if (c.head_dim % 2 != 0) f.fail(explicit_head_dim ? "head_dim" : "num_attention_heads", "gives an odd head_dim");
+  if (f.status().ok() && c.n_heads % c.n_kv_heads != 0)
+    f.fail("num_key_value_heads", "must divide num_attention_heads (" + std::to_string(c.n_heads) + ")");
+  if (qwen2) {
+    c.qkv_bias = true;  // Qwen2's attention always has q/k/v biases (not announced in config.json)
+    // Sliding-window attention changes the computation only on layers >= max_window_layers and
+    // only for sequences longer than the window.
+    if (f.boolean("use_sliding_window", false)) {
+      const int64_t window = f.integer("sliding_window", 4096);
+      const int64_t from = f.integer("max_window_layers", 28, 0);
+      if (f.status().ok() && from < c.n_layers && window < c.max_position_embeddings)
+        f.fail("use_sliding_window", "is true: sliding-window attention (layers >= max_window_layers " +
+                                         std::to_string(from) + ", window " + std::to_string(window) +
+                                         ") is not supported");
+    }
+  } else {
+    c.qkv_bias = c.o_bias = f.boolean("attention_bias", false);
+    if (f.boolean("mlp_bias", false)) f.fail("mlp_bias", "is true: MLP biases are not supported");
+  }
+  SHOAL_RETURN_IF_ERROR(f.status());
+  if (j.contains("quantization_config") && !j["quantization_config"].is_null())
+    return invalid_argument("config field 'quantization_config' is not supported for this model_type");
+  return parse_llama3_scaling(j, c.llama3);
+}
+
+}  // namespace
+
 StatusOr<ModelConfig> parse_config(std::string_view text) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return invalid_argument("config is not valid JSON");
@@ -145,7 +210,10 @@ StatusOr<ModelConfig> parse_config(std::string_view text) {
   SHOAL_RETURN_IF_ERROR(f.status());
   if (type == "deepseek_v3") c.model_type = ModelType::kDeepseekV3;
   else if (type == "deepseek_v2") c.model_type = ModelType::kDeepseekV2;
-  else return invalid_argument("config field 'model_type' is '" + type + "': only deepseek_v3 and deepseek_v2 are supported");
+  else if (type == "qwen2") c.model_type = ModelType::kQwen2;
+  else if (type == "llama") c.model_type = ModelType::kLlama;
+  else return invalid_argument("config field 'model_type' is '" + type +
+                               "': only deepseek_v3, deepseek_v2, qwen2 and llama are supported");
   const bool v3 = c.model_type == ModelType::kDeepseekV3;
 
   if (f.has("hidden_act") && f.string("hidden_act") != "silu") f.fail("hidden_act", "must be silu");
@@ -153,8 +221,25 @@ StatusOr<ModelConfig> parse_config(std::string_view text) {
   c.dim = f.integer("hidden_size");
   c.inter_dim = f.integer("intermediate_size");
   c.n_layers = f.integer("num_hidden_layers");
-  c.n_mtp_layers = f.integer("num_nextn_predict_layers", 0, 0);
   c.n_heads = f.integer("num_attention_heads");
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
+  c.bos_token_id = f.integer("bos_token_id", -1, 0);
+  // Llama 3.1 configs may list several end tokens: the first is the model's eos.
+  if (j.contains("eos_token_id") && j["eos_token_id"].is_array()) {
+    const json& e = j["eos_token_id"];
+    if (e.empty() || !e[0].is_number_integer() || e[0].get<int64_t>() < 0)
+      f.fail("eos_token_id", "must be a token id or a non-empty list of them");
+    else c.eos_token_id = e[0].get<int64_t>();
+  } else {
+    c.eos_token_id = f.integer("eos_token_id", -1, 0);
+  }
+  SHOAL_RETURN_IF_ERROR(f.status());
+  if (!c.uses_mla()) {
+    SHOAL_RETURN_IF_ERROR(parse_dense(j, f, c));
+    return c;
+  }
+
+  c.n_mtp_layers = f.integer("num_nextn_predict_layers", 0, 0);
   f.require_present("q_lora_rank");
   c.q_lora_rank = f.has("q_lora_rank") ? f.integer("q_lora_rank") : 0;
   c.kv_lora_rank = f.integer("kv_lora_rank");
@@ -164,9 +249,6 @@ StatusOr<ModelConfig> parse_config(std::string_view text) {
   c.rms_norm_eps = f.number("rms_norm_eps");
   c.rope_theta = f.number("rope_theta");
   c.max_position_embeddings = f.integer("max_position_embeddings");
-  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
-  c.bos_token_id = f.integer("bos_token_id", -1, 0);
-  c.eos_token_id = f.integer("eos_token_id", -1, 0);
   if (f.status().ok() && c.qk_rope_head_dim % 2 != 0) f.fail("qk_rope_head_dim", "must be even");
 
   f.require_present("n_routed_experts");

@@ -1,6 +1,7 @@
-// ModelConfig: the fields of a DeepSeek-V2/V3 config.json that change the computation, under
-// DeepSeek's names. Parsed strictly: a missing field, a wrong type, an unknown model_type or an
-// unsupported value is an error naming the field.
+// ModelConfig: the fields of a config.json that change the computation, under DeepSeek's names:
+// DeepSeek-V2/V3 (MLA attention, MoE) and the dense architectures of R1's distills, Qwen2 and
+// Llama (grouped-query attention, SwiGLU MLP). Parsed strictly: a missing field, a wrong type, an
+// unknown model_type or an unsupported value is an error naming the field.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +13,7 @@
 
 namespace shoal {
 
-enum class ModelType { kDeepseekV2, kDeepseekV3 };
+enum class ModelType { kDeepseekV2, kDeepseekV3, kQwen2, kLlama };
 enum class ScoringFunc { kSoftmax, kSigmoid };
 // greedy: plain top-k; group_limited_greedy: groups ranked by their best expert (V2);
 // noaux_tc: groups ranked by the sum of their top-2 biased scores, bias used for selection only (V3).
@@ -23,6 +24,14 @@ struct YarnScaling {
   double factor = 1.0;
   double beta_fast = 32, beta_slow = 1;
   double mscale = 1.0, mscale_all_dim = 0.0;
+  int64_t original_max_position_embeddings = 0;
+};
+
+// rope_scaling of type llama3 (Llama 3.1, R1-Distill-Llama): long wavelengths divided by the
+// factor, short ones kept, a smooth ramp between (transformers' _compute_llama3_parameters).
+struct Llama3Scaling {
+  bool enabled = false;
+  double factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
   int64_t original_max_position_embeddings = 0;
 };
 
@@ -51,8 +60,15 @@ struct ModelConfig {
   int64_t qk_nope_head_dim = 0;
   int64_t qk_rope_head_dim = 0;
   int64_t v_head_dim = 0;
+  // Grouped-query attention of the dense architectures (Qwen2, Llama): query head h uses KV head
+  // h / (n_heads / n_kv_heads); rotary embedding over the whole head in the rotate-half layout.
+  int64_t n_kv_heads = 0;           // num_key_value_heads
+  int64_t head_dim = 0;             // head_dim, or hidden_size / num_attention_heads
+  bool qkv_bias = false;            // q/k/v_proj biases (Qwen2 always; Llama's attention_bias)
+  bool o_bias = false;              // o_proj bias (Llama's attention_bias)
   double rope_theta = 10000.0;
   YarnScaling yarn;
+  Llama3Scaling llama3;
   double rms_norm_eps = 1e-6;
   int64_t max_position_embeddings = 0;
   bool tie_word_embeddings = false;
@@ -64,7 +80,13 @@ struct ModelConfig {
   // qk_nope_head_dim] (the key half, transposed) and v_b_proj [n_heads * v_head_dim, kv_lora_rank].
   bool mla_split_kv_b = false;
 
+  bool uses_mla() const { return model_type == ModelType::kDeepseekV2 || model_type == ModelType::kDeepseekV3; }
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  // Width of the rotary part of a head: MLA's qk_rope_head_dim, the whole head for GQA.
+  int64_t rope_dim() const { return uses_mla() ? qk_rope_head_dim : head_dim; }
+  // Floats the KV cache keeps per token and layer: MLA's latent and roped key, or GQA's keys
+  // then values (n_kv_heads * head_dim each).
+  int64_t kv_cache_width() const { return uses_mla() ? kv_lora_rank + qk_rope_head_dim : 2 * n_kv_heads * head_dim; }
   // HF: a layer is MoE when experts exist, it is past the dense prefix, and the frequency hits.
   bool is_moe_layer(int64_t layer) const {
     return n_routed_experts > 0 && layer >= n_dense_layers && layer % moe_layer_freq == 0;

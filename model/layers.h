@@ -1,4 +1,5 @@
-// The layer functions of DeepSeek-V2/V3, written against the kernel interface. Each takes the
+// The layer functions of DeepSeek-V2/V3 and of the dense distills (Qwen2, Llama), written
+// against the kernel interface. Each takes the
 // normalised input h [n_tokens, dim] of a batch and writes its output [n_tokens, dim]; the
 // residual additions are the caller's (node/stage.cpp), as in model.py's Block.forward.
 #pragma once
@@ -30,6 +31,15 @@ struct LayerContext {
 // (kv[s] is sequence s's cache for this layer) and attends over positions [0, pos].
 void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& batch,
                  const std::vector<SeqKv>& kv, const LayerContext& lc);
+
+// Grouped-query attention (Qwen2, Llama; model/attention_gqa.cpp); the cache keeps keys in kv and
+// values in pe.
+void gqa_forward(float* out, const float* h, const AttnWeights& w, const Batch& batch,
+                 const std::vector<SeqKv>& kv, const LayerContext& lc);
+
+// The model's attention: MLA or GQA, as its config says.
+void attention_forward(float* out, const float* h, const AttnWeights& w, const Batch& batch,
+                       const std::vector<SeqKv>& kv, const LayerContext& lc);
 
 // SwiGLU MLP: out[n, dim] = down(silu(gate h) * up h).
 void mlp_forward(float* out, const float* h, const MlpWeights& w, int64_t n, const kernels::Context& ctx);

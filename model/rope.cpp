@@ -17,9 +17,39 @@ double correction_dim(double rotations, double dim, double base, double max_pos)
   return dim * std::log(max_pos / (rotations * 2.0 * std::numbers::pi)) / (2.0 * std::log(base));
 }
 
+// Qwen2 and Llama as transformers computes them, in float32: inv_freq = 1 / theta^(2j / dim),
+// then llama3's scaling (_compute_llama3_parameters) when the config asks for it.
+RopeTable dense_rope_table(const ModelConfig& c) {
+  RopeTable t;
+  t.layout = kernels::RopeLayout::kHalves;
+  const int64_t dim = c.head_dim, half = dim / 2;
+  t.inv_freq.resize(static_cast<size_t>(half));
+  const Llama3Scaling& l = c.llama3;
+  const float orig = float(l.original_max_position_embeddings), factor = float(l.factor);
+  const float low_wavelen = orig / float(l.low_freq_factor), high_wavelen = orig / float(l.high_freq_factor);
+  for (int64_t j = 0; j < half; ++j) {
+    const float exponent = float(2 * j) / float(dim);
+    float f = 1.0f / float(std::pow(double(float(c.rope_theta)), double(exponent)));
+    if (l.enabled) {
+      const float wavelen = float(2.0 * std::numbers::pi) / f;
+      const float scaled = wavelen > low_wavelen ? f / factor : f;
+      if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {  // between: a smooth ramp
+        const float s = (orig / wavelen - float(l.low_freq_factor)) / float(l.high_freq_factor - l.low_freq_factor);
+        f = (1.0f - s) * scaled / factor + s * scaled;
+      } else {
+        f = scaled;
+      }
+    }
+    t.inv_freq[size_t(j)] = f;
+  }
+  t.softmax_scale = float(1.0 / std::sqrt(double(dim)));
+  return t;
+}
+
 }  // namespace
 
 RopeTable make_rope_table(const ModelConfig& c) {
+  if (!c.uses_mla()) return dense_rope_table(c);
   RopeTable t;
   const int64_t dim = c.qk_rope_head_dim, half = dim / 2;
   const double base = c.rope_theta;

@@ -42,9 +42,28 @@ struct Builder {
   }
 };
 
+// Grouped-query attention of Qwen2 and Llama.
+void add_gqa(const ModelConfig& c, Builder& b) {
+  const int64_t q_out = c.n_heads * c.head_dim, kv_out = c.n_kv_heads * c.head_dim;
+  b.matrix("self_attn.q_proj.weight", q_out, c.dim);
+  if (c.qkv_bias) b.vector("self_attn.q_proj.bias", q_out);
+  b.matrix("self_attn.k_proj.weight", kv_out, c.dim);
+  if (c.qkv_bias) b.vector("self_attn.k_proj.bias", kv_out);
+  b.matrix("self_attn.v_proj.weight", kv_out, c.dim);
+  if (c.qkv_bias) b.vector("self_attn.v_proj.bias", kv_out);
+  b.matrix("self_attn.o_proj.weight", c.dim, q_out);
+  if (c.o_bias) b.vector("self_attn.o_proj.bias", c.dim);
+}
+
 void add_decoder_layer(const ModelConfig& c, int64_t i, Unit attn_unit, std::vector<TensorSpec>& out) {
   Builder b{out, i, attn_unit};
   b.vector("input_layernorm.weight", c.dim);
+  if (!c.uses_mla()) {
+    add_gqa(c, b);
+    b.vector("post_attention_layernorm.weight", c.dim);
+    b.mlp("mlp.", c.dim, c.inter_dim);
+    return;
+  }
   if (c.q_lora_rank > 0) {
     b.matrix("self_attn.q_a_proj.weight", c.q_lora_rank, c.dim);
     b.vector("self_attn.q_a_layernorm.weight", c.q_lora_rank);

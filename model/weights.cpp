@@ -13,8 +13,36 @@ StatusOr<MlpWeights> load_mlp(Checkpoint& ck, const std::string& prefix, int64_t
   return m;
 }
 
+StatusOr<std::vector<float>> load_floats(Checkpoint& ck, const std::string& name, int64_t n) {
+  SHOAL_ASSIGN_OR_RETURN(Matrix v, ck.vector(name, n));
+  std::vector<float> out(static_cast<size_t>(n));
+  kernels::dequantize_row(out.data(), v, 0);
+  return out;
+}
+
+StatusOr<AttnWeights> load_gqa(Checkpoint& ck, int64_t i) {
+  const ModelConfig& c = ck.config();
+  auto name = [&](const char* s) { return names::layer(i, s); };
+  const int64_t q_out = c.n_heads * c.head_dim, kv_out = c.n_kv_heads * c.head_dim;
+  AttnWeights a;
+  SHOAL_ASSIGN_OR_RETURN(a.wq, ck.matrix(name("self_attn.q_proj.weight"), q_out, c.dim));
+  SHOAL_ASSIGN_OR_RETURN(a.wk, ck.matrix(name("self_attn.k_proj.weight"), kv_out, c.dim));
+  SHOAL_ASSIGN_OR_RETURN(a.wv, ck.matrix(name("self_attn.v_proj.weight"), kv_out, c.dim));
+  SHOAL_ASSIGN_OR_RETURN(a.wo, ck.matrix(name("self_attn.o_proj.weight"), c.dim, q_out));
+  if (c.qkv_bias) {
+    SHOAL_ASSIGN_OR_RETURN(a.bq, load_floats(ck, name("self_attn.q_proj.bias"), q_out));
+    SHOAL_ASSIGN_OR_RETURN(a.bk, load_floats(ck, name("self_attn.k_proj.bias"), kv_out));
+    SHOAL_ASSIGN_OR_RETURN(a.bv, load_floats(ck, name("self_attn.v_proj.bias"), kv_out));
+  }
+  if (c.o_bias) {
+    SHOAL_ASSIGN_OR_RETURN(a.bo, load_floats(ck, name("self_attn.o_proj.bias"), c.dim));
+  }
+  return a;
+}
+
 StatusOr<AttnWeights> load_attn(Checkpoint& ck, int64_t i) {
   const ModelConfig& c = ck.config();
+  if (!c.uses_mla()) return load_gqa(ck, i);
   auto name = [&](const char* s) { return names::layer(i, s); };
   const int64_t q_out = c.n_heads * c.qk_head_dim();
   AttnWeights a;
@@ -39,13 +67,6 @@ StatusOr<AttnWeights> load_attn(Checkpoint& ck, int64_t i) {
   }
   SHOAL_ASSIGN_OR_RETURN(a.wo, ck.matrix(name("self_attn.o_proj.weight"), c.dim, c.n_heads * c.v_head_dim));
   return a;
-}
-
-StatusOr<std::vector<float>> load_floats(Checkpoint& ck, const std::string& name, int64_t n) {
-  SHOAL_ASSIGN_OR_RETURN(Matrix v, ck.vector(name, n));
-  std::vector<float> out(static_cast<size_t>(n));
-  kernels::dequantize_row(out.data(), v, 0);
-  return out;
 }
 
 }  // namespace

@@ -19,7 +19,9 @@ struct MlpWeights {  // w2(silu(w1 x) * w3 x)
 };
 
 struct AttnWeights {
+  // MLA (DeepSeek):
   Matrix wq;          // [n_heads * qk_head_dim, dim]            when q_lora_rank is null
+                      //   (GQA: [n_heads * head_dim, dim])
   Matrix wq_a;        // [q_lora_rank, dim]
   Matrix q_norm;      // [1, q_lora_rank]
   Matrix wq_b;        // [n_heads * qk_head_dim, q_lora_rank]
@@ -29,7 +31,10 @@ struct AttnWeights {
                       // config.mla_split_kv_b (GGUF), per head:
   Matrix wk_b;        //   [n_heads * kv_lora_rank, qk_nope_head_dim] (W_uk transposed)
   Matrix wv_b;        //   [n_heads * v_head_dim, kv_lora_rank]       (W_uv)
-  Matrix wo;          // [dim, n_heads * v_head_dim]
+  Matrix wo;          // [dim, n_heads * v_head_dim]  (GQA: [dim, n_heads * head_dim])
+  // Grouped-query attention (Qwen2, Llama): wq above, then
+  Matrix wk, wv;      // [n_kv_heads * head_dim, dim]
+  std::vector<float> bq, bk, bv, bo;  // biases when the config has them, else empty
 };
 
 struct LayerWeights {

@@ -18,7 +18,7 @@ Status block_forward(float* x, const Batch& batch, const LayerWeights& layer, co
   std::vector<float> h(static_cast<size_t>(n * dim)), y(static_cast<size_t>(n * dim));
   // x = x + attn(attn_norm(x))
   kernels::rms_norm(h.data(), x, layer.attn_norm, n, eps, lc.kernels);
-  mla_forward(y.data(), h.data(), layer.attn, batch, kv, lc);
+  attention_forward(y.data(), h.data(), layer.attn, batch, kv, lc);
   add_into(x, y.data(), n * dim);
   // x = x + ffn(ffn_norm(x))
   kernels::rms_norm(h.data(), x, layer.ffn_norm, n, eps, lc.kernels);

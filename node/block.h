@@ -1,4 +1,4 @@
-// One decoder layer, as model.py's Block.forward:
+// One decoder layer, as model.py's Block.forward (and the dense distills' decoder layers):
 //   x = x + attn(attn_norm(x))
 //   x = x + ffn(ffn_norm(x))       ffn: dense MLP, or MoE = routed experts + shared experts
 // The routed experts are a callback: run in place in one process (Stage), exchanged with the

@@ -5,9 +5,9 @@
 namespace shoal {
 
 KvCache::KvCache(const ModelConfig& c, int64_t n_layers, int64_t n_slots, int64_t capacity)
-    : n_layers_(n_layers), n_slots_(n_slots), capacity_(capacity), kv_width_(c.kv_lora_rank),
-      pe_width_(c.qk_rope_head_dim),
-      data_(static_cast<size_t>(n_layers * n_slots * capacity * (c.kv_lora_rank + c.qk_rope_head_dim)), 0.0f) {}
+    : n_layers_(n_layers), n_slots_(n_slots), capacity_(capacity), kv_width_(c.uses_mla() ? c.kv_lora_rank : c.n_kv_heads * c.head_dim),
+      pe_width_(c.kv_cache_width() - kv_width_),
+      data_(static_cast<size_t>(n_layers * n_slots * capacity * c.kv_cache_width()), 0.0f) {}
 
 SeqKv KvCache::view(int64_t layer, int32_t slot) {
   SHOAL_CHECK(layer >= 0 && layer < n_layers_);

@@ -1,5 +1,6 @@
-// The MLA latent KV cache of the layers a stage hosts: per layer and sequence slot, rows of
-// kv_lora_rank latent values and qk_rope_head_dim roped key values (float32), one per position.
+// The KV cache of the layers a stage hosts: per layer and sequence slot, one row per position
+// (float32) of MLA's kv_lora_rank latent values and qk_rope_head_dim roped key values, or of
+// GQA's keys and values (n_kv_heads * head_dim each).
 // Contiguous per slot for now; the paged cache arrives with continuous batching.
 #pragma once
 

@@ -139,6 +139,36 @@ TEST_CASE("a GGUF gives the same bits over every transport and placement, fast a
   }
 }
 
+// R1's dense distills (Qwen2, Llama): the layers split over ranks give the same bits as one
+// process over in-process ranks, TCP nodes and mpirun; and a sequence alone or in a batch.
+TEST_CASE("dense distills give the same bits over every transport, alone or batched", "[distributed][dense][mpi][tcp]") {
+  const std::string env = "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo ";
+  TempDir dir;
+  write_file(dir / "token", "cluster-token-1\n");
+  for (const std::string name : {"tiny-qwen2", "tiny-llama3"}) {
+    std::vector<Node> nodes;
+    nodes.push_back(start_node(dir / "token", "--model " + fixture(name)));
+    nodes.push_back(start_node(dir / "token", "--model " + fixture(name)));
+    const std::string base = kShoal + " logits --model " + fixture(name) + kIds;
+    const json want = logits(base);
+    std::vector<std::string> runs = {base + " --local-nodes 3", base + " --local-nodes 2",
+                                     base + " --nodes " + node_list(nodes) + " --token-file " + (dir / "token")};
+    runs.push_back("timeout 120 env " + env + kMpirun + " -np 3 --mca pml ob1 --mca btl self,vader,tcp " + base);
+    for (const std::string& cmd : runs) {
+      INFO(cmd);
+      const json got = logits(cmd);
+      CHECK(got["greedy_ids"] == want["greedy_ids"]);
+      CHECK(max_diff(want["prompt_logits"], got["prompt_logits"]) == 0.0);
+      CHECK(max_diff(want["greedy_logits"], got["greedy_logits"]) == 0.0);
+    }
+    // The second sequence alone: the same bits as in the batch of two.
+    const json alone = logits(kShoal + " logits --model " + fixture(name) + " --ids \"5 6 1000 8\" --greedy 4");
+    CHECK(alone["greedy_ids"][0] == want["greedy_ids"][1]);
+    CHECK(max_diff(alone["prompt_logits"][0], want["prompt_logits"][1]) == 0.0);
+    CHECK(max_diff(alone["greedy_logits"][0], want["greedy_logits"][1]) == 0.0);
+  }
+}
+
 TEST_CASE("a plan file: one layer's experts on three ranks, the head on the first rank", "[distributed]") {
   TempDir dir;
   for (const std::string name : {"tiny-v3-bf16", "tiny-v3-fp8"}) {

@@ -664,8 +664,8 @@ TEST_CASE("config: a field of the wrong type", "[errors][config][cli]") {
 }
 
 TEST_CASE("config: an unsupported value", "[errors][config][cli]") {
-  expect_error(parse_edited_config([](json& j) { j["model_type"] = "llama"; }), Code::kInvalidArgument,
-               {"'model_type'", "'llama'"});
+  expect_error(parse_edited_config([](json& j) { j["model_type"] = "mistral"; }), Code::kInvalidArgument,
+               {"'model_type'", "'mistral'"});
   expect_error(parse_edited_config([](json& j) { j["scoring_func"] = "relu"; }), Code::kInvalidArgument,
                {"'scoring_func'", "'relu'"});
   expect_error(parse_edited_config([](json& j) { j["topk_method"] = "foo"; }), Code::kInvalidArgument,
@@ -702,7 +702,7 @@ TEST_CASE("config: an unsupported value", "[errors][config][cli]") {
     std::string field;
     json value;
   };
-  for (const auto& k : std::vector<Cli>{{"model_type", "llama"}, {"scoring_func", "relu"}, {"topk_method", "foo"}}) {
+  for (const auto& k : std::vector<Cli>{{"model_type", "mistral"}, {"scoring_func", "relu"}, {"topk_method", "foo"}}) {
     TempDir dir;
     copy_fixture(kBf16, dir);
     edit_json(dir / "config.json", [&](json& j) { j[k.field] = k.value; });
@@ -712,6 +712,47 @@ TEST_CASE("config: an unsupported value", "[errors][config][cli]") {
   copy_fixture(kBf16, dir);
   edit_json(dir / "config.json", [](json& j) { j["rope_scaling"]["type"] = "linear"; });
   expect_cli_error("run --model '" + dir.str() + "' --ids '0 1'", {"config.json", "rope_scaling.type", "linear"});
+}
+
+// The dense distills' configs (Qwen2, Llama): what would change the computation and is not
+// supported is refused by name; what does not change it is accepted.
+TEST_CASE("config: qwen2 and llama fields that are refused or accepted", "[errors][config][dense]") {
+  auto edited = [](const std::string& fixture, const std::function<void(json&)>& edit) {
+    json c = fixture_config(fixture);
+    edit(c);
+    return parse_config(c.dump());
+  };
+  REQUIRE(edited("tiny-qwen2", [](json&) {}).ok());
+  REQUIRE(edited("tiny-llama3", [](json&) {}).ok());
+  // Sliding windows: refused where a layer would use one, accepted where none would.
+  expect_error(edited("tiny-qwen2", [](json& j) { j["use_sliding_window"] = true; j["sliding_window"] = 64; j["max_window_layers"] = 1; }),
+               Code::kInvalidArgument, {"'use_sliding_window'", "sliding-window"});
+  CHECK(edited("tiny-qwen2", [](json& j) { j["use_sliding_window"] = true; j["max_window_layers"] = 3; }).ok());
+  expect_error(edited("tiny-qwen2", [](json& j) { j["num_key_value_heads"] = 3; }), Code::kInvalidArgument,
+               {"'num_key_value_heads'", "divide"});
+  expect_error(edited("tiny-qwen2", [](json& j) { j["num_attention_heads"] = 5; j["num_key_value_heads"] = 5; }),
+               Code::kInvalidArgument, {"'num_attention_heads'", "hidden_size"});
+  expect_error(edited("tiny-llama3", [](json& j) { j["rope_scaling"]["rope_type"] = "yarn"; }),
+               Code::kInvalidArgument, {"rope_scaling.rope_type", "'yarn'"});
+  expect_error(edited("tiny-llama3", [](json& j) { j["rope_scaling"].erase("low_freq_factor"); }),
+               Code::kInvalidArgument, {"'rope_scaling.low_freq_factor'", "missing"});
+  expect_error(edited("tiny-llama3", [](json& j) { j["rope_scaling"]["low_freq_factor"] = 4.0; }),
+               Code::kInvalidArgument, {"'rope_scaling.high_freq_factor'"});
+  expect_error(edited("tiny-llama3", [](json& j) { j["mlp_bias"] = true; }), Code::kInvalidArgument, {"'mlp_bias'"});
+  expect_error(edited("tiny-llama3", [](json& j) { j["head_dim"] = 15; }), Code::kInvalidArgument, {"'head_dim'", "odd"});
+  expect_error(edited("tiny-llama3", [](json& j) { j["quantization_config"] = {{"quant_method", "fp8"}}; }),
+               Code::kInvalidArgument, {"'quantization_config'"});
+  expect_error(edited("tiny-llama3", [](json& j) { j["eos_token_id"] = json::array(); }), Code::kInvalidArgument,
+               {"'eos_token_id'"});
+  // Llama 3.1 lists several end tokens: the first is the eos.
+  auto listed = edited("tiny-llama3", [](json& j) { j["eos_token_id"] = {897, 5, 6}; });
+  REQUIRE(listed.ok());
+  CHECK(listed->eos_token_id == 897);
+  // A config that claims biases its checkpoint lacks: the error names the missing tensor.
+  TempDir dir;
+  copy_fixture("tiny-llama3", dir);
+  edit_json(dir / "config.json", [](json& j) { j["attention_bias"] = true; });
+  expect_cli_error(logits_args(dir), {"model.layers.0.self_attn.q_proj.bias"});
 }
 
 TEST_CASE("config: a deeply nested value gives an error and no stack overflow", "[errors][config]") {

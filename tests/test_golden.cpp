@@ -1,6 +1,7 @@
 // The forward pass against golden logits from DeepSeek's inference/model.py (tests/fixtures/*/
 // golden.json, see their README.md): every prompt position and greedy step within
-// |got - want| <= atol + rtol |want|, greedy ids exact. Both MLA paths, both fixtures.
+// |got - want| <= atol + rtol |want|, greedy ids exact. Both MLA paths, both fixtures; the dense
+// distills' fixtures; the GGUF fixtures.
 #include <catch2/catch.hpp>
 #include <algorithm>
 #include <cmath>
@@ -83,6 +84,18 @@ TEST_CASE("fp8 fixture matches DeepSeek's reference, absorbed MLA", "[golden]") 
 }
 TEST_CASE("fp8 fixture matches DeepSeek's reference, naive MLA", "[golden]") {
   check_fixture("tiny-v3-fp8", AttnImpl::kNaive);
+}
+
+// R1's dense distills (tests/fixtures/tiny-qwen2*, tiny-llama3: golden from transformers'
+// Qwen2/Llama semantics, cross-checked against llama.cpp; their READMEs list the traps).
+TEST_CASE("qwen2 fixture (q/k/v biases, GQA 4:2, untied head) matches the reference", "[golden][dense]") {
+  check_fixture("tiny-qwen2", AttnImpl::kAuto);
+}
+TEST_CASE("qwen2 fixture with a tied head and rope_theta 1e6 matches the reference", "[golden][dense]") {
+  check_fixture("tiny-qwen2-tied", AttnImpl::kAuto);
+}
+TEST_CASE("llama3 fixture (llama3 rope scaling, past original_max_position_embeddings) matches", "[golden][dense]") {
+  check_fixture("tiny-llama3", AttnImpl::kAuto);
 }
 
 // GGUF files (tests/fixtures/gguf-a-*, llama-quantize output): exact numerics, the weights

@@ -652,7 +652,8 @@ TEST_CASE("silu_mul matches silu(g) * u, extremes included", "[kernels][ops]") {
 // rope
 // ============================================================================================
 
-TEST_CASE("rope rotates each interleaved pair by exp(i pos inv_freq)", "[kernels][rope]") {
+TEST_CASE("rope rotates each pair, interleaved or halves, by exp(i pos inv_freq)", "[kernels][rope]") {
+  using kernels::RopeLayout;
   struct Layout {
     int64_t n, heads, rope_dim, token_stride, head_stride, offset;
     float attn_factor;
@@ -666,6 +667,7 @@ TEST_CASE("rope rotates each interleaved pair by exp(i pos inv_freq)", "[kernels
       {1, 2, 2, 10, 4, 1, 0.8f},
   };
   for (const Context& ctx : backends()) {
+   for (const RopeLayout layout : {RopeLayout::kInterleaved, RopeLayout::kHalves}) {
     for (const Layout& L : layouts) {
       const int64_t half = L.rope_dim / 2;
       std::vector<float> inv_freq(static_cast<size_t>(half));
@@ -676,26 +678,30 @@ TEST_CASE("rope rotates each interleaved pair by exp(i pos inv_freq)", "[kernels
       const auto orig = random_vec(size, 61);
       std::vector<float> x = orig;
       kernels::RopeParams p{x.data() + L.offset, pos.data(), inv_freq.data(), L.n, L.heads, L.rope_dim,
-                            L.token_stride, L.head_stride, L.attn_factor};
+                            L.token_stride, L.head_stride, L.attn_factor, layout};
       kernels::rope(p, ctx);
       std::vector<bool> touched(size, false);
       for (int64_t t = 0; t < L.n; ++t)
         for (int64_t h = 0; h < L.heads; ++h) {
           const size_t base = size_t(L.offset + t * L.token_stride + h * L.head_stride);
           for (int64_t i = 0; i < half; ++i) {
+            // Pair i: (2i, 2i + 1) interleaved (model.py), (i, i + half) in halves (rotate_half).
+            const size_t e0 = base + size_t(layout == RopeLayout::kInterleaved ? 2 * i : i);
+            const size_t e1 = base + size_t(layout == RopeLayout::kInterleaved ? 2 * i + 1 : i + half);
             // The angle is model.py's float32 product of position and frequency.
             const double angle = double(float(pos[size_t(t)]) * inv_freq[size_t(i)]);
-            const std::complex<double> z(orig[base + size_t(2 * i)], orig[base + size_t(2 * i + 1)]);
+            const std::complex<double> z(orig[e0], orig[e1]);
             const std::complex<double> want = z * std::polar(double(L.attn_factor), angle);
             INFO(backend_name(ctx) << " rope_dim " << L.rope_dim << " token " << t << " head " << h << " pair " << i);
-            CHECK(std::fabs(x[base + size_t(2 * i)] - want.real()) <= 2e-6 * (std::abs(z) + 1e-30));
-            CHECK(std::fabs(x[base + size_t(2 * i + 1)] - want.imag()) <= 2e-6 * (std::abs(z) + 1e-30));
-            touched[base + size_t(2 * i)] = touched[base + size_t(2 * i + 1)] = true;
+            CHECK(std::fabs(x[e0] - want.real()) <= 2e-6 * (std::abs(z) + 1e-30));
+            CHECK(std::fabs(x[e1] - want.imag()) <= 2e-6 * (std::abs(z) + 1e-30));
+            touched[e0] = touched[e1] = true;
           }
         }
       for (size_t k = 0; k < size; ++k)
         if (!touched[k] && x[k] != orig[k]) FAIL_CHECK("rope wrote outside the rope dims at offset " << k);
     }
+   }
   }
 }
 
@@ -709,13 +715,14 @@ struct AttnCase {
   int64_t n_q, n_kv, H, da, db, dv;
   bool shared_keys;  // absorbed MLA: k_a = v, one latent per token for every head
   std::vector<int32_t> q_pos;
+  int64_t kv_group = 1;  // GQA: query heads per key/value head (per-head keys only)
 };
 
 // out[i, h, :] = Σ_{t <= q_pos[i], t < n_kv} softmax_t(scale (q_a·k_a + q_b·k_b)) v[t]
 void run_attention_case(const Context& ctx, const AttnCase& C, uint32_t seed) {
   const int64_t H = C.H, qw = C.da + C.db + 3;  // q rows padded: strides are not the widths
   const auto q = random_vec(size_t(C.n_q * H * qw), seed, -2.0f, 2.0f);
-  const int64_t ka_w = C.shared_keys ? C.da : H * (C.da + C.dv);  // naive: [k_nope | v] per head
+  const int64_t ka_w = C.shared_keys ? C.da : H / C.kv_group * (C.da + C.dv);  // naive: [k | v] per KV head
   auto kv = random_vec(size_t(C.n_kv * ka_w), seed + 1, -2.0f, 2.0f);
   auto pe = random_vec(size_t(C.n_kv * C.db), seed + 2, -2.0f, 2.0f);
   // Keys past every query's position get values that would dominate if they leaked.
@@ -736,6 +743,7 @@ void run_attention_case(const Context& ctx, const AttnCase& C, uint32_t seed) {
   } else {
     p.k_a = kv.data(); p.k_a_token_stride = ka_w; p.k_a_head_stride = C.da + C.dv;
     p.v = kv.data() + C.da; p.v_token_stride = ka_w; p.v_head_stride = C.da + C.dv;
+    p.kv_group = C.kv_group;
   }
   p.k_b = pe.data(); p.k_b_token_stride = C.db; p.k_b_head_stride = 0;
   p.q_pos = C.q_pos.data();
@@ -751,7 +759,7 @@ void run_attention_case(const Context& ctx, const AttnCase& C, uint32_t seed) {
         double dot = 0;
         for (int64_t d = 0; d < C.da; ++d)
           dot += double(q[size_t(i * H * qw + h * qw + d)]) *
-                 kv[size_t(t * ka_w + (C.shared_keys ? 0 : h * (C.da + C.dv)) + d)];
+                 kv[size_t(t * ka_w + (C.shared_keys ? 0 : h / C.kv_group * (C.da + C.dv)) + d)];
         for (int64_t d = 0; d < C.db; ++d) dot += double(q[size_t(i * H * qw + h * qw + C.da + d)]) * pe[size_t(t * C.db + d)];
         s[size_t(t)] = 0.37 * dot;
       }
@@ -761,7 +769,7 @@ void run_attention_case(const Context& ctx, const AttnCase& C, uint32_t seed) {
       for (int64_t d = 0; d < C.dv; ++d) {
         double want = 0, mag = 0;
         for (int64_t t = 0; t < visible; ++t) {
-          const double v = kv[size_t(t * ka_w + (C.shared_keys ? 0 : h * (C.da + C.dv) + C.da) + d)];
+          const double v = kv[size_t(t * ka_w + (C.shared_keys ? 0 : h / C.kv_group * (C.da + C.dv) + C.da) + d)];
           want += s[size_t(t)] / z * v;
           mag += s[size_t(t)] / z * std::fabs(v);
         }
@@ -795,6 +803,11 @@ TEST_CASE("attention matches a naive softmax reference", "[kernels][attention]")
     }
     SECTION("one key only, zero-width second part") {
       run_attention_case(ctx, {1, 1, 1, 4, 0, 4, true, {0}}, 8);
+    }
+    SECTION("grouped-query: query head h reads KV head h / group (Qwen2, Llama)") {
+      run_attention_case(ctx, {6, 6, 4, 16, 0, 16, false, {0, 1, 2, 3, 4, 5}, 2}, 9);
+      run_attention_case(ctx, {2, 90, 8, 32, 0, 32, false, {70, 89}, 8}, 10);
+      run_attention_case(ctx, {3, 40, 6, 24, 0, 24, false, {37, 38, 39}, 3}, 11);
     }
   }
 }

@@ -49,7 +49,7 @@ inline void attention_variant(const AttentionParams& p) {
     float* scores = buffer.get(kQueries * row);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t w = 0; w < work; ++w) {
-      const int64_t h = w % p.n_heads, i0 = (w / p.n_heads) * kQueries;
+      const int64_t h = w % p.n_heads, i0 = (w / p.n_heads) * kQueries, kvh = h / p.kv_group;
       const int64_t i1 = p.n_q < i0 + kQueries ? p.n_q : i0 + kQueries;
       int64_t visible[kQueries], most = 0;
       float max_score[kQueries], sum[kQueries];
@@ -69,8 +69,8 @@ inline void attention_variant(const AttentionParams& p) {
             const float* kb[4];
             for (int j = 0; j < 4; ++j) {
               const int64_t t = t0 + j < vis ? t0 + j : vis - 1;  // past the end: recompute the last
-              ka[j] = p.k_a + t * p.k_a_token_stride + h * p.k_a_head_stride;
-              kb[j] = p.k_b + t * p.k_b_token_stride + h * p.k_b_head_stride;
+              ka[j] = p.k_a + t * p.k_a_token_stride + kvh * p.k_a_head_stride;
+              kb[j] = p.k_b + t * p.k_b_token_stride + kvh * p.k_b_head_stride;
             }
             float sa[4], sb[4];
             dot4(sa, qa, ka, p.da);
@@ -99,7 +99,7 @@ inline void attention_variant(const AttentionParams& p) {
           float* o = p.out + (i * p.n_heads + h) * p.dv;
           for (int64_t t = b0; t < b1; ++t) {
             const float pt = sc[t] / sum[i - i0];
-            const float* v = p.v + t * p.v_token_stride + h * p.v_head_stride;
+            const float* v = p.v + t * p.v_token_stride + kvh * p.v_head_stride;
             const F32x16 ps = splat16(pt);
             for (int64_t d = 0; d < vec; d += 16) store16(o + d, fma16(ps, load16(v + d), load16(o + d)));
             for (int64_t d = vec; d < p.dv; ++d) o[d] = fma1(pt, v[d], o[d]);

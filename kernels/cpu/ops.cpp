@@ -41,13 +41,18 @@ void rope(const RopeParams& p, const Context&) {
       cs[size_t(2 * i)] = float(std::cos(double(angle))) * p.attn_factor;
       cs[size_t(2 * i + 1)] = float(std::sin(double(angle))) * p.attn_factor;
     }
+    // Element i of pair j: 2j + i interleaved, j + i * half in halves.
+    const int64_t first = p.layout == RopeLayout::kInterleaved ? 2 : 1;
+    const int64_t second = p.layout == RopeLayout::kInterleaved ? 1 : half;
     for (int64_t h = 0; h < p.n_heads; ++h) {
       float* v = p.x + t * p.token_stride + h * p.head_stride;
       for (int64_t i = 0; i < half; ++i) {
         const float c = cs[size_t(2 * i)], s = cs[size_t(2 * i + 1)];
-        const float a = v[2 * i], b = v[2 * i + 1];
-        v[2 * i] = a * c - b * s;
-        v[2 * i + 1] = a * s + b * c;
+        float& x0 = v[first * i];
+        float& x1 = v[first * i + second];
+        const float a = x0, b = x1;
+        x0 = a * c - b * s;
+        x1 = a * s + b * c;
       }
     }
   }
