@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/status.h"
 
@@ -69,6 +70,11 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   YarnScaling yarn;
   Llama3Scaling llama3;
+  // llama.cpp's `llama` GGUF layout: the converter permuted q/k rows of each head from rotate-half
+  // pairs to interleaved ones, so rope rotates neighbours; llama3 scaling comes as rope_freqs, the
+  // divisor of each pair's frequency (empty: none).
+  bool rope_interleaved = false;
+  std::vector<float> rope_freq_factors;
   double rms_norm_eps = 1e-6;
   int64_t max_position_embeddings = 0;
   bool tie_word_embeddings = false;

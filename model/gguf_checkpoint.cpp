@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "model/tensor_names.h"
 
@@ -70,6 +71,12 @@ constexpr std::pair<std::string_view, std::string_view> kLayerNames[] = {
     {"self_attn.k_b_proj.weight", "attn_k_b.weight"},
     {"self_attn.v_b_proj.weight", "attn_v_b.weight"},
     {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"self_attn.k_proj.weight", "attn_k.weight"},
+    {"self_attn.v_proj.weight", "attn_v.weight"},
+    {"self_attn.q_proj.bias", "attn_q.bias"},
+    {"self_attn.k_proj.bias", "attn_k.bias"},
+    {"self_attn.v_proj.bias", "attn_v.bias"},
+    {"self_attn.o_proj.bias", "attn_output.bias"},
     {"post_attention_layernorm.weight", "ffn_norm.weight"},
     {"mlp.gate_proj.weight", "ffn_gate.weight"},
     {"mlp.up_proj.weight", "ffn_up.weight"},
@@ -122,6 +129,79 @@ std::string ne_string(const GgufTensor& t) {
   return s + "}";
 }
 
+// The vocabulary size: {arch}.vocab_size, else the tokenizer's token count.
+int64_t vocab_size(const GgufHeader& h, Keys& k, const std::string& a) {
+  if (k.has(a + "vocab_size")) return k.integer(a + "vocab_size");
+  if (const GgufValue* tokens = h.find("tokenizer.ggml.tokens"); tokens && tokens->type == GgufType::kArray)
+    return int64_t(tokens->count);
+  k.fail(a + "vocab_size", "is missing (and so is tokenizer.ggml.tokens)");
+  return 0;
+}
+
+// Counts that size the tensor table are bounded by the tensors the file holds (a header that
+// claims millions of layers or experts is refused before anything is built for them).
+Status check_counts(const GgufModel& m, const ModelConfig& c) {
+  size_t tensors = 0;
+  for (const auto& part : m.parts()) tensors += part->header().tensors.size();
+  if (const GgufValue* v = m.meta().find(kShardSourceTensors); v && v->type == GgufType::kArray)
+    tensors = std::max<size_t>(tensors, v->strings.size());
+  if (c.n_layers > int64_t(tensors))
+    return invalid_argument(m.first_path().string() + ": block_count " + std::to_string(c.n_layers) +
+                            " exceeds the " + std::to_string(tensors) + " tensors in the file");
+  if (c.n_routed_experts > 65536 || c.n_heads > 65536)
+    return invalid_argument(m.first_path().string() + ": expert_count or head_count is implausibly large");
+  return {};
+}
+
+// llama.cpp's `qwen2` and `llama` (R1's dense distills): GQA over the whole head. The `llama`
+// converter permuted q/k to interleaved rope pairs and stores llama3 scaling as rope_freqs.
+StatusOr<ModelConfig> dense_gguf_config(const GgufModel& m, Keys& k, const std::string& arch) {
+  const std::string a = arch + ".";
+  ModelConfig c;
+  c.model_type = arch == "qwen2" ? ModelType::kQwen2 : ModelType::kLlama;
+  c.dim = k.integer(a + "embedding_length");
+  c.n_layers = k.integer(a + "block_count");
+  c.inter_dim = k.integer(a + "feed_forward_length");
+  c.n_heads = k.integer(a + "attention.head_count");
+  c.n_kv_heads = k.integer(a + "attention.head_count_kv", c.n_heads);
+  SHOAL_RETURN_IF_ERROR(k.status());
+  c.head_dim = k.integer(a + "attention.key_length", c.dim / c.n_heads);
+  if (k.integer(a + "attention.value_length", c.head_dim) != c.head_dim)
+    k.fail(a + "attention.value_length", "differs from key_length (not supported)");
+  if (k.integer(a + "rope.dimension_count", c.head_dim) != c.head_dim)
+    k.fail(a + "rope.dimension_count", "is not the whole head (partial rope is not supported)");
+  c.rms_norm_eps = k.number(a + "attention.layer_norm_rms_epsilon");
+  c.rope_theta = k.number(a + "rope.freq_base", 10000.0);
+  c.max_position_embeddings = k.integer(a + "context_length");
+  c.vocab_size = vocab_size(m.meta(), k, a);
+  c.bos_token_id = k.integer("tokenizer.ggml.bos_token_id", -1, 0);
+  c.eos_token_id = k.integer("tokenizer.ggml.eos_token_id", -1, 0);
+  if (k.has(a + "rope.scaling.type") && k.string(a + "rope.scaling.type") != "none")
+    k.fail(a + "rope.scaling.type", "is '" + k.string(a + "rope.scaling.type") + "' (none, or llama3 as rope_freqs, are supported)");
+  SHOAL_RETURN_IF_ERROR(k.status());
+  if (c.head_dim % 2 != 0) k.fail(a + "attention.key_length", "gives an odd head_dim");
+  if (c.n_kv_heads <= 0 || c.n_heads % c.n_kv_heads != 0) k.fail(a + "attention.head_count_kv", "must divide head_count");
+  SHOAL_RETURN_IF_ERROR(k.status());
+  SHOAL_RETURN_IF_ERROR(check_counts(m, c));
+  c.qkv_bias = model_has(m, "blk.0.attn_q.bias");
+  c.o_bias = model_has(m, "blk.0.attn_output.bias");
+  c.tie_word_embeddings = !model_has(m, "output.weight");
+  c.rope_interleaved = arch == "llama";
+  if (const auto freqs = m.find("rope_freqs.weight")) {
+    const GgufTensor& t = *freqs->tensor;
+    if (t.dtype != DType::kF32 || t.ne.size() != 1 || t.ne[0] != c.head_dim / 2)
+      return invalid_argument(m.first_path().string() + ": tensor 'rope_freqs.weight' must be F32 {" +
+                              std::to_string(c.head_dim / 2) + "}, got " + std::string(dtype_name(t.dtype)) + " " +
+                              ne_string(t));
+    c.rope_freq_factors.resize(size_t(c.head_dim / 2));
+    std::memcpy(c.rope_freq_factors.data(), freqs->data, c.rope_freq_factors.size() * sizeof(float));
+    for (float f : c.rope_freq_factors)
+      if (!(f > 0.0f) || !std::isfinite(f))
+        return invalid_argument(m.first_path().string() + ": tensor 'rope_freqs.weight' holds a factor that is not positive");
+  }
+  return c;
+}
+
 }  // namespace
 
 StatusOr<ModelConfig> gguf_model_config(const GgufModel& m) {
@@ -129,9 +209,10 @@ StatusOr<ModelConfig> gguf_model_config(const GgufModel& m) {
   Keys k(h, m.first_path().string());
   const std::string arch = k.string("general.architecture");
   SHOAL_RETURN_IF_ERROR(k.status());
+  if (arch == "qwen2" || arch == "llama") return dense_gguf_config(m, k, arch);
   if (arch != "deepseek2")
     return unimplemented(m.first_path().string() + ": architecture '" + arch +
-                         "' is not supported (deepseek2: DeepSeek-V2/V3/R1)");
+                         "' is not supported (deepseek2: DeepSeek-V2/V3/R1; qwen2 and llama: R1's distills)");
   const std::string a = arch + ".";
   ModelConfig c;
   c.dim = k.integer(a + "embedding_length");
@@ -153,10 +234,7 @@ StatusOr<ModelConfig> gguf_model_config(const GgufModel& m) {
   c.rms_norm_eps = k.number(a + "attention.layer_norm_rms_epsilon");
   c.rope_theta = k.number(a + "rope.freq_base");
   c.max_position_embeddings = k.integer(a + "context_length");
-  if (k.has(a + "vocab_size")) c.vocab_size = k.integer(a + "vocab_size");
-  else if (const GgufValue* tokens = h.find("tokenizer.ggml.tokens"); tokens && tokens->type == GgufType::kArray)
-    c.vocab_size = int64_t(tokens->count);
-  else k.fail(a + "vocab_size", "is missing (and so is tokenizer.ggml.tokens)");
+  c.vocab_size = vocab_size(h, k, a);
   c.bos_token_id = k.integer("tokenizer.ggml.bos_token_id", -1, 0);
   c.eos_token_id = k.integer("tokenizer.ggml.eos_token_id", -1, 0);
   SHOAL_RETURN_IF_ERROR(k.status());
@@ -209,17 +287,7 @@ StatusOr<ModelConfig> gguf_model_config(const GgufModel& m) {
   const int64_t nextn = k.integer(a + "nextn_predict_layers", 0, 0);
   if (nextn > 0 && nextn < c.n_layers && model_has(m, "blk." + std::to_string(c.n_layers - 1) + ".nextn.eh_proj.weight"))
     c.n_layers -= nextn;
-  // Counts that size the tensor table are bounded by the tensors the file holds (a header that
-  // claims millions of layers or experts is refused before anything is built for them).
-  size_t tensors = 0;
-  for (const auto& part : m.parts()) tensors += part->header().tensors.size();
-  if (const GgufValue* v = h.find(kShardSourceTensors); v && v->type == GgufType::kArray)
-    tensors = std::max<size_t>(tensors, v->strings.size());
-  if (c.n_layers > int64_t(tensors))
-    return invalid_argument(m.first_path().string() + ": block_count " + std::to_string(c.n_layers) +
-                            " exceeds the " + std::to_string(tensors) + " tensors in the file");
-  if (c.n_routed_experts > 65536 || c.n_heads > 65536)
-    return invalid_argument(m.first_path().string() + ": expert_count or head_count is implausibly large");
+  SHOAL_RETURN_IF_ERROR(check_counts(m, c));
   c.tie_word_embeddings = !model_has(m, "output.weight");
   c.mla_split_kv_b = model_has(m, "blk.0.attn_k_b.weight");
   auto valid = validate_config(c);

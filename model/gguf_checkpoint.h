@@ -1,4 +1,4 @@
-// A GGUF model seen as a checkpoint: its `deepseek2` metadata as a ModelConfig, and its tensors
+// A GGUF model seen as a checkpoint: its `deepseek2` (or the distills' `qwen2` / `llama`) metadata as a ModelConfig, and its tensors
 // under the Hugging Face names the rest of shoal uses (model/tensor_names.h), as views into the
 // mapped parts. llama.cpp's layout: ggml ne order (ne[0] the row length), routed experts stacked
 // on the slowest axis of ffn_*_exps (expert j is a view of slice j), and MLA's kv_b_proj split per

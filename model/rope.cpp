@@ -21,7 +21,7 @@ double correction_dim(double rotations, double dim, double base, double max_pos)
 // then llama3's scaling (_compute_llama3_parameters) when the config asks for it.
 RopeTable dense_rope_table(const ModelConfig& c) {
   RopeTable t;
-  t.layout = kernels::RopeLayout::kHalves;
+  t.layout = c.rope_interleaved ? kernels::RopeLayout::kInterleaved : kernels::RopeLayout::kHalves;
   const int64_t dim = c.head_dim, half = dim / 2;
   t.inv_freq.resize(static_cast<size_t>(half));
   const Llama3Scaling& l = c.llama3;
@@ -40,6 +40,7 @@ RopeTable dense_rope_table(const ModelConfig& c) {
         f = scaled;
       }
     }
+    if (!c.rope_freq_factors.empty()) f /= c.rope_freq_factors[size_t(j)];
     t.inv_freq[size_t(j)] = f;
   }
   t.softmax_scale = float(1.0 / std::sqrt(double(dim)));

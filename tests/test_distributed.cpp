@@ -139,13 +139,14 @@ TEST_CASE("a GGUF gives the same bits over every transport and placement, fast a
   }
 }
 
-// R1's dense distills (Qwen2, Llama): the layers split over ranks give the same bits as one
-// process over in-process ranks, TCP nodes and mpirun; and a sequence alone or in a batch.
+// R1's dense distills (Qwen2, Llama; safetensors and a Q8_0 GGUF): the layers split over ranks
+// give the same bits as one process over in-process ranks, TCP nodes and mpirun; and a sequence
+// alone or in a batch.
 TEST_CASE("dense distills give the same bits over every transport, alone or batched", "[distributed][dense][mpi][tcp]") {
   const std::string env = "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo ";
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");
-  for (const std::string name : {"tiny-qwen2", "tiny-llama3"}) {
+  for (const std::string name : {"tiny-qwen2", "tiny-llama3", "gguf-tiny-dense/tiny-llama3-q8_0.gguf"}) {
     std::vector<Node> nodes;
     nodes.push_back(start_node(dir / "token", "--model " + fixture(name)));
     nodes.push_back(start_node(dir / "token", "--model " + fixture(name)));

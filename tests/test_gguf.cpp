@@ -2,6 +2,7 @@
 // lists what gguf-py reads), split files, the deepseek2 config, and every kind of bad file.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -299,6 +300,62 @@ TEST_CASE("a GGUF missing a key the computation needs, or of another architectur
     std::memcpy(bad.data() + at, "deepseek9", 9);
     write_file(d.path / "m.gguf", bad);
     expect_error(Checkpoint::open(d.path / "m.gguf"), {"deepseek9", "not supported"});
+  }
+}
+
+// R1's distills as llama.cpp writes them (tests/fixtures/gguf-tiny-dense): the config of the
+// Hugging Face fixture they came from, and refusals naming what is wrong.
+TEST_CASE("qwen2 and llama GGUF metadata give the distills' Hugging Face configs", "[gguf][dense]") {
+  for (const std::string name : {"tiny-qwen2", "tiny-llama3"}) {
+    INFO(name);
+    auto ck = Checkpoint::open(kFixtures / "gguf-tiny-dense" / (name + "-q8_0.gguf"));
+    REQUIRE(ck.ok());
+    auto hf = load_config(kFixtures / name);
+    REQUIRE(hf.ok());
+    const ModelConfig& got = (*ck)->config();
+    CHECK(got.model_type == hf->model_type);
+    CHECK(got.dim == hf->dim);
+    CHECK(got.n_layers == hf->n_layers);
+    CHECK(got.inter_dim == hf->inter_dim);
+    CHECK(got.n_heads == hf->n_heads);
+    CHECK(got.n_kv_heads == hf->n_kv_heads);
+    CHECK(got.head_dim == hf->head_dim);
+    CHECK(got.vocab_size == hf->vocab_size);
+    CHECK(got.qkv_bias == hf->qkv_bias);
+    CHECK(got.tie_word_embeddings == hf->tie_word_embeddings);
+    CHECK(float(got.rms_norm_eps) == float(hf->rms_norm_eps));
+    CHECK(got.rope_theta == hf->rope_theta);
+    // llama: interleaved pairs (the converter permuted q/k), llama3 scaling as divisors whose
+    // frequencies are the ones transformers computes from the config.
+    CHECK(got.rope_interleaved == (name == "tiny-llama3"));
+    const RopeTable from_gguf = make_rope_table(got), from_hf = make_rope_table(*hf);
+    REQUIRE(from_gguf.inv_freq.size() == from_hf.inv_freq.size());
+    for (size_t j = 0; j < from_hf.inv_freq.size(); ++j)
+      CHECK(std::fabs(from_gguf.inv_freq[j] - from_hf.inv_freq[j]) <= 1e-6f * from_hf.inv_freq[j]);
+  }
+  const std::string image = read_file(kFixtures / "gguf-tiny-dense/tiny-llama3-q8_0.gguf");
+  {
+    TempDir d;
+    // head_count_kv renamed away: it defaults to head_count (as llama.cpp defaults it), so the
+    // k/v tensors' shapes disagree with the config and the error names the tensor.
+    std::string bad = image;
+    bad[find_bytes(bad, "llama.attention.head_count_kv") + std::strlen("llama.attention.head_count_")] = 'X';
+    write_file(d.path / "m.gguf", bad);
+    expect_error(Checkpoint::open(d.path / "m.gguf"), {"m.gguf", "attn_k.weight"});
+  }
+  {
+    TempDir d;
+    std::string bad = image;
+    bad[find_bytes(bad, "llama.attention.layer_norm_rms_epsilon") + std::strlen("llama.attention.")] = 'X';
+    write_file(d.path / "m.gguf", bad);
+    expect_error(Checkpoint::open(d.path / "m.gguf"), {"m.gguf", "llama.attention.layer_norm_rms_epsilon", "missing"});
+  }
+  {
+    TempDir d;
+    std::string bad = image;
+    std::memcpy(bad.data() + find_bytes(bad, "llama"), "lla_a", 5);  // general.architecture's value
+    write_file(d.path / "m.gguf", bad);
+    expect_error(Checkpoint::open(d.path / "m.gguf"), {"lla_a", "not supported", "qwen2 and llama"});
   }
 }
 

@@ -41,9 +41,11 @@ double worst_excess(const std::vector<float>& got, const json& want, const Toler
   return worst;
 }
 
-void check_fixture(const std::string& name, AttnImpl impl) {
-  const std::string dir = std::string(SHOAL_FIXTURES) + "/" + name;
-  const json golden = read_json(dir + "/golden.json");
+// The model at `model` (a fixture folder or a file in one) against the golden of `golden_dir`.
+void check_fixture(const std::string& model, const std::string& golden_dir, AttnImpl impl) {
+  const std::string name = model;
+  const std::string dir = std::string(SHOAL_FIXTURES) + "/" + model;
+  const json golden = read_json(std::string(SHOAL_FIXTURES) + "/" + golden_dir + "/golden.json");
   const Tolerance tol{golden["tolerance"]["atol"].get<double>(), golden["tolerance"]["rtol"].get<double>()};
   const int64_t steps = golden["greedy_steps"].get<int64_t>();
   for (const json& c : golden["cases"]) {
@@ -70,6 +72,7 @@ void check_fixture(const std::string& name, AttnImpl impl) {
     }
   }
 }
+void check_fixture(const std::string& name, AttnImpl impl) { check_fixture(name, name, impl); }
 
 }  // namespace
 
@@ -96,6 +99,12 @@ TEST_CASE("qwen2 fixture with a tied head and rope_theta 1e6 matches the referen
 }
 TEST_CASE("llama3 fixture (llama3 rope scaling, past original_max_position_embeddings) matches", "[golden][dense]") {
   check_fixture("tiny-llama3", AttnImpl::kAuto);
+}
+// The same weights as llama.cpp's `qwen2` and `llama` GGUF files (tests/fixtures/gguf-tiny-dense):
+// `llama` with q/k permuted to interleaved rope pairs and llama3 scaling as rope_freqs.
+TEST_CASE("dense GGUF files in BF16 match the distills' reference, exact numerics", "[golden][dense][gguf]") {
+  check_fixture("gguf-tiny-dense/tiny-qwen2-bf16.gguf", "tiny-qwen2", AttnImpl::kAuto);
+  check_fixture("gguf-tiny-dense/tiny-llama3-bf16.gguf", "tiny-llama3", AttnImpl::kAuto);
 }
 
 // GGUF files (tests/fixtures/gguf-a-*, llama-quantize output): exact numerics, the weights
@@ -126,12 +135,13 @@ struct PeerFigures {
   int top1, positions;
 };
 
-PeerFigures llama_cpp_figures(const std::string& dir) {
-  std::ifstream in(dir + "/README.md");
+// The row of `readme` whose first cell starts with `label`.
+PeerFigures llama_cpp_figures(const std::string& readme, const std::string& label = "this quantized file as is") {
+  std::ifstream in(readme);
   REQUIRE(in.good());
   std::string line;
   while (std::getline(in, line)) {
-    if (line.find("| this quantized file as is") != 0) continue;
+    if (line.find("| " + label) != 0) continue;
     // | run | prompt max abs diff | greedy max abs diff | out of tolerance | top-1 | greedy ids |
     std::vector<std::string> cells;
     size_t a = 1;
@@ -142,7 +152,7 @@ PeerFigures llama_cpp_figures(const std::string& dir) {
     REQUIRE(std::sscanf(cells[4].c_str(), " %d/%d", &f.top1, &f.positions) == 2);
     return f;
   }
-  FAIL("no llama.cpp row in " << dir << "/README.md");
+  FAIL("no llama.cpp row '" << label << "' in " << readme);
   return {};
 }
 
@@ -154,10 +164,12 @@ size_t argmax(const json& v) {
   return best;
 }
 
-void check_fast(const std::string& name) {
-  const std::string dir = std::string(SHOAL_FIXTURES) + "/" + name;
-  const json golden = read_json(dir + "/golden.json");
-  const PeerFigures peer = llama_cpp_figures(dir);
+// `model` (a fixture folder or file) in fast numerics against `golden_dir`'s golden, beside
+// llama.cpp's figures (`peer`) for the same file.
+void check_fast(const std::string& model, const std::string& golden_dir, const PeerFigures& peer) {
+  const std::string name = model;
+  const std::string dir = std::string(SHOAL_FIXTURES) + "/" + model;
+  const json golden = read_json(std::string(SHOAL_FIXTURES) + "/" + golden_dir + "/golden.json");
   double max_d = 0;
   int top1 = 0, positions = 0;
   for (const json& c : golden["cases"]) {
@@ -185,10 +197,20 @@ void check_fast(const std::string& name) {
   CHECK(max_d <= 1.25 * peer.max_abs_diff);
   CHECK(top1 >= peer.top1 - 2);
 }
+void check_fast(const std::string& name) {
+  check_fast(name, name, llama_cpp_figures(std::string(SHOAL_FIXTURES) + "/" + name + "/README.md"));
+}
 
 TEST_CASE("gguf fast numerics: no worse than llama.cpp on the same files", "[golden][gguf][fast]") {
   for (const char* name : {"gguf-a-q8_0", "gguf-a-q4_k_m-split", "gguf-a-q2_k", "gguf-a-iq2_xxs", "gguf-a-iq1_s"})
     check_fast(name);
+}
+TEST_CASE("dense GGUF Q8_0 files in fast numerics: no worse than llama.cpp", "[golden][dense][gguf][fast]") {
+  const std::string readme = std::string(SHOAL_FIXTURES) + "/gguf-tiny-dense/README.md";
+  for (const std::string name : {"tiny-qwen2", "tiny-llama3"}) {
+    const std::string file = name + "-q8_0.gguf";
+    check_fast("gguf-tiny-dense/" + file, name, llama_cpp_figures(readme, file));
+  }
 }
 
 TEST_CASE("shoal logits CLI prints the golden numbers", "[golden][cli]") {
