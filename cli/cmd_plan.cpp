@@ -217,6 +217,7 @@ int plan(const Options& o) {
   if (!o.out.empty()) {
     std::ofstream out(o.out, std::ios::binary);
     out << plan_to_json(r->plan).dump(2) << "\n";
+    out.close();  // flushed before it is read back (a small plan stays in the stream's buffer)
     if (!out.good()) return fail(invalid_argument(o.out + ": cannot write the plan file"));
     // What --plan of the other commands will read back.
     auto back = read_plan_file(o.out, *config, int(r->ranks.size()));
@@ -244,7 +245,7 @@ void add_plan(CLI::App& app, int& rc) {
   sub->add_option("--bandwidth", o->bandwidth, "Override the bandwidth table: KIND=GB/s (repeatable)");
   sub->add_option("--weights", o->weights, "fp8, bf16, q8_0 or q4_k (default: as the checkpoint stores them)");
   sub->add_option("--quant", o->quant,
-                  "GGUF types for a config: a quant recipe (UD-IQ1_S, UD-IQ1_M, UD-IQ2_XXS, UD-Q2_K_XL) or a GGUF "
+                  "GGUF types for a config: a quant recipe (UD-IQ1_S, UD-IQ1_M, UD-IQ2_XXS, UD-Q2_K_XL, Q8_0) or a GGUF "
                   "whose tensor infos give them (its data may be absent)");
   sub->add_flag("--gpu-only", o->gpu_only, "Weights on GPUs only: no experts in host memory, no CPU nodes");
   sub->add_flag("--expert-scatter", o->expert_scatter, "Spread each layer's experts over all ranks");

@@ -49,10 +49,20 @@ int64_t tensor_bytes(const TensorSpec& t, WeightFormat f, int64_t fp8_block) {
   return 0;
 }
 
+// Float32 activations a token of a prefill step keeps at once (docs/plan.md, "Workspace"): the
+// residual stream and its norms, the attention's projections, and the MLP's gate and up.
 double activation_floats_per_token(const ModelConfig& c) {
   const int64_t mlp = std::max(c.inter_dim, c.moe_inter_dim * (c.n_shared_experts + c.n_activated_experts));
+  if (!c.uses_mla())  // GQA: q, k, v and the heads' output
+    return double(4 * c.dim + 2 * c.n_heads * c.head_dim + 2 * c.n_kv_heads * c.head_dim + 2 * mlp);
   return double(4 * c.dim + c.n_heads * c.qk_head_dim() + c.q_lora_rank + c.kv_lora_rank + c.qk_rope_head_dim +
                 c.n_heads * (c.v_head_dim + c.kv_lora_rank) + 2 * mlp);
+}
+
+bool has_experts(const ModelConfig& c) {
+  for (int64_t i = 0; i < c.n_layers; ++i)
+    if (c.is_moe_layer(i)) return true;
+  return false;
 }
 
 struct Attempt {
@@ -75,6 +85,7 @@ struct Context {
 // The expert placement units of a layer (groups under group-limited routing, else experts).
 std::vector<int64_t> unit_starts(const ModelConfig& c) {
   const int64_t E = c.n_routed_experts;
+  if (E == 0) return {0};  // a dense model: no units
   const bool grouped = c.n_expert_groups > 1 && c.topk_method != TopkMethod::kGreedy;
   const int64_t n = grouped ? c.n_expert_groups : E;
   std::vector<int64_t> first(size_t(n) + 1);
@@ -299,17 +310,29 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
   if (c.n_layers < 1) return invalid_argument("the model has no layers");
   if (o.weights == WeightFormat::kGguf && !stored)
     return invalid_argument("gguf weights are sized from a GGUF file or a quant recipe (stored unit bytes)");
+  if (o.weights == WeightFormat::kFp8 && !c.uses_mla())
+    return invalid_argument("--weights fp8 is DeepSeek's release format (128x128 block scales); a " +
+                            std::string(c.model_type == ModelType::kQwen2 ? "qwen2" : "llama") +
+                            " model is planned in bf16, q8_0 or q4_k");
   SHOAL_ASSIGN_OR_RETURN(const std::vector<RankSlot> slots, rank_slots(s, o));
   if (slots.empty()) return invalid_argument("the cluster has no ranks (no GPUs and no CPU nodes)");
 
   FitResult res;
   res.weights = o.weights;
   res.options = o;
+  res.has_experts = has_experts(c);
+  res.mla = c.uses_mla();
+  // Without routed experts there is nothing to scatter: the plan is the pipeline either way.
+  if (o.expert_scatter && !res.has_experts) {
+    res.options.expert_scatter = false;
+    res.notes.push_back("--expert-scatter: the model has no routed experts (every layer is dense); planned as a "
+                        "pipeline of layers");
+  }
   res.params = count_params(c);
   const UnitBytes bytes = stored ? *stored : unit_bytes_in(c, o.weights);
   res.weight_bytes = sum_bytes(bytes);
   res.mtp_weight_bytes = o.weights == WeightFormat::kGguf ? o.gguf_mtp_bytes : mtp_bytes_in(c, o.weights);
-  res.kv_bytes_per_layer = o.context * o.concurrency * (c.kv_lora_rank + c.qk_rope_head_dim) * o.kv_value_bytes;
+  res.kv_bytes_per_layer = o.context * o.concurrency * c.kv_cache_width() * o.kv_value_bytes;
 
   const double act = activation_floats_per_token(c) * 4.0 * double(std::max(o.prefill_chunk, o.concurrency)) +
                      double(c.vocab_size) * 4.0 * double(o.concurrency);
@@ -330,7 +353,7 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
   std::vector<bool> usable(slots.size(), false);
   for (size_t i : gpu_ranks) usable[i] = true;
   for (size_t i : cpu_ranks) usable[i] = true;
-  const Context x{c, bytes, slots, workspace, res.kv_bytes_per_layer, o.expert_scatter};
+  const Context x{c, bytes, slots, workspace, res.kv_bytes_per_layer, res.options.expert_scatter};
   auto budget = [&](size_t i) { return (long double)(slots[i].capacity_bytes - workspace[i]); };
 
   // GPUs first (or the CPU nodes of a cluster without GPUs), each in proportion to its memory.
@@ -342,8 +365,9 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
   Attempt best = attempt(x, first_ranks, shares, false);
   if (any_gpu && !o.gpu_only && !best.fits) {
     // Spill: shares of device + f * host memory (CPU nodes: f * their memory), the least f that fits.
+    // A GPU rank's host memory holds routed experts only: without experts, only CPU nodes help.
     bool have_host = !cpu_ranks.empty();
-    for (size_t i : gpu_ranks) have_host = have_host || slots[i].host_capacity_bytes > 0;
+    for (size_t i : gpu_ranks) have_host = have_host || (res.has_experts && slots[i].host_capacity_bytes > 0);
     for (int step = 0; have_host && step <= 20; ++step) {
       const long double f = step / 20.0L;
       std::vector<size_t> ranks;
@@ -352,7 +376,8 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
         const bool gpu = slots[i].gpu >= 0;
         if (!usable[i] || (!gpu && step == 0)) continue;
         ranks.push_back(i);
-        shares.push_back(gpu ? budget(i) + f * (long double)slots[i].host_capacity_bytes : f * budget(i));
+        const long double host_share = res.has_experts ? f * (long double)slots[i].host_capacity_bytes : 0.0L;
+        shares.push_back(gpu ? budget(i) + host_share : f * budget(i));
       }
       Attempt a = attempt(x, ranks, shares, true);
       if (a.fits || step == 20) {
@@ -383,7 +408,7 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
   if (!res.fits) {
     int64_t have = 0;
     for (const RankSlot& sl : slots)
-      if (sl.gpu >= 0 || !o.gpu_only) have += sl.capacity_bytes + sl.host_capacity_bytes;
+      if (sl.gpu >= 0 || !o.gpu_only) have += sl.capacity_bytes + (res.has_experts ? sl.host_capacity_bytes : 0);
     res.reasons.insert(res.reasons.begin(),
                        std::string("the model does not fit") + (o.gpu_only ? " on the GPUs alone (--gpu-only)" : "") +
                            ": " + gb(res.weight_bytes) + " of " + format_name(o.weights) + " weights plus " +
@@ -403,8 +428,9 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
     res.warnings.push_back(buf);
   }
   if (res.fits && !cpu_used.empty())
-    res.warnings.push_back(std::to_string(cpu_used.size()) +
-                           " CPU rank(s) hold layers or experts in host memory: their share decodes at CPU speed");
+    res.warnings.push_back(std::to_string(cpu_used.size()) + " CPU rank(s) hold " +
+                           (res.has_experts ? "layers or experts" : "layers") +
+                           " in host memory: their share decodes at CPU speed");
   if (res.fits) res.prediction = predict(c, s, res, bytes);
   if (res.fits || !o.suggest) return res;
 
@@ -418,6 +444,7 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
     for (WeightFormat f : {WeightFormat::kBf16, WeightFormat::kQ8_0, WeightFormat::kFp8, WeightFormat::kQ4K}) {
       FitOptions opt = o;
       opt.weights = f;
+      if (f == WeightFormat::kFp8 && !c.uses_mla()) continue;  // DeepSeek's format only
       if (f == o.weights || sum_bytes(unit_bytes_in(c, f)) >= res.weight_bytes) continue;
       if (auto r = fits_with(s, opt))
         res.suggestions.push_back("fewer bytes per weight: --weights " + std::string(format_name(f)) + " (" +
@@ -426,7 +453,9 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
   if (o.gpu_only) {
     FitOptions opt = o;
     opt.gpu_only = false;
-    if (fits_with(s, opt)) res.suggestions.push_back("without --gpu-only (routed experts spill to host memory) it fits");
+    if (fits_with(s, opt))
+      res.suggestions.push_back(res.has_experts ? "without --gpu-only (routed experts spill to host memory) it fits"
+                                                : "without --gpu-only (CPU nodes take layers) it fits");
   }
   for (int64_t ctx = o.context / 2; ctx >= 256; ctx /= 2) {
     FitOptions opt = o;

@@ -38,7 +38,7 @@ struct FitOptions {
   bool expert_scatter = false;  // spread each layer's experts over the ranks (default_plan)
   int64_t context = 4096;       // KV positions per sequence
   int64_t concurrency = 1;      // sequences with a KV cache each
-  int64_t kv_value_bytes = 4;   // float32 latent cache, as node/kv_cache.h stores it
+  int64_t kv_value_bytes = 4;   // float32 cache (MLA's latent, GQA's keys and values), as node/kv_cache.h stores it
   int64_t prefill_chunk = 512;  // tokens per prefill step, for the activation estimate
   bool suggest = true;          // on failure, try what would make it fit
   int64_t gguf_mtp_bytes = 0;   // kGguf: the MTP layers' bytes in the file (llama.cpp's converter drops them)
@@ -84,9 +84,11 @@ struct Prediction {
 struct FitResult {
   bool fits = false;
   bool spilled = false;             // some experts in host memory
+  bool has_experts = false;         // the model has MoE layers (dense Qwen2/Llama: none)
+  bool mla = true;                  // DeepSeek's attention (latent KV cache, MTP layers); false: GQA
   double host_fraction = 0;         // the f of docs/plan.md's spill step
   WeightFormat weights = WeightFormat::kFp8;
-  FitOptions options;
+  FitOptions options;               // as asked, but expert_scatter false for a model without experts
   ParamCounts params;
   int64_t weight_bytes = 0, mtp_weight_bytes = 0, kv_bytes_per_layer = 0;
   Plan plan;

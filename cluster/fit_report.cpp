@@ -97,27 +97,36 @@ ordered_json fit_to_json(const FitResult& r, const ClusterSpec& s) {
 std::string fit_text(const FitResult& r, const ClusterSpec& s) {
   const FitOptions& o = r.options;
   std::ostringstream out;
-  out << "model: " << r.params.total << " parameters (" << r.params.active << " active per token; MTP "
-      << r.params.mtp << ", not placed), " << gb(r.weight_bytes) << " of " << format_name(r.weights)
-      << " weights (MTP layers " << gb(r.mtp_weight_bytes) << ")\n";
+  const bool moe = r.has_experts;
+  out << "model: " << r.params.total << " parameters (" << r.params.active << " active per token";
+  if (r.mla) out << "; MTP " << r.params.mtp << ", not placed";
+  out << "), " << gb(r.weight_bytes) << " of " << format_name(r.weights) << " weights";
+  if (r.mla) out << " (MTP layers " << gb(r.mtp_weight_bytes) << ")";
+  out << (moe ? "" : "; no routed experts") << "\n";
   out << "KV cache: " << o.context << " positions x " << o.concurrency << " sequence(s), "
-      << kv_dtype(o.kv_value_bytes) << " latent, " << gb(r.kv_bytes_per_layer) << " per layer\n";
-  out << (r.fits ? "fits" : "does not fit") << (o.gpu_only ? " on the GPUs alone" : "")
-      << (r.spilled && r.fits ? ", with experts in host memory" : "") << "\n\n";
-  out << "rank  node              device  layers       experts  weights     KV          workspace   total / capacity"
-         "           host memory (experts, bytes / capacity)\n";
+      << kv_dtype(o.kv_value_bytes) << (r.mla ? " latent, " : " keys and values, ") << gb(r.kv_bytes_per_layer)
+      << " per layer\n";
+  out << (r.fits ? "fits" : "does not fit") << (o.gpu_only ? " on the GPUs alone" : "");
+  if (r.spilled && r.fits) out << (moe ? ", with experts in host memory" : ", with layers on CPU ranks");
+  out << "\n\n";
+  // A dense model has no expert columns: nothing of it can sit in a GPU rank's host memory.
+  out << "rank  node              device  layers       " << (moe ? "experts  " : "")
+      << "weights     KV          workspace   total / capacity" << (moe ? "           host memory (experts, bytes / capacity)" : "")
+      << "\n";
   for (const RankFit& f : r.ranks) {
     char line[512];
     std::string lay = ranges(f.layers);
     if (f.embed) lay = "embed " + lay;
     if (f.head) lay += " head";
-    std::snprintf(line, sizeof line, "%-5d %-17s %-7s %-12s %-8lld %-11s %-11s %-11s %s / %s%s", f.slot.rank,
-                  s.nodes[f.slot.node].name.c_str(), f.slot.device.c_str(), lay.c_str(), (long long)f.experts,
+    const std::string experts = moe ? std::to_string(f.experts) : "";
+    std::snprintf(line, sizeof line, moe ? "%-5d %-17s %-7s %-12s %-8s %-11s %-11s %-11s %s / %s%s"
+                                         : "%-5d %-17s %-7s %-12s %s%-11s %-11s %-11s %s / %s%s",
+                  f.slot.rank, s.nodes[f.slot.node].name.c_str(), f.slot.device.c_str(), lay.c_str(), experts.c_str(),
                   gb(f.weight_bytes).c_str(), gb(f.kv_bytes).c_str(), gb(f.workspace_bytes).c_str(),
                   gb(f.total_bytes).c_str(), gb(f.slot.capacity_bytes).c_str(),
                   f.total_bytes > f.slot.capacity_bytes ? " OVER" : "");
     out << line;
-    if (f.slot.host_capacity_bytes > 0 || f.host_experts > 0)
+    if (moe && (f.slot.host_capacity_bytes > 0 || f.host_experts > 0))
       out << "   " << f.host_experts << ", " << gb(f.host_weight_bytes) << " / " << gb(f.slot.host_capacity_bytes);
     out << "\n";
     for (const ExpertRange& e : f.host_ranges)
@@ -133,7 +142,9 @@ std::string fit_text(const FitResult& r, const ClusterSpec& s) {
   }
   const Prediction& p = r.prediction;
   out << "\ntraffic per decoded token: " << fixed(p.hop_bytes_per_token, 0) << " B per pipeline hop x " << p.hops
-      << " hops; expert exchange " << fixed(p.expert_bytes_per_token, 0) << " B\n";
+      << " hops";
+  if (moe) out << "; expert exchange " << fixed(p.expert_bytes_per_token, 0) << " B";
+  out << "\n";
   out << "predicted decode: " << fixed(p.one_sequence_tokens_per_s, 1) << " tokens/s for one sequence (weights "
       << fixed(p.weight_ms, 2) << " ms, KV cache " << fixed(p.kv_ms, 2) << " ms, links " << fixed(p.link_ms, 2)
       << " ms per token); " << fixed(p.full_pipeline_tokens_per_s, 1) << " tokens/s with the pipeline full ("

@@ -500,6 +500,11 @@ StatusOr<Plan> default_plan(const ModelConfig& c, const UnitBytes& bytes, int wo
   const size_t k = ranks.size();
   const int64_t L = c.n_layers;
   const bool budgets = !options.budget_bytes.empty();
+  // Expert scatter spreads routed experts; a model without MoE layers (Qwen2, Llama) is the
+  // plain pipeline either way.
+  bool any_moe = false;
+  for (int64_t i = 0; i < L; ++i) any_moe = any_moe || c.is_moe_layer(i);
+  const bool scatter = options.expert_scatter && any_moe;
   const std::vector<int64_t> shares = budgets ? options.budget_bytes : std::vector<int64_t>(k, 1);
   std::vector<long double> budget(shares.begin(), shares.end());
 
@@ -511,20 +516,20 @@ StatusOr<Plan> default_plan(const ModelConfig& c, const UnitBytes& bytes, int wo
   p.experts.resize(size_t(L));
 
   std::vector<long double> fixed(k, 0.0L);  // bytes placed before the pipeline split
-  if (options.expert_scatter) scatter_experts(c, bytes, ranks, shares, p, fixed);
+  if (scatter) scatter_experts(c, bytes, ranks, shares, p, fixed);
   fixed.front() += (long double)bytes.embed;
   fixed.back() += (long double)bytes.head;
   std::vector<long double> weight(static_cast<size_t>(L));
   for (int64_t i = 0; i < L; ++i)
-    weight[size_t(i)] = (long double)(options.expert_scatter ? bytes.attn[size_t(i)] : layer_bytes(bytes, size_t(i)));
+    weight[size_t(i)] = (long double)(scatter ? bytes.attn[size_t(i)] : layer_bytes(bytes, size_t(i)));
 
-  const bool nonempty = !options.expert_scatter && L >= int64_t(k);
+  const bool nonempty = !scatter && L >= int64_t(k);
   const std::vector<int64_t> end = split_layers(weight, fixed, budget, nonempty);
   int64_t i = 0;
   for (size_t r = 0; r < k; ++r)
     for (; i < end[r]; ++i) {
       p.attn[size_t(i)] = ranks[r];
-      if (!options.expert_scatter && c.is_moe_layer(i)) p.experts[size_t(i)].assign(size_t(c.n_routed_experts), ranks[r]);
+      if (!scatter && c.is_moe_layer(i)) p.experts[size_t(i)].assign(size_t(c.n_routed_experts), ranks[r]);
     }
 
   if (budgets) {
@@ -546,7 +551,7 @@ StatusOr<Plan> default_plan(const ModelConfig& c, const UnitBytes& bytes, int wo
     if (!fits)
       return Status(Code::kResourceExhausted,
                     std::string("plan: the weights do not fit the memory budgets") +
-                        (options.expert_scatter ? " (pipeline with expert scatter)" : " (pipeline)") + ": " +
+                        (scatter ? " (pipeline with expert scatter)" : " (pipeline)") + ": " +
                         readable_bytes(need_all) + " of weights, " + readable_bytes(have_all) + " budgeted in all" +
                         per_rank);
   }

@@ -1,7 +1,8 @@
 // The placement plan: which rank hosts each unit of the model. Everything in the distributed
 // runtime is driven by it (docs/distributed.md, "Plan"). Units:
 //   embed                 the token embedding
-//   layer[i].attn         norms, MLA attention, the router (gate), shared expert or dense MLP
+//   layer[i].attn         norms, attention (MLA, or GQA for Qwen2/Llama), the router (gate),
+//                         shared expert or dense MLP
 //   layer[i].expert[j]    routed expert j of MoE layer i
 //   head                  final norm, lm_head, sampling
 // Ranks are world ranks 0..world_size-1; rank 0 is also the coordinator.
@@ -76,8 +77,9 @@ struct PlannerOptions {
 // The default planner: contiguous layer ranges per rank in proportion to the budgets (embed on
 // the first rank of `ranks`, head on the last); with expert_scatter, each MoE layer's routed
 // experts spread over `ranks` in whole expert groups (n_group) per rank, so group-limited
-// routing reaches at most topk_group ranks per token. Fails with the numbers per rank when
-// budgets are given and the model does not fit.
+// routing reaches at most topk_group ranks per token (a model without MoE layers, e.g. Qwen2 or
+// Llama, gets the pipeline either way). Fails with the numbers per rank when budgets are given
+// and the model does not fit.
 StatusOr<Plan> default_plan(const ModelConfig& c, const UnitBytes& bytes, int world_size,
                             const PlannerOptions& options);
 

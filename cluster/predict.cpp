@@ -1,8 +1,9 @@
 // The decode model of docs/plan.md ("Predicted tokens/s"): decode streams every weight it
 // uses once per step from the memory that holds it, at the device's bandwidth times the
 // kernels' efficiency; routed experts are used with probability 1 - (1 - k/E)^b by a step of b
-// tokens (uniform routing); the latent KV cache is read in full at the end of the context; each
-// message costs the link's latency plus its bytes over the link's speed.
+// tokens (uniform routing); the KV cache (MLA's latent, GQA's keys and values) is read in full at
+// the end of the context; each message costs the link's latency plus its bytes over the link's
+// speed. A dense model (Qwen2, Llama) has no expert term: every layer is read in full.
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -106,7 +107,7 @@ Prediction predict(const ModelConfig& c, const ClusterSpec& s, const FitResult& 
   Prediction p;
   const FitOptions& o = r.options;
   const Model m{c, s, r, bytes, double(c.dim) * 4 + kHeaderBytes,
-                double(o.context) * double(c.kv_lora_rank + c.qk_rope_head_dim) * double(o.kv_value_bytes)};
+                double(o.context) * double(c.kv_cache_width()) * double(o.kv_value_bytes)};
   p.hop_bytes_per_token = m.hop_bytes;
   const Plan& plan = r.plan;
 

@@ -25,7 +25,8 @@ namespace fs = std::filesystem;
 // shared experts in 6 bits, the embedding in 4 bits and lm_head in 6. Where the post says "a/b"
 // for down_proj, the higher type goes to the layers llama.cpp's own low-bit mixes give more bits
 // to ffn_down (i < n_layers / 8, llama-quant.cpp); the 4-bit choice for every attention matrix.
-// Sizes published (GiB, the sum of the parts on Hugging Face): 131, 158, 183, 212.
+// Sizes published (GiB, the sum of the parts on Hugging Face): 131, 158, 183, 212. Then Q8_0,
+// llama.cpp's uniform 8-bit file, which applies as well to the dense distills (Qwen2, Llama).
 const std::vector<QuantRecipe>& quant_recipes() {
   using D = DType;
   static const std::vector<QuantRecipe> kRecipes = {
@@ -41,6 +42,11 @@ const std::vector<QuantRecipe>& quant_recipes() {
       {"UD-Q2_K_XL", "Unsloth dynamic 2.51-bit: routed experts Q2_K (down_proj Q3_K in the first eighth of layers)",
        D::kQ4_K, D::kQ6_K, D::kQ4_K, D::kQ4_K, D::kQ4_K, D::kQ6_K, D::kQ6_K, D::kQ6_K,
        D::kQ2_K, D::kQ2_K, D::kQ3_K, 212},
+      // llama-quantize's plain Q8_0 (LLAMA_FTYPE_MOSTLY_Q8_0): every matrix, the embedding and
+      // output included, in Q8_0; of any model (DeepSeek's, or the dense R1 distills').
+      {"Q8_0", "llama.cpp's Q8_0: every matrix Q8_0 (8.5 bits)",
+       D::kQ8_0, D::kQ8_0, D::kQ8_0, D::kQ8_0, D::kQ8_0, D::kQ8_0, D::kQ8_0, D::kQ8_0,
+       D::kQ8_0, D::kQ8_0, D::kQ8_0, 0},
   };
   return kRecipes;
 }
@@ -257,6 +263,9 @@ StatusOr<GgufUnitBytes> gguf_unit_bytes(const GgufHeaders& h, const ModelConfig&
       auto& [count, sum] = out.by_type[t.dtype];
       ++count;
       sum += bytes;
+      // llama3 rope scaling of a `llama` GGUF (one F32 vector): read into the config, held by no
+      // unit, as Checkpoint's unit_bytes leaves it.
+      if (t.name == "rope_freqs.weight") continue;
       if (t.name == "token_embd.weight") { u.embed += bytes; continue; }
       if (t.name == "output.weight" || t.name == "output_norm.weight") { u.head += bytes; continue; }
       std::smatch m;

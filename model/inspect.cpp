@@ -1,5 +1,6 @@
 #include "model/inspect.h"
 
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -135,14 +136,24 @@ std::string billions(int64_t params) {
   return buf;
 }
 
+// Whole numbers in full (rope_theta 1000000, not 1e+06); others as ostream prints them.
 std::string num(double v) {
+  if (v == std::floor(v) && std::fabs(v) < 1e15) return std::to_string(int64_t(v));
   std::ostringstream os;
   os << v;
   return os.str();
 }
 
 // Config values as config.json spells them.
-const char* model_type_name(ModelType t) { return t == ModelType::kDeepseekV3 ? "deepseek_v3" : "deepseek_v2"; }
+const char* model_type_name(ModelType t) {
+  switch (t) {
+    case ModelType::kDeepseekV2: return "deepseek_v2";
+    case ModelType::kDeepseekV3: return "deepseek_v3";
+    case ModelType::kQwen2: return "qwen2";
+    case ModelType::kLlama: return "llama";
+  }
+  return "?";
+}
 const char* scoring_func_name(ScoringFunc f) { return f == ScoringFunc::kSigmoid ? "sigmoid" : "softmax"; }
 const char* topk_method_name(TopkMethod m) {
   switch (m) {
@@ -160,6 +171,13 @@ uint64_t total_bytes(const ModelSummary& s) {
 }
 
 std::string attention_text(const ModelConfig& c) {
+  if (!c.uses_mla()) {
+    std::string t = "GQA, " + std::to_string(c.n_heads) + " heads, " + std::to_string(c.n_kv_heads) + " KV heads, head_dim " +
+                    std::to_string(c.head_dim);
+    if (c.qkv_bias && c.o_bias) t += ", q/k/v/o bias";
+    else if (c.qkv_bias) t += ", q/k/v bias";
+    return t;
+  }
   const std::string q = c.q_lora_rank > 0 ? std::to_string(c.q_lora_rank) : std::string("none");
   return "MLA, " + std::to_string(c.n_heads) + " heads, q_lora_rank " + q + ", kv_lora_rank " +
          std::to_string(c.kv_lora_rank) + ", qk_nope/rope/v head dims " + std::to_string(c.qk_nope_head_dim) + "/" +
@@ -170,6 +188,11 @@ std::string rope_text(const ModelConfig& c) {
   std::string t = "theta " + num(c.rope_theta) + ", max " + std::to_string(c.max_position_embeddings) + " positions";
   if (c.yarn.enabled)
     t += ", yarn factor " + num(c.yarn.factor) + " from " + std::to_string(c.yarn.original_max_position_embeddings);
+  if (c.llama3.enabled)
+    t += ", llama3 factor " + num(c.llama3.factor) + " (low/high freq factors " + num(c.llama3.low_freq_factor) + "/" +
+         num(c.llama3.high_freq_factor) + ") from " + std::to_string(c.llama3.original_max_position_embeddings);
+  if (!c.rope_freq_factors.empty())  // a llama GGUF's llama3 scaling, as stored
+    t += ", frequency factors from rope_freqs (" + std::to_string(c.rope_freq_factors.size()) + " pairs)";
   return t;
 }
 
@@ -202,6 +225,12 @@ ordered_json gguf_json(const GgufSummary& g) {
 }
 
 ordered_json rope_json(const ModelConfig& c) {
+  if (c.llama3.enabled)
+    return {{"type", "llama3"},
+            {"factor", c.llama3.factor},
+            {"low_freq_factor", c.llama3.low_freq_factor},
+            {"high_freq_factor", c.llama3.high_freq_factor},
+            {"original_max_position_embeddings", c.llama3.original_max_position_embeddings}};
   if (!c.yarn.enabled) return nullptr;
   return {{"type", "yarn"},
           {"factor", c.yarn.factor},
@@ -212,8 +241,32 @@ ordered_json rope_json(const ModelConfig& c) {
           {"mscale_all_dim", c.yarn.mscale_all_dim}};
 }
 
+// A dense model (Qwen2, Llama): grouped-query attention and a SwiGLU MLP in every layer; no
+// MLA, expert or MTP fields.
+ordered_json dense_architecture_json(const ModelSummary& s) {
+  const ModelConfig& c = s.config;
+  return {{"model_type", model_type_name(c.model_type)},
+          {"n_layers", c.n_layers},
+          {"n_dense_layers", s.n_dense_layers},
+          {"n_moe_layers", s.n_moe_layers},
+          {"vocab_size", c.vocab_size},
+          {"hidden_size", c.dim},
+          {"intermediate_size", c.inter_dim},
+          {"num_attention_heads", c.n_heads},
+          {"num_key_value_heads", c.n_kv_heads},
+          {"head_dim", c.head_dim},
+          {"qkv_bias", c.qkv_bias},
+          {"o_bias", c.o_bias},
+          {"tie_word_embeddings", c.tie_word_embeddings},
+          {"kv_cache_floats_per_token_and_layer", c.kv_cache_width()},
+          {"rope_theta", c.rope_theta},
+          {"rope_scaling", rope_json(c)},
+          {"max_position_embeddings", c.max_position_embeddings}};
+}
+
 ordered_json architecture_json(const ModelSummary& s) {
   const ModelConfig& c = s.config;
+  if (!c.uses_mla()) return dense_architecture_json(s);
   return {{"model_type", model_type_name(c.model_type)},
           {"n_layers", c.n_layers},
           {"n_dense_layers", s.n_dense_layers},
@@ -256,7 +309,8 @@ ParamCounts count_params(const ModelConfig& c) {
       idle_experts += t.numel() * (c.n_routed_experts - c.n_activated_experts);
   }
   // A lookup reads one row of the embedding; a tied embedding is also the head, used in full.
-  p.active = p.total - (c.tie_word_embeddings ? 0 : embed) - idle_experts;
+  // A dense model (no routing) counts every parameter as active, as its model card does.
+  p.active = c.uses_mla() ? p.total - (c.tie_word_embeddings ? 0 : embed) - idle_experts : p.total;
   for (int64_t k = 0; k < c.n_mtp_layers; ++k)
     for (const TensorSpec& t : mtp_tensors(c, k)) p.mtp += t.numel();
   return p;
@@ -326,10 +380,12 @@ std::string summary_json(const ModelSummary& s) {
   ordered_json j = architecture_json(s);
   j["total_params"] = s.params.total;
   j["active_params"] = s.params.active;
-  j["mtp_params"] = s.params.mtp;
-  j["num_nextn_predict_layers"] = s.config.n_mtp_layers;
+  if (s.config.uses_mla()) {
+    j["mtp_params"] = s.params.mtp;
+    j["num_nextn_predict_layers"] = s.config.n_mtp_layers;
+  }
   j["has_weights"] = s.has_weights;
-  j["has_mtp_weights"] = s.has_mtp_weights;
+  if (s.config.uses_mla()) j["has_mtp_weights"] = s.has_mtp_weights;
   j["n_tensors"] = s.n_tensors;
   j["bytes_by_dtype"] = ordered_json::object();
   for (const auto& [d, b] : s.bytes_by_dtype) j["bytes_by_dtype"][d] = b;
@@ -339,13 +395,12 @@ std::string summary_json(const ModelSummary& s) {
   return j.dump(2) + "\n";
 }
 
-std::string summary_text(const ModelSummary& s) {
+namespace {
+
+// The rows of DeepSeek-V2/V3 (MLA, MoE, MTP) between model_type and bytes.
+template <typename Row>
+void mla_rows(const ModelSummary& s, Row& row) {
   const ModelConfig& c = s.config;
-  std::ostringstream o;
-  auto row = [&](std::string_view label, const std::string& value) {
-    o << label << std::string(14 - label.size(), ' ') << value << "\n";
-  };
-  row("model_type", model_type_name(c.model_type));
   row("layers", std::to_string(c.n_layers) + " (" + std::to_string(s.n_dense_layers) + " dense, " +
                     std::to_string(s.n_moe_layers) + " MoE) + " + std::to_string(c.n_mtp_layers) + " MTP");
   row("hidden", "hidden_size " + std::to_string(c.dim) + ", intermediate_size " + std::to_string(c.inter_dim) +
@@ -364,6 +419,35 @@ std::string summary_text(const ModelSummary& s) {
   const char* mtp_weights = !s.has_weights ? "not checked (no safetensors)" : s.has_mtp_weights ? "present" : "absent";
   row("mtp", std::to_string(c.n_mtp_layers) + " layer(s) in the config, " + with_commas(uint64_t(s.params.mtp)) +
                  " parameters; weights " + mtp_weights);
+}
+
+// The rows of a dense model (Qwen2, Llama) between model_type and bytes.
+template <typename Row>
+void dense_rows(const ModelSummary& s, Row& row) {
+  const ModelConfig& c = s.config;
+  row("layers", std::to_string(c.n_layers) + ", all dense (grouped-query attention, SwiGLU MLP)");
+  row("hidden", "hidden_size " + std::to_string(c.dim) + ", intermediate_size " + std::to_string(c.inter_dim) +
+                    ", vocab " + std::to_string(c.vocab_size) +
+                    (c.tie_word_embeddings ? ", lm_head tied to the embedding" : ""));
+  row("attention", attention_text(c));
+  row("experts", "none (no MoE layers)");
+  row("rope", rope_text(c));
+  row("parameters", with_commas(uint64_t(s.params.total)) + " total (" + billions(s.params.total) + "), " +
+                        with_commas(uint64_t(s.params.active)) + " active per token (" + billions(s.params.active) +
+                        ": all)");
+}
+
+}  // namespace
+
+std::string summary_text(const ModelSummary& s) {
+  const ModelConfig& c = s.config;
+  std::ostringstream o;
+  auto row = [&](std::string_view label, const std::string& value) {
+    o << label << std::string(14 - label.size(), ' ') << value << "\n";
+  };
+  row("model_type", model_type_name(c.model_type));
+  if (c.uses_mla()) mla_rows(s, row);
+  else dense_rows(s, row);
   row("bytes", bytes_text(s));
   if (s.gguf) {
     const GgufSummary& g = *s.gguf;

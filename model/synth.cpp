@@ -105,12 +105,15 @@ void random_row(float* out, int64_t n, uint64_t row_seed, Init init) {
 // tensor table has no role field, so the last part of its name tells it apart.
 constexpr char kRouterBiasSuffix[] = "e_score_correction_bias";
 
-Init init_for(const TensorSpec& t) {
+// `tied`: the embedding is also lm_head (tie_word_embeddings), so it gets a matrix's std
+// 1/sqrt(hidden) to keep the logits O(1); an input embedding alone gets std 1.
+Init init_for(const TensorSpec& t, bool tied) {
   if (t.shape.size() == 1) {
     if (t.name.ends_with(kRouterBiasSuffix)) return {0.0f, 0.05f};
+    if (t.name.ends_with(".bias")) return {0.0f, 0.1f};  // Qwen2's q/k/v_proj biases, Llama's attention_bias
     return {1.0f, 0.1f};  // norm weights
   }
-  if (t.unit == Unit::kEmbed) return {0.0f, std::sqrt(3.0f)};  // std 1
+  if (t.unit == Unit::kEmbed && !tied) return {0.0f, std::sqrt(3.0f)};  // std 1
   return {0.0f, std::sqrt(3.0f / float(t.shape[1]))};         // std 1/sqrt(fan_in)
 }
 
@@ -278,10 +281,11 @@ struct TensorJob {
   const Entry* scale = nullptr;  // its _scale_inv, fp8 only
   uint64_t seed = 0;             // of this tensor
   int64_t block = 128;
+  bool tied = false;             // tie_word_embeddings
 };
 
 void random_rows(float* out, const TensorJob& job, int64_t row0, int64_t rows, int64_t cols) {
-  const Init init = init_for(*job.spec);
+  const Init init = init_for(*job.spec, job.tied);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
     random_row(out + r * cols, cols, mix64(job.seed ^ mix64(uint64_t(row0 + r))), init);
@@ -361,7 +365,8 @@ Status write_shards(const SynthOptions& o, const ModelConfig& c, const std::vect
   }
   size_t next = 0;  // entries are the specs in order, each quantized one followed by its scale
   for (const TensorSpec& t : specs) {
-    TensorJob job{&t, &entries[next++], nullptr, mix64(o.seed ^ mix64(name_hash(t.name))), c.fp8_block};
+    TensorJob job{&t, &entries[next++], nullptr, mix64(o.seed ^ mix64(name_hash(t.name))), c.fp8_block,
+                  c.tie_word_embeddings};
     if (job.entry->dtype == DType::kF8E4M3) job.scale = &entries[next++];
     SHOAL_RETURN_IF_ERROR(write_tensor(files, job));
     // Close a shard's file once its last tensor (in plan order) is written.
@@ -669,12 +674,12 @@ StatusOr<std::vector<fs::path>> gguf_paths(const fs::path& out, int64_t parts) {
 // Writes one tensor's rows a chunk at a time at `at` in fd: random blocks with their scales set
 // (block types) or values from the HF synth's initialisation (F32/F16/BF16).
 Status write_tensor_data(int fd, uint64_t at, const fs::path& path, const Planned& p, uint64_t seed,
-                         const std::map<DType, Calibration>& calib) {
+                         const std::map<DType, Calibration>& calib, bool tied) {
   const DType t = p.out.dtype;
   const int64_t cols = p.out.ne[0], rows = p.rows();
   const int64_t row_bytes = dtype_row_bytes(t, cols);
   const uint64_t tseed = mix64(seed ^ mix64(name_hash(p.out.name)));
-  const Init init = init_for(*p.spec);
+  const Init init = init_for(*p.spec, tied);
   const int64_t chunk = std::max<int64_t>(1, (int64_t(16) << 20) / std::max<int64_t>(row_bytes, cols * 4));
   std::vector<uint8_t> buf;
   std::vector<float> w;
@@ -740,7 +745,7 @@ StatusOr<SynthResult> synth_gguf(const SynthOptions& o, SynthResult r) {
     if (s.ok() && ::ftruncate(fd, off_t(header.size() + data_bytes)) != 0)
       s = internal_error("cannot size " + path.string() + ": " + std::strerror(errno));
     for (size_t i = 0; s.ok() && i < mine.size(); ++i)
-      s = write_tensor_data(fd, header.size() + outs[i].offset, path, *mine[i], o.seed, calib);
+      s = write_tensor_data(fd, header.size() + outs[i].offset, path, *mine[i], o.seed, calib, c.tie_word_embeddings);
     if (::close(fd) != 0 && s.ok()) s = internal_error("write failed: " + path.string() + ": " + std::strerror(errno));
     SHOAL_RETURN_IF_ERROR(s);
     for (const GgufTensorOut& t : outs) r.total_bytes += t.bytes;
@@ -869,6 +874,14 @@ StatusOr<SynthResult> synth_checkpoint(const SynthOptions& o) {
   if (!o.tokenizer.empty()) {
     if (o.vocab_size <= 0) return invalid_argument("synth with a tokenizer needs its vocab_size");
     SHOAL_RETURN_IF_ERROR(check_tokenizer_files(o.tokenizer));
+  }
+  // The dense distills (Qwen2, Llama) are published in BF16; shoal has no GGUF layout for them yet.
+  const std::string model_type = j.contains("model_type") && j["model_type"].is_string() ? j["model_type"].get<std::string>() : "";
+  if (model_type == "qwen2" || model_type == "llama") {
+    if (o.gguf) return invalid_argument("GGUF synth of qwen2/llama is not supported yet (--format hf writes safetensors)");
+    if (o.fp8)
+      return invalid_argument("--dtype fp8 (128x128 block scales) is DeepSeek's release format; a " + model_type +
+                              " model is synthesized in bf16");
   }
   edit_config(j, o);
   const std::string config_text = j.dump(2) + "\n";

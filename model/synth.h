@@ -3,7 +3,9 @@
 // path can be run at any scale without downloading a release.
 //
 // Values: uniform, std 1/sqrt(fan_in) for matrices (activations stay O(1)), std 1 for the
-// embedding, 1 +- 0.1 for norm weights, +-0.05 for the router's e_score_correction_bias. Each
+// embedding (1/sqrt(hidden_size) when tied to lm_head), 1 +- 0.1 for norm weights, +-0.05 for the router's e_score_correction_bias, +-0.1
+// for attention biases (Qwen2's q/k/v_proj.bias). Dense configs (qwen2, llama) synthesize in
+// bf16 only, and not as GGUF (an error says so). Each
 // tensor row has its own random stream derived from (seed, tensor name, row), so the values
 // before rounding depend on nothing else: a bf16 and an fp8 synth of one seed are the same model
 // up to rounding, and the output does not depend on thread count or shard size.
