@@ -972,6 +972,39 @@ TEST_CASE("serve: the official OpenAI Node client", "[server][serve][js]") {
   CHECK(s.stop() == 0);
 }
 
+// R1's distills: a tiny Qwen2 (tests/fixtures/tiny-qwen2's shapes) synthesized with
+// R1-Distill-Qwen's tokenizer and chat template (tests/fixtures/tokenizer-r1-distill-qwen), served
+// on one process and over three ranks, answering the official client with the reasoning split.
+TEST_CASE("serve: a synthesized R1 distill (Qwen2) answers the OpenAI client, reasoning split", "[server][serve][js][dense]") {
+  const bool have_node = std::system("node --version > /dev/null 2>&1") == 0;
+  const bool have_openai = fs::exists(kJsDir + "/node_modules/openai/package.json");
+  INFO("node and tests/js/node_modules/openai are installed by scripts/setup (npm install --prefix tests/js)");
+  REQUIRE(have_node);
+  REQUIRE(have_openai);
+  TempDir dir;
+  const std::string model = dir / "tiny-distill-qwen";
+  int status = -1;
+  const std::string out = run_command(kShoal + " synth --config " + fixture("tiny-qwen2") + "/config.json --out " + model +
+                                          " --tokenizer " + fixture("tokenizer-r1-distill-qwen") + " 2>&1",
+                                      &status);
+  INFO(out);
+  REQUIRE(status == 0);
+  TempDir keys;
+  write_file(keys / "keys", "sk-js-test\n");
+  for (const std::string mode : {"", "--local-nodes 3"}) {
+    INFO("mode: " << mode);
+    Server s(model, mode + " --api-key-file " + keys / "keys");
+    const std::string js = run_command("cd " + kJsDir + " && SHOAL_BASE_URL=http://127.0.0.1:" + std::to_string(s.port()) +
+                                           " SHOAL_API_KEY=sk-js-test SHOAL_MODEL=tiny-distill-qwen timeout 300 node "
+                                           "openai_distill.test.mjs 2>&1",
+                                       &status);
+    INFO(js);
+    CHECK(status == 0);
+    CHECK_THAT(js, Catch::Contains("2 passed, 0 failed"));
+    CHECK(s.stop() == 0);
+  }
+}
+
 TEST_CASE("serve under mpirun -np 3: the same answers as one process", "[server][serve][mpi]") {
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) {
     WARN("mpirun not found: skipped");
