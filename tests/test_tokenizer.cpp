@@ -374,8 +374,20 @@ TEST_CASE("tokenizer: each kind of malformed tokenizer.json is named", "[tokeniz
   }
   SECTION("unsupported normalizer") {
     json j = tiny_tokenizer();
-    j["normalizer"] = {{"type", "NFC"}};
-    expect_error(j, Code::kUnimplemented, {"normalizer", "NFC"});
+    j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "NFKC"}}}}};
+    expect_error(j, Code::kUnimplemented, {"normalizer.normalizers[1]", "NFKC"});
+  }
+  SECTION("unsupported post-processor") {
+    json j = tiny_tokenizer();
+    j["post_processor"] = {{"type", "BertProcessing"}};
+    expect_error(j, Code::kUnimplemented, {"post_processor", "BertProcessing"});
+  }
+  SECTION("post-processor template that adds a token after the text") {
+    json j = tiny_tokenizer();
+    j["post_processor"] = json::parse(R"({"type": "TemplateProcessing",
+        "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "<x>", "type_id": 0}}],
+        "special_tokens": {"<x>": {"id": "<x>", "ids": [6], "tokens": ["<x>"]}}})");
+    expect_error(j, Code::kUnimplemented, {"post_processor.single"});
   }
   SECTION("unsupported pre-tokenizer") {
     json j = tiny_tokenizer();
@@ -443,6 +455,26 @@ TEST_CASE("tokenizer: malformed tokenizer_config.json and config.json are named"
     CHECK(decode(tok, {9}).empty());
     CHECK_FALSE(tok.decode({10}, false).ok());
   }
+}
+
+TEST_CASE("tokenizer: the post-processor's leading special token is the BOS unless the config says", "[tokenizer]") {
+  json j = tiny_tokenizer();
+  j["post_processor"] = json::parse(R"({"type": "Sequence", "processors": [
+      {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+      {"type": "TemplateProcessing",
+       "single": [{"SpecialToken": {"id": "<x>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+       "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+       "special_tokens": {"<x>": {"id": "<x>", "ids": [6], "tokens": ["<x>"]}}}]})");
+  TempDir dir;
+  auto plain = load_json(dir, j);  // no tokenizer_config.json: as Llama 3's PreTrainedTokenizerFast
+  REQUIRE(plain.ok());
+  CHECK(plain.value()->add_bos_default());
+  CHECK(plain.value()->bos_id() == 6);
+  CHECK(plain.value()->encode("a", true) == std::vector<int32_t>{6, 0});
+  dir.write("tokenizer_config.json", R"({"add_bos_token": false, "bos_token": "<x>"})");
+  auto configured = Tokenizer::load(dir.path);  // add_bos_token decides, as for Llama-style classes
+  REQUIRE(configured.ok());
+  CHECK_FALSE(configured.value()->add_bos_default());
 }
 
 std::vector<int32_t> encode_with(json j, const std::string& text) {

@@ -101,10 +101,19 @@ struct Text {
   }
   uint8_t flags(size_t i, size_t& len) const { return flags_of(at(i, len)); }
 
-  // The end of the run, from i, of characters with a flag in `mask`.
+  // The end of the run, from i, of characters with a flag in `mask` (or, run_not, without one).
   size_t run(size_t i, uint8_t mask) const {
     size_t len;
     while (i < n && (flags(i, len) & mask)) i += len;
+    return i;
+  }
+  size_t run_not(size_t i, uint8_t mask) const {
+    size_t len;
+    while (i < n && !(flags(i, len) & mask)) i += len;
+    return i;
+  }
+  size_t newlines(size_t i) const {  // [\r\n]*
+    while (i < n && (s[i] == '\r' || s[i] == '\n')) ++i;
     return i;
   }
 };
@@ -158,6 +167,8 @@ void cjk_runs(std::string_view text, std::vector<Span>& out) {
   });
 }
 
+size_t space_at(const Text& t, size_t p);
+
 // DeepSeek-V3's word pattern, its six alternatives tried in order at p:
 //   A  [ASCII punctuation][A-Za-z]+
 //   B  [^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+
@@ -192,11 +203,20 @@ size_t deepseek_word_at(const Text& t, size_t p) {
   };
   if (f0 & kPS) return punct_then_newlines(p1);
   if (c0 == ' ' && (f1 & kPS)) return punct_then_newlines(p1 + len1);
-  if (!(f0 & kCharSpace)) return p;  // A-C failed and D-F all begin with a space character
+  return space_at(t, p);
+}
+
+// The three alternatives both pattern families end with, at p:
+//   D  \s*[\r\n]+
+//   E  \s+(?!\S)
+//   F  \s+
+size_t space_at(const Text& t, size_t p) {
+  size_t len;
+  if (!(t.flags(p, len) & kCharSpace)) return p;  // all three begin with a space character
   // Let [p, q) be the maximal run of \s. D: \s* gives back characters until [\r\n]+ can start:
   // at the last CR or LF in the run, which [\r\n]+ takes alone (the next character is not
   // CR/LF, else it would be the last). So D ends just after the run's last CR/LF, if any.
-  size_t q = p, last_start = p, after_newline = p, len;
+  size_t q = p, last_start = p, after_newline = p;
   while (q < t.n && (t.flags(q, len) & kCharSpace)) {
     if (t.s[q] == '\r' || t.s[q] == '\n') after_newline = q + 1;
     last_start = q;
@@ -215,19 +235,84 @@ void deepseek_words(std::string_view text, std::vector<Span>& out) {
   find_each(text, out, skip, [](const Text& t, size_t p) { return deepseek_word_at(t, p); });
 }
 
+// Under (?i), Oniguruma's Unicode case folding: which characters match each ASCII letter of
+// the contractions. Only s has one outside ASCII: U+017F LATIN SMALL LETTER LONG S.
+// (No character folds to "ll", "re" or "ve", so multi-character folds play no part.)
+bool folds_to(char32_t c, char letter) {
+  return c == char32_t(letter) || c == char32_t(letter - 'a' + 'A') || (letter == 's' && c == 0x17F);
+}
+
+// (?i:'s|'t|'re|'ve|'m|'ll|'d) at p, just after the apostrophe at p - 1: the end, or 0.
+size_t contraction_end(const Text& t, size_t p) {
+  if (p >= t.n) return 0;
+  size_t len1, len2 = 0;
+  const char32_t c1 = t.at(p, len1);
+  for (char letter : {'s', 't', 'm', 'd'}) {
+    if (folds_to(c1, letter)) return p + len1;
+  }
+  const char32_t c2 = p + len1 < t.n ? t.at(p + len1, len2) : 0;
+  if ((folds_to(c1, 'r') || folds_to(c1, 'v')) && folds_to(c2, 'e')) return p + len1 + len2;
+  if (folds_to(c1, 'l') && folds_to(c2, 'l')) return p + len1 + len2;
+  return 0;
+}
+
+// The word pattern of Llama 3 (kMaxDigits 3) and Qwen2 (1), its alternatives in order at p:
+//   A  (?i:'s|'t|'re|'ve|'m|'ll|'d)
+//   B  [^\r\n\p{L}\p{N}]?\p{L}+
+//   C  \p{N}{1,3}, or \p{N}
+//   D   ?[^\s\p{L}\p{N}]+[\r\n]*
+//   E-G as D-F of DeepSeek's (space_at)
+template <int kMaxDigits>
+size_t llama3_word_at(const Text& t, size_t p) {
+  constexpr uint8_t kSLN = kCharSpace | kCharL | kCharN;
+  size_t len0, len1 = 0;
+  const char32_t c0 = t.at(p, len0);
+  const uint8_t f0 = t.flags_of(c0);
+  const size_t p1 = p + len0;
+  // A: the alternatives begin with distinct letters, so the first one decides.
+  if (c0 == '\'') {
+    if (const size_t end = contraction_end(t, p1)) return end;
+  }
+  // B: the optional character first; a letter at p is not one, and starts the run itself.
+  if (f0 & kCharL) return t.run(p1, kCharL);
+  const uint8_t f1 = p1 < t.n ? t.flags(p1, len1) : 0;
+  if (c0 != '\r' && c0 != '\n' && !(f0 & kCharN) && (f1 & kCharL)) return t.run(p1 + len1, kCharL);
+  // C: greedy up to the bound; nothing follows it.
+  if (f0 & kCharN) {
+    size_t end = p1, len;
+    for (int k = 1; k < kMaxDigits && end < t.n && (t.flags(end, len) & kCharN); ++k) end += len;
+    return end;
+  }
+  // D: a run of characters outside \s, L and N, after an optional space, then CR/LF; both
+  // greedy, and nothing after them can fail.
+  if (!(f0 & kSLN)) return t.newlines(t.run_not(p1, kSLN));
+  if (c0 == ' ' && p1 < t.n && !(f1 & kSLN)) return t.newlines(t.run_not(p1 + len1, kSLN));
+  return space_at(t, p);
+}
+
+template <int kMaxDigits>
+void llama3_words(std::string_view text, std::vector<Span>& out) {
+  const auto skip = [](unsigned char) { return false; };
+  find_each(text, out, skip, [](const Text& t, size_t p) { return llama3_word_at<kMaxDigits>(t, p); });
+}
+
 }  // namespace
 
-const char* const kNativePatterns[3] = {
+const char* const kNativePatterns[kNumNativePatterns] = {
     R"re(\p{N}{1,3})re",
     "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
     // The CR and LF are the characters themselves, as tokenizer.json's "\r\n" decodes.
     R"re([!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^)re" "\r\n" R"re(\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[)re"
     "\r\n" R"re(]*|\s*[)re" "\r\n" R"re(]+|\s+(?!\S)|\s+)re",
+    // Qwen2's and Llama 3's (also R1-Distill-Qwen's and -Llama's); \r and \n are escapes here.
+    R"re((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)re",
+    R"re((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)re",
 };
 
 NativeFindAll native_find_all(std::string_view pattern) {
-  const NativeFindAll matchers[3] = {digits_1_to_3, cjk_runs, deepseek_words};
-  for (int i = 0; i < 3; ++i) {
+  const NativeFindAll matchers[kNumNativePatterns] = {digits_1_to_3, cjk_runs, deepseek_words, llama3_words<1>,
+                                                      llama3_words<3>};
+  for (int i = 0; i < kNumNativePatterns; ++i) {
     if (pattern == kNativePatterns[i]) {
       table();  // built now, while loading, rather than on the first encode
       return matchers[i];

@@ -1,11 +1,13 @@
 // Encoding and decoding (loading is in tokenizer_json.cpp).
 //
-// encode: added tokens are cut out of the raw text first (non-normalized ones, then normalized
-// ones in what is left, as the reference), each stretch between them is pre-tokenized into
+// encode: as the reference, the added tokens with normalized: false are cut out of the raw
+// text first; each stretch left is normalized (NFC, if the tokenizer has it) and the
+// normalized: true ones are cut out of that; each stretch between them is pre-tokenized into
 // pieces, and each piece is BPE-encoded. decode: each id's bytes, joined, then lossy UTF-8.
 #include <span>
 #include <string>
 
+#include "coordinator/tokenizer/normalizer.h"
 #include "coordinator/tokenizer/tokenizer_impl.h"
 #include "coordinator/tokenizer/utf8.h"
 
@@ -14,7 +16,8 @@ namespace {
 
 // Working memory of one encode call: nothing is shared between calls or threads.
 struct EncodeScratch {
-  std::string buf;  // the text, then any pieces the pre-tokenizer had to rewrite
+  std::string buf;  // the text, then any stretches NFC or pieces the pre-tokenizer rewrote
+  std::string normalized;
   std::vector<Segment> outer, inner;
   std::vector<Span> pieces;
   PreTokenizeScratch pre;
@@ -52,8 +55,19 @@ void TokenizerImpl::encode_text(std::string_view text, std::vector<int32_t>& ids
       ids.push_back(outer.id);
       continue;
     }
+    Span stretch = outer.span;
+    if (nfc_) {
+      const std::string_view raw = std::string_view(s.buf).substr(stretch.begin, stretch.end - stretch.begin);
+      if (!nfc_quick_check(raw)) {
+        s.normalized.clear();
+        nfc_append(raw, s.normalized);
+        stretch.begin = static_cast<uint32_t>(s.buf.size());
+        s.buf += s.normalized;
+        stretch.end = static_cast<uint32_t>(s.buf.size());
+      }
+    }
     s.inner.clear();
-    normalized_matcher_.split(s.buf, outer.span, s.inner);
+    normalized_matcher_.split(s.buf, stretch, s.inner);
     for (const Segment& inner : s.inner) {
       if (inner.id >= 0) {
         ids.push_back(inner.id);

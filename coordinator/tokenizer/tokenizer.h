@@ -1,9 +1,10 @@
 // A Hugging Face tokenizer (tokenizer.json), loaded generically: byte-level BPE with its merges,
-// added tokens with their flags, Split pre-tokenizers with their regexes (Oniguruma, as the
-// reference uses), the ByteLevel pre-tokenizer and decoder. Encodes text to exactly the ids of
-// Hugging Face's tokenizers library and decodes ids back to text (lossy UTF-8, as it does).
-// The const methods may be called from any number of threads at once. docs/tokenizer.md has
-// what is supported and how each rule maps to the reference.
+// added tokens with their flags, the NFC normalizer, Split pre-tokenizers with their regexes
+// (Oniguruma, as the reference uses), the ByteLevel pre-tokenizer and decoder, and a
+// post-processor's BOS. Encodes text to exactly the ids of Hugging Face's tokenizers library
+// and decodes ids back to text (lossy UTF-8, as it does). The const methods may be called from
+// any number of threads at once. docs/tokenizer.md has what is supported and how each rule maps
+// to the reference.
 #pragma once
 
 #include <cstdint>
@@ -41,8 +42,10 @@ class Tokenizer {
   // The raw bytes of one token (empty for ids without a token, or skipped special ones).
   virtual StatusOr<std::string> token_bytes(int32_t id, bool skip_special_tokens) const = 0;
 
-  // tokenizer_config.json: add_bos_token (default false), bos/eos token strings and ids
-  // (-1 / "" when absent), chat_template ("" when absent).
+  // tokenizer_config.json: add_bos_token, bos/eos token strings and ids (-1 / "" when absent),
+  // chat_template ("" when absent). Without add_bos_token, tokenizer.json's post-processor
+  // decides: a TemplateProcessing that puts a special token before the text (Llama 3) makes
+  // add_bos_default() true and that token's id bos_id(); else add_bos_default() is false.
   virtual bool add_bos_default() const = 0;
   virtual int32_t bos_id() const = 0;
   virtual int32_t eos_id() const = 0;

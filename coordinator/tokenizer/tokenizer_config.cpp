@@ -54,15 +54,25 @@ StatusOr<int32_t> resolve(const JsonFile& f, const TokenizerImpl& t, const char*
 Status load_tokenizer_config(const fs::path& dir, TokenizerImpl& t) {
   const fs::path file = dir / "tokenizer_config.json";
   std::error_code ec;
+  bool config_decides_bos = false;
   if (fs::exists(file, ec)) {
     SHOAL_ASSIGN_OR_RETURN(JsonFile f, JsonFile::read(file));
     if (!f.root.is_object()) return f.error("(top level)", "expected an object, got " + std::string(f.root.type_name()));
+    config_decides_bos = f.find(f.root, "add_bos_token") != nullptr;
     SHOAL_ASSIGN_OR_RETURN(t.add_bos_, f.boolean(f.root, "", "add_bos_token", false));
     SHOAL_ASSIGN_OR_RETURN(t.bos_token_, special_token(f, "bos_token"));
     SHOAL_ASSIGN_OR_RETURN(t.eos_token_, special_token(f, "eos_token"));
     SHOAL_ASSIGN_OR_RETURN(t.chat_template_, chat_template(f));
     SHOAL_ASSIGN_OR_RETURN(t.bos_id_, resolve(f, t, "bos_token", t.bos_token_));
     SHOAL_ASSIGN_OR_RETURN(t.eos_id_, resolve(f, t, "eos_token", t.eos_token_));
+  }
+  // Without add_bos_token, what tokenizer.json's post-processor puts first is the BOS, as
+  // PreTrainedTokenizerFast adds it (Llama 3); with it, the config decides, as transformers'
+  // Llama-style tokenizers rebuild the post-processor from it (DeepSeek, the R1 distills).
+  if (!config_decides_bos && t.post_bos_id_ >= 0) {
+    t.add_bos_ = true;
+    t.bos_id_ = t.post_bos_id_;
+    if (t.bos_token_.empty()) t.bos_token_ = t.post_bos_token_;
   }
   // Newer Hugging Face repos keep the template in its own file.
   const fs::path jinja = dir / "chat_template.jinja";

@@ -35,6 +35,7 @@ class TokenizerImpl final : public Tokenizer {
 
   // Filled by the loader.
   Bpe bpe_;
+  bool nfc_ = false;  // the normalizer is NFC (else the identity)
   PreTokenizer pre_tokenizer_;
   std::vector<AddedToken> added_;
   AddedTokenMatcher raw_matcher_;         // added tokens with normalized: false
@@ -49,6 +50,9 @@ class TokenizerImpl final : public Tokenizer {
 
   bool add_bos_ = false;
   int32_t bos_id_ = -1, eos_id_ = -1;
+  // The special token tokenizer.json's post-processor puts before the text, or -1 / "".
+  int32_t post_bos_id_ = -1;
+  std::string post_bos_token_;
   std::string bos_token_, eos_token_, chat_template_;
   int64_t vocab_limit_ = 0;
 

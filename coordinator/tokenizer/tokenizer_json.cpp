@@ -143,15 +143,20 @@ Status load_added_tokens(const JsonFile& f, TokenizerImpl& t) {
   return Status::ok_status();
 }
 
-// Only the identity is supported: null, or a Sequence of identities (DeepSeek's is empty).
-Status check_normalizer(const JsonFile& f, const json* n, const std::string& where) {
+// The identity (null, or a Sequence of nothing) and NFC are supported, in any Sequence: NFC
+// is idempotent, so one or several of them give the same text.
+Status load_normalizer(const JsonFile& f, const json* n, const std::string& where, bool& nfc) {
   if (n == nullptr) return Status::ok_status();
   if (!n->is_object()) return f.error(where, "expected an object or null, got " + n->dump());
   SHOAL_ASSIGN_OR_RETURN(std::string type, f.string(*n, where, "type", ""));
+  if (type == "NFC") {
+    nfc = true;
+    return Status::ok_status();
+  }
   if (type != "Sequence") return f.unsupported(where, "unsupported normalizer " + json(type).dump());
   SHOAL_ASSIGN_OR_RETURN(const json* list, f.array(*n, where, "normalizers", true));
   for (size_t i = 0; i < list->size(); ++i) {
-    SHOAL_RETURN_IF_ERROR(check_normalizer(f, &(*list)[i], where + ".normalizers[" + std::to_string(i) + "]"));
+    SHOAL_RETURN_IF_ERROR(load_normalizer(f, &(*list)[i], where + ".normalizers[" + std::to_string(i) + "]", nfc));
   }
   return Status::ok_status();
 }
@@ -229,6 +234,59 @@ Status add_pre_tokenizer(const JsonFile& f, const json& step, const std::string&
   return Status::ok_status();
 }
 
+// {"SpecialToken": {"id": name}} gives name; {"Sequence": {"id": "A"}} gives "$A"; else "".
+std::string template_piece(const json& item) {
+  for (const auto& [kind, prefix] : {std::pair{"SpecialToken", ""}, std::pair{"Sequence", "$"}}) {
+    const auto it = item.is_object() ? item.find(kind) : item.end();
+    if (it != item.end() && it->is_object() && it->contains("id") && (*it)["id"].is_string()) {
+      return prefix + (*it)["id"].get<std::string>();
+    }
+  }
+  return "";
+}
+
+// What the post-processor adds around one text. Only a TemplateProcessing whose single-text
+// template is [$A] or [<special token>, $A] adds ids (Llama 3's <|begin_of_text|>): that token
+// becomes the BOS add_bos_default() puts first unless tokenizer_config.json says otherwise.
+// ByteLevel changes offsets only, and the pair template is for pairs of texts, never encoded
+// here; anything else would add ids encode does not, so it is refused.
+Status load_post_processor(const JsonFile& f, const json* p, const std::string& where, TokenizerImpl& t) {
+  if (p == nullptr) return Status::ok_status();
+  if (!p->is_object()) return f.error(where, "expected an object or null, got " + p->dump());
+  SHOAL_ASSIGN_OR_RETURN(std::string type, f.string(*p, where, "type", ""));
+  if (type == "ByteLevel") return Status::ok_status();
+  if (type == "Sequence") {
+    SHOAL_ASSIGN_OR_RETURN(const json* list, f.array(*p, where, "processors", true));
+    for (size_t i = 0; i < list->size(); ++i) {
+      SHOAL_RETURN_IF_ERROR(load_post_processor(f, &(*list)[i], where + ".processors[" + std::to_string(i) + "]", t));
+    }
+    return Status::ok_status();
+  }
+  if (type != "TemplateProcessing") return f.unsupported(where, "unsupported post-processor " + json(type).dump());
+  SHOAL_ASSIGN_OR_RETURN(const json* single, f.array(*p, where, "single", true));
+  std::vector<std::string> pieces;
+  for (const json& item : *single) pieces.push_back(template_piece(item));
+  const bool bare = pieces == std::vector<std::string>{"$A"};
+  const bool bos = pieces.size() == 2 && pieces[1] == "$A" && !pieces[0].empty() && pieces[0][0] != '$';
+  if (!bare && !bos) {
+    return f.unsupported(where + ".single", "a template other than [$A] or [<special token>, $A]: " + single->dump());
+  }
+  if (bare) return Status::ok_status();
+  if (t.post_bos_id_ >= 0) return f.unsupported(where, "a second post-processor that adds a token");
+  SHOAL_ASSIGN_OR_RETURN(const json* tokens, f.object(*p, where, "special_tokens", true));
+  const std::string entry = where + ".special_tokens[" + json(pieces[0]).dump() + "]";
+  const json* token = f.find(*tokens, pieces[0].c_str());
+  if (token == nullptr) return f.error(entry, "missing");
+  SHOAL_ASSIGN_OR_RETURN(const json* ids, f.array(*token, entry, "ids", true));
+  if (ids->size() != 1) {
+    return f.unsupported(entry + ".ids", "a special token of " + std::to_string(ids->size()) + " ids");
+  }
+  SHOAL_RETURN_IF_ERROR(f.check_id(entry + ".ids[0]", (*ids)[0]));
+  t.post_bos_id_ = (*ids)[0].get<int32_t>();
+  t.post_bos_token_ = pieces[0];
+  return Status::ok_status();
+}
+
 Status check_decoder(const JsonFile& f) {
   const json* d = f.find(f.root, "decoder");
   if (d == nullptr) return f.unsupported("decoder", "a tokenizer without a decoder (only ByteLevel)");
@@ -286,10 +344,11 @@ Status load_tokenizer_json(const fs::path& file, TokenizerImpl& t) {
   if (!f.root.is_object()) return f.error("(top level)", "expected an object, got " + std::string(f.root.type_name()));
   SHOAL_RETURN_IF_ERROR(load_model(f, t.bpe_));
   SHOAL_RETURN_IF_ERROR(load_added_tokens(f, t));
-  SHOAL_RETURN_IF_ERROR(check_normalizer(f, f.find(f.root, "normalizer"), "normalizer"));
+  SHOAL_RETURN_IF_ERROR(load_normalizer(f, f.find(f.root, "normalizer"), "normalizer", t.nfc_));
   if (const json* pre = f.find(f.root, "pre_tokenizer")) {
     SHOAL_RETURN_IF_ERROR(add_pre_tokenizer(f, *pre, "pre_tokenizer", t.pre_tokenizer_));
   }
+  SHOAL_RETURN_IF_ERROR(load_post_processor(f, f.find(f.root, "post_processor"), "post_processor", t));
   SHOAL_RETURN_IF_ERROR(check_decoder(f));
   build_decode_table(t);
   return Status::ok_status();

@@ -1,9 +1,10 @@
 // Differential test data from the reference: Hugging Face tokenizers (npm `tokenizers`, the
 // Rust core behind Python transformers). Writes, under OUT, one folder per tokenizer variant
 // (DeepSeek-V3 as shipped, then variants that exercise the generic features: GPT-2 ByteLevel,
-// added-token flags, split behaviours, invert, unk, byte fallback, ignore_merges), each with
-// its tokenizer.json and cases.jsonl of random texts and id lists with the reference's
-// answers. tokenizer_difftest OUT then compares this tokenizer with them.
+// added-token flags, split behaviours, invert, unk, byte fallback, ignore_merges; then the R1
+// distills' tokenizers as the fixtures hold them: Qwen2.5, Llama 3.1 and their R1-Distill
+// versions), each with its tokenizer.json and cases.jsonl of random texts and id lists with the
+// reference's answers. tokenizer_difftest OUT then compares this tokenizer with them.
 //
 //   npm install --prefix /tmp/ref tokenizers@0.23.2
 //   NODE_PATH=/tmp/ref/node_modules node difftest.mjs OUT [seed] [cases]
@@ -45,14 +46,30 @@ const pieces = [
     '::', '==', '!=', '...', '—', '’s']),
   () => pick(['the', ' the', 'Hello', ' world', 'tokenizer', ' 的', '東京', 'é', 'e\u0301', 'ﬁ', 'İ']),
 ];
-const word = () => {
-  const g = pick(pieces);
+// For the distills: their own special tokens and near misses, digit runs, contractions in
+// any case (and with U+017F, which (?i) folds to s), and text that NFC changes.
+const distillPieces = [
+  ...pieces,
+  () => pick(['<|im_start|>', '<|im_end|>', '<|endoftext|>', '<|begin_of_text|>', '<|eot_id|>', '<|end_of_text|>',
+    '<|start_header_id|>', '<|reserved_special_token_7|>', '<tool_call>', '<|fim_prefix|>', '<|im_start', '|>']),
+  () => pick(["'S", "'T", "'RE", "'Ve", "'lL", "'D", "'M", "'\u017f", "'ſt", "'ß"]),
+  () => String(ri(10 ** (1 + ri(9)))),
+  () => pick(['A\u030a', '\u212b', '\u1100\u1161\u11a8', 'x\u0323\u0307', 'x\u0307\u0323', '\u0958', '\u0344',
+    '\u0f73', 'ᾅ', '\u03b1\u0314\u0301\u0345', '\u1df6', '\u0301']),
+];
+const word = (pool) => {
+  const g = pick(pool);
   return rnd() < 0.08 ? g().repeat(1 + ri(rnd() < 0.3 ? 300 : 20)) : g();
 };
-const text = () => Array.from({ length: ri(rnd() < 0.1 ? 200 : 30) }, word).join('');
+const text = (pool = pieces) => Array.from({ length: ri(rnd() < 0.1 ? 200 : 30) }, () => word(pool)).join('');
 const ids = () => Array.from({ length: ri(12) }, () => {
   const r = rnd();
   return r < 0.4 ? 3 + ri(256) : r < 0.55 ? pick([0, 1, 2, 128000 + ri(800), 128800 + ri(15)]) : ri(128000);
+});
+// Ids of a tokenizer with `size` ids, `added` of them added tokens at the end.
+const idsOf = (size, added) => Array.from({ length: ri(12) }, () => {
+  const r = rnd();
+  return r < 0.4 ? 3 + ri(256) : r < 0.55 ? size - added + ri(added) : ri(size);
 });
 
 // The variants: each a function of a fresh copy of the shipped tokenizer.json.
@@ -104,23 +121,35 @@ const variants = {
   ignore_merges: (t) => { t.model.ignore_merges = true; },
 };
 
-const shipped = fs.readFileSync(fixture, 'utf8');
-const count = Number(casesArg);
-for (const [name, edit] of Object.entries(variants)) {
+// The distills' tokenizers, copied from tests/fixtures as they are.
+const distills = ['tokenizer-qwen2.5', 'tokenizer-llama3.1', 'tokenizer-r1-distill-qwen', 'tokenizer-r1-distill-llama'];
+
+async function writeCases(name, json, makeText, makeIds) {
   const dir = path.join(out, name);
   fs.mkdirSync(dir, { recursive: true });
-  const t = JSON.parse(shipped);
-  edit(t);
-  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(t));
+  fs.writeFileSync(path.join(dir, 'tokenizer.json'), json);
   const tok = Tokenizer.fromFile(path.join(dir, 'tokenizer.json'));
   const lines = [];
   for (let i = 0; i < count; ++i) {
-    const s = text();
+    const s = makeText();
     const encoded = await tok.encode(s, null, { addSpecialTokens: false });
-    const d = ids();
+    const d = makeIds(tok);
     const skip = rnd() < 0.5;
     lines.push(JSON.stringify({ text: s, ids: Array.from(encoded.getIds()), decode_ids: d, skip, decoded: await tok.decode(d, skip) }));
   }
   fs.writeFileSync(path.join(dir, 'cases.jsonl'), lines.join('\n') + '\n');
   console.log(`${name}: ${count} cases`);
+}
+
+const shipped = fs.readFileSync(fixture, 'utf8');
+const count = Number(casesArg);
+for (const [name, edit] of Object.entries(variants)) {
+  const t = JSON.parse(shipped);
+  edit(t);
+  await writeCases(name, JSON.stringify(t), text, ids);
+}
+for (const name of distills) {
+  const json = fs.readFileSync(path.join(here, '../../../tests/fixtures', name, 'tokenizer.json'), 'utf8');
+  await writeCases(name, json, () => text(distillPieces),
+    (tok) => idsOf(tok.getVocabSize(true), tok.getVocabSize(true) - tok.getVocabSize(false)));
 }

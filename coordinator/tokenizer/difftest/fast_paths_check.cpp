@@ -1,24 +1,33 @@
 // Checks the tokenizer's fast paths against plain definitions of what they compute:
 //  1. char_flags (native_regex.h) for every code point against Oniguruma matching \p{L},
 //     \p{M}, \p{N}, \p{P}, \p{S} and \s;
-//  2. that the DeepSeek-V3 fixture's Split patterns are the ones with a native matcher;
-//  3. each native pattern's matches against Oniguruma's on every encode.jsonl text and on
-//     random texts drawn from the characters that decide these patterns, plus random ones;
+//  2. that the Split patterns of the DeepSeek-V3, Qwen2.5 and Llama 3.1 fixtures are the ones
+//     with a native matcher;
+//  3. each native pattern's matches against Oniguruma's on every encode.jsonl text of those
+//     fixtures, on random texts drawn from the characters that decide these patterns, plus
+//     random ones, and on an apostrophe before every code point (the (?i) contractions);
 //  4. the BPE merge loop against "merge the lowest-rank pair, leftmost, until none is left",
-//     on random merge tables (ranks in any order) and random runs over small alphabets.
+//     on random merge tables (ranks in any order) and random runs over small alphabets;
+//  5. NFC (normalizer.h): nfc_append, which runs the algorithm only around characters that fail
+//     the quick check, against the algorithm over the whole text, on every code point between
+//     characters that compose or reorder, and the quick check on every code point.
 //
 //   ninja tokenizer_fast_paths_check && ./tokenizer_fast_paths_check [RANDOM_TEXTS] [SEED]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "coordinator/tokenizer/bpe.h"
 #include "coordinator/tokenizer/native_regex.h"
+#include "coordinator/tokenizer/normalizer.h"
 #include "coordinator/tokenizer/onig_regex.h"
 #include "coordinator/tokenizer/utf8.h"
 
@@ -71,7 +80,7 @@ int check_fixture_patterns(const std::string& dir) {
     ++n;
     bad += shoal::native_find_all(step["pattern"]["Regex"].get<std::string>()) == nullptr;
   }
-  std::printf("fixture Split patterns: %d, %d without a native matcher\n", n, bad);
+  std::printf("%s Split patterns: %d, %d without a native matcher\n", dir.substr(dir.rfind('/') + 1).c_str(), n, bad);
   return bad;
 }
 
@@ -84,7 +93,10 @@ std::string random_text(std::mt19937& rng) {
       '0', '5', '9', 0x663, 0xB2, 0xBD, 0x216B, 0x1D7D8, 0x1F100, '!', '"', '#', '$', '\'', '-', '.', '/', ':',
       '@', '[', '\\', ']', '^', '_', '`', '{', '|', '~', 0xA7, 0xAB, 0x2014, 0x2026, 0x201C, 0x20AC, 0xA9,
       0x1F600, 0x1F3FB, 0x200D, 0xFE0F, 0x3002, 0xFF0C, 0x4E00, 0x4E2D, 0x9FA5, 0x9FA6, 0x3040, 0x3041, 0x309F,
-      0x30A0, 0x30FF, 0x3100, 0x303F, 0x3400, 0xAC00, 0x378, 0x1FABB, 0xE000, 0x10FFFF, 0x31350};
+      0x30A0, 0x30FF, 0x3100, 0x303F, 0x3400, 0xAC00, 0x378, 0x1FABB, 0xE000, 0x10FFFF, 0x31350,
+      // The (?i) contractions of the Qwen2 / Llama 3 patterns, and characters that fold near them.
+      '\'', '\'', '\'', 's', 'S', 't', 'T', 'r', 'R', 'e', 'E', 'v', 'V', 'm', 'M', 'l', 'L', 'd', 'D', 0x17F,
+      0x212A, 0xDF, 0x1E9E, 0xFB05, 0xFB06, 0x2019, 0x130, 0x131};
   std::string s;
   const int n = int(rng() % 24);
   for (int i = 0; i < n; ++i) {
@@ -99,10 +111,35 @@ std::string random_text(std::mt19937& rng) {
   return s;
 }
 
-int check_matches(const std::string& dir, long random_texts, unsigned seed) {
+// An apostrophe before every code point, alone and before the second letters of 're, 've, 'll.
+std::vector<std::string> contraction_texts() {
   std::vector<std::string> texts;
-  std::ifstream in(dir + "/encode.jsonl");
-  for (std::string line; std::getline(in, line);) texts.push_back(nlohmann::json::parse(line)["text"]);
+  for (const char* after : {"", "e", "E", "l", "L", "x"}) {
+    std::string text;
+    for (char32_t c = 0; c <= 0x10FFFF; ++c) {
+      if (c >= 0xD800 && c <= 0xDFFF) continue;
+      text += '\'';
+      shoal::utf8::append(text, c);
+      text += after;
+      text += '\n';
+    }
+    texts.push_back(std::move(text));
+  }
+  return texts;
+}
+
+std::vector<std::string> concat(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+int check_matches(const std::vector<std::string>& dirs, long random_texts, unsigned seed) {
+  const std::vector<std::string> contractions = contraction_texts();
+  std::vector<std::string> texts;
+  for (const std::string& dir : dirs) {
+    std::ifstream in(dir + "/encode.jsonl");
+    for (std::string line; std::getline(in, line);) texts.push_back(nlohmann::json::parse(line)["text"]);
+  }
   std::mt19937 rng(seed);
   for (long i = 0; i < random_texts; ++i) texts.push_back(random_text(rng));
   int bad = 0;
@@ -113,7 +150,8 @@ int check_matches(const std::string& dir, long random_texts, unsigned seed) {
       ++bad;
     }
     long differ = 0;
-    for (const std::string& text : texts) {
+    const bool folds = std::string_view(pattern).find("(?i:") != std::string_view::npos;
+    for (const std::string& text : folds ? concat(texts, contractions) : texts) {
       std::vector<Span> native, onig;
       re->find_all(text, native);
       re->find_all_oniguruma(text, onig);
@@ -121,9 +159,14 @@ int check_matches(const std::string& dir, long random_texts, unsigned seed) {
                         std::equal(native.begin(), native.end(), onig.begin(), [](Span a, Span b) {
                           return a.begin == b.begin && a.end == b.end;
                         });
-      if (!same && differ++ < 3) std::printf("  %s differs on %s\n", nlohmann::json(pattern).dump().c_str(), nlohmann::json(text).dump().c_str());
+      if (!same && differ++ < 3) {
+        const auto shown =
+            nlohmann::json(text.substr(0, 200)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        std::printf("  %s differs on %s\n", nlohmann::json(pattern).dump().c_str(), shown.c_str());
+      }
     }
-    std::printf("%zu texts, %ld differ: %s\n", texts.size(), differ, nlohmann::json(pattern).dump().c_str());
+    std::printf("%zu texts, %ld differ: %s\n", texts.size() + (folds ? contractions.size() : 0), differ,
+                nlohmann::json(pattern).dump().c_str());
     bad += differ != 0;
   }
   return bad;
@@ -177,16 +220,59 @@ int check_bpe(long cases, unsigned seed) {
   return differ != 0;
 }
 
+// Text that is all the code points for which `keep` holds, each between `before` and `after`.
+template <class Keep>
+std::string every_code_point(const std::string& before, const std::string& after, Keep keep) {
+  std::string text, one;
+  for (char32_t c = 0; c <= 0x10FFFF; ++c) {
+    if (c >= 0xD800 && c <= 0xDFFF) continue;
+    one.clear();
+    shoal::utf8::append(one, c);
+    if (!keep(one)) continue;
+    text += before + one + after;
+  }
+  return text;
+}
+
+int check_nfc() {
+  int bad = 0;
+  // Around every code point, characters that compose with what comes before them or after,
+  // or reorder with it: a starter, a Hangul L and LV, marks of classes 1, 230 and 240, the
+  // Hangul V and T, and a starter that composes with the one before it (U+0B3E).
+  const std::pair<const char*, const char*> contexts[] = {
+      {"a", "\u0301"}, {"\u0301", "\u0345"}, {"\u1100", "\u1161"}, {"\uAC00", "\u11A8"}, {"\u0B47", "\u0B3E"},
+      {"\u0334", "\u0334"}, {"x", "y"}};
+  for (const auto& [before, after] : contexts) {
+    const std::string text = every_code_point(before, after, [](const std::string&) { return true; });
+    std::string piecewise, whole;
+    shoal::nfc_append(text, piecewise);
+    shoal::nfc_append_whole(text, whole);
+    if (piecewise != whole && bad++ < 3) std::printf("  NFC piecewise differs between %s and %s\n", before, after);
+  }
+  // The quick check: the code points it passes, one after another, are NFC as they are.
+  const std::string passed = every_code_point("", "", [](const std::string& c) { return shoal::nfc_quick_check(c); });
+  std::string whole;
+  shoal::nfc_append_whole(passed, whole);
+  if (!shoal::nfc_quick_check(passed) || whole != passed) {
+    std::printf("  NFC quick check passes text NFC changes\n");
+    ++bad;
+  }
+  std::printf("NFC: %d of %zu checks differ\n", bad, std::size(contexts) + 1);
+  return bad;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const long random_texts = argc > 1 ? std::atol(argv[1]) : 200000;
   const unsigned seed = argc > 2 ? unsigned(std::atol(argv[2])) : 1;
-  const std::string dir = SHOAL_FIXTURES "/tokenizer-deepseek-v3";
+  const std::vector<std::string> dirs = {SHOAL_FIXTURES "/tokenizer-deepseek-v3", SHOAL_FIXTURES "/tokenizer-qwen2.5",
+                                         SHOAL_FIXTURES "/tokenizer-llama3.1"};
   int bad = check_flags();
-  bad += check_fixture_patterns(dir);
-  bad += check_matches(dir, random_texts, seed);
+  for (const std::string& dir : dirs) bad += check_fixture_patterns(dir);
+  bad += check_matches(dirs, random_texts, seed);
   bad += check_bpe(random_texts / 2, seed);
+  bad += check_nfc();
   std::printf(bad ? "FAILED\n" : "all the same\n");
   return bad ? 1 : 0;
 }
