@@ -25,6 +25,7 @@
 #include "common/dtype.h"
 #include "kernels/cpu/formats/ggml/block.h"
 #include "model/gguf_writer.h"
+#include "model/rope.h"
 #include "model/tensor_names.h"
 
 namespace shoal {
@@ -497,10 +498,11 @@ StatusOr<std::string> gguf_name(const TensorSpec& t) {
 }
 
 // One tensor to write: its GGUF entry, the table tensor it comes from (for experts, expert 0's),
-// and the file part it goes in.
+// and the file part it goes in; or, for llama.cpp's own tensors (rope_freqs), its F32 values.
 struct Planned {
   GgufTensorOut out;
   const TensorSpec* spec = nullptr;
+  std::vector<float> values;
   int64_t part = 0;
   int64_t rows() const {
     int64_t r = 1;
@@ -559,11 +561,48 @@ using Kv = std::vector<std::pair<std::string, GgufValue>>;
 
 // What llama.cpp's converter writes for a DeepSeek-V2/V3 (MLA layout), and a byte-level gpt2
 // vocabulary as in the gguf-a fixtures.
+// The dense distills as llama.cpp's converter writes `qwen2` and `llama` (llama3 scaling goes in
+// the rope_freqs tensor, not in metadata).
+void dense_metadata(const ModelConfig& c, Kv& kv) {
+  const std::string a = c.model_type == ModelType::kQwen2 ? "qwen2." : "llama.";
+  auto u32 = [&](const std::string& k, int64_t v) { kv.emplace_back(a + k, gguf_u32(uint32_t(v))); };
+  auto f32 = [&](const std::string& k, double v) { kv.emplace_back(a + k, gguf_f32(float(v))); };
+  kv.emplace_back("general.architecture", gguf_str(a.substr(0, a.size() - 1)));
+  kv.emplace_back("general.name", gguf_str("shoal-synth"));
+  u32("block_count", c.n_layers);
+  u32("context_length", c.max_position_embeddings);
+  u32("embedding_length", c.dim);
+  u32("feed_forward_length", c.inter_dim);
+  u32("attention.head_count", c.n_heads);
+  u32("attention.head_count_kv", c.n_kv_heads);
+  if (c.head_dim != c.dim / c.n_heads) {
+    u32("attention.key_length", c.head_dim);
+    u32("attention.value_length", c.head_dim);
+  }
+  f32("rope.freq_base", c.rope_theta);
+  u32("rope.dimension_count", c.head_dim);
+  f32("attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+  u32("vocab_size", c.vocab_size);
+}
+
+// llama.cpp's rope_freqs of a llama3-scaled config: each pair's frequency divisor.
+std::vector<float> llama3_rope_freqs(const ModelConfig& c) {
+  ModelConfig plain = c;
+  plain.llama3.enabled = false;
+  const RopeTable scaled = make_rope_table(c), unscaled = make_rope_table(plain);
+  std::vector<float> out(scaled.inv_freq.size());
+  for (size_t j = 0; j < out.size(); ++j) out[j] = unscaled.inv_freq[j] / scaled.inv_freq[j];
+  return out;
+}
+
 Kv metadata(const ModelConfig& c, DType quant) {
   Kv kv;
   const std::string a = "deepseek2.";
   auto u32 = [&](const std::string& k, int64_t v) { kv.emplace_back(a + k, gguf_u32(uint32_t(v))); };
   auto f32 = [&](const std::string& k, double v) { kv.emplace_back(a + k, gguf_f32(float(v))); };
+  if (!c.uses_mla()) {
+    dense_metadata(c, kv);
+  } else {
   kv.emplace_back("general.architecture", gguf_str("deepseek2"));
   kv.emplace_back("general.name", gguf_str("shoal-synth"));
   u32("block_count", c.n_layers);
@@ -601,6 +640,7 @@ Kv metadata(const ModelConfig& c, DType quant) {
     f32("rope.scaling.yarn_beta_fast", c.yarn.beta_fast);
     f32("rope.scaling.yarn_beta_slow", c.yarn.beta_slow);
     f32("rope.scaling.yarn_log_multiplier", 0.1 * c.yarn.mscale_all_dim);
+  }
   }
   // BOS 0, EOS 1, the 256 bytes at 2..257, the one merge's token at 258, placeholders after.
   const int64_t v = c.vocab_size;
@@ -675,6 +715,7 @@ StatusOr<std::vector<fs::path>> gguf_paths(const fs::path& out, int64_t parts) {
 // (block types) or values from the HF synth's initialisation (F32/F16/BF16).
 Status write_tensor_data(int fd, uint64_t at, const fs::path& path, const Planned& p, uint64_t seed,
                          const std::map<DType, Calibration>& calib, bool tied) {
+  if (!p.spec) return pwrite_all(fd, p.values.data(), p.values.size() * sizeof(float), at, path);
   const DType t = p.out.dtype;
   const int64_t cols = p.out.ne[0], rows = p.rows();
   const int64_t row_bytes = dtype_row_bytes(t, cols);
@@ -715,10 +756,24 @@ StatusOr<SynthResult> synth_gguf(const SynthOptions& o, SynthResult r) {
   if (dtype_info(o.quant).ggml_id < 0 || o.quant == DType::kQ8_K)
     return invalid_argument("--quant " + std::string(dtype_name(o.quant)) + " is not a type llama-quantize writes");
   ModelConfig c = r.config;
-  c.mla_split_kv_b = true;
+  c.mla_split_kv_b = c.uses_mla();
   c.n_mtp_layers = 0;
   const std::vector<TensorSpec> specs = model_tensors(c, /*with_mtp=*/false);
   SHOAL_ASSIGN_OR_RETURN(std::vector<Planned> tensors, plan_gguf(specs, c, o.quant));
+  if (c.model_type == ModelType::kLlama) {
+    c.rope_interleaved = true;  // as the reader takes a `llama` file: random q/k rows, any order
+    if (c.llama3.enabled) {
+      Planned freqs;
+      freqs.values = llama3_rope_freqs(c);
+      freqs.out.name = "rope_freqs.weight";
+      freqs.out.dtype = DType::kF32;
+      freqs.out.ne = {int64_t(freqs.values.size())};
+      freqs.out.bytes = freqs.values.size() * sizeof(float);
+      tensors.insert(tensors.begin() + 1, std::move(freqs));  // after token_embd, as the converter
+      c.rope_freq_factors = tensors[1].values;
+      c.llama3.enabled = false;
+    }
+  }
   std::map<DType, Calibration> calib;
   for (const Planned& p : tensors)
     if (dtype_is_block(p.out.dtype) && !calib.count(p.out.dtype)) calib.emplace(p.out.dtype, calibrate(p.out.dtype));
@@ -875,10 +930,9 @@ StatusOr<SynthResult> synth_checkpoint(const SynthOptions& o) {
     if (o.vocab_size <= 0) return invalid_argument("synth with a tokenizer needs its vocab_size");
     SHOAL_RETURN_IF_ERROR(check_tokenizer_files(o.tokenizer));
   }
-  // The dense distills (Qwen2, Llama) are published in BF16; shoal has no GGUF layout for them yet.
+  // The dense distills (Qwen2, Llama) are published in BF16 (and as GGUF by llama.cpp's converter).
   const std::string model_type = j.contains("model_type") && j["model_type"].is_string() ? j["model_type"].get<std::string>() : "";
   if (model_type == "qwen2" || model_type == "llama") {
-    if (o.gguf) return invalid_argument("GGUF synth of qwen2/llama is not supported yet (--format hf writes safetensors)");
     if (o.fp8)
       return invalid_argument("--dtype fp8 (128x128 block scales) is DeepSeek's release format; a " + model_type +
                               " model is synthesized in bf16");

@@ -12,6 +12,7 @@
 #include "model/gguf.h"
 #include "model/gguf_writer.h"
 #include "model/rope.h"
+#include "model/synth.h"
 #include "support/process.h"
 
 using namespace shoal;
@@ -356,6 +357,45 @@ TEST_CASE("qwen2 and llama GGUF metadata give the distills' Hugging Face configs
     std::memcpy(bad.data() + find_bytes(bad, "llama"), "lla_a", 5);  // general.architecture's value
     write_file(d.path / "m.gguf", bad);
     expect_error(Checkpoint::open(d.path / "m.gguf"), {"lla_a", "not supported", "qwen2 and llama"});
+  }
+}
+
+// `shoal synth --format gguf` of a distill's config writes what the reader (and llama.cpp: the
+// same keys and tensor names as its converter) takes back as that config, llama3 rope included.
+TEST_CASE("synth writes qwen2 and llama GGUFs that read back as their configs", "[gguf][dense][synth]") {
+  for (const std::string name : {"tiny-qwen2", "tiny-qwen2-tied", "tiny-llama3"}) {
+    for (const DType quant : {DType::kQ8_0, DType::kBF16}) {
+      INFO(name << " " << dtype_name(quant));
+      TempDir d;
+      SynthOptions o;
+      o.config = kFixtures / name / "config.json";
+      o.out = d.path / "m.gguf";
+      o.gguf = true;
+      o.quant = quant;
+      auto r = synth_checkpoint(o);
+      INFO((r.ok() ? std::string() : r.status().to_string()));
+      REQUIRE(r.ok());
+      auto ck = Checkpoint::open(d.path / "m.gguf");
+      INFO((ck.ok() ? std::string() : ck.status().to_string()));
+      REQUIRE(ck.ok());
+      auto hf = load_config(kFixtures / name);
+      REQUIRE(hf.ok());
+      const ModelConfig& got = (*ck)->config();
+      CHECK(got.model_type == hf->model_type);
+      CHECK(got.n_kv_heads == hf->n_kv_heads);
+      CHECK(got.head_dim == hf->head_dim);
+      CHECK(got.qkv_bias == hf->qkv_bias);
+      CHECK(got.tie_word_embeddings == hf->tie_word_embeddings);
+      const RopeTable from_gguf = make_rope_table(got), from_hf = make_rope_table(*hf);
+      REQUIRE(from_gguf.inv_freq.size() == from_hf.inv_freq.size());
+      for (size_t j = 0; j < from_hf.inv_freq.size(); ++j)
+        CHECK(std::fabs(from_gguf.inv_freq[j] - from_hf.inv_freq[j]) <= 1e-6f * from_hf.inv_freq[j]);
+      int status = -1;
+      const std::string out = test::run_command(std::string(SHOAL_BINARY) + " logits --model " + (d.path / "m.gguf").string() +
+                                                " --ids '1 2 3' --greedy 2 2>&1", &status);
+      INFO(out.substr(0, 500));
+      CHECK(status == 0);
+    }
   }
 }
 
