@@ -146,7 +146,7 @@ TEST_CASE("dense distills give the same bits over every transport, alone or batc
   const std::string env = "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo ";
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");
-  for (const std::string name : {"tiny-qwen2", "tiny-llama3", "gguf-tiny-dense/tiny-llama3-q8_0.gguf"}) {
+  for (const std::string name : {"tiny-qwen2", "tiny-qwen2-tied", "tiny-llama3", "gguf-tiny-dense/tiny-llama3-q8_0.gguf"}) {
     std::vector<Node> nodes;
     nodes.push_back(start_node(dir / "token", "--model " + fixture(name)));
     nodes.push_back(start_node(dir / "token", "--model " + fixture(name)));
