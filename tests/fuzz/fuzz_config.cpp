@@ -14,6 +14,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   const shoal::ModelConfig& c = *parsed;
+  if (!c.uses_mla()) {  // the dense distills (qwen2, llama): grouped-query attention, no experts
+    const bool dense_ok = c.vocab_size >= 1 && c.dim >= 1 && c.inter_dim >= 1 && c.n_layers >= 1 && c.n_heads >= 1 &&
+                          c.n_kv_heads >= 1 && c.n_heads % c.n_kv_heads == 0 && c.head_dim >= 2 &&
+                          c.head_dim % 2 == 0 && c.n_routed_experts == 0 && c.max_position_embeddings >= 1 &&
+                          c.rope_dim() == c.head_dim && c.kv_cache_width() == 2 * c.n_kv_heads * c.head_dim &&
+                          !c.fp8 && !c.yarn.enabled &&
+                          (!c.llama3.enabled || (c.llama3.factor >= 1.0 && c.llama3.low_freq_factor > 0 &&
+                                                 c.llama3.high_freq_factor > c.llama3.low_freq_factor &&
+                                                 c.llama3.original_max_position_embeddings >= 1));
+    if (!dense_ok) std::abort();
+    for (int64_t layer = 0; layer < 4; ++layer)
+      if (c.is_moe_layer(layer)) std::abort();
+    return 0;
+  }
   bool ok = c.vocab_size >= 1 && c.dim >= 1 && c.inter_dim >= 1 && c.n_layers >= 1 && c.n_heads >= 1 &&
             c.kv_lora_rank >= 1 && c.qk_nope_head_dim >= 1 && c.qk_rope_head_dim >= 1 && c.v_head_dim >= 1 &&
             c.qk_rope_head_dim % 2 == 0 && c.q_lora_rank >= 0 && c.n_mtp_layers >= 0 && c.moe_layer_freq >= 1 &&
