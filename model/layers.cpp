@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "common/check.h"
+#include "model/expert_combine.h"
 
 namespace shoal {
 namespace {
@@ -261,19 +262,32 @@ void run_expert_pairs(float* y, const float* x, std::span<const int32_t> pair_ro
   }
 }
 
-void combine_experts(float* y, const float* pair_out, const int32_t* idx, const float* weight, int64_t n,
-                     int64_t k, int64_t dim) {
+void expert_leaves(std::vector<int32_t>& ids, float* leaves, const float* pair_out, const int32_t* idx,
+                   const float* weight, int64_t t, int64_t k, int64_t dim) {
   std::vector<int32_t> slots(static_cast<size_t>(k));
+  for (int64_t j = 0; j < k; ++j) slots[size_t(j)] = int32_t(j);
+  std::sort(slots.begin(), slots.end(), [&](int32_t a, int32_t b) { return idx[t * k + a] < idx[t * k + b]; });
+  ids.resize(size_t(k));
+  for (int64_t j = 0; j < k; ++j) {
+    const int32_t s = slots[size_t(j)];
+    ids[size_t(j)] = idx[t * k + s];
+    const float w = weight[t * k + s];
+    const float* o = pair_out + (t * k + s) * dim;
+    for (int64_t d = 0; d < dim; ++d) leaves[j * dim + d] = o[d] * w;
+  }
+}
+
+void combine_experts(float* y, const float* pair_out, const int32_t* idx, const float* weight, int64_t n,
+                     int64_t k, int64_t dim, int64_t n_experts) {
+  const CombineNode root{0, combine_width(n_experts)};
+  std::vector<int32_t> ids;
+  std::vector<float> leaves(static_cast<size_t>(k * dim));
+  std::vector<CombineTerm> terms;
   for (int64_t t = 0; t < n; ++t) {
-    float* yt = y + t * dim;
-    std::fill_n(yt, dim, 0.0f);
-    for (int64_t j = 0; j < k; ++j) slots[size_t(j)] = int32_t(j);
-    std::sort(slots.begin(), slots.end(), [&](int32_t a, int32_t b) { return idx[t * k + a] < idx[t * k + b]; });
-    for (int32_t j : slots) {  // ascending expert id, as model.py sums
-      const float w = weight[t * k + j];
-      const float* o = pair_out + (t * k + j) * dim;
-      for (int64_t d = 0; d < dim; ++d) yt[d] += o[d] * w;
-    }
+    expert_leaves(ids, leaves.data(), pair_out, idx, weight, t, k, dim);
+    terms.clear();
+    for (int64_t j = 0; j < k; ++j) terms.push_back({{ids[size_t(j)], 1}, leaves.data() + j * dim});
+    combine_sum(y + t * dim, root, terms, dim);
   }
 }
 
@@ -287,7 +301,7 @@ void moe_forward(float* out, const float* h, const LayerWeights& w, int64_t n, c
   for (int64_t p = 0; p < n * k; ++p) pair_row[size_t(p)] = int32_t(p / k);
   std::vector<float> pair_out(static_cast<size_t>(n * k * dim)), y(static_cast<size_t>(n * dim));
   run_expert_pairs(pair_out.data(), h, pair_row, idx, w.experts, lc);
-  combine_experts(y.data(), pair_out.data(), idx.data(), wt.data(), n, k, dim);
+  combine_experts(y.data(), pair_out.data(), idx.data(), wt.data(), n, k, dim, c.n_routed_experts);
   add_shared_experts(out, h, y.data(), w, n, lc);
 }
 

@@ -13,7 +13,7 @@ void add_into(float* x, const float* y, int64_t n) {
 Status block_forward(float* x, const Batch& batch, const LayerWeights& layer, const std::vector<SeqKv>& kv,
                      const LayerContext& lc, const RoutedExperts& routed) {
   const ModelConfig& c = *lc.config;
-  const int64_t n = batch.n_tokens(), dim = c.dim, k = c.n_activated_experts;
+  const int64_t n = batch.n_tokens(), dim = c.dim;
   const float eps = float(c.rms_norm_eps);
   std::vector<float> h(static_cast<size_t>(n * dim)), y(static_cast<size_t>(n * dim));
   // x = x + attn(attn_norm(x))
@@ -28,9 +28,8 @@ Status block_forward(float* x, const Batch& batch, const LayerWeights& layer, co
     std::vector<int32_t> idx;
     std::vector<float> weight;
     gate_forward(idx, weight, h.data(), layer, n, lc);
-    std::vector<float> pair_out(static_cast<size_t>(n * k * dim)), routed_sum(static_cast<size_t>(n * dim));
-    SHOAL_RETURN_IF_ERROR(routed(pair_out.data(), h.data(), idx, n));
-    combine_experts(routed_sum.data(), pair_out.data(), idx.data(), weight.data(), n, k, dim);
+    std::vector<float> routed_sum(static_cast<size_t>(n * dim));
+    SHOAL_RETURN_IF_ERROR(routed(routed_sum.data(), h.data(), idx, weight, n));
     add_shared_experts(y.data(), h.data(), routed_sum.data(), layer, n, lc);
   }
   add_into(x, y.data(), n * dim);
@@ -38,11 +37,15 @@ Status block_forward(float* x, const Batch& batch, const LayerWeights& layer, co
 }
 
 RoutedExperts local_experts(const std::vector<std::optional<MlpWeights>>& experts, const LayerContext& lc) {
-  return [&experts, &lc](float* pair_out, const float* h, const std::vector<int32_t>& idx, int64_t n) -> Status {
-    const int64_t k = lc.config->n_activated_experts;
+  return [&experts, &lc](float* routed, const float* h, const std::vector<int32_t>& idx, const std::vector<float>& weight,
+                         int64_t n) -> Status {
+    const ModelConfig& c = *lc.config;
+    const int64_t k = c.n_activated_experts;
     std::vector<int32_t> rows(static_cast<size_t>(n * k));
     for (int64_t p = 0; p < n * k; ++p) rows[size_t(p)] = int32_t(p / k);
-    run_expert_pairs(pair_out, h, rows, idx, experts, lc);
+    std::vector<float> pair_out(static_cast<size_t>(n * k * c.dim));
+    run_expert_pairs(pair_out.data(), h, rows, idx, experts, lc);
+    combine_experts(routed, pair_out.data(), idx.data(), weight.data(), n, k, c.dim, c.n_routed_experts);
     return {};
   };
 }

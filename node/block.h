@@ -12,9 +12,10 @@
 
 namespace shoal {
 
-// Fills pair_out [n * topk, dim] with expert idx[p]'s output for token p / topk of h.
-using RoutedExperts =
-    std::function<Status(float* pair_out, const float* h, const std::vector<int32_t>& idx, int64_t n)>;
+// Fills routed [n, dim] with each token's routed experts (idx, weight: [n, topk] from the gate)
+// summed in the combine tree's order (model/expert_combine.h).
+using RoutedExperts = std::function<Status(float* routed, const float* h, const std::vector<int32_t>& idx,
+                                           const std::vector<float>& weight, int64_t n)>;
 
 Status block_forward(float* x, const Batch& batch, const LayerWeights& layer, const std::vector<SeqKv>& kv,
                      const LayerContext& lc, const RoutedExperts& routed);

@@ -55,6 +55,17 @@ StatusOr<Batch> to_batch(const wire::MicroBatch& mb, const ModelConfig& c, int64
 Worker::Worker(const ModelConfig& c, const cluster::Plan& plan, int rank, const WorkerOptions& o)
     : config_(c), plan_(plan), rank_(rank), options_(o), rope_(make_rope_table(c)) {
   lc_ = {&config_, &rope_, o.attn_impl, kernels::Context{}};
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    if (!c.is_moe_layer(i) || size_t(i) >= plan.experts.size()) continue;
+    std::map<int, std::vector<bool>> owned;
+    const std::vector<int>& owner = plan.experts[size_t(i)];
+    for (size_t e = 0; e < owner.size(); ++e) {
+      std::vector<bool>& mine = owned[owner[e]];
+      mine.resize(owner.size(), false);
+      mine[e] = true;
+    }
+    for (const auto& [r, mine] : owned) combine_nodes_[i][r] = maximal_nodes(mine);
+  }
 }
 
 Worker::~Worker() { (void)stop(); }
@@ -204,68 +215,110 @@ Status Worker::layer_forward(float* x, const Batch& b, int64_t layer, uint64_t b
   std::vector<SeqKv> kv;
   for (const SeqRange& s : b.seqs) kv.push_back(cache_->view(cache_index_.at(layer), s.slot));
   return block_forward(x, b, l, kv, lc_,
-                       [&](float* pair_out, const float* h, const std::vector<int32_t>& idx, int64_t n) {
-                         return routed_experts(pair_out, h, idx, n, layer, batch_id);
+                       [&](float* routed, const float* h, const std::vector<int32_t>& idx,
+                           const std::vector<float>& weight, int64_t n) {
+                         return routed_experts(routed, h, idx, weight, n, layer, batch_id);
                        });
 }
 
-// The gate chose idx [n, k]. Rows go to the owners of their experts (each row once per owner,
-// with the list of its experts there); this rank's own experts run here meanwhile.
-Status Worker::routed_experts(float* pair_out, const float* h, const std::vector<int32_t>& idx, int64_t n,
-                              int64_t layer, uint64_t batch_id) {
+// The gate chose idx and weight [n, k]. Rows go to the owners of their experts (each row once per
+// owner, with its experts there in ascending id and their weights); each owner answers one partial
+// sum per maximal combine node that holds some of the row's experts, this rank computes its own
+// the same way meanwhile, and the partials of each token are added up the combine tree
+// (model/expert_combine.h): the same bits as one process, whatever the placement.
+Status Worker::routed_experts(float* routed, const float* h, const std::vector<int32_t>& idx,
+                              const std::vector<float>& weight, int64_t n, int64_t layer, uint64_t batch_id) {
   const int64_t k = config_.n_activated_experts, dim = config_.dim;
   const std::vector<int>& owner = plan_.experts[size_t(layer)];
-  std::map<int, wire::ExpertRequest> requests;
-  std::map<int, std::vector<int64_t>> request_pairs;  // owner -> pair index p = t * k + j, in request order
-  std::vector<int32_t> local_rows, local_experts;
-  std::vector<int64_t> local_pairs;
-  for (int64_t t = 0; t < n; ++t) {
-    std::map<int, int> count;
+  const auto& nodes = combine_nodes_.at(layer);
+  // Each token's experts in ascending id with their weights, grouped by owner.
+  std::vector<std::map<int, std::vector<std::pair<int32_t, float>>>> by_owner(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t)
     for (int64_t j = 0; j < k; ++j) {
       const int32_t e = idx[size_t(t * k + j)];
-      const int o = owner[size_t(e)];
+      by_owner[size_t(t)][owner[size_t(e)]].push_back({e, weight[size_t(t * k + j)]});
+    }
+  std::map<int, wire::ExpertRequest> requests;
+  std::map<int, std::vector<int64_t>> request_rows;  // owner -> tokens, in request order
+  std::vector<int32_t> local_rows, local_experts;
+  for (int64_t t = 0; t < n; ++t)
+    for (auto& [o, list] : by_owner[size_t(t)]) {
+      std::sort(list.begin(), list.end());
       if (o == rank_) {
-        local_rows.push_back(int32_t(t));
-        local_experts.push_back(e);
-        local_pairs.push_back(t * k + j);
+        for (const auto& [e, w] : list) local_rows.push_back(int32_t(t)), local_experts.push_back(e);
         continue;
       }
       wire::ExpertRequest& r = requests[o];
-      r.add_experts(e);
-      request_pairs[o].push_back(t * k + j);
-      ++count[o];
-    }
-    for (auto [o, c] : count) {
-      wire::ExpertRequest& r = requests[o];
+      for (const auto& [e, w] : list) r.add_experts(e), r.add_weights(w);
       r.mutable_x()->append(reinterpret_cast<const char*>(h + t * dim), size_t(dim) * sizeof(float));
-      r.add_expert_count(c);
+      r.add_expert_count(int32_t(list.size()));
       r.set_n_rows(r.n_rows() + 1);
+      request_rows[o].push_back(t);
     }
-  }
   const auto deadline = Clock::now() + options_.peer_timeout;
   for (auto& [o, r] : requests) {
     r.set_batch_id(batch_id);
     r.set_layer(int32_t(layer));
     SHOAL_RETURN_IF_ERROR(send(o, wire::kExpertRequest, r, 0));
   }
-  if (!local_pairs.empty()) {
-    std::vector<float> y(local_pairs.size() * size_t(dim));
+  // Terms of each token: (node, partial) from this rank and from every owner.
+  std::vector<std::vector<CombineTerm>> terms(static_cast<size_t>(n));
+  std::vector<float> local_partials;
+  if (!local_rows.empty()) {
+    std::vector<float> y(local_rows.size() * size_t(dim));
     run_expert_pairs(y.data(), h, local_rows, local_experts, experts_.at(layer), lc_);
-    for (size_t p = 0; p < local_pairs.size(); ++p)
-      std::copy_n(y.data() + p * size_t(dim), dim, pair_out + local_pairs[p] * dim);
+    local_partials.resize(y.size());  // at most one partial per expert
+    std::vector<float> leaves;
+    std::vector<std::pair<int64_t, CombineNode>> made;  // token, node of each partial
+    int64_t used = 0;
+    for (size_t p = 0; p < local_rows.size();) {
+      const int64_t t = local_rows[p];
+      size_t q = p;
+      while (q < local_rows.size() && local_rows[q] == t) ++q;
+      const auto& list = by_owner[size_t(t)].at(rank_);
+      std::vector<int32_t> ids;
+      leaves.resize((q - p) * size_t(dim));
+      for (size_t j = p; j < q; ++j) {
+        ids.push_back(local_experts[j]);
+        const float w = list[j - p].second;
+        for (int64_t d = 0; d < dim; ++d) leaves[(j - p) * size_t(dim) + size_t(d)] = y[j * size_t(dim) + size_t(d)] * w;
+      }
+      for (const CombineNode& node : node_partials(local_partials.data() + used * dim, nodes.at(rank_), ids, leaves.data(), dim))
+        made.push_back({t, node}), ++used;
+      p = q;
+    }
+    for (size_t i = 0; i < made.size(); ++i)
+      terms[size_t(made[i].first)].push_back({made[i].second, local_partials.data() + int64_t(i) * dim});
   }
-  for (auto& [o, pairs] : request_pairs) {
+  std::map<int, std::vector<float>> replies;
+  for (auto& [o, rows] : request_rows) {
     SHOAL_ASSIGN_OR_RETURN(wire::ExpertReply reply, wire::recv<wire::ExpertReply>(*t_, o, wire::kExpertReply, deadline));
-    std::vector<float> y;
     if (!reply.error().empty()) return internal_error(t_->peer_name(o) + ": " + reply.error());
-    if (reply.batch_id() != batch_id || reply.layer() != layer || !wire::read_floats(reply.y(), pairs.size() * size_t(dim), y))
+    // The partials the owner must have sent: per row, its maximal nodes holding the row's experts.
+    std::vector<std::pair<int64_t, CombineNode>> want;
+    for (int64_t t : rows)
+      for (const CombineNode& node : nodes.at(o))
+        if (std::any_of(by_owner[size_t(t)].at(o).begin(), by_owner[size_t(t)].at(o).end(),
+                        [&](const auto& ew) { return node.contains(ew.first); }))
+          want.push_back({t, node});
+    std::vector<float>& y = replies[o];
+    if (reply.batch_id() != batch_id || reply.layer() != layer || !wire::read_floats(reply.y(), want.size() * size_t(dim), y))
       return internal_error(t_->peer_name(o) + " answered expert request (batch " + std::to_string(batch_id) +
                             ", layer " + std::to_string(layer) + ") with a reply that does not match it");
-    for (size_t p = 0; p < pairs.size(); ++p) std::copy_n(y.data() + p * size_t(dim), dim, pair_out + pairs[p] * dim);
+    for (size_t i = 0; i < want.size(); ++i)
+      terms[size_t(want[i].first)].push_back({want[i].second, y.data() + i * size_t(dim)});
+  }
+  const CombineNode root{0, combine_width(config_.n_routed_experts)};
+  for (int64_t t = 0; t < n; ++t) {
+    std::vector<CombineTerm>& tt = terms[size_t(t)];
+    std::sort(tt.begin(), tt.end(), [](const CombineTerm& a, const CombineTerm& b) { return a.node.lo < b.node.lo; });
+    combine_sum(routed + t * dim, root, tt, dim);
   }
   return {};
 }
 
+// An owner's side: run the requested experts on their rows and answer, per row, one partial sum
+// per maximal combine node of this rank that holds some of the row's experts.
 Status Worker::serve_expert_request(const comm::Message& m) {
   SHOAL_ASSIGN_OR_RETURN(wire::ExpertRequest r, wire::parse<wire::ExpertRequest>(*t_, m));
   const int64_t dim = config_.dim;
@@ -275,22 +328,38 @@ Status Worker::serve_expert_request(const comm::Message& m) {
   std::vector<float> x;
   std::vector<int32_t> rows;
   auto it = experts_.find(r.layer());
+  auto nodes = combine_nodes_.find(r.layer());
   for (int i = 0; i < r.expert_count_size(); ++i)  // rows[p]: the row of pair p
     rows.insert(rows.end(), size_t(std::clamp(r.expert_count(i), 0, int(config_.n_activated_experts))), i);
   const int64_t total = int64_t(rows.size());
   const std::vector<int32_t> experts(r.experts().begin(), r.experts().end());
-  bool ok = it != experts_.end() && r.n_rows() == r.expert_count_size() && total == int64_t(experts.size()) &&
-            wire::read_floats(r.x(), size_t(r.n_rows()) * size_t(dim), x);
-  for (int32_t e : experts)
-    ok = ok && e >= 0 && size_t(e) < it->second.size() && it->second[size_t(e)].has_value();
+  bool ok = it != experts_.end() && nodes != combine_nodes_.end() && nodes->second.count(rank_) &&
+            r.n_rows() == r.expert_count_size() && total == int64_t(experts.size()) &&
+            r.weights_size() == r.experts_size() && wire::read_floats(r.x(), size_t(r.n_rows()) * size_t(dim), x);
+  for (size_t p = 0; ok && p < experts.size(); ++p) {
+    const int32_t e = experts[p];
+    ok = e >= 0 && size_t(e) < it->second.size() && it->second[size_t(e)].has_value() &&
+         (p == 0 || rows[p] != rows[p - 1] || experts[p - 1] < e);  // ascending within a row
+  }
   if (!ok) {
     reply.set_error("rank " + std::to_string(rank_) + " got an expert request for layer " + std::to_string(r.layer()) +
                     " that it cannot serve (experts it does not own, or sizes that do not match)");
-  } else {
-    std::vector<float> y(experts.size() * size_t(dim));
-    run_expert_pairs(y.data(), x.data(), rows, experts, it->second, lc_);
-    reply.set_y(wire::float_bytes(y.data(), y.size()));
+    return send(m.src, wire::kExpertReply, reply, 0);
   }
+  std::vector<float> y(experts.size() * size_t(dim)), partials(experts.size() * size_t(dim)), leaves;
+  run_expert_pairs(y.data(), x.data(), rows, experts, it->second, lc_);
+  int64_t used = 0;
+  for (size_t p = 0; p < experts.size();) {
+    size_t q = p;
+    while (q < experts.size() && rows[q] == rows[p]) ++q;
+    leaves.resize((q - p) * size_t(dim));
+    for (size_t j = p; j < q; ++j)
+      for (int64_t d = 0; d < dim; ++d) leaves[(j - p) * size_t(dim) + size_t(d)] = y[j * size_t(dim) + size_t(d)] * r.weights(int(j));
+    const std::span<const int32_t> ids(experts.data() + p, q - p);
+    used += int64_t(node_partials(partials.data() + used * dim, nodes->second.at(rank_), ids, leaves.data(), dim).size());
+    p = q;
+  }
+  reply.set_y(wire::float_bytes(partials.data(), size_t(used * dim)));
   return send(m.src, wire::kExpertReply, reply, 0);
 }
 

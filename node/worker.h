@@ -19,6 +19,7 @@
 #include "comm/transport.h"
 #include "comm/wire/wire.pb.h"
 #include "model/checkpoint.h"
+#include "model/expert_combine.h"
 #include "model/layers.h"
 #include "node/kv_cache.h"
 
@@ -57,7 +58,8 @@ class Worker {
   void expert_loop();
   Status advance(const std::vector<std::byte>& payload);
   Status layer_forward(float* x, const Batch& b, int64_t layer, uint64_t batch_id);
-  Status routed_experts(float* pair_out, const float* h, const std::vector<int32_t>& idx, int64_t n,
+  Status routed_experts(float* routed, const float* h, const std::vector<int32_t>& idx, const std::vector<float>& weight,
+                        int64_t n,
                         int64_t layer, uint64_t batch_id);
   Status serve_expert_request(const comm::Message& m);
   // The head: final norm, lm_head, the token of each logit row (sampled when the micro-batch
@@ -76,6 +78,9 @@ class Worker {
   std::map<int64_t, LayerWeights> layers_;  // attention layers hosted (with the experts owned there)
   std::map<int64_t, std::vector<std::optional<MlpWeights>>> experts_;  // routed experts owned, per layer
   std::map<int64_t, int64_t> cache_index_;  // layer -> index in cache_
+  // layer -> rank -> the maximal combine-tree nodes of the experts that rank owns there
+  // (model/expert_combine.h): what a partial sum in an expert reply stands for.
+  std::map<int64_t, std::map<int, std::vector<CombineNode>>> combine_nodes_;
   std::unique_ptr<KvCache> cache_;
   int64_t weight_bytes_ = 0;
 

@@ -13,6 +13,7 @@
 
 #include "coordinator/engine.h"
 #include "model/config.h"
+#include "model/expert_combine.h"
 #include "model/layers.h"
 #include "model/rope.h"
 
@@ -659,5 +660,90 @@ TEST_CASE("moe_forward: routed experts weighted plus shared experts", "[model][m
       INFO("token " << t << " dim " << d);
       CHECK(std::fabs(out[size_t(t * D + d)] - want[size_t(d)]) <= 1e-5 * mag[size_t(d)] + 1e-6);
     }
+  }
+}
+
+// ============================================================================================
+// The combine tree (model/expert_combine.h): every split of the experts over ranks gives the
+// single process's bits
+// ============================================================================================
+
+TEST_CASE("maximal combine nodes cover exactly a rank's experts with aligned power-of-two intervals", "[model][moe][combine]") {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int32_t E = 1 + int32_t(rng() % 70);
+    std::vector<bool> mine(static_cast<size_t>(E));
+    for (size_t e = 0; e < mine.size(); ++e) mine[e] = rng() % 3 != 0;
+    std::vector<bool> covered(static_cast<size_t>(E), false);
+    for (const CombineNode& n : maximal_nodes(mine)) {
+      REQUIRE(n.size >= 1);
+      CHECK((n.size & (n.size - 1)) == 0);
+      CHECK(n.lo % n.size == 0);
+      for (int32_t e = n.lo; e < n.lo + n.size; ++e) {
+        REQUIRE(e < E);
+        CHECK(mine[size_t(e)]);
+        CHECK_FALSE(covered[size_t(e)]);
+        covered[size_t(e)] = true;
+      }
+    }
+    CHECK(covered == mine);
+  }
+  // Two ranks holding halves of 64 experts: one node each.
+  std::vector<bool> low(64, false);
+  std::fill(low.begin(), low.begin() + 32, true);
+  const auto nodes = maximal_nodes(low);
+  REQUIRE(nodes.size() == 1);
+  CHECK((nodes[0].lo == 0 && nodes[0].size == 32));
+}
+
+TEST_CASE("partials of any split of the experts add up to the single process's bits", "[model][moe][combine]") {
+  std::mt19937 rng(11);
+  const int64_t dim = 37;
+  for (int trial = 0; trial < 300; ++trial) {
+    const int32_t E = 2 + int32_t(rng() % 63), k = 1 + int32_t(rng() % std::min<int32_t>(8, E));
+    // A token's k distinct experts (ascending) and leaves with values of mixed magnitude, zeros
+    // and negative zeros included.
+    std::vector<int32_t> all(static_cast<size_t>(E));
+    for (int32_t e = 0; e < E; ++e) all[size_t(e)] = e;
+    std::shuffle(all.begin(), all.end(), rng);
+    std::vector<int32_t> ids(all.begin(), all.begin() + k);
+    std::sort(ids.begin(), ids.end());
+    std::vector<float> leaves(static_cast<size_t>(k * dim));
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (float& v : leaves) {
+      const uint32_t r = rng() % 10;
+      v = r == 0 ? 0.0f : r == 1 ? -0.0f : u(rng) * std::ldexp(1.0f, int(rng() % 40) - 20);
+    }
+    const CombineNode root{0, combine_width(E)};
+    std::vector<CombineTerm> terms;
+    for (int32_t j = 0; j < k; ++j) terms.push_back({{ids[size_t(j)], 1}, leaves.data() + j * dim});
+    std::vector<float> want(static_cast<size_t>(dim));
+    combine_sum(want.data(), root, terms, dim);
+    // A random owner per expert (1 to 5 ranks): each rank's partials, then the tree over them.
+    const int ranks = 1 + int(rng() % 5);
+    std::vector<int> owner(static_cast<size_t>(E));
+    for (int& o : owner) o = int(rng() % unsigned(ranks));
+    std::vector<std::vector<float>> partials(static_cast<size_t>(ranks));
+    std::vector<CombineTerm> got_terms;
+    for (int r = 0; r < ranks; ++r) {
+      std::vector<bool> mine(static_cast<size_t>(E));
+      for (int32_t e = 0; e < E; ++e) mine[size_t(e)] = owner[size_t(e)] == r;
+      std::vector<int32_t> my_ids;
+      std::vector<float> my_leaves;
+      for (int32_t j = 0; j < k; ++j)
+        if (mine[size_t(ids[size_t(j)])]) {
+          my_ids.push_back(ids[size_t(j)]);
+          my_leaves.insert(my_leaves.end(), leaves.begin() + j * dim, leaves.begin() + (j + 1) * dim);
+        }
+      const auto nodes = maximal_nodes(mine);
+      partials[size_t(r)].resize(my_ids.size() * size_t(dim));
+      const auto used = node_partials(partials[size_t(r)].data(), nodes, my_ids, my_leaves.data(), dim);
+      for (size_t i = 0; i < used.size(); ++i) got_terms.push_back({used[i], partials[size_t(r)].data() + i * size_t(dim)});
+    }
+    std::sort(got_terms.begin(), got_terms.end(), [](const CombineTerm& a, const CombineTerm& b) { return a.node.lo < b.node.lo; });
+    std::vector<float> got(static_cast<size_t>(dim));
+    combine_sum(got.data(), root, got_terms, dim);
+    INFO("experts " << E << ", k " << k << ", ranks " << ranks);
+    CHECK(std::memcmp(got.data(), want.data(), size_t(dim) * sizeof(float)) == 0);
   }
 }
