@@ -45,6 +45,10 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
   sub->add_flag("--exact", f.exact,
                 "GGUF: dequantize weights exactly against float32 activations (default for GGUF: fast, "
                 "activations quantized per block and integer dot products, as llama.cpp)");
+  sub->add_option("--wire-dtype", f.wire_dtype,
+                  "Hidden rows between ranks: f32 (default; the single process's logits bit for bit) or bf16 "
+                  "(half the bytes, rounded at each hop; docs/distributed.md gives its measured deviation)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   sub->add_option("--step-timeout", f.step_timeout_s, "Seconds to wait for one step's result")->check(CLI::PositiveNumber);
   sub->add_option("--heartbeat-timeout", f.heartbeat_timeout_s, "Seconds of node silence that count as a failure")
       ->check(CLI::PositiveNumber);
@@ -75,6 +79,7 @@ StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOp
   o.plan_file = f.plan;
   o.expert_scatter = f.expert_scatter;
   o.exact = f.exact;
+  o.wire_dtype = f.wire_dtype == "bf16" ? wire::WireDtype::kBF16 : wire::WireDtype::kF32;
   o.step_timeout = ms(f.step_timeout_s);
   o.heartbeat_timeout = ms(f.heartbeat_timeout_s);
   const int modes = int(f.local_nodes > 0) + int(!f.nodes.empty()) + int(under_mpi());

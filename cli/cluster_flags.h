@@ -20,6 +20,7 @@ struct ClusterFlags {
   std::string plan;
   bool expert_scatter = false;
   bool exact = false;
+  std::string wire_dtype = "f32";
   double step_timeout_s = 600;
   double heartbeat_timeout_s = 5;
 };

@@ -23,7 +23,8 @@ using namespace shoal::cluster;
 constexpr int kDoesNotFit = 3;
 
 struct Options {
-  std::string model, cluster, hostfile, out, weights, quant, kv_dtype = "f32", gpus_gib, gpu_kind = "gpu";
+  std::string model, cluster, hostfile, out, weights, quant, kv_dtype = "f32", wire_dtype = "f32", gpus_gib,
+      gpu_kind = "gpu";
   bool slurm = false, json = false, gpu_only = false, expert_scatter = false;
   int local_nodes = 0;
   double ram_gib = -1, link_gbps = 0, ram_bandwidth_gbs = 0;
@@ -171,6 +172,9 @@ int plan(const Options& o) {
   if (o.kv_dtype != "f32" && o.kv_dtype != "bf16")
     return fail(invalid_argument("--kv-dtype '" + o.kv_dtype + "' is not f32 or bf16"));
   fo.kv_value_bytes = o.kv_dtype == "f32" ? 4 : 2;
+  if (o.wire_dtype != "f32" && o.wire_dtype != "bf16")
+    return fail(invalid_argument("--wire-dtype '" + o.wire_dtype + "' is not f32 or bf16"));
+  fo.wire_value_bytes = o.wire_dtype == "f32" ? 4 : 2;
   std::optional<UnitBytes> stored;
   std::vector<std::string> notes;
   if (gguf_ck || !o.quant.empty()) {
@@ -252,6 +256,7 @@ void add_plan(CLI::App& app, int& rc) {
   sub->add_option("--context", o->context, "KV cache positions per sequence")->check(CLI::PositiveNumber);
   sub->add_option("--concurrency", o->concurrency, "Sequences with a KV cache each")->check(CLI::PositiveNumber);
   sub->add_option("--kv-dtype", o->kv_dtype, "KV cache dtype: f32 (as the runtime stores it) or bf16");
+  sub->add_option("--wire-dtype", o->wire_dtype, "Hidden rows between ranks: f32 (default) or bf16 (as `--wire-dtype` of the runtime)");
   sub->add_flag("--json", o->json, "Print one JSON object instead of text");
   sub->add_option("--out", o->out, "Write the plan file (the one --plan takes) when it fits");
   sub->callback([o, &rc] { rc = plan(*o); });

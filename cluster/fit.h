@@ -39,6 +39,7 @@ struct FitOptions {
   int64_t context = 4096;       // KV positions per sequence
   int64_t concurrency = 1;      // sequences with a KV cache each
   int64_t kv_value_bytes = 4;   // float32 cache (MLA's latent, GQA's keys and values), as node/kv_cache.h stores it
+  int64_t wire_value_bytes = 4; // hidden rows between ranks: 4 (--wire-dtype f32) or 2 (bf16)
   int64_t prefill_chunk = 512;  // tokens per prefill step, for the activation estimate
   bool suggest = true;          // on failure, try what would make it fit
   int64_t gguf_mtp_bytes = 0;   // kGguf: the MTP layers' bytes in the file (llama.cpp's converter drops them)

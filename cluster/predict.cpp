@@ -9,6 +9,7 @@
 #include <map>
 
 #include "cluster/fit.h"
+#include "model/expert_combine.h"
 
 namespace shoal::cluster {
 namespace {
@@ -72,6 +73,12 @@ LayerCost layer_cost(const Model& m, int64_t i, double b, Memories& mem) {
     const double E = double(c.n_routed_experts), k = double(c.n_activated_experts);
     const double used = 1 - std::pow(1 - k / E, b);  // an expert's chance of serving a step of b tokens
     std::map<int, double> dev, host, count;
+    std::map<int, std::vector<bool>> owned;
+    for (size_t e = 0; e < owners.size(); ++e) {
+      std::vector<bool>& mine = owned[owners[e]];
+      mine.resize(owners.size(), false);
+      mine[e] = true;
+    }
     for (size_t e = 0; e < owners.size(); ++e) {
       const double n = double(m.bytes.experts[size_t(i)][e]) * used;
       (m.r.expert_on_host[size_t(i)][e] ? host : dev)[owners[e]] += n;
@@ -84,11 +91,14 @@ LayerCost layer_cost(const Model& m, int64_t i, double b, Memories& mem) {
       mem[{sq.node, -1}] += sq.gpu >= 0 ? h : 0;
       double t = d + h, link = 0;
       if (q != a) {
-        // The token's row goes to q when one of its k experts is there; each expert answers with a row.
+        // The token's row goes to q when one of its k experts is there; q answers one partial sum
+        // per maximal combine node of its experts that the token reaches (model/expert_combine.h).
         const double reach = reach_probability(c, n);
-        const double per_token = (reach + k * n / E) * m.hop_bytes;
+        double partials = 0;
+        for (const CombineNode& node : maximal_nodes(owned[q])) partials += reach_probability(c, double(node.size));
+        const double per_token = (reach + partials) * m.hop_bytes;
         out.expert_bytes += per_token;
-        link = m.message(a, q, b * reach * m.hop_bytes) + m.message(q, a, b * k * n / E * m.hop_bytes);
+        link = m.message(a, q, b * reach * m.hop_bytes) + m.message(q, a, b * partials * m.hop_bytes);
       }
       if (t + link > experts_s) {
         experts_s = t + link;
@@ -106,7 +116,7 @@ LayerCost layer_cost(const Model& m, int64_t i, double b, Memories& mem) {
 Prediction predict(const ModelConfig& c, const ClusterSpec& s, const FitResult& r, const UnitBytes& bytes) {
   Prediction p;
   const FitOptions& o = r.options;
-  const Model m{c, s, r, bytes, double(c.dim) * 4 + kHeaderBytes,
+  const Model m{c, s, r, bytes, double(c.dim) * double(o.wire_value_bytes) + kHeaderBytes,
                 double(o.context) * double(c.kv_cache_width()) * double(o.kv_value_bytes)};
   p.hop_bytes_per_token = m.hop_bytes;
   const Plan& plan = r.plan;

@@ -54,6 +54,7 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
     wo.n_slots = o.n_slots;
     wo.max_seq_len = c->max_seq_len_;
     wo.attn_impl = o.attn_impl;
+    wo.wire_dtype = o.wire_dtype;
     SHOAL_ASSIGN_OR_RETURN(c->local_, Worker::load(*c->ck_, c->plan_, 0, wo));
     wire::Loaded& l = c->loaded_[0];
     l.set_ok(true);
@@ -84,6 +85,7 @@ Status Cluster::hello_all() {
     h->set_max_seq_len(max_seq_len_);
     h->set_attn_impl(int32_t(options_.attn_impl));
     h->set_exact_numerics(options_.exact);
+    h->set_wire_dtype(int32_t(options_.wire_dtype));
     h->set_coordinator_host(host_name());
     SHOAL_RETURN_IF_ERROR(wire::send(*t_, r, wire::kControl, ctl, deadline));
   }

@@ -17,6 +17,7 @@
 #include "cluster/plan.h"
 #include "comm/transport.h"
 #include "comm/wire/wire.pb.h"
+#include "comm/wire/wire_io.h"
 #include "coordinator/executor.h"
 #include "model/checkpoint.h"
 #include "model/layers.h"
@@ -33,6 +34,7 @@ struct ClusterOptions {
   std::filesystem::path plan_file;  // empty: the default planner
   bool expert_scatter = false;      // default planner: spread experts over the ranks
   bool exact = false;               // GGUF block types: exact numerics (default fast; kernels::Numerics)
+  wire::WireDtype wire_dtype = wire::WireDtype::kF32;  // hidden rows between ranks (--wire-dtype)
   bool coordinator_hosts = true;    // default planner: rank 0 hosts units too
   bool nodes_exit = true;           // at the end, nodes exit (false: TCP nodes wait for the next coordinator)
   std::string build_id;             // sent in the Hello; empty: this build's

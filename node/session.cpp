@@ -88,6 +88,9 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   wo.n_slots = hello.n_slots();
   wo.max_seq_len = hello.max_seq_len();
   wo.attn_impl = AttnImpl(hello.attn_impl());
+  if (hello.wire_dtype() != 0 && hello.wire_dtype() != 1)
+    return refuse(me + ": the coordinator asked for wire dtype " + std::to_string(hello.wire_dtype()) + " (0 f32, 1 bf16)");
+  wo.wire_dtype = wire::WireDtype(hello.wire_dtype());
   st.ck->set_numerics(hello.exact_numerics() ? kernels::Numerics::kExact : st.ck->default_numerics());
   auto worker = Worker::load(*st.ck, *plan, rank, wo);
   if (!worker.ok()) return refuse(me + ": " + worker.status().to_string());

@@ -194,7 +194,7 @@ Status Worker::advance(const std::vector<std::byte>& payload) {
     x.resize(static_cast<size_t>(n * dim));
     kernels::embedding(x.data(), b.tokens.data(), *embed_, n, lc_.kernels);
     next = 0;
-  } else if (next > L || !wire::read_floats(mb.hidden(), size_t(n * dim), x)) {
+  } else if (next > L || !wire::decode_rows(mb.hidden(), size_t(n * dim), x, options_.wire_dtype)) {
     return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": layer " + std::to_string(next) +
                             " or hidden size " + std::to_string(mb.hidden().size()) + " B is wrong");
   }
@@ -206,7 +206,7 @@ Status Worker::advance(const std::vector<std::byte>& payload) {
   if (next == L && plan_.head == rank_) return head(x.data(), b, rows, mb);
   const int dst = next < L ? plan_.attn[size_t(next)] : plan_.head;
   mb.set_next_layer(int32_t(next));
-  mb.set_hidden(wire::float_bytes(x.data(), x.size()));
+  mb.set_hidden(wire::encode_rows(x.data(), x.size(), options_.wire_dtype));
   return send(dst, wire::kHidden, mb, n);
 }
 
@@ -250,7 +250,7 @@ Status Worker::routed_experts(float* routed, const float* h, const std::vector<i
       }
       wire::ExpertRequest& r = requests[o];
       for (const auto& [e, w] : list) r.add_experts(e), r.add_weights(w);
-      r.mutable_x()->append(reinterpret_cast<const char*>(h + t * dim), size_t(dim) * sizeof(float));
+      r.mutable_x()->append(wire::encode_rows(h + t * dim, size_t(dim), options_.wire_dtype));
       r.add_expert_count(int32_t(list.size()));
       r.set_n_rows(r.n_rows() + 1);
       request_rows[o].push_back(t);
@@ -302,7 +302,8 @@ Status Worker::routed_experts(float* routed, const float* h, const std::vector<i
                         [&](const auto& ew) { return node.contains(ew.first); }))
           want.push_back({t, node});
     std::vector<float>& y = replies[o];
-    if (reply.batch_id() != batch_id || reply.layer() != layer || !wire::read_floats(reply.y(), want.size() * size_t(dim), y))
+    if (reply.batch_id() != batch_id || reply.layer() != layer ||
+        !wire::decode_rows(reply.y(), want.size() * size_t(dim), y, options_.wire_dtype))
       return internal_error(t_->peer_name(o) + " answered expert request (batch " + std::to_string(batch_id) +
                             ", layer " + std::to_string(layer) + ") with a reply that does not match it");
     for (size_t i = 0; i < want.size(); ++i)
@@ -335,7 +336,8 @@ Status Worker::serve_expert_request(const comm::Message& m) {
   const std::vector<int32_t> experts(r.experts().begin(), r.experts().end());
   bool ok = it != experts_.end() && nodes != combine_nodes_.end() && nodes->second.count(rank_) &&
             r.n_rows() == r.expert_count_size() && total == int64_t(experts.size()) &&
-            r.weights_size() == r.experts_size() && wire::read_floats(r.x(), size_t(r.n_rows()) * size_t(dim), x);
+            r.weights_size() == r.experts_size() &&
+            wire::decode_rows(r.x(), size_t(r.n_rows()) * size_t(dim), x, options_.wire_dtype);
   for (size_t p = 0; ok && p < experts.size(); ++p) {
     const int32_t e = experts[p];
     ok = e >= 0 && size_t(e) < it->second.size() && it->second[size_t(e)].has_value() &&
@@ -359,7 +361,7 @@ Status Worker::serve_expert_request(const comm::Message& m) {
     used += int64_t(node_partials(partials.data() + used * dim, nodes->second.at(rank_), ids, leaves.data(), dim).size());
     p = q;
   }
-  reply.set_y(wire::float_bytes(partials.data(), size_t(used * dim)));
+  reply.set_y(wire::encode_rows(partials.data(), size_t(used * dim), options_.wire_dtype));
   return send(m.src, wire::kExpertReply, reply, 0);
 }
 

@@ -18,6 +18,7 @@
 #include "cluster/plan.h"
 #include "comm/transport.h"
 #include "comm/wire/wire.pb.h"
+#include "comm/wire/wire_io.h"
 #include "model/checkpoint.h"
 #include "model/expert_combine.h"
 #include "model/layers.h"
@@ -31,6 +32,8 @@ struct WorkerOptions {
   AttnImpl attn_impl = AttnImpl::kAuto;
   // How long the pipeline waits for an expert owner's answer (a gone peer fails at once).
   std::chrono::milliseconds peer_timeout{120000};
+  // Hidden rows to other ranks (pipeline hops and expert requests/partials).
+  wire::WireDtype wire_dtype = wire::WireDtype::kF32;
 };
 
 class Worker {
