@@ -175,7 +175,7 @@ TEST_CASE("dense distills give the same bits over every transport, alone or batc
 // --wire-dtype bf16: hidden rows between ranks rounded to bfloat16. Half the bytes per hop and
 // per expert row; the same bits over threads and mpirun with the same plan (the rounding happens
 // at the same hops); within the deviation docs/distributed.md reports against the golden.
-TEST_CASE("--wire-dtype bf16 halves the bytes, agrees over transports with one plan and stays near f32", "[distributed][wire][mpi][tcp]") {
+TEST_CASE("bf16 on the wire (--wire-dtype) halves the bytes, agrees over transports with one plan and stays near f32", "[distributed][wire][mpi][tcp]") {
   const std::string env = "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo ";
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");
