@@ -11,15 +11,63 @@
 #include "cli/commands.h"
 #include "kernels/kernels.h"
 #include "kernels/system.h"
+#include "model/checkpoint.h"
 #include "model/inspect.h"
+#include "model/lora.h"
 
 namespace shoal::cli {
 namespace {
 
 struct Options {
-  std::string model;
+  std::string model, lora;
   bool json = false, system = false;
 };
+
+// A LoRA adapter: its rank, scale, targets, parameters and bytes; checked against --model when
+// given (every module present in the base with the shape the adapter implies).
+int inspect_lora(const Options& o) {
+  std::unique_ptr<Checkpoint> base;
+  if (!o.model.empty()) {
+    auto ck = Checkpoint::open(o.model);
+    if (!ck.ok()) return fail(ck.status());
+    base = std::move(*ck);
+  }
+  auto a = load_lora(o.lora, base ? &base->config() : nullptr);
+  if (!a.ok()) return fail(a.status());
+  const LoraAdapter& l = **a;
+  std::map<int64_t, int64_t> ranks;
+  std::map<float, int64_t> scales;
+  for (const auto& [name, m] : l.modules) ++ranks[m.rank], ++scales[m.scale];
+  nlohmann::json j = {{"lora", l.dir.string()},
+                      {"r", l.r},
+                      {"lora_alpha", l.alpha},
+                      {"use_rslora", l.rslora},
+                      {"target_modules", l.targets},
+                      {"modules", l.modules.size()},
+                      {"parameters", l.parameters()},
+                      {"bytes", l.bytes()},
+                      {"base", base ? nlohmann::json(o.model) : nlohmann::json(nullptr)},
+                      {"matches_base", base != nullptr}};
+  nlohmann::json rj = nlohmann::json::object(), sj = nlohmann::json::object();
+  for (const auto& [r, n] : ranks) rj[std::to_string(r)] = n;
+  for (const auto& [s, n] : scales) sj[std::to_string(s)] = n;
+  j["modules_by_rank"] = rj;
+  j["modules_by_scale"] = sj;
+  if (o.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+  std::printf("lora          %s\n", l.dir.string().c_str());
+  std::printf("rank          %lld (lora_alpha %g%s)\n", (long long)l.r, l.alpha, l.rslora ? ", rsLoRA" : "");
+  std::string scale_text;
+  for (const auto& [s, n] : scales) scale_text += (scale_text.empty() ? "" : ", ") + std::to_string(s) + " (" + std::to_string(n) + " modules)";
+  std::printf("scale         %s\n", scale_text.c_str());
+  std::printf("targets       %s\n", l.targets.c_str());
+  std::printf("modules       %zu adapted\n", l.modules.size());
+  std::printf("parameters    %lld (%llu bytes as stored)\n", (long long)l.parameters(), (unsigned long long)l.bytes());
+  std::printf("base          %s\n", base ? ("matches " + o.model).c_str() : "not checked (give --model BASE)");
+  return 0;
+}
 
 // This machine as the kernels see it: the CPU variant chosen, cores, read bandwidth, FMA peak.
 int inspect_system(const Options& o) {
@@ -53,6 +101,7 @@ int inspect_system(const Options& o) {
 
 int inspect(const Options& o) {
   if (o.system) return inspect_system(o);
+  if (!o.lora.empty()) return inspect_lora(o);
   if (o.model.empty()) return fail(invalid_argument("inspect: give --model DIR, or --system"));
   auto s = inspect_model(o.model);
   if (!s.ok()) return fail(s.status());
@@ -68,6 +117,7 @@ void add_inspect(CLI::App& app, int& rc) {
   CLI::App* sub = app.add_subcommand("inspect", "Describe a checkpoint folder (config.json alone is enough) or a GGUF model");
   sub->add_option("--model", o->model, "Checkpoint folder, or GGUF model (a .gguf file, part 1 of a split one, or a folder)");
   sub->add_flag("--system", o->system, "Describe this machine instead: CPU kernel variant, cores, read bandwidth, FMA peak");
+  sub->add_option("--lora", o->lora, "A LoRA adapter folder (PEFT): rank, scale, targets, size; with --model, checked against that base");
   sub->add_flag("--json", o->json, "Print one JSON object instead of text");
   sub->callback([o, &rc] { rc = inspect(*o); });
 }

@@ -1,0 +1,238 @@
+// PEFT LoRA adapters: adapter_config.json and adapter_model.safetensors checked against the base.
+#include "model/lora.h"
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <sstream>
+
+#include "model/tensor_names.h"
+
+namespace shoal {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr std::string_view kPrefix = "base_model.model.";
+constexpr std::string_view kA = ".lora_A.weight", kB = ".lora_B.weight";
+
+// PEFT's target_modules: a list matches a module whose name is an entry or ends in "." + entry;
+// a string is a regex the whole module name must match.
+struct Targets {
+  std::vector<std::string> names;
+  std::optional<std::regex> pattern;
+  bool matches(const std::string& module) const {
+    if (pattern) return std::regex_match(module, *pattern);
+    for (const std::string& n : names)
+      if (module == n || (module.size() > n.size() && module.ends_with("." + n))) return true;
+    return false;
+  }
+};
+
+// rank_pattern / alpha_pattern: the first key (in the file's order) that matches the module name
+// as PEFT's get_pattern_key does, (.*\.)?KEY$.
+template <typename T>
+std::optional<T> pattern_value(const std::vector<std::pair<std::regex, T>>& pattern, const std::string& module) {
+  for (const auto& [re, v] : pattern)
+    if (std::regex_match(module, re)) return v;
+  return std::nullopt;
+}
+
+class ConfigReader {
+ public:
+  ConfigReader(const json& j, std::string file) : j_(j), file_(std::move(file)) {}
+  Status fail(const std::string& key, const std::string& why) const {
+    return invalid_argument(file_ + ": '" + key + "' " + why);
+  }
+  bool present(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
+  const json& at(const char* key) const { return j_[key]; }
+
+ private:
+  const json& j_;
+  std::string file_;
+};
+
+StatusOr<json> read_json_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return not_found("cannot open " + path.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return invalid_argument(path.string() + " is not a JSON object");
+  return j;
+}
+
+// The base's weights a LoRA may adapt, by name, with their [out, in] shapes.
+std::map<std::string, std::pair<int64_t, int64_t>> adaptable(const ModelConfig& base) {
+  ModelConfig c = base;
+  c.mla_split_kv_b = false;  // adapters name Hugging Face's modules (kv_b_proj whole)
+  std::map<std::string, std::pair<int64_t, int64_t>> out;
+  for (const TensorSpec& t : model_tensors(c, /*with_mtp=*/false)) {
+    if (t.shape.size() != 2 || t.unit == Unit::kEmbed || t.unit == Unit::kHead) continue;
+    if (t.name.ends_with("mlp.gate.weight")) continue;  // the router
+    out.emplace(t.name, std::pair{t.shape[0], t.shape[1]});
+  }
+  return out;
+}
+
+kernels::Matrix view(const SafetensorsFile& f, const TensorInfo& t) {
+  kernels::Matrix m;
+  m.data = f.data(t);
+  m.dtype = t.dtype;
+  m.rows = t.shape[0];
+  m.cols = t.shape[1];
+  return m;
+}
+
+}  // namespace
+
+int64_t LoraAdapter::parameters() const {
+  int64_t n = 0;
+  for (const auto& [name, m] : modules) n += m.a.rows * m.a.cols + m.b.rows * m.b.cols;
+  return n;
+}
+
+uint64_t LoraAdapter::bytes() const {
+  uint64_t n = 0;
+  for (const auto& [name, m] : modules)
+    n += uint64_t(m.a.rows * m.a.cols) * uint64_t(dtype_info(m.a.dtype).bytes) +
+         uint64_t(m.b.rows * m.b.cols) * uint64_t(dtype_info(m.b.dtype).bytes);
+  return n;
+}
+
+const LoraModule* LoraAdapter::find(const std::string& weight_name) const {
+  const auto it = modules.find(weight_name);
+  return it == modules.end() ? nullptr : &it->second;
+}
+
+StatusOr<std::unique_ptr<LoraAdapter>> load_lora(const fs::path& dir, const ModelConfig* base) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return not_found("LoRA adapter " + dir.string() + ": not a folder");
+  const fs::path config_path = dir / "adapter_config.json", weights_path = dir / "adapter_model.safetensors";
+  if (!fs::exists(config_path, ec)) return not_found(config_path.string() + " not found (a PEFT adapter folder has it)");
+  if (!fs::exists(weights_path, ec)) {
+    if (fs::exists(dir / "adapter_model.bin", ec))
+      return invalid_argument((dir / "adapter_model.bin").string() +
+                              ": a pickle, which shoal never loads (it can run code); save the adapter with "
+                              "safe_serialization=True or convert it to adapter_model.safetensors");
+    return not_found(weights_path.string() + " not found");
+  }
+  SHOAL_ASSIGN_OR_RETURN(json j, read_json_file(config_path));
+  const ConfigReader cfg(j, config_path.string());
+  auto adapter = std::make_unique<LoraAdapter>();
+  adapter->dir = dir;
+
+  if (!cfg.present("peft_type") || !cfg.at("peft_type").is_string() || cfg.at("peft_type") != "LORA")
+    return cfg.fail("peft_type", "must be \"LORA\"" + (cfg.present("peft_type") ? ", got " + cfg.at("peft_type").dump() : std::string(", missing")));
+  if (cfg.present("use_dora") && cfg.at("use_dora") != false)
+    return cfg.fail("use_dora", "is true: DoRA adapters (a learned magnitude per output) are not supported");
+  if (cfg.present("modules_to_save") && !(cfg.at("modules_to_save").is_array() && cfg.at("modules_to_save").empty()))
+    return cfg.fail("modules_to_save", "is set (" + cfg.at("modules_to_save").dump() +
+                                           "): full copies of base modules are not supported, only LoRA pairs");
+  if (cfg.present("bias") && cfg.at("bias") != "none")
+    return cfg.fail("bias", "is " + cfg.at("bias").dump() + ": only \"none\" is supported (trained biases are not)");
+  if (cfg.present("fan_in_fan_out") && cfg.at("fan_in_fan_out") != false)
+    return cfg.fail("fan_in_fan_out", "is true: that layout is for GPT-2's Conv1D; these models' modules are Linear");
+  if (!cfg.present("r") || !cfg.at("r").is_number_integer() || cfg.at("r").get<int64_t>() <= 0)
+    return cfg.fail("r", "must be a positive integer" + (cfg.present("r") ? ", got " + cfg.at("r").dump() : std::string()));
+  adapter->r = cfg.at("r").get<int64_t>();
+  if (!cfg.present("lora_alpha") || !cfg.at("lora_alpha").is_number() || !(cfg.at("lora_alpha").get<double>() > 0))
+    return cfg.fail("lora_alpha", "must be a positive number" +
+                                      (cfg.present("lora_alpha") ? ", got " + cfg.at("lora_alpha").dump() : std::string()));
+  adapter->alpha = cfg.at("lora_alpha").get<double>();
+  if (cfg.present("use_rslora")) {
+    if (!cfg.at("use_rslora").is_boolean()) return cfg.fail("use_rslora", "must be true or false");
+    adapter->rslora = cfg.at("use_rslora").get<bool>();
+  }
+  Targets targets;
+  if (!cfg.present("target_modules")) return cfg.fail("target_modules", "is missing");
+  const json& tm = cfg.at("target_modules");
+  if (tm.is_string()) {
+    adapter->targets = tm.get<std::string>();
+    try {
+      targets.pattern.emplace(adapter->targets);
+    } catch (const std::regex_error&) {
+      return cfg.fail("target_modules", "is not a valid regular expression");
+    }
+  } else if (tm.is_array() && !tm.empty() && std::all_of(tm.begin(), tm.end(), [](const json& v) { return v.is_string(); })) {
+    for (const json& v : tm) {
+      targets.names.push_back(v.get<std::string>());
+      adapter->targets += (adapter->targets.empty() ? "" : ", ") + v.get<std::string>();
+    }
+  } else {
+    return cfg.fail("target_modules", "must be a non-empty list of module names or a regex string");
+  }
+  std::vector<std::pair<std::regex, int64_t>> rank_pattern;
+  std::vector<std::pair<std::regex, double>> alpha_pattern;
+  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+    if (!cfg.present(key)) continue;
+    if (!cfg.at(key).is_object()) return cfg.fail(key, "must be an object of pattern: value");
+    for (const auto& [k, v] : cfg.at(key).items()) {
+      std::regex re;
+      try {
+        re = std::regex("(.*\\.)?(" + k + ")");
+      } catch (const std::regex_error&) {
+        return cfg.fail(std::string(key) + "." + k, "is not a valid regular expression");
+      }
+      const bool rank = std::string_view(key) == "rank_pattern";
+      if (rank ? !(v.is_number_integer() && v.get<int64_t>() > 0) : !(v.is_number() && v.get<double>() > 0))
+        return cfg.fail(std::string(key) + "." + k, std::string("must be a positive ") + (rank ? "integer" : "number"));
+      if (rank) rank_pattern.emplace_back(re, v.get<int64_t>());
+      else alpha_pattern.emplace_back(re, v.get<double>());
+    }
+  }
+
+  SHOAL_ASSIGN_OR_RETURN(adapter->file, SafetensorsFile::open(weights_path));
+  const auto base_weights = base ? adaptable(*base) : std::map<std::string, std::pair<int64_t, int64_t>>{};
+  const std::string file = weights_path.string();
+  std::map<std::string, std::pair<const TensorInfo*, const TensorInfo*>> pairs;  // module -> A, B
+  for (const TensorInfo& t : adapter->file->tensors()) {
+    const std::string& n = t.name;
+    const bool a = n.ends_with(kA), b = n.ends_with(kB);
+    if (!n.starts_with(kPrefix) || (!a && !b))
+      return invalid_argument(file + ": tensor '" + n + "' is not base_model.model.<module>.lora_A/lora_B.weight");
+    const std::string module = n.substr(kPrefix.size(), n.size() - kPrefix.size() - kA.size());
+    (a ? pairs[module].first : pairs[module].second) = &t;
+  }
+  if (pairs.empty()) return invalid_argument(file + ": holds no LoRA tensors");
+  for (const auto& [module, ab] : pairs) {
+    const std::string who = file + ": module '" + module + "'";
+    if (!ab.first || !ab.second)
+      return invalid_argument(who + " has " + (ab.first ? "lora_A but no lora_B" : "lora_B but no lora_A"));
+    const auto base_it = base_weights.find(module + ".weight");
+    if (base && base_it == base_weights.end())
+      return invalid_argument(who + " does not exist in the base model as a linear layer LoRA can adapt "
+                              "(the router, norms, embedding and head are not adapted)");
+    if (!targets.matches(module))
+      return invalid_argument(who + " is not in target_modules (" + adapter->targets + ")");
+    const TensorInfo &ta = *ab.first, &tb = *ab.second;
+    for (const TensorInfo* t : {&ta, &tb})
+      if (t->dtype != DType::kF32 && t->dtype != DType::kF16 && t->dtype != DType::kBF16)
+        return invalid_argument(file + ": tensor '" + t->name + "' is " + std::string(dtype_name(t->dtype)) +
+                                "; LoRA weights must be F32, F16 or BF16");
+    // Without a base, the adapter's own B rows and A columns stand for the weight's shape.
+    const auto [out, in] = base ? base_it->second
+                                : std::pair{tb.shape.empty() ? int64_t(0) : tb.shape[0], ta.shape.size() < 2 ? int64_t(0) : ta.shape[1]};
+    const int64_t rank = pattern_value(rank_pattern, module).value_or(adapter->r);
+    const auto want = [](int64_t r0, int64_t r1) { return "[" + std::to_string(r0) + ", " + std::to_string(r1) + "]"; };
+    if (ta.shape != std::vector<int64_t>{rank, in})
+      return invalid_argument(file + ": tensor '" + ta.name + "' is " + ta.shape_string() + ", expected " + want(rank, in) +
+                              " (rank " + std::to_string(rank) + ", the base weight's " + std::to_string(in) + " inputs)");
+    if (tb.shape != std::vector<int64_t>{out, rank})
+      return invalid_argument(file + ": tensor '" + tb.name + "' is " + tb.shape_string() + ", expected " + want(out, rank) +
+                              " (the base weight's " + std::to_string(out) + " outputs, rank " + std::to_string(rank) + ")");
+    LoraModule m;
+    m.module = module;
+    m.a = view(*adapter->file, ta);
+    m.b = view(*adapter->file, tb);
+    m.rank = rank;
+    m.alpha = pattern_value(alpha_pattern, module).value_or(adapter->alpha);
+    m.scale = float(adapter->rslora ? m.alpha / std::sqrt(double(rank)) : m.alpha / double(rank));
+    adapter->modules.emplace(module + ".weight", std::move(m));
+  }
+  return adapter;
+}
+
+}  // namespace shoal

@@ -1,0 +1,258 @@
+// LoRA adapters in PEFT's layout (model/lora.h): the fixtures (tests/fixtures/lora-tiny-v3-a, -b:
+// PEFT-saved adapters of tiny-v3-bf16) load with the modules, ranks and scales their
+// adapter_config.json implies, counted here from the base's tensor table; every bad adapter is
+// refused naming the file and the key or tensor, through the library and `shoal inspect --lora`.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "model/config.h"
+#include "model/lora.h"
+#include "model/safetensors.h"
+#include "model/tensor_names.h"
+#include "support/files.h"
+#include "support/process.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace shoal;
+using shoal::test::TempDir;
+
+namespace {
+
+const fs::path kFixtures = SHOAL_FIXTURES;
+const fs::path kBase = kFixtures / "tiny-v3-bf16";
+
+ModelConfig base_config() {
+  auto c = load_config(kBase);
+  REQUIRE(c.ok());
+  return *c;
+}
+
+json read_json(const fs::path& p) { return json::parse(std::ifstream(p)); }
+
+// A copy of fixture adapter `name` in dir, its config edited.
+void copy_adapter(const std::string& name, const fs::path& dir, const std::function<void(json&)>& edit = {}) {
+  fs::create_directories(dir);
+  fs::copy_file(kFixtures / name / "adapter_model.safetensors", dir / "adapter_model.safetensors");
+  json c = read_json(kFixtures / name / "adapter_config.json");
+  if (edit) edit(c);
+  std::ofstream(dir / "adapter_config.json") << c.dump(2);
+}
+
+// Rewrites dir's adapter_model.safetensors through `edit` on its tensors (names, dtypes, shapes,
+// bytes), keeping the rest.
+void edit_tensors(const fs::path& dir, const std::function<void(std::vector<TensorBlob>&)>& edit) {
+  std::vector<TensorBlob> blobs;
+  {
+    auto f = SafetensorsFile::open(dir / "adapter_model.safetensors");
+    REQUIRE(f.ok());
+    for (const TensorInfo& t : (*f)->tensors()) {
+      const std::byte* d = (*f)->data(t);
+      blobs.push_back({t.name, t.dtype, t.shape, std::vector<std::byte>(d, d + (t.end - t.begin))});
+    }
+  }
+  edit(blobs);
+  std::vector<const TensorBlob*> ptrs;
+  for (const TensorBlob& b : blobs) ptrs.push_back(&b);
+  REQUIRE(write_safetensors(dir / "adapter_model.safetensors", ptrs).ok());
+}
+
+template <class T>
+void expect_error(const StatusOr<T>& r, std::initializer_list<std::string> parts) {
+  REQUIRE_FALSE(r.ok());
+  INFO(r.status().message());
+  for (const std::string& p : parts) CHECK(r.status().message().find(p) != std::string::npos);
+}
+
+// The same refusal through the CLI: a non-zero exit and the message.
+void expect_cli_error(const fs::path& dir, std::initializer_list<std::string> parts) {
+  int status = 0;
+  const std::string out = test::run_command(std::string(SHOAL_BINARY) + " inspect --lora '" + dir.string() +
+                                                "' --model '" + kBase.string() + "' 2>&1",
+                                            &status);
+  INFO(out);
+  CHECK(status != 0);
+  for (const std::string& p : parts) CHECK(out.find(p) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("the PEFT fixtures load with the modules, ranks and scales their configs imply", "[lora]") {
+  const ModelConfig base = base_config();
+  for (const std::string name : {"lora-tiny-v3-a", "lora-tiny-v3-b"}) {
+    INFO(name);
+    const json cfg = read_json(kFixtures / name / "adapter_config.json");
+    auto a = load_lora(kFixtures / name, &base);
+    INFO((a.ok() ? std::string() : a.status().to_string()));
+    REQUIRE(a.ok());
+    // Expected modules: every linear weight of the base whose module ends in a target name.
+    std::vector<std::string> targets = cfg["target_modules"];
+    int64_t want_modules = 0, want_params = 0;
+    const int64_t r = cfg["r"];
+    for (const TensorSpec& t : model_tensors(base, false)) {
+      if (t.shape.size() != 2 || t.unit == Unit::kEmbed || t.unit == Unit::kHead || t.name.ends_with("mlp.gate.weight")) continue;
+      const std::string module = t.name.substr(0, t.name.size() - std::string(".weight").size());
+      for (const std::string& target : targets)
+        if (module.ends_with("." + target)) {
+          ++want_modules;
+          want_params += r * (t.shape[0] + t.shape[1]);
+        }
+    }
+    CHECK(int64_t((*a)->modules.size()) == want_modules);
+    CHECK((*a)->parameters() == want_params);
+    const double alpha = cfg["lora_alpha"];
+    const double scale = cfg["use_rslora"].get<bool>() ? alpha / std::sqrt(double(r)) : alpha / double(r);
+    for (const auto& [weight, m] : (*a)->modules) {
+      CHECK(m.rank == r);
+      CHECK(m.scale == Approx(scale).epsilon(1e-6));
+      CHECK(m.a.rows == r);
+      CHECK(m.b.cols == r);
+    }
+    CHECK((*a)->find("model.layers.1.self_attn.kv_b_proj.weight") != nullptr);  // both adapt kv_b_proj
+    CHECK((*a)->find("model.layers.1.mlp.gate.weight") == nullptr);
+  }
+  // The READMEs' counts: 104 modules (a: every linear) and 12 (b: attention only).
+  auto a = load_lora(kFixtures / "lora-tiny-v3-a", &base);
+  auto b = load_lora(kFixtures / "lora-tiny-v3-b", &base);
+  REQUIRE((a.ok() && b.ok()));
+  CHECK((*a)->modules.size() == 104);
+  CHECK((*b)->modules.size() == 12);
+}
+
+TEST_CASE("rank_pattern, alpha_pattern and a regex target_modules follow PEFT's rules", "[lora]") {
+  const ModelConfig base = base_config();
+  TempDir d;
+  // A regex over whole module names, and layer 1's o_proj with its own alpha.
+  copy_adapter("lora-tiny-v3-b", d.path / "x", [](json& c) {
+    c["target_modules"] = R"(model\.layers\.\d+\.self_attn\.(q_b_proj|kv_b_proj|o_proj))";
+    c["alpha_pattern"] = {{"layers.1.self_attn.o_proj", 10}};
+  });
+  auto a = load_lora(d.path / "x", &base);
+  INFO((a.ok() ? std::string() : a.status().to_string()));
+  REQUIRE(a.ok());
+  CHECK((*a)->find("model.layers.1.self_attn.o_proj.weight")->scale == Approx(10 / std::sqrt(5.0)));
+  CHECK((*a)->find("model.layers.0.self_attn.o_proj.weight")->scale == Approx(7 / std::sqrt(5.0)));
+  // A regex that leaves a module out refuses that module's tensors.
+  copy_adapter("lora-tiny-v3-b", d.path / "y", [](json& c) { c["target_modules"] = R"(.*\.(q_b_proj|o_proj))"; });
+  expect_error(load_lora(d.path / "y", &base), {"kv_b_proj", "not in target_modules"});
+  // rank_pattern naming a rank the tensors do not have: the shape error names both.
+  copy_adapter("lora-tiny-v3-b", d.path / "z", [](json& c) { c["rank_pattern"] = {{"o_proj", 4}}; });
+  expect_error(load_lora(d.path / "z", &base), {"o_proj.lora_A.weight", "expected [4,", "rank 4"});
+}
+
+TEST_CASE("bad adapters are refused naming the file and what is wrong, and the CLI exits non-zero", "[lora][errors]") {
+  const ModelConfig base = base_config();
+  struct Case {
+    std::string what;
+    std::function<void(json&)> config;
+    std::function<void(std::vector<TensorBlob>&)> tensors;
+    std::vector<std::string> says;
+  };
+  const auto drop = [](const std::string& suffix) {
+    return [suffix](std::vector<TensorBlob>& t) {
+      std::erase_if(t, [&](const TensorBlob& b) { return b.name.ends_with(suffix); });
+    };
+  };
+  const std::vector<Case> cases = {
+      {"DoRA", [](json& c) { c["use_dora"] = true; }, {}, {"adapter_config.json", "'use_dora'", "DoRA"}},
+      {"modules_to_save", [](json& c) { c["modules_to_save"] = {"lm_head"}; }, {}, {"'modules_to_save'", "lm_head"}},
+      {"bias", [](json& c) { c["bias"] = "lora_only"; }, {}, {"'bias'", "lora_only"}},
+      {"rank 0", [](json& c) { c["r"] = 0; }, {}, {"'r'", "positive"}},
+      {"negative alpha", [](json& c) { c["lora_alpha"] = -2; }, {}, {"'lora_alpha'", "positive"}},
+      {"not LoRA", [](json& c) { c["peft_type"] = "PREFIX_TUNING"; }, {}, {"'peft_type'", "PREFIX_TUNING"}},
+      {"fan_in_fan_out", [](json& c) { c["fan_in_fan_out"] = true; }, {}, {"'fan_in_fan_out'"}},
+      {"bad regex", [](json& c) { c["target_modules"] = "(unclosed"; }, {}, {"'target_modules'", "regular expression"}},
+      {"no targets", [](json& c) { c.erase("target_modules"); }, {}, {"'target_modules'", "missing"}},
+      {"lora_B missing", {}, drop("layers.0.self_attn.o_proj.lora_B.weight"),
+       {"adapter_model.safetensors", "model.layers.0.self_attn.o_proj", "no lora_B"}},
+      {"a module the base lacks", {},
+       [](std::vector<TensorBlob>& t) {
+         for (TensorBlob& b : t)
+           if (b.name.find("layers.0.self_attn.o_proj") != std::string::npos) b.name.replace(b.name.find("layers.0"), 8, "layers.9");
+       },
+       {"model.layers.9.self_attn.o_proj", "does not exist in the base"}},
+      {"the router adapted", [](json& c) { c["target_modules"].push_back("gate"); },
+       [](std::vector<TensorBlob>& t) {
+         std::vector<TensorBlob> extra;
+         for (const TensorBlob& b : t)
+           if (b.name.find("layers.1.self_attn.o_proj") != std::string::npos) {
+             TensorBlob c = b;
+             c.name.replace(c.name.find("self_attn.o_proj"), 16, "mlp.gate");
+             extra.push_back(c);
+           }
+         t.insert(t.end(), extra.begin(), extra.end());
+       },
+       {"model.layers.1.mlp.gate", "router"}},
+      {"a shape that differs", {},
+       [](std::vector<TensorBlob>& t) {
+         for (TensorBlob& b : t)
+           if (b.name.ends_with("layers.0.self_attn.o_proj.lora_A.weight")) {
+             b.shape[1] /= 2;
+             b.bytes.resize(b.bytes.size() / 2);
+           }
+       },
+       {"layers.0.self_attn.o_proj.lora_A.weight", "expected"}},
+      {"a stray tensor", {},
+       [](std::vector<TensorBlob>& t) { t.push_back({"base_model.model.extra.weight", DType::kF32, {2}, std::vector<std::byte>(8)}); },
+       {"'base_model.model.extra.weight'", "lora_A/lora_B"}},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    TempDir d;
+    copy_adapter("lora-tiny-v3-b", d.path / "a", c.config);
+    if (c.tensors) edit_tensors(d.path / "a", c.tensors);
+    auto r = load_lora(d.path / "a", &base);
+    REQUIRE_FALSE(r.ok());
+    INFO(r.status().message());
+    for (const std::string& s : c.says) CHECK(r.status().message().find(s) != std::string::npos);
+    expect_cli_error(d.path / "a", {c.says.front()});
+  }
+  {  // A pickle alone: never loaded.
+    TempDir d;
+    copy_adapter("lora-tiny-v3-b", d.path / "a");
+    fs::rename(d.path / "a" / "adapter_model.safetensors", d.path / "a" / "adapter_model.bin");
+    expect_error(load_lora(d.path / "a", &base), {"adapter_model.bin", "pickle", "safetensors"});
+    expect_cli_error(d.path / "a", {"adapter_model.bin", "pickle"});
+  }
+  {  // Another base: the first module it lacks is named.
+    auto q = load_config(kFixtures / "tiny-qwen2");
+    REQUIRE(q.ok());
+    expect_error(load_lora(kFixtures / "lora-tiny-v3-b", &*q), {"kv_b_proj", "does not exist in the base"});
+  }
+  {  // A truncated safetensors file: the reader's error, naming the file.
+    TempDir d;
+    copy_adapter("lora-tiny-v3-b", d.path / "a");
+    fs::resize_file(d.path / "a" / "adapter_model.safetensors", 100);
+    expect_error(load_lora(d.path / "a", &base), {"adapter_model.safetensors"});
+  }
+}
+
+TEST_CASE("shoal inspect --lora prints rank, scale, targets and size, checked against --model", "[lora][cli]") {
+  int status = -1;
+  const std::string out = test::run_command(std::string(SHOAL_BINARY) + " inspect --json --lora '" +
+                                                (kFixtures / "lora-tiny-v3-b").string() + "' --model '" + kBase.string() + "'",
+                                            &status);
+  INFO(out);
+  REQUIRE(status == 0);
+  const json j = json::parse(out);
+  CHECK(j["r"] == 5);
+  CHECK(j["use_rslora"] == true);
+  CHECK(j["modules"] == 12);
+  CHECK(j["matches_base"] == true);
+  auto a = load_lora(kFixtures / "lora-tiny-v3-b", nullptr);
+  REQUIRE(a.ok());
+  CHECK(j["parameters"] == (*a)->parameters());
+  CHECK(j["bytes"] == 4 * (*a)->parameters());  // F32
+  // Without a base: the adapter's own facts, no match claimed.
+  const std::string alone = test::run_command(std::string(SHOAL_BINARY) + " inspect --json --lora '" +
+                                                  (kFixtures / "lora-tiny-v3-a").string() + "'",
+                                              &status);
+  REQUIRE(status == 0);
+  CHECK(json::parse(alone)["matches_base"] == false);
+  CHECK(json::parse(alone)["bytes"] == 2 * json::parse(alone)["parameters"].get<int64_t>());  // BF16
+}
