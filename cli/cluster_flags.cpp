@@ -45,6 +45,9 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
   sub->add_flag("--exact", f.exact,
                 "GGUF: dequantize weights exactly against float32 activations (default for GGUF: fast, "
                 "activations quantized per block and integer dot products, as llama.cpp)");
+  sub->add_option("--lora", f.lora,
+                  "A LoRA adapter folder (PEFT: adapter_config.json, adapter_model.safetensors) applied, unmerged in "
+                  "float32, to every sequence (docs/lora.md)");
   sub->add_option("--wire-dtype", f.wire_dtype,
                   "Hidden rows between ranks: f32 (default; the single process's logits bit for bit) or bf16 "
                   "(half the bytes, rounded at each hop; docs/distributed.md gives its measured deviation)")
@@ -80,6 +83,7 @@ StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOp
   o.expert_scatter = f.expert_scatter;
   o.exact = f.exact;
   o.wire_dtype = f.wire_dtype == "bf16" ? wire::WireDtype::kBF16 : wire::WireDtype::kF32;
+  o.lora = f.lora;
   o.step_timeout = ms(f.step_timeout_s);
   o.heartbeat_timeout = ms(f.heartbeat_timeout_s);
   const int modes = int(f.local_nodes > 0) + int(!f.nodes.empty()) + int(under_mpi());

@@ -21,6 +21,7 @@ struct ClusterFlags {
   bool expert_scatter = false;
   bool exact = false;
   std::string wire_dtype = "f32";
+  std::string lora;  // a LoRA adapter folder for every sequence
   double step_timeout_s = 600;
   double heartbeat_timeout_s = 5;
 };

@@ -29,6 +29,9 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
   if (o.exact) c->ck_->set_numerics(kernels::Numerics::kExact);
   if (!c->ck_->has_weights()) return not_found(o.model_dir.string() + ": no *.safetensors weights (only a config)");
   const ModelConfig& cfg = c->ck_->config();
+  if (!o.lora.empty()) {
+    SHOAL_ASSIGN_OR_RETURN(c->lora_, load_lora(o.lora, &cfg));
+  }
   const int world = c->t_->size();
   c->max_seq_len_ = o.max_seq_len > 0 ? o.max_seq_len : std::min(cfg.max_position_embeddings, kDefaultMaxSeqLen);
   if (!o.plan_file.empty()) {
@@ -55,6 +58,7 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
     wo.max_seq_len = c->max_seq_len_;
     wo.attn_impl = o.attn_impl;
     wo.wire_dtype = o.wire_dtype;
+    wo.lora = c->lora_.get();
     SHOAL_ASSIGN_OR_RETURN(c->local_, Worker::load(*c->ck_, c->plan_, 0, wo));
     wire::Loaded& l = c->loaded_[0];
     l.set_ok(true);
@@ -86,6 +90,7 @@ Status Cluster::hello_all() {
     h->set_attn_impl(int32_t(options_.attn_impl));
     h->set_exact_numerics(options_.exact);
     h->set_wire_dtype(int32_t(options_.wire_dtype));
+    if (lora_) h->set_lora_dir(std::filesystem::absolute(options_.lora).string());
     h->set_coordinator_host(host_name());
     SHOAL_RETURN_IF_ERROR(wire::send(*t_, r, wire::kControl, ctl, deadline));
   }

@@ -20,6 +20,7 @@
 #include "comm/wire/wire_io.h"
 #include "coordinator/executor.h"
 #include "model/checkpoint.h"
+#include "model/lora.h"
 #include "model/layers.h"
 
 namespace shoal {
@@ -35,6 +36,7 @@ struct ClusterOptions {
   bool expert_scatter = false;      // default planner: spread experts over the ranks
   bool exact = false;               // GGUF block types: exact numerics (default fast; kernels::Numerics)
   wire::WireDtype wire_dtype = wire::WireDtype::kF32;  // hidden rows between ranks (--wire-dtype)
+  std::filesystem::path lora;       // a LoRA adapter for every sequence (--lora); each rank reads its own modules
   bool coordinator_hosts = true;    // default planner: rank 0 hosts units too
   bool nodes_exit = true;           // at the end, nodes exit (false: TCP nodes wait for the next coordinator)
   std::string build_id;             // sent in the Hello; empty: this build's
@@ -78,6 +80,7 @@ class Cluster : public Executor {
   ClusterOptions options_;
   std::unique_ptr<comm::Transport> t_;
   std::unique_ptr<Checkpoint> ck_;
+  std::unique_ptr<LoraAdapter> lora_;
   cluster::Plan plan_;
   int64_t max_seq_len_ = 0;
   std::vector<wire::Loaded> loaded_;

@@ -18,6 +18,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::open(const std::filesystem::path& dir,
   so.n_slots = opts.n_slots;
   so.max_seq_len = opts.max_seq_len > 0 ? opts.max_seq_len : std::min(c.max_position_embeddings, kDefaultMaxSeqLen);
   so.attn_impl = opts.attn_impl;
+  if (!opts.lora.empty()) {
+    SHOAL_ASSIGN_OR_RETURN(e->lora_, load_lora(opts.lora, &c));
+    so.lora = e->lora_.get();
+  }
   SHOAL_ASSIGN_OR_RETURN(e->stage_, Stage::load(*e->ck_, so));
   return e;
 }

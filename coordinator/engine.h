@@ -19,6 +19,7 @@ struct EngineOptions {
   int64_t max_seq_len = 0;   // 0: max_position_embeddings, capped at kDefaultMaxSeqLen
   AttnImpl attn_impl = AttnImpl::kAuto;
   bool exact = false;  // GGUF block types: exact numerics (default fast; kernels::Numerics)
+  std::filesystem::path lora;  // a LoRA adapter folder applied to every sequence (docs/lora.md); empty: none
 };
 
 inline constexpr int64_t kDefaultMaxSeqLen = 4096;
@@ -41,6 +42,7 @@ class Engine : public Executor {
 
  private:
   std::unique_ptr<Checkpoint> ck_;
+  std::unique_ptr<LoraAdapter> lora_;
   kernels::Matrix embed_;
   HeadWeights head_;
   std::unique_ptr<Stage> stage_;

@@ -29,9 +29,9 @@ void gqa_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
 
   std::vector<float> q(static_cast<size_t>(n * H * hd)), k(static_cast<size_t>(n * KV * hd)),
       v(static_cast<size_t>(n * KV * hd));
-  kernels::linear(q.data(), h, w.wq, n, ctx);
-  kernels::linear(k.data(), h, w.wk, n, ctx);
-  kernels::linear(v.data(), h, w.wv, n, ctx);
+  adapted_linear(q.data(), h, w.wq, w.lora.wq, n, ctx);
+  adapted_linear(k.data(), h, w.wk, w.lora.wk, n, ctx);
+  adapted_linear(v.data(), h, w.wv, w.lora.wv, n, ctx);
   add_bias(q.data(), w.bq, n);
   add_bias(k.data(), w.bk, n);
   add_bias(v.data(), w.bv, n);
@@ -65,7 +65,7 @@ void gqa_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
     p.scale = rt.softmax_scale;
     kernels::attention(p, ctx);
   }
-  kernels::linear(out, o.data(), w.wo, n, ctx);
+  adapted_linear(out, o.data(), w.wo, w.lora.wo, n, ctx);
   add_bias(out, w.bo, n);
 }
 

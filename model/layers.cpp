@@ -12,6 +12,11 @@ namespace {
 
 using kernels::Matrix;
 
+// out += scale * extra, element by element.
+void add_scaled(float* out, const float* extra, float scale, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i] += scale * extra[i];
+}
+
 // Copies a strided [n, width] block out of rows of `stride` floats starting at `offset`.
 void gather_cols(float* dst, const float* src, int64_t n, int64_t stride, int64_t offset, int64_t width) {
   for (int64_t t = 0; t < n; ++t) std::copy_n(src + t * stride + offset, width, dst + t * width);
@@ -25,19 +30,23 @@ void project_q_nope(float* out, const float* q_nope, int64_t m, const AttnWeight
                     const ModelConfig& c, const kernels::Context& ctx) {
   const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim, C = c.kv_lora_rank;
   if (c.mla_split_kv_b) return kernels::linear(out, q_nope, w.wk_b.slice_rows(h * C, C), m, ctx);
-  kernels::linear_t(out, q_nope, w.wkv_b.slice_rows(h * (dn + dv), dn), m, ctx);
+  adapted_linear_t(out, q_nope, w.wkv_b.slice_rows(h * (dn + dv), dn), w.lora.wkv_b.slice_rows(h * (dn + dv), dn), m, ctx);
 }
 // W_uk · latent (the keys' nope part): out[m, dn].
 void expand_k_nope(float* out, const float* latent, int64_t m, const AttnWeights& w, int64_t h,
                    const ModelConfig& c, const kernels::Context& ctx) {
   const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim, C = c.kv_lora_rank;
   if (c.mla_split_kv_b) return kernels::linear_t(out, latent, w.wk_b.slice_rows(h * C, C), m, ctx);
-  kernels::linear(out, latent, w.wkv_b.slice_rows(h * (dn + dv), dn), m, ctx);
+  adapted_linear(out, latent, w.wkv_b.slice_rows(h * (dn + dv), dn), w.lora.wkv_b.slice_rows(h * (dn + dv), dn), m, ctx);
 }
-// W_uv of head h [dv, C].
+// W_uv of head h [dv, C], and its LoRA term.
 Matrix w_uv(const AttnWeights& w, int64_t h, const ModelConfig& c) {
   const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim;
   return c.mla_split_kv_b ? w.wv_b.slice_rows(h * dv, dv) : w.wkv_b.slice_rows(h * (dn + dv) + dn, dv);
+}
+LoraTerm lora_uv(const AttnWeights& w, int64_t h, const ModelConfig& c) {
+  const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim;
+  return c.mla_split_kv_b ? LoraTerm{} : w.lora.wkv_b.slice_rows(h * (dn + dv) + dn, dv);
 }
 
 // Naive attention of one sequence: expand the latents of positions [0, end) with kv_b_proj into
@@ -49,13 +58,13 @@ void attend_naive(float* o, const float* q, const AttnWeights& w, const SeqRange
   const int64_t end = pos[s.count - 1] + 1, kvw = dn + dv;
   std::vector<float> kv_full(static_cast<size_t>(end * H * kvw));  // [end, H, dn + dv]
   if (!c.mla_split_kv_b) {
-    kernels::linear(kv_full.data(), kv.kv, w.wkv_b, end, lc.kernels);
+    adapted_linear(kv_full.data(), kv.kv, w.wkv_b, w.lora.wkv_b, end, lc.kernels);
   } else {
     std::vector<float> part(static_cast<size_t>(end * std::max(dn, dv)));
     for (int64_t h = 0; h < H; ++h) {
       expand_k_nope(part.data(), kv.kv, end, w, h, c, lc.kernels);
       scatter_cols(kv_full.data(), part.data(), end, H * kvw, h * kvw, dn);
-      kernels::linear(part.data(), kv.kv, w_uv(w, h, c), end, lc.kernels);
+      kernels::linear(part.data(), kv.kv, w_uv(w, h, c), end, lc.kernels);  // split kv_b: no LoRA term
       scatter_cols(kv_full.data(), part.data(), end, H * kvw, h * kvw + dn, dv);
     }
   }
@@ -123,7 +132,7 @@ void attend_absorbed(float* o, const float* q, const AttnWeights& w, const Batch
 #pragma omp for schedule(static)
     for (int64_t h = 0; h < H; ++h) {
       gather_cols(a.data(), ctx_lat.data(), m, H * C, h * C, C);
-      kernels::linear(b.data(), a.data(), w_uv(w, h, c), m, lc.kernels);
+      adapted_linear(b.data(), a.data(), w_uv(w, h, c), lora_uv(w, h, c), m, lc.kernels);
       for (int64_t i = 0; i < m; ++i) std::copy_n(b.data() + i * dv, dv, o + rows[size_t(i)] * H * dv + h * dv);
     }
   }
@@ -139,6 +148,26 @@ bool use_naive(const ModelConfig& c, int64_t new_tokens, AttnImpl impl) {
 
 }  // namespace
 
+void adapted_linear(float* out, const float* x, const Matrix& w, const LoraTerm& l, int64_t n,
+                    const kernels::Context& ctx) {
+  kernels::linear(out, x, w, n, ctx);
+  if (!l.active() || n == 0) return;
+  std::vector<float> ax(static_cast<size_t>(n * l.a.rows)), bax(static_cast<size_t>(n * w.rows));
+  kernels::linear(ax.data(), x, l.a, n, ctx);
+  kernels::linear(bax.data(), ax.data(), l.b, n, ctx);
+  add_scaled(out, bax.data(), l.scale, n * w.rows);
+}
+
+void adapted_linear_t(float* out, const float* x, const Matrix& w, const LoraTerm& l, int64_t n,
+                      const kernels::Context& ctx) {
+  kernels::linear_t(out, x, w, n, ctx);
+  if (!l.active() || n == 0) return;
+  std::vector<float> xb(static_cast<size_t>(n * l.b.cols)), xba(static_cast<size_t>(n * w.cols));
+  kernels::linear_t(xb.data(), x, l.b, n, ctx);
+  kernels::linear_t(xba.data(), xb.data(), l.a, n, ctx);
+  add_scaled(out, xba.data(), l.scale, n * w.cols);
+}
+
 void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& batch,
                  const std::vector<SeqKv>& kv, const LayerContext& lc) {
   const ModelConfig& c = *lc.config;
@@ -150,14 +179,14 @@ void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
   std::vector<float> q(static_cast<size_t>(n * H * qw));  // [n, H, dn + dr]
   if (c.q_lora_rank > 0) {
     std::vector<float> qa(static_cast<size_t>(n * c.q_lora_rank));
-    kernels::linear(qa.data(), h, w.wq_a, n, ctx);
+    adapted_linear(qa.data(), h, w.wq_a, w.lora.wq_a, n, ctx);
     kernels::rms_norm(qa.data(), qa.data(), w.q_norm, n, float(c.rms_norm_eps), ctx);
-    kernels::linear(q.data(), qa.data(), w.wq_b, n, ctx);
+    adapted_linear(q.data(), qa.data(), w.wq_b, w.lora.wq_b, n, ctx);
   } else {
-    kernels::linear(q.data(), h, w.wq, n, ctx);
+    adapted_linear(q.data(), h, w.wq, w.lora.wq, n, ctx);
   }
   std::vector<float> kv_a(static_cast<size_t>(n * (C + dr)));  // [n, C + dr]: latent, then k_pe
-  kernels::linear(kv_a.data(), h, w.wkv_a, n, ctx);
+  adapted_linear(kv_a.data(), h, w.wkv_a, w.lora.wkv_a, n, ctx);
   const int32_t* pos = batch.positions.data();
   kernels::rope({q.data() + c.qk_nope_head_dim, pos, lc.rope->inv_freq.data(), n, H, dr, H * qw, qw,
                  lc.rope->attn_factor}, ctx);
@@ -182,16 +211,16 @@ void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
     }
   }
   if (!absorbed.empty()) attend_absorbed(o.data(), q.data(), w, batch, absorbed, kv, lc);
-  kernels::linear(out, o.data(), w.wo, n, ctx);
+  adapted_linear(out, o.data(), w.wo, w.lora.wo, n, ctx);
 }
 
 void mlp_forward(float* out, const float* h, const MlpWeights& w, int64_t n, const kernels::Context& ctx) {
   const int64_t inter = w.gate.rows;
   std::vector<float> g(static_cast<size_t>(n * inter)), u(static_cast<size_t>(n * inter));
-  kernels::linear(g.data(), h, w.gate, n, ctx);
-  kernels::linear(u.data(), h, w.up, n, ctx);
+  adapted_linear(g.data(), h, w.gate, w.lora.gate, n, ctx);
+  adapted_linear(u.data(), h, w.up, w.lora.up, n, ctx);
   kernels::silu_mul(g.data(), g.data(), u.data(), n, inter, ctx);
-  kernels::linear(out, g.data(), w.down, n, ctx);
+  adapted_linear(out, g.data(), w.down, w.lora.down, n, ctx);
 }
 
 void gate_forward(std::vector<int32_t>& indices, std::vector<float>& weights, const float* h,

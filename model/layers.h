@@ -27,6 +27,15 @@ struct LayerContext {
   kernels::Context kernels;
 };
 
+// out[n, w.rows] = x · (W + scale B A)ᵀ: the weight's product, then, when a LoRA term is active,
+// scale * B (A x) added in float32 (unmerged: y = W x + scale * B (A x), row by row, so a row's
+// result does not depend on the others).
+void adapted_linear(float* out, const float* x, const kernels::Matrix& w, const LoraTerm& l, int64_t n,
+                    const kernels::Context& ctx);
+// out[n, w.cols] = x · (W + scale B A) (MLA's absorbed W_UK): x · W, plus scale * ((x · B) · A).
+void adapted_linear_t(float* out, const float* x, const kernels::Matrix& w, const LoraTerm& l, int64_t n,
+                      const kernels::Context& ctx);
+
 // Multi-head latent attention. Writes this batch's latents into the cache rows of each sequence
 // (kv[s] is sequence s's cache for this layer) and attends over positions [0, pos].
 void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& batch,

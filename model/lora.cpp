@@ -107,6 +107,11 @@ const LoraModule* LoraAdapter::find(const std::string& weight_name) const {
   return it == modules.end() ? nullptr : &it->second;
 }
 
+LoraTerm LoraAdapter::term(const std::string& weight_name) const {
+  const LoraModule* m = find(weight_name);
+  return m ? LoraTerm{m->a, m->b, m->scale} : LoraTerm{};
+}
+
 StatusOr<std::unique_ptr<LoraAdapter>> load_lora(const fs::path& dir, const ModelConfig* base) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return not_found("LoRA adapter " + dir.string() + ": not a folder");

@@ -28,6 +28,19 @@ struct LoraModule {
   float scale = 0;     // alpha / rank, or alpha / sqrt(rank) with rsLoRA
 };
 
+// What a layer computes with: y += scale * B (A x) beside a weight (or beside a row slice of it,
+// with B sliced alike). Inactive (no adapter on that weight) when a.data is null.
+struct LoraTerm {
+  kernels::Matrix a, b;
+  float scale = 0;
+  bool active() const { return a.data != nullptr; }
+  LoraTerm slice_rows(int64_t first, int64_t n) const {
+    LoraTerm t = *this;
+    if (active()) t.b = b.slice_rows(first, n);
+    return t;
+  }
+};
+
 struct LoraAdapter {
   std::filesystem::path dir;
   int64_t r = 0;         // the config's default rank (rank_pattern may override it per module)
@@ -41,6 +54,8 @@ struct LoraAdapter {
   uint64_t bytes() const;      // A and B as stored
   // The adapter of the base weight `name`, or nullptr.
   const LoraModule* find(const std::string& weight_name) const;
+  // The term a layer applies for the base weight `name` (inactive when not adapted).
+  LoraTerm term(const std::string& weight_name) const;
 };
 
 // Reads and checks `dir` against `base` (a DeepSeek-V2/V3 or dense distill config; nullptr: the

@@ -5,12 +5,36 @@
 namespace shoal {
 namespace {
 
-StatusOr<MlpWeights> load_mlp(Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t inter) {
+StatusOr<MlpWeights> load_mlp(Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t inter,
+                              const LoraAdapter* lora) {
   MlpWeights m;
   SHOAL_ASSIGN_OR_RETURN(m.gate, ck.matrix(prefix + "gate_proj.weight", inter, dim));
   SHOAL_ASSIGN_OR_RETURN(m.up, ck.matrix(prefix + "up_proj.weight", inter, dim));
   SHOAL_ASSIGN_OR_RETURN(m.down, ck.matrix(prefix + "down_proj.weight", dim, inter));
+  if (lora) {
+    m.lora.gate = lora->term(prefix + "gate_proj.weight");
+    m.lora.up = lora->term(prefix + "up_proj.weight");
+    m.lora.down = lora->term(prefix + "down_proj.weight");
+  }
   return m;
+}
+
+// The adapter's terms on layer i's attention weights. MLA's kv_b_proj kept split (GGUF) has no
+// term yet: an adapter of it is refused by name.
+Status attach_attn_lora(AttnWeights& a, const ModelConfig& c, int64_t i, const LoraAdapter& lora) {
+  auto t = [&](const char* s) { return lora.term(names::layer(i, s)); };
+  a.lora.wq = t("self_attn.q_proj.weight");
+  a.lora.wq_a = t("self_attn.q_a_proj.weight");
+  a.lora.wq_b = t("self_attn.q_b_proj.weight");
+  a.lora.wkv_a = t("self_attn.kv_a_proj_with_mqa.weight");
+  a.lora.wkv_b = t("self_attn.kv_b_proj.weight");
+  a.lora.wo = t("self_attn.o_proj.weight");
+  a.lora.wk = t("self_attn.k_proj.weight");
+  a.lora.wv = t("self_attn.v_proj.weight");
+  if (c.mla_split_kv_b && a.lora.wkv_b.active())
+    return unimplemented(lora.dir.string() + ": adapts " + names::layer(i, "self_attn.kv_b_proj") +
+                         ", which this GGUF base keeps split as attn_k_b/attn_v_b: not supported yet");
+  return {};
 }
 
 StatusOr<std::vector<float>> load_floats(Checkpoint& ck, const std::string& name, int64_t n) {
@@ -71,7 +95,7 @@ StatusOr<AttnWeights> load_attn(Checkpoint& ck, int64_t i) {
 
 }  // namespace
 
-StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter& experts) {
+StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter& experts, const LoraAdapter* lora) {
   const ModelConfig& c = ck.config();
   auto name = [&](const char* s) { return names::layer(i, s); };
   LayerWeights l;
@@ -80,8 +104,11 @@ StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter&
   SHOAL_ASSIGN_OR_RETURN(l.attn_norm, ck.vector(name("input_layernorm.weight"), c.dim));
   SHOAL_ASSIGN_OR_RETURN(l.ffn_norm, ck.vector(name("post_attention_layernorm.weight"), c.dim));
   SHOAL_ASSIGN_OR_RETURN(l.attn, load_attn(ck, i));
+  if (lora) {
+    SHOAL_RETURN_IF_ERROR(attach_attn_lora(l.attn, c, i, *lora));
+  }
   if (!l.moe) {
-    SHOAL_ASSIGN_OR_RETURN(l.mlp, load_mlp(ck, names::layer(i, "mlp."), c.dim, c.inter_dim));
+    SHOAL_ASSIGN_OR_RETURN(l.mlp, load_mlp(ck, names::layer(i, "mlp."), c.dim, c.inter_dim, lora));
     return l;
   }
   SHOAL_ASSIGN_OR_RETURN(l.gate, ck.matrix(name("mlp.gate.weight"), c.n_routed_experts, c.dim));
@@ -90,20 +117,20 @@ StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter&
   }
   if (c.n_shared_experts > 0) {
     SHOAL_ASSIGN_OR_RETURN(l.shared, load_mlp(ck, names::layer(i, "mlp.shared_experts."), c.dim,
-                                              c.n_shared_experts * c.moe_inter_dim));
+                                              c.n_shared_experts * c.moe_inter_dim, lora));
   }
-  SHOAL_RETURN_IF_ERROR(load_routed_experts(ck, i, experts, l.experts));
+  SHOAL_RETURN_IF_ERROR(load_routed_experts(ck, i, experts, l.experts, lora));
   return l;
 }
 
 Status load_routed_experts(Checkpoint& ck, int64_t i, const ExpertFilter& experts,
-                           std::vector<std::optional<MlpWeights>>& out) {
+                           std::vector<std::optional<MlpWeights>>& out, const LoraAdapter* lora) {
   const ModelConfig& c = ck.config();
   out.assign(static_cast<size_t>(c.n_routed_experts), std::nullopt);
   for (int64_t j = 0; j < c.n_routed_experts; ++j) {
     if (!experts.empty() && !experts[size_t(j)]) continue;
     const std::string prefix = names::layer(i, "mlp.experts." + std::to_string(j) + ".");
-    SHOAL_ASSIGN_OR_RETURN(out[size_t(j)], load_mlp(ck, prefix, c.dim, c.moe_inter_dim));
+    SHOAL_ASSIGN_OR_RETURN(out[size_t(j)], load_mlp(ck, prefix, c.dim, c.moe_inter_dim, lora));
   }
   return {};
 }

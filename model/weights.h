@@ -7,6 +7,7 @@
 
 #include "kernels/kernels.h"
 #include "model/checkpoint.h"
+#include "model/lora.h"
 
 namespace shoal {
 
@@ -16,6 +17,9 @@ struct MlpWeights {  // w2(silu(w1 x) * w3 x)
   Matrix gate;       // w1 [inter, dim]
   Matrix up;         // w3 [inter, dim]
   Matrix down;       // w2 [dim, inter]
+  struct {
+    LoraTerm gate, up, down;
+  } lora;            // a LoRA adapter's terms on these weights (model/lora.h), when one is loaded
 };
 
 struct AttnWeights {
@@ -35,6 +39,9 @@ struct AttnWeights {
   // Grouped-query attention (Qwen2, Llama): wq above, then
   Matrix wk, wv;      // [n_kv_heads * head_dim, dim]
   std::vector<float> bq, bk, bv, bo;  // biases when the config has them, else empty
+  struct {
+    LoraTerm wq, wq_a, wq_b, wkv_a, wkv_b, wo, wk, wv;
+  } lora;             // a LoRA adapter's terms on these weights (model/lora.h), when one is loaded
 };
 
 struct LayerWeights {
@@ -55,10 +62,12 @@ using ExpertFilter = std::vector<bool>;
 
 // Layer i: norms, attention, and the dense MLP or router, shared expert and the routed experts
 // the filter selects (empty filter: all).
-StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter& experts);
+// With `lora`, each adapted weight gets its LoRA term.
+StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter& experts,
+                                  const LoraAdapter* lora = nullptr);
 // Only the routed experts of layer i that the filter selects; out has n_routed_experts entries.
 Status load_routed_experts(Checkpoint& ck, int64_t i, const ExpertFilter& experts,
-                           std::vector<std::optional<MlpWeights>>& out);
+                           std::vector<std::optional<MlpWeights>>& out, const LoraAdapter* lora = nullptr);
 StatusOr<Matrix> load_embedding(Checkpoint& ck);
 struct HeadWeights {
   Matrix norm;     // [1, dim]

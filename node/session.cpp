@@ -91,6 +91,13 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   if (hello.wire_dtype() != 0 && hello.wire_dtype() != 1)
     return refuse(me + ": the coordinator asked for wire dtype " + std::to_string(hello.wire_dtype()) + " (0 f32, 1 bf16)");
   wo.wire_dtype = wire::WireDtype(hello.wire_dtype());
+  st.lora.reset();
+  if (!hello.lora_dir().empty()) {
+    auto lora = load_lora(hello.lora_dir(), &st.ck->config());
+    if (!lora.ok()) return refuse(me + " cannot use the LoRA adapter: " + lora.status().to_string());
+    st.lora = std::move(*lora);
+    wo.lora = st.lora.get();
+  }
   st.ck->set_numerics(hello.exact_numerics() ? kernels::Numerics::kExact : st.ck->default_numerics());
   auto worker = Worker::load(*st.ck, *plan, rank, wo);
   if (!worker.ok()) return refuse(me + ": " + worker.status().to_string());

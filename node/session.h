@@ -12,6 +12,7 @@
 
 #include "comm/transport.h"
 #include "model/checkpoint.h"
+#include "model/lora.h"
 
 namespace shoal {
 
@@ -21,6 +22,7 @@ struct NodeState {
   std::filesystem::path model_dir;  // --model of `shoal node`; empty: the Hello's
   std::string build_id;             // this binary's build id (tests may override it)
   std::unique_ptr<Checkpoint> ck;
+  std::unique_ptr<LoraAdapter> lora;  // the session's adapter (Hello.lora_dir), if any
   std::chrono::milliseconds hello_timeout{std::chrono::minutes(10)};
 };
 

@@ -20,7 +20,7 @@ StatusOr<std::unique_ptr<Stage>> Stage::load(Checkpoint& ck, const StageOptions&
                             ") are outside the model's " + std::to_string(c.n_layers) + " layers");
   std::unique_ptr<Stage> s(new Stage(c, o, last - o.first_layer));
   for (int64_t i = o.first_layer; i < last; ++i) {
-    SHOAL_ASSIGN_OR_RETURN(LayerWeights l, load_layer(ck, i, ExpertFilter{}));
+    SHOAL_ASSIGN_OR_RETURN(LayerWeights l, load_layer(ck, i, ExpertFilter{}, o.lora));
     s->layers_.push_back(std::move(l));
   }
   return s;

@@ -80,13 +80,13 @@ StatusOr<std::unique_ptr<Worker>> Worker::load(Checkpoint& ck, const cluster::Pl
     const std::vector<bool> mine = plan.expert_filter(rank, i);
     const bool any_expert = std::find(mine.begin(), mine.end(), true) != mine.end();
     if (plan.attn[size_t(i)] == rank) {
-      SHOAL_ASSIGN_OR_RETURN(LayerWeights l, load_layer(ck, i, mine));
+      SHOAL_ASSIGN_OR_RETURN(LayerWeights l, load_layer(ck, i, mine, o.lora));
       if (any_expert) w->experts_[i] = std::move(l.experts);
       l.experts.clear();
       w->cache_index_[i] = int64_t(w->cache_index_.size());
       w->layers_.emplace(i, std::move(l));
     } else if (any_expert) {
-      SHOAL_RETURN_IF_ERROR(load_routed_experts(ck, i, mine, w->experts_[i]));
+      SHOAL_RETURN_IF_ERROR(load_routed_experts(ck, i, mine, w->experts_[i], o.lora));
     }
   }
   for (const std::string& name : hosted_tensors(ck, plan, rank)) {

@@ -34,6 +34,7 @@ struct WorkerOptions {
   std::chrono::milliseconds peer_timeout{120000};
   // Hidden rows to other ranks (pipeline hops and expert requests/partials).
   wire::WireDtype wire_dtype = wire::WireDtype::kF32;
+  const LoraAdapter* lora = nullptr;  // applied to every sequence (must outlive the worker)
 };
 
 class Worker {

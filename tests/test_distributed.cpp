@@ -211,6 +211,28 @@ TEST_CASE("bf16 on the wire (--wire-dtype) halves the bytes, agrees over transpo
   CHECK(b16["expert_bytes_per_token"].get<double>() > 0.45 * b32["expert_bytes_per_token"].get<double>());
 }
 
+// A LoRA adapter (--lora) over ranks: each rank applies the modules of the units it hosts (a
+// routed expert's adapter with the expert); the same bits as one process.
+TEST_CASE("a LoRA adapter (--lora) gives the same bits over threads, scattered experts, mpirun and TCP nodes", "[distributed][lora][mpi][tcp]") {
+  const std::string env = "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo ";
+  TempDir dir;
+  write_file(dir / "token", "cluster-token-1\n");
+  std::vector<Node> nodes;
+  nodes.push_back(start_node(dir / "token"));
+  nodes.push_back(start_node(dir / "token"));
+  const std::string base = kShoal + " logits --model " + fixture("tiny-v3-bf16") + kIds + " --lora " + fixture("lora-tiny-v3-a");
+  const json want = logits(base);
+  const json plain = logits(kShoal + " logits --model " + fixture("tiny-v3-bf16") + kIds);
+  CHECK(max_diff(want["prompt_logits"], plain["prompt_logits"]) > 0.1);  // the adapter changes the model
+  for (const std::string& cmd : {base + " --local-nodes 3 --expert-scatter",
+                                 base + " --nodes " + node_list(nodes) + " --token-file " + (dir / "token") + " --expert-scatter",
+                                 "timeout 120 env " + env + kMpirun + " -np 3 --mca pml ob1 --mca btl self,vader,tcp " + base +
+                                     " --expert-scatter"}) {
+    INFO(cmd);
+    check_same(want, logits(cmd));
+  }
+}
+
 TEST_CASE("a plan file: one layer's experts on three ranks, the head on the first rank", "[distributed]") {
   TempDir dir;
   for (const std::string name : {"tiny-v3-bf16", "tiny-v3-fp8"}) {

@@ -41,8 +41,9 @@ double worst_excess(const std::vector<float>& got, const json& want, const Toler
   return worst;
 }
 
-// The model at `model` (a fixture folder or a file in one) against the golden of `golden_dir`.
-void check_fixture(const std::string& model, const std::string& golden_dir, AttnImpl impl) {
+// The model at `model` (a fixture folder or a file in one) against the golden of `golden_dir`,
+// with the LoRA adapter fixture `lora` applied when given.
+void check_fixture(const std::string& model, const std::string& golden_dir, AttnImpl impl, const std::string& lora = "") {
   const std::string name = model;
   const std::string dir = std::string(SHOAL_FIXTURES) + "/" + model;
   const json golden = read_json(std::string(SHOAL_FIXTURES) + "/" + golden_dir + "/golden.json");
@@ -54,6 +55,7 @@ void check_fixture(const std::string& model, const std::string& golden_dir, Attn
     eo.n_slots = int64_t(prompts.size());
     eo.attn_impl = impl;
     eo.exact = true;  // GGUF: the golden is the exact function of the dequantized weights
+    if (!lora.empty()) eo.lora = std::string(SHOAL_FIXTURES) + "/" + lora;
     auto engine = Engine::open(dir, eo);
     REQUIRE(engine.ok());
     auto r = generate_greedy(**engine, prompts, steps, true, true);
@@ -105,6 +107,16 @@ TEST_CASE("llama3 fixture (llama3 rope scaling, past original_max_position_embed
 TEST_CASE("dense GGUF files in BF16 match the distills' reference, exact numerics", "[golden][dense][gguf]") {
   check_fixture("gguf-tiny-dense/tiny-qwen2-bf16.gguf", "tiny-qwen2", AttnImpl::kAuto);
   check_fixture("gguf-tiny-dense/tiny-llama3-bf16.gguf", "tiny-llama3", AttnImpl::kAuto);
+}
+
+// LoRA adapters on tiny-v3-bf16 (tests/fixtures/lora-tiny-v3-a: every linear, BF16, r 8;
+// lora-tiny-v3-b: attention only, F32, rsLoRA r 5), applied unmerged in float32, against
+// model.py's logits of the adapted model; kv_b_proj is adapted, so both MLA paths must see it.
+TEST_CASE("LoRA adapters unmerged match the adapted model's reference, absorbed and naive MLA", "[golden][lora]") {
+  for (const std::string lora : {"lora-tiny-v3-a", "lora-tiny-v3-b"}) {
+    check_fixture("tiny-v3-bf16", lora, AttnImpl::kAbsorb, lora);
+    check_fixture("tiny-v3-bf16", lora, AttnImpl::kNaive, lora);
+  }
 }
 
 // GGUF files (tests/fixtures/gguf-a-*, llama-quantize output): exact numerics, the weights
