@@ -48,6 +48,10 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
   sub->add_option("--lora", f.lora,
                   "A LoRA adapter folder (PEFT: adapter_config.json, adapter_model.safetensors) applied, unmerged in "
                   "float32, to every sequence (docs/lora.md)");
+  sub->add_option("--merge-lora", f.merge_lora,
+                  "A LoRA adapter folder folded into float32 copies of the weights it adapts at load (the fastest "
+                  "single-adapter mode; more memory)")
+      ->excludes(sub->get_option("--lora"));
   sub->add_option("--wire-dtype", f.wire_dtype,
                   "Hidden rows between ranks: f32 (default; the single process's logits bit for bit) or bf16 "
                   "(half the bytes, rounded at each hop; docs/distributed.md gives its measured deviation)")
@@ -83,7 +87,8 @@ StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOp
   o.expert_scatter = f.expert_scatter;
   o.exact = f.exact;
   o.wire_dtype = f.wire_dtype == "bf16" ? wire::WireDtype::kBF16 : wire::WireDtype::kF32;
-  o.lora = f.lora;
+  o.lora = f.merge_lora.empty() ? f.lora : f.merge_lora;
+  o.merge_lora = !f.merge_lora.empty();
   o.step_timeout = ms(f.step_timeout_s);
   o.heartbeat_timeout = ms(f.heartbeat_timeout_s);
   const int modes = int(f.local_nodes > 0) + int(!f.nodes.empty()) + int(under_mpi());

@@ -21,7 +21,8 @@ struct ClusterFlags {
   bool expert_scatter = false;
   bool exact = false;
   std::string wire_dtype = "f32";
-  std::string lora;  // a LoRA adapter folder for every sequence
+  std::string lora;        // a LoRA adapter folder for every sequence
+  std::string merge_lora;  // the same, folded into float32 weights at load
   double step_timeout_s = 600;
   double heartbeat_timeout_s = 5;
 };

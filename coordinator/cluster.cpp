@@ -31,6 +31,7 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
   const ModelConfig& cfg = c->ck_->config();
   if (!o.lora.empty()) {
     SHOAL_ASSIGN_OR_RETURN(c->lora_, load_lora(o.lora, &cfg));
+    c->lora_->merge = o.merge_lora;
   }
   const int world = c->t_->size();
   c->max_seq_len_ = o.max_seq_len > 0 ? o.max_seq_len : std::min(cfg.max_position_embeddings, kDefaultMaxSeqLen);
@@ -91,6 +92,7 @@ Status Cluster::hello_all() {
     h->set_exact_numerics(options_.exact);
     h->set_wire_dtype(int32_t(options_.wire_dtype));
     if (lora_) h->set_lora_dir(std::filesystem::absolute(options_.lora).string());
+    h->set_merge_lora(options_.merge_lora);
     h->set_coordinator_host(host_name());
     SHOAL_RETURN_IF_ERROR(wire::send(*t_, r, wire::kControl, ctl, deadline));
   }

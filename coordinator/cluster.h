@@ -37,6 +37,7 @@ struct ClusterOptions {
   bool exact = false;               // GGUF block types: exact numerics (default fast; kernels::Numerics)
   wire::WireDtype wire_dtype = wire::WireDtype::kF32;  // hidden rows between ranks (--wire-dtype)
   std::filesystem::path lora;       // a LoRA adapter for every sequence (--lora); each rank reads its own modules
+  bool merge_lora = false;          // --merge-lora: folded into float32 copies of the weights at load
   bool coordinator_hosts = true;    // default planner: rank 0 hosts units too
   bool nodes_exit = true;           // at the end, nodes exit (false: TCP nodes wait for the next coordinator)
   std::string build_id;             // sent in the Hello; empty: this build's

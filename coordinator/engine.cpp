@@ -20,6 +20,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::open(const std::filesystem::path& dir,
   so.attn_impl = opts.attn_impl;
   if (!opts.lora.empty()) {
     SHOAL_ASSIGN_OR_RETURN(e->lora_, load_lora(opts.lora, &c));
+    e->lora_->merge = opts.merge_lora;
     so.lora = e->lora_.get();
   }
   SHOAL_ASSIGN_OR_RETURN(e->stage_, Stage::load(*e->ck_, so));

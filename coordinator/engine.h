@@ -20,6 +20,7 @@ struct EngineOptions {
   AttnImpl attn_impl = AttnImpl::kAuto;
   bool exact = false;  // GGUF block types: exact numerics (default fast; kernels::Numerics)
   std::filesystem::path lora;  // a LoRA adapter folder applied to every sequence (docs/lora.md); empty: none
+  bool merge_lora = false;     // fold it into float32 copies of the weights instead
 };
 
 inline constexpr int64_t kDefaultMaxSeqLen = 4096;

@@ -107,6 +107,29 @@ const LoraModule* LoraAdapter::find(const std::string& weight_name) const {
   return it == modules.end() ? nullptr : &it->second;
 }
 
+kernels::Matrix merge_lora(const kernels::Matrix& w, const LoraTerm& t, std::vector<float>& storage) {
+  const int64_t rows = w.rows, cols = w.cols, r = t.a.rows;
+  storage.resize(static_cast<size_t>(rows * cols));
+  std::vector<float> a(static_cast<size_t>(r * cols)), b(static_cast<size_t>(r));
+  for (int64_t k = 0; k < r; ++k) kernels::dequantize_row(a.data() + k * cols, t.a, k);
+  std::vector<double> ba(static_cast<size_t>(cols));
+  for (int64_t i = 0; i < rows; ++i) {
+    kernels::dequantize_row(b.data(), t.b, i);
+    std::fill(ba.begin(), ba.end(), 0.0);
+    for (int64_t k = 0; k < r; ++k)
+      for (int64_t c = 0; c < cols; ++c) ba[size_t(c)] += double(b[size_t(k)]) * double(a[size_t(k * cols + c)]);
+    float* row = storage.data() + i * cols;
+    kernels::dequantize_row(row, w, i);
+    for (int64_t c = 0; c < cols; ++c) row[c] = float(double(row[c]) + double(t.scale) * ba[size_t(c)]);
+  }
+  kernels::Matrix m;
+  m.data = storage.data();
+  m.dtype = DType::kF32;
+  m.rows = rows;
+  m.cols = cols;
+  return m;
+}
+
 LoraTerm LoraAdapter::term(const std::string& weight_name) const {
   const LoraModule* m = find(weight_name);
   return m ? LoraTerm{m->a, m->b, m->scale} : LoraTerm{};

@@ -48,6 +48,7 @@ struct LoraAdapter {
   bool rslora = false;
   std::string targets;   // target_modules as given: "a, b, c" or the regex
   std::map<std::string, LoraModule> modules;  // by the base weight's name (<module>.weight)
+  bool merge = false;    // --merge-lora: folded into float32 copies of the weights at load
   std::unique_ptr<SafetensorsFile> file;
 
   int64_t parameters() const;  // A and B elements
@@ -57,6 +58,10 @@ struct LoraAdapter {
   // The term a layer applies for the base weight `name` (inactive when not adapted).
   LoraTerm term(const std::string& weight_name) const;
 };
+
+// W + scale * B A as float32 [w.rows, w.cols] into `storage` (B A summed in double, then added to
+// the stored weight read as float32, rounded once), and the float32 view of it.
+kernels::Matrix merge_lora(const kernels::Matrix& w, const LoraTerm& t, std::vector<float>& storage);
 
 // Reads and checks `dir` against `base` (a DeepSeek-V2/V3 or dense distill config; nullptr: the
 // adapter alone, its A and B consistent with each other and the config). Errors name the file and

@@ -5,6 +5,15 @@
 namespace shoal {
 namespace {
 
+// With --merge-lora, an adapted weight becomes a float32 copy with the adapter folded in (owned
+// by `merged`) and has no term left; otherwise the term stays, applied unmerged.
+void fold(Matrix& w, LoraTerm& term, const LoraAdapter& lora, std::vector<std::shared_ptr<std::vector<float>>>& merged) {
+  if (!lora.merge || !term.active()) return;
+  merged.push_back(std::make_shared<std::vector<float>>());
+  w = merge_lora(w, term, *merged.back());
+  term = {};
+}
+
 StatusOr<MlpWeights> load_mlp(Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t inter,
                               const LoraAdapter* lora) {
   MlpWeights m;
@@ -15,6 +24,9 @@ StatusOr<MlpWeights> load_mlp(Checkpoint& ck, const std::string& prefix, int64_t
     m.lora.gate = lora->term(prefix + "gate_proj.weight");
     m.lora.up = lora->term(prefix + "up_proj.weight");
     m.lora.down = lora->term(prefix + "down_proj.weight");
+    fold(m.gate, m.lora.gate, *lora, m.merged);
+    fold(m.up, m.lora.up, *lora, m.merged);
+    fold(m.down, m.lora.down, *lora, m.merged);
   }
   return m;
 }
@@ -34,6 +46,14 @@ Status attach_attn_lora(AttnWeights& a, const ModelConfig& c, int64_t i, const L
   if (c.mla_split_kv_b && a.lora.wkv_b.active())
     return unimplemented(lora.dir.string() + ": adapts " + names::layer(i, "self_attn.kv_b_proj") +
                          ", which this GGUF base keeps split as attn_k_b/attn_v_b: not supported yet");
+  fold(a.wq, a.lora.wq, lora, a.merged);
+  fold(a.wq_a, a.lora.wq_a, lora, a.merged);
+  fold(a.wq_b, a.lora.wq_b, lora, a.merged);
+  fold(a.wkv_a, a.lora.wkv_a, lora, a.merged);
+  fold(a.wkv_b, a.lora.wkv_b, lora, a.merged);
+  fold(a.wo, a.lora.wo, lora, a.merged);
+  fold(a.wk, a.lora.wk, lora, a.merged);
+  fold(a.wv, a.lora.wv, lora, a.merged);
   return {};
 }
 

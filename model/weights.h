@@ -20,6 +20,7 @@ struct MlpWeights {  // w2(silu(w1 x) * w3 x)
   struct {
     LoraTerm gate, up, down;
   } lora;            // a LoRA adapter's terms on these weights (model/lora.h), when one is loaded
+  std::vector<std::shared_ptr<std::vector<float>>> merged;  // float32 weights an adapter was merged into
 };
 
 struct AttnWeights {
@@ -42,6 +43,7 @@ struct AttnWeights {
   struct {
     LoraTerm wq, wq_a, wq_b, wkv_a, wkv_b, wo, wk, wv;
   } lora;             // a LoRA adapter's terms on these weights (model/lora.h), when one is loaded
+  std::vector<std::shared_ptr<std::vector<float>>> merged;  // float32 weights an adapter was merged into
 };
 
 struct LayerWeights {

@@ -96,6 +96,7 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
     auto lora = load_lora(hello.lora_dir(), &st.ck->config());
     if (!lora.ok()) return refuse(me + " cannot use the LoRA adapter: " + lora.status().to_string());
     st.lora = std::move(*lora);
+    st.lora->merge = hello.merge_lora();
     wo.lora = st.lora.get();
   }
   st.ck->set_numerics(hello.exact_numerics() ? kernels::Numerics::kExact : st.ck->default_numerics());

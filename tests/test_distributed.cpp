@@ -224,6 +224,11 @@ TEST_CASE("a LoRA adapter (--lora) gives the same bits over threads, scattered e
   const json want = logits(base);
   const json plain = logits(kShoal + " logits --model " + fixture("tiny-v3-bf16") + kIds);
   CHECK(max_diff(want["prompt_logits"], plain["prompt_logits"]) > 0.1);  // the adapter changes the model
+  // Merged: the same model within the golden tolerance, its own bits on every placement.
+  const std::string merged = kShoal + " logits --model " + fixture("tiny-v3-bf16") + kIds + " --merge-lora " + fixture("lora-tiny-v3-a");
+  const json want_merged = logits(merged);
+  CHECK(max_diff(want["prompt_logits"], want_merged["prompt_logits"]) < 1e-4);
+  check_same(want_merged, logits(merged + " --local-nodes 3 --expert-scatter"));
   for (const std::string& cmd : {base + " --local-nodes 3 --expert-scatter",
                                  base + " --nodes " + node_list(nodes) + " --token-file " + (dir / "token") + " --expert-scatter",
                                  "timeout 120 env " + env + kMpirun + " -np 3 --mca pml ob1 --mca btl self,vader,tcp " + base +

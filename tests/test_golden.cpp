@@ -43,7 +43,8 @@ double worst_excess(const std::vector<float>& got, const json& want, const Toler
 
 // The model at `model` (a fixture folder or a file in one) against the golden of `golden_dir`,
 // with the LoRA adapter fixture `lora` applied when given.
-void check_fixture(const std::string& model, const std::string& golden_dir, AttnImpl impl, const std::string& lora = "") {
+void check_fixture(const std::string& model, const std::string& golden_dir, AttnImpl impl, const std::string& lora = "",
+                   bool merge_lora = false) {
   const std::string name = model;
   const std::string dir = std::string(SHOAL_FIXTURES) + "/" + model;
   const json golden = read_json(std::string(SHOAL_FIXTURES) + "/" + golden_dir + "/golden.json");
@@ -56,6 +57,7 @@ void check_fixture(const std::string& model, const std::string& golden_dir, Attn
     eo.attn_impl = impl;
     eo.exact = true;  // GGUF: the golden is the exact function of the dequantized weights
     if (!lora.empty()) eo.lora = std::string(SHOAL_FIXTURES) + "/" + lora;
+    eo.merge_lora = merge_lora;
     auto engine = Engine::open(dir, eo);
     REQUIRE(engine.ok());
     auto r = generate_greedy(**engine, prompts, steps, true, true);
@@ -116,6 +118,12 @@ TEST_CASE("LoRA adapters unmerged match the adapted model's reference, absorbed 
   for (const std::string lora : {"lora-tiny-v3-a", "lora-tiny-v3-b"}) {
     check_fixture("tiny-v3-bf16", lora, AttnImpl::kAbsorb, lora);
     check_fixture("tiny-v3-bf16", lora, AttnImpl::kNaive, lora);
+  }
+}
+TEST_CASE("LoRA adapters merged into float32 weights match the adapted model's reference", "[golden][lora]") {
+  for (const std::string lora : {"lora-tiny-v3-a", "lora-tiny-v3-b"}) {
+    check_fixture("tiny-v3-bf16", lora, AttnImpl::kAbsorb, lora, /*merge_lora=*/true);
+    check_fixture("tiny-v3-bf16", lora, AttnImpl::kNaive, lora, /*merge_lora=*/true);
   }
 }
 
