@@ -93,6 +93,10 @@ Status Cluster::hello_all() {
     h->set_wire_dtype(int32_t(options_.wire_dtype));
     if (lora_) h->set_lora_dir(std::filesystem::absolute(options_.lora).string());
     h->set_merge_lora(options_.merge_lora);
+    if (lora_) {
+      SHOAL_ASSIGN_OR_RETURN(std::string lfp, lora_fingerprint(*lora_, hosted_tensors(*ck_, plan_, r)));
+      h->set_lora_fingerprint(lfp);
+    }
     h->set_coordinator_host(host_name());
     SHOAL_RETURN_IF_ERROR(wire::send(*t_, r, wire::kControl, ctl, deadline));
   }

@@ -97,6 +97,12 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
     if (!lora.ok()) return refuse(me + " cannot use the LoRA adapter: " + lora.status().to_string());
     st.lora = std::move(*lora);
     st.lora->merge = hello.merge_lora();
+    auto lfp = lora_fingerprint(*st.lora, names);
+    if (!lfp.ok()) return refuse(me + ": " + lfp.status().to_string());
+    if (*lfp != hello.lora_fingerprint())
+      return refuse("the LoRA adapters differ: " + me + " has " + hello.lora_dir() + " (fingerprint " + lfp->substr(0, 16) +
+                    "), the coordinator (" + hello.coordinator_host() + ") has fingerprint " +
+                    hello.lora_fingerprint().substr(0, 16));
     wo.lora = st.lora.get();
   }
   st.ck->set_numerics(hello.exact_numerics() ? kernels::Numerics::kExact : st.ck->default_numerics());

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <sstream>
 
@@ -24,6 +25,23 @@ bool hosts(const cluster::Plan& plan, const TensorSpec& t, int rank) {
   return false;
 }
 
+// SHA-256 over what `feed` adds, as hex.
+StatusOr<std::string> sha256_hex(const std::function<void(const std::function<void(const void*, size_t)>&)>& feed) {
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> md(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (!md || EVP_DigestInit_ex(md.get(), EVP_sha256(), nullptr) != 1) return internal_error("SHA-256 is unavailable");
+  feed([&](const void* p, size_t n) { EVP_DigestUpdate(md.get(), p, n); });
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(md.get(), digest, &len);
+  std::string hex;
+  char buf[3];
+  for (unsigned int i = 0; i < len; ++i) {
+    std::snprintf(buf, sizeof buf, "%02x", digest[i]);
+    hex += buf;
+  }
+  return hex;
+}
+
 }  // namespace
 
 std::vector<std::string> hosted_tensors(Checkpoint& ck, const cluster::Plan& plan, int rank) {
@@ -40,30 +58,41 @@ std::vector<std::string> hosted_tensors(Checkpoint& ck, const cluster::Plan& pla
 }
 
 StatusOr<std::string> weights_fingerprint(Checkpoint& ck, const std::vector<std::string>& names) {
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> md(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  if (!md || EVP_DigestInit_ex(md.get(), EVP_sha256(), nullptr) != 1) return internal_error("SHA-256 is unavailable");
-  auto add = [&](const void* p, size_t n) { EVP_DigestUpdate(md.get(), p, n); };
   constexpr uint64_t kSample = 4096;
+  std::vector<TensorRef> refs;
   for (const std::string& name : names) {
     SHOAL_ASSIGN_OR_RETURN(TensorRef t, ck.tensor(name));
-    const uint64_t bytes = t.info->end - t.info->begin;
-    std::ostringstream meta;
-    meta << name << '|' << dtype_name(t.info->dtype) << '|' << t.info->shape_string() << '|' << bytes << '\n';
-    const std::string m = meta.str();
-    add(m.data(), m.size());
-    add(t.data, size_t(std::min(bytes, kSample)));
-    if (bytes > kSample) add(t.data + (bytes - kSample), size_t(kSample));
+    refs.push_back(t);
   }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(md.get(), digest, &len);
-  std::string hex;
-  char buf[3];
-  for (unsigned int i = 0; i < len; ++i) {
-    std::snprintf(buf, sizeof buf, "%02x", digest[i]);
-    hex += buf;
-  }
-  return hex;
+  return sha256_hex([&](const auto& add) {
+    for (size_t i = 0; i < refs.size(); ++i) {
+      const TensorRef& t = refs[i];
+      const uint64_t bytes = t.info->end - t.info->begin;
+      std::ostringstream meta;
+      meta << names[i] << '|' << dtype_name(t.info->dtype) << '|' << t.info->shape_string() << '|' << bytes << '\n';
+      const std::string m = meta.str();
+      add(m.data(), m.size());
+      add(t.data, size_t(std::min(bytes, kSample)));
+      if (bytes > kSample) add(t.data + (bytes - kSample), size_t(kSample));
+    }
+  });
+}
+
+StatusOr<std::string> lora_fingerprint(const LoraAdapter& lora, const std::vector<std::string>& names) {
+  return sha256_hex([&](const auto& add) {
+    const std::string mode = lora.merge ? "merged\n" : "unmerged\n";
+    add(mode.data(), mode.size());
+    for (const std::string& name : names) {
+      const LoraModule* m = lora.find(name);
+      if (!m) continue;
+      std::ostringstream meta;
+      meta << name << '|' << m->rank << '|' << m->scale << '|' << dtype_name(m->a.dtype) << '|' << dtype_name(m->b.dtype) << '\n';
+      const std::string s = meta.str();
+      add(s.data(), s.size());
+      add(m->a.data, size_t(m->a.rows * m->a.cols * dtype_info(m->a.dtype).bytes));
+      add(m->b.data, size_t(m->b.rows * m->b.cols * dtype_info(m->b.dtype).bytes));
+    }
+  });
 }
 
 int64_t resident_bytes() {

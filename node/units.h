@@ -8,6 +8,7 @@
 
 #include "cluster/plan.h"
 #include "model/checkpoint.h"
+#include "model/lora.h"
 
 namespace shoal {
 
@@ -17,6 +18,10 @@ std::vector<std::string> hosted_tensors(Checkpoint& ck, const cluster::Plan& pla
 // SHA-256 (hex) over each tensor's name, dtype, shape and byte size and its first and last
 // 4 KiB: two checkpoints that differ in any of these, or in seeded random data, differ here.
 StatusOr<std::string> weights_fingerprint(Checkpoint& ck, const std::vector<std::string>& names);
+
+// SHA-256 (hex) of the adapter's terms on the weights `names` (module, scale, A and B whole) and
+// whether it is merged: two ranks with another adapter, or another copy of it, differ here.
+StatusOr<std::string> lora_fingerprint(const LoraAdapter& lora, const std::vector<std::string>& names);
 
 // Resident memory of this process (VmRSS), and the part of it that maps files whose name ends
 // in ".safetensors" (summed Rss of those mappings in /proc/self/smaps). 0 when unreadable.
