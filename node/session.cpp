@@ -93,16 +93,17 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   wo.wire_dtype = wire::WireDtype(hello.wire_dtype());
   st.lora.reset();
   if (!hello.lora_dir().empty()) {
-    auto lora = load_lora(hello.lora_dir(), &st.ck->config());
+    const std::filesystem::path lora_dir = st.lora_dir.empty() ? std::filesystem::path(hello.lora_dir()) : st.lora_dir;
+    auto lora = load_lora(lora_dir, &st.ck->config());
     if (!lora.ok()) return refuse(me + " cannot use the LoRA adapter: " + lora.status().to_string());
     st.lora = std::move(*lora);
     st.lora->merge = hello.merge_lora();
     auto lfp = lora_fingerprint(*st.lora, names);
     if (!lfp.ok()) return refuse(me + ": " + lfp.status().to_string());
     if (*lfp != hello.lora_fingerprint())
-      return refuse("the LoRA adapters differ: " + me + " has " + hello.lora_dir() + " (fingerprint " + lfp->substr(0, 16) +
-                    "), the coordinator (" + hello.coordinator_host() + ") has fingerprint " +
-                    hello.lora_fingerprint().substr(0, 16));
+      return refuse("the LoRA adapters differ: " + me + " has " + lora_dir.string() + " (fingerprint " +
+                    lfp->substr(0, 16) + "), the coordinator (" + hello.coordinator_host() + ") has " +
+                    hello.lora_dir() + " (fingerprint " + hello.lora_fingerprint().substr(0, 16) + ")");
     wo.lora = st.lora.get();
   }
   st.ck->set_numerics(hello.exact_numerics() ? kernels::Numerics::kExact : st.ck->default_numerics());

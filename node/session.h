@@ -20,6 +20,7 @@ namespace shoal {
 // units it did not host before: their pages stay mapped), and how it was started.
 struct NodeState {
   std::filesystem::path model_dir;  // --model of `shoal node`; empty: the Hello's
+  std::filesystem::path lora_dir;   // --lora of `shoal node`: its copy of the adapter; empty: the Hello's path
   std::string build_id;             // this binary's build id (tests may override it)
   std::unique_ptr<Checkpoint> ck;
   std::unique_ptr<LoraAdapter> lora;  // the session's adapter (Hello.lora_dir), if any

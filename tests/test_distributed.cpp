@@ -236,6 +236,13 @@ TEST_CASE("a LoRA adapter (--lora) gives the same bits over threads, scattered e
     INFO(cmd);
     check_same(want, logits(cmd));
   }
+  // A node whose copy of the adapter is another adapter: refused, naming both paths.
+  Node other = start_node(dir / "token", "--lora " + fixture("lora-tiny-v3-b"));
+  int status = 0;
+  const std::string err = run_command(base + " --nodes " + other.address() + " --token-file " + (dir / "token") + " 2>&1", &status);
+  CHECK(status != 0);
+  CHECK_THAT(err, Catch::Contains("LoRA adapters differ") && Catch::Contains("lora-tiny-v3-b") &&
+                      Catch::Contains("lora-tiny-v3-a"));
 }
 
 TEST_CASE("a plan file: one layer's experts on three ranks, the head on the first rank", "[distributed]") {
