@@ -23,7 +23,7 @@ using namespace shoal::cluster;
 constexpr int kDoesNotFit = 3;
 
 struct Options {
-  std::string model, cluster, hostfile, out, weights, quant, kv_dtype = "f32", wire_dtype = "f32", gpus_gib,
+  std::string model, cluster, hostfile, out, weights, quant, kv_dtype = "f32", wire_dtype = "f32", lora, gpus_gib,
       gpu_kind = "gpu";
   bool slurm = false, json = false, gpu_only = false, expert_scatter = false;
   int local_nodes = 0;
@@ -202,6 +202,15 @@ int plan(const Options& o) {
       }
     }
   }
+  if (!o.lora.empty()) {  // the adapter's A and B on the ranks that hold its modules (unmerged)
+    auto lora = load_lora(o.lora, &*config);
+    if (!lora.ok()) return fail(lora.status());
+    UnitBytes b = stored ? *stored : unit_bytes_in(*config, fo.weights);
+    add_lora_bytes(b, **lora);
+    stored = std::move(b);
+    notes.push_back("--lora " + o.lora + ": " + std::to_string((*lora)->modules.size()) + " modules, " +
+                    std::to_string((*lora)->bytes()) + " bytes of A and B on the units that hold them");
+  }
   auto spec = read_cluster(o, notes);
   if (!spec.ok()) return fail(spec.status());
   auto r = fit_plan(*config, *spec, fo, stored ? &*stored : nullptr);
@@ -256,6 +265,7 @@ void add_plan(CLI::App& app, int& rc) {
   sub->add_option("--context", o->context, "KV cache positions per sequence")->check(CLI::PositiveNumber);
   sub->add_option("--concurrency", o->concurrency, "Sequences with a KV cache each")->check(CLI::PositiveNumber);
   sub->add_option("--kv-dtype", o->kv_dtype, "KV cache dtype: f32 (as the runtime stores it) or bf16");
+  sub->add_option("--lora", o->lora, "A LoRA adapter folder: its A and B counted on the ranks that hold its modules");
   sub->add_option("--wire-dtype", o->wire_dtype, "Hidden rows between ranks: f32 (default) or bf16 (as `--wire-dtype` of the runtime)");
   sub->add_flag("--json", o->json, "Print one JSON object instead of text");
   sub->add_option("--out", o->out, "Write the plan file (the one --plan takes) when it fits");

@@ -362,6 +362,20 @@ UnitBytes unit_bytes_for(const ModelConfig& c, bool fp8) {
   return b;
 }
 
+void add_lora_bytes(UnitBytes& bytes, const LoraAdapter& lora) {
+  for (const auto& [name, m] : lora.modules) {
+    const uint64_t b = uint64_t(m.a.rows * m.a.cols) * uint64_t(dtype_info(m.a.dtype).bytes) +
+                       uint64_t(m.b.rows * m.b.cols) * uint64_t(dtype_info(m.b.dtype).bytes);
+    long long layer = -1, expert = -1;
+    if (std::sscanf(name.c_str(), "model.layers.%lld.mlp.experts.%lld.", &layer, &expert) == 2 && layer >= 0 &&
+        size_t(layer) < bytes.experts.size() && expert >= 0 && size_t(expert) < bytes.experts[size_t(layer)].size()) {
+      bytes.experts[size_t(layer)][size_t(expert)] += int64_t(b);
+    } else if (std::sscanf(name.c_str(), "model.layers.%lld.", &layer) == 1 && layer >= 0 && size_t(layer) < bytes.attn.size()) {
+      bytes.attn[size_t(layer)] += int64_t(b);
+    }
+  }
+}
+
 int64_t rank_weight_bytes(const Plan& plan, const UnitBytes& bytes, int rank) {
   SHOAL_CHECK_EQ(plan.attn.size(), bytes.attn.size());
   SHOAL_CHECK_EQ(plan.experts.size(), bytes.experts.size());

@@ -17,6 +17,7 @@
 
 #include "common/status.h"
 #include "model/config.h"
+#include "model/lora.h"
 
 namespace shoal {
 class Checkpoint;
@@ -58,6 +59,9 @@ StatusOr<UnitBytes> unit_bytes(Checkpoint& ck);
 // the router's e_score_correction_bias F32; everything else BF16. Equals unit_bytes() of a
 // synthesized checkpoint of that config.
 UnitBytes unit_bytes_for(const ModelConfig& c, bool fp8);
+// Adds a LoRA adapter's A and B (as stored) to the units that hold its modules: a routed expert's
+// to that expert, every other module's to its layer's attention unit.
+void add_lora_bytes(UnitBytes& bytes, const LoraAdapter& lora);
 // Weight bytes `rank` hosts under `plan`.
 int64_t rank_weight_bytes(const Plan& plan, const UnitBytes& bytes, int rank);
 

@@ -256,3 +256,27 @@ TEST_CASE("shoal inspect --lora prints rank, scale, targets and size, checked ag
   CHECK(json::parse(alone)["matches_base"] == false);
   CHECK(json::parse(alone)["bytes"] == 2 * json::parse(alone)["parameters"].get<int64_t>());  // BF16
 }
+
+TEST_CASE("shoal plan --lora counts the adapter's bytes on the ranks that hold its modules", "[lora][plan]") {
+  auto plan = [](const std::string& extra) {
+    int status = -1;
+    const std::string out = test::run_command(std::string(SHOAL_BINARY) + " plan --model '" + kBase.string() +
+                                                  "' --local-nodes 2 --ram-bandwidth-gbs 10 --expert-scatter --json " + extra,
+                                              &status);
+    INFO(out);
+    REQUIRE(status == 0);
+    return json::parse(out);
+  };
+  const json base = plan(""), with = plan("--lora '" + (kFixtures / "lora-tiny-v3-a").string() + "'");
+  const ModelConfig c = base_config();
+  auto a = load_lora(kFixtures / "lora-tiny-v3-a", &c);
+  REQUIRE(a.ok());
+  CHECK(with["weight_bytes"].get<int64_t>() - base["weight_bytes"].get<int64_t>() == int64_t((*a)->bytes()));
+  int64_t added = 0;
+  for (size_t r = 0; r < base["ranks"].size(); ++r) {
+    const int64_t d = with["ranks"][r]["weight_bytes"].get<int64_t>() - base["ranks"][r]["weight_bytes"].get<int64_t>();
+    CHECK(d > 0);  // every rank holds adapted modules (attention and scattered experts)
+    added += d;
+  }
+  CHECK(added == int64_t((*a)->bytes()));
+}
