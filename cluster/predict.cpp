@@ -73,12 +73,7 @@ LayerCost layer_cost(const Model& m, int64_t i, double b, Memories& mem) {
     const double E = double(c.n_routed_experts), k = double(c.n_activated_experts);
     const double used = 1 - std::pow(1 - k / E, b);  // an expert's chance of serving a step of b tokens
     std::map<int, double> dev, host, count;
-    std::map<int, std::vector<bool>> owned;
-    for (size_t e = 0; e < owners.size(); ++e) {
-      std::vector<bool>& mine = owned[owners[e]];
-      mine.resize(owners.size(), false);
-      mine[e] = true;
-    }
+    const std::map<int, std::vector<CombineNode>> nodes = maximal_nodes_by_owner(owners);
     for (size_t e = 0; e < owners.size(); ++e) {
       const double n = double(m.bytes.experts[size_t(i)][e]) * used;
       (m.r.expert_on_host[size_t(i)][e] ? host : dev)[owners[e]] += n;
@@ -95,7 +90,7 @@ LayerCost layer_cost(const Model& m, int64_t i, double b, Memories& mem) {
         // per maximal combine node of its experts that the token reaches (model/expert_combine.h).
         const double reach = reach_probability(c, n);
         double partials = 0;
-        for (const CombineNode& node : maximal_nodes(owned[q])) partials += reach_probability(c, double(node.size));
+        for (const CombineNode& node : nodes.at(q)) partials += reach_probability(c, double(node.size));
         const double per_token = (reach + partials) * m.hop_bytes;
         out.expert_bytes += per_token;
         link = m.message(a, q, b * reach * m.hop_bytes) + m.message(q, a, b * partials * m.hop_bytes);

@@ -70,14 +70,31 @@ void combine_sum(float* out, CombineNode node, std::span<const CombineTerm> term
 
 namespace shoal {
 
-std::vector<CombineNode> node_partials(float* out, std::span<const CombineNode> nodes, std::span<const int32_t> ids,
-                                       const float* leaves, int64_t dim) {
+std::map<int, std::vector<CombineNode>> maximal_nodes_by_owner(const std::vector<int>& owner) {
+  std::map<int, std::vector<bool>> mine;
+  for (size_t e = 0; e < owner.size(); ++e) {
+    std::vector<bool>& m = mine[owner[e]];
+    m.resize(owner.size(), false);
+    m[e] = true;
+  }
+  std::map<int, std::vector<CombineNode>> out;
+  for (const auto& [rank, m] : mine) out[rank] = maximal_nodes(m);
+  return out;
+}
+
+std::vector<CombineNode> weighted_partials(float* out, std::span<const CombineNode> nodes, std::span<const int32_t> ids,
+                                           std::span<const float* const> outputs, std::span<const float> weights,
+                                           int64_t dim) {
+  SHOAL_CHECK(outputs.size() == ids.size() && weights.size() == ids.size());
+  std::vector<float> leaves(ids.size() * size_t(dim));
+  for (size_t j = 0; j < ids.size(); ++j)
+    for (int64_t d = 0; d < dim; ++d) leaves[j * size_t(dim) + size_t(d)] = outputs[j][d] * weights[j];
   std::vector<CombineNode> used;
   std::vector<CombineTerm> terms;
   for (const CombineNode& node : nodes) {
     terms.clear();
     for (size_t j = 0; j < ids.size(); ++j)
-      if (node.contains(ids[j])) terms.push_back({{ids[j], 1}, leaves + int64_t(j) * dim});
+      if (node.contains(ids[j])) terms.push_back({{ids[j], 1}, leaves.data() + j * size_t(dim)});
     if (terms.empty()) continue;
     combine_sum(out + int64_t(used.size()) * dim, node, terms, dim);
     used.push_back(node);

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <span>
 #include <vector>
 
@@ -26,6 +27,8 @@ int32_t combine_width(int64_t n_experts);
 
 // The maximal nodes covering exactly the experts with mine[e] (in ascending order of lo).
 std::vector<CombineNode> maximal_nodes(const std::vector<bool>& mine);
+// owner[e] is the rank holding expert e: each rank's maximal nodes.
+std::map<int, std::vector<CombineNode>> maximal_nodes_by_owner(const std::vector<int>& owner);
 
 // One summand of a token: the node it covers and its value [dim] (a leaf: weight * output).
 struct CombineTerm {
@@ -41,10 +44,12 @@ void combine_sum(float* out, CombineNode node, std::span<const CombineTerm> term
 
 namespace shoal {
 
-// One token's routed experts inside an owner's maximal `nodes`: the experts' ids (ascending) and
-// their leaves [ids.size(), dim] (weight * output). Writes one partial per node that holds at
-// least one of them, in node order, into out [.., dim], and returns those nodes.
-std::vector<CombineNode> node_partials(float* out, std::span<const CombineNode> nodes, std::span<const int32_t> ids,
-                                       const float* leaves, int64_t dim);
+// One token's routed experts inside an owner's maximal `nodes` (the whole tree, {0, P}, for one
+// process): the experts' ids in ascending order, each one's output row and gate weight. Writes
+// one partial per node that holds at least one of them (its leaves weight * output summed in the
+// tree's order), in node order, into out [.., dim], and returns those nodes.
+std::vector<CombineNode> weighted_partials(float* out, std::span<const CombineNode> nodes, std::span<const int32_t> ids,
+                                           std::span<const float* const> outputs, std::span<const float> weights,
+                                           int64_t dim);
 
 }  // namespace shoal

@@ -291,32 +291,21 @@ void run_expert_pairs(float* y, const float* x, std::span<const int32_t> pair_ro
   }
 }
 
-void expert_leaves(std::vector<int32_t>& ids, float* leaves, const float* pair_out, const int32_t* idx,
-                   const float* weight, int64_t t, int64_t k, int64_t dim) {
-  std::vector<int32_t> slots(static_cast<size_t>(k));
-  for (int64_t j = 0; j < k; ++j) slots[size_t(j)] = int32_t(j);
-  std::sort(slots.begin(), slots.end(), [&](int32_t a, int32_t b) { return idx[t * k + a] < idx[t * k + b]; });
-  ids.resize(size_t(k));
-  for (int64_t j = 0; j < k; ++j) {
-    const int32_t s = slots[size_t(j)];
-    ids[size_t(j)] = idx[t * k + s];
-    const float w = weight[t * k + s];
-    const float* o = pair_out + (t * k + s) * dim;
-    for (int64_t d = 0; d < dim; ++d) leaves[j * dim + d] = o[d] * w;
-  }
-}
-
 void combine_experts(float* y, const float* pair_out, const int32_t* idx, const float* weight, int64_t n,
                      int64_t k, int64_t dim, int64_t n_experts) {
   const CombineNode root{0, combine_width(n_experts)};
-  std::vector<int32_t> ids;
-  std::vector<float> leaves(static_cast<size_t>(k * dim));
-  std::vector<CombineTerm> terms;
+  std::vector<int32_t> slots(static_cast<size_t>(k)), ids(static_cast<size_t>(k));
+  std::vector<const float*> outputs(static_cast<size_t>(k));
+  std::vector<float> weights(static_cast<size_t>(k));
   for (int64_t t = 0; t < n; ++t) {
-    expert_leaves(ids, leaves.data(), pair_out, idx, weight, t, k, dim);
-    terms.clear();
-    for (int64_t j = 0; j < k; ++j) terms.push_back({{ids[size_t(j)], 1}, leaves.data() + j * dim});
-    combine_sum(y + t * dim, root, terms, dim);
+    for (int64_t j = 0; j < k; ++j) slots[size_t(j)] = int32_t(t * k + j);
+    std::sort(slots.begin(), slots.end(), [&](int32_t a, int32_t b) { return idx[a] < idx[b]; });
+    for (size_t j = 0; j < slots.size(); ++j) {
+      ids[j] = idx[slots[j]];
+      outputs[j] = pair_out + int64_t(slots[j]) * dim;
+      weights[j] = weight[slots[j]];
+    }
+    weighted_partials(y + t * dim, {&root, 1}, ids, outputs, weights, dim);
   }
 }
 

@@ -73,10 +73,6 @@ void run_expert_pairs(float* y, const float* x, std::span<const int32_t> pair_ro
 void combine_experts(float* y, const float* pair_out, const int32_t* idx, const float* weight, int64_t n,
                      int64_t k, int64_t dim, int64_t n_experts);
 
-// The leaves of token t: its experts' ids in ascending order (ids[j]) and weight * output of each
-// (leaves [k, dim]), from pair_out rows t * k .. t * k + k - 1.
-void expert_leaves(std::vector<int32_t>& ids, float* leaves, const float* pair_out, const int32_t* idx,
-                   const float* weight, int64_t t, int64_t k, int64_t dim);
 
 // out = shared_experts(h) + y (out = y when the model has none).
 void add_shared_experts(float* out, const float* h, const float* y, const LayerWeights& w, int64_t n,

@@ -559,32 +559,6 @@ std::vector<std::string> byte_tokens() {
 
 using Kv = std::vector<std::pair<std::string, GgufValue>>;
 
-// What llama.cpp's converter writes for a DeepSeek-V2/V3 (MLA layout), and a byte-level gpt2
-// vocabulary as in the gguf-a fixtures.
-// The dense distills as llama.cpp's converter writes `qwen2` and `llama` (llama3 scaling goes in
-// the rope_freqs tensor, not in metadata).
-void dense_metadata(const ModelConfig& c, Kv& kv) {
-  const std::string a = c.model_type == ModelType::kQwen2 ? "qwen2." : "llama.";
-  auto u32 = [&](const std::string& k, int64_t v) { kv.emplace_back(a + k, gguf_u32(uint32_t(v))); };
-  auto f32 = [&](const std::string& k, double v) { kv.emplace_back(a + k, gguf_f32(float(v))); };
-  kv.emplace_back("general.architecture", gguf_str(a.substr(0, a.size() - 1)));
-  kv.emplace_back("general.name", gguf_str("shoal-synth"));
-  u32("block_count", c.n_layers);
-  u32("context_length", c.max_position_embeddings);
-  u32("embedding_length", c.dim);
-  u32("feed_forward_length", c.inter_dim);
-  u32("attention.head_count", c.n_heads);
-  u32("attention.head_count_kv", c.n_kv_heads);
-  if (c.head_dim != c.dim / c.n_heads) {
-    u32("attention.key_length", c.head_dim);
-    u32("attention.value_length", c.head_dim);
-  }
-  f32("rope.freq_base", c.rope_theta);
-  u32("rope.dimension_count", c.head_dim);
-  f32("attention.layer_norm_rms_epsilon", c.rms_norm_eps);
-  u32("vocab_size", c.vocab_size);
-}
-
 // llama.cpp's rope_freqs of a llama3-scaled config: each pair's frequency divisor.
 std::vector<float> llama3_rope_freqs(const ModelConfig& c) {
   ModelConfig plain = c;
@@ -595,52 +569,60 @@ std::vector<float> llama3_rope_freqs(const ModelConfig& c) {
   return out;
 }
 
+// What llama.cpp's converter writes: `deepseek2` (MLA, experts, YaRN) or the distills' `qwen2` /
+// `llama` (llama3 scaling goes in the rope_freqs tensor, not in metadata); and a byte-level gpt2
+// vocabulary as in the gguf-a fixtures.
 Kv metadata(const ModelConfig& c, DType quant) {
   Kv kv;
-  const std::string a = "deepseek2.";
+  const std::string arch = c.uses_mla() ? "deepseek2" : c.model_type == ModelType::kQwen2 ? "qwen2" : "llama";
+  const std::string a = arch + ".";
   auto u32 = [&](const std::string& k, int64_t v) { kv.emplace_back(a + k, gguf_u32(uint32_t(v))); };
   auto f32 = [&](const std::string& k, double v) { kv.emplace_back(a + k, gguf_f32(float(v))); };
-  if (!c.uses_mla()) {
-    dense_metadata(c, kv);
-  } else {
-  kv.emplace_back("general.architecture", gguf_str("deepseek2"));
+  kv.emplace_back("general.architecture", gguf_str(arch));
   kv.emplace_back("general.name", gguf_str("shoal-synth"));
   u32("block_count", c.n_layers);
   u32("context_length", c.max_position_embeddings);
   u32("embedding_length", c.dim);
   u32("feed_forward_length", c.inter_dim);
   u32("attention.head_count", c.n_heads);
-  u32("attention.head_count_kv", 1);
+  u32("attention.head_count_kv", c.uses_mla() ? 1 : c.n_kv_heads);
   f32("rope.freq_base", c.rope_theta);
   f32("attention.layer_norm_rms_epsilon", c.rms_norm_eps);
   u32("vocab_size", c.vocab_size);
-  if (c.n_routed_experts > 0) u32("leading_dense_block_count", c.n_dense_layers);
-  if (c.q_lora_rank > 0) u32("attention.q_lora_rank", c.q_lora_rank);
-  u32("attention.kv_lora_rank", c.kv_lora_rank);
-  u32("attention.key_length", c.kv_lora_rank + c.qk_rope_head_dim);
-  u32("attention.value_length", c.kv_lora_rank);
-  u32("attention.key_length_mla", c.qk_nope_head_dim + c.qk_rope_head_dim);
-  u32("attention.value_length_mla", c.v_head_dim);
-  u32("rope.dimension_count", c.qk_rope_head_dim);
-  if (c.n_routed_experts > 0) {
-    u32("expert_feed_forward_length", c.moe_inter_dim);
-    u32("expert_shared_count", c.n_shared_experts);
-    u32("expert_count", c.n_routed_experts);
-    u32("expert_used_count", c.n_activated_experts);
-    u32("expert_group_count", c.n_expert_groups);
-    u32("expert_group_used_count", c.n_limited_groups);
-    f32("expert_weights_scale", c.route_scale);
-    kv.emplace_back(a + "expert_weights_norm", gguf_bool(c.norm_topk_prob));
-    u32("expert_gating_func", c.score_func == ScoringFunc::kSigmoid ? 2 : 1);
-  }
-  if (c.yarn.enabled) {
-    kv.emplace_back(a + "rope.scaling.type", gguf_str("yarn"));
-    f32("rope.scaling.factor", c.yarn.factor);
-    u32("rope.scaling.original_context_length", c.yarn.original_max_position_embeddings);
-    f32("rope.scaling.yarn_beta_fast", c.yarn.beta_fast);
-    f32("rope.scaling.yarn_beta_slow", c.yarn.beta_slow);
-    f32("rope.scaling.yarn_log_multiplier", 0.1 * c.yarn.mscale_all_dim);
-  }
+  if (!c.uses_mla()) {
+    if (c.head_dim != c.dim / c.n_heads) {
+      u32("attention.key_length", c.head_dim);
+      u32("attention.value_length", c.head_dim);
+    }
+    u32("rope.dimension_count", c.head_dim);
+  } else {
+    if (c.n_routed_experts > 0) u32("leading_dense_block_count", c.n_dense_layers);
+    if (c.q_lora_rank > 0) u32("attention.q_lora_rank", c.q_lora_rank);
+    u32("attention.kv_lora_rank", c.kv_lora_rank);
+    u32("attention.key_length", c.kv_lora_rank + c.qk_rope_head_dim);
+    u32("attention.value_length", c.kv_lora_rank);
+    u32("attention.key_length_mla", c.qk_nope_head_dim + c.qk_rope_head_dim);
+    u32("attention.value_length_mla", c.v_head_dim);
+    u32("rope.dimension_count", c.qk_rope_head_dim);
+    if (c.n_routed_experts > 0) {
+      u32("expert_feed_forward_length", c.moe_inter_dim);
+      u32("expert_shared_count", c.n_shared_experts);
+      u32("expert_count", c.n_routed_experts);
+      u32("expert_used_count", c.n_activated_experts);
+      u32("expert_group_count", c.n_expert_groups);
+      u32("expert_group_used_count", c.n_limited_groups);
+      f32("expert_weights_scale", c.route_scale);
+      kv.emplace_back(a + "expert_weights_norm", gguf_bool(c.norm_topk_prob));
+      u32("expert_gating_func", c.score_func == ScoringFunc::kSigmoid ? 2 : 1);
+    }
+    if (c.yarn.enabled) {
+      kv.emplace_back(a + "rope.scaling.type", gguf_str("yarn"));
+      f32("rope.scaling.factor", c.yarn.factor);
+      u32("rope.scaling.original_context_length", c.yarn.original_max_position_embeddings);
+      f32("rope.scaling.yarn_beta_fast", c.yarn.beta_fast);
+      f32("rope.scaling.yarn_beta_slow", c.yarn.beta_slow);
+      f32("rope.scaling.yarn_log_multiplier", 0.1 * c.yarn.mscale_all_dim);
+    }
   }
   // BOS 0, EOS 1, the 256 bytes at 2..257, the one merge's token at 258, placeholders after.
   const int64_t v = c.vocab_size;

@@ -55,17 +55,8 @@ StatusOr<Batch> to_batch(const wire::MicroBatch& mb, const ModelConfig& c, int64
 Worker::Worker(const ModelConfig& c, const cluster::Plan& plan, int rank, const WorkerOptions& o)
     : config_(c), plan_(plan), rank_(rank), options_(o), rope_(make_rope_table(c)) {
   lc_ = {&config_, &rope_, o.attn_impl, kernels::Context{}};
-  for (int64_t i = 0; i < c.n_layers; ++i) {
-    if (!c.is_moe_layer(i) || size_t(i) >= plan.experts.size()) continue;
-    std::map<int, std::vector<bool>> owned;
-    const std::vector<int>& owner = plan.experts[size_t(i)];
-    for (size_t e = 0; e < owner.size(); ++e) {
-      std::vector<bool>& mine = owned[owner[e]];
-      mine.resize(owner.size(), false);
-      mine[e] = true;
-    }
-    for (const auto& [r, mine] : owned) combine_nodes_[i][r] = maximal_nodes(mine);
-  }
+  for (int64_t i = 0; i < c.n_layers; ++i)
+    if (c.is_moe_layer(i) && size_t(i) < plan.experts.size()) combine_nodes_[i] = maximal_nodes_by_owner(plan.experts[size_t(i)]);
 }
 
 Worker::~Worker() { (void)stop(); }
@@ -268,24 +259,21 @@ Status Worker::routed_experts(float* routed, const float* h, const std::vector<i
     std::vector<float> y(local_rows.size() * size_t(dim));
     run_expert_pairs(y.data(), h, local_rows, local_experts, experts_.at(layer), lc_);
     local_partials.resize(y.size());  // at most one partial per expert
-    std::vector<float> leaves;
     std::vector<std::pair<int64_t, CombineNode>> made;  // token, node of each partial
-    int64_t used = 0;
     for (size_t p = 0; p < local_rows.size();) {
       const int64_t t = local_rows[p];
-      size_t q = p;
-      while (q < local_rows.size() && local_rows[q] == t) ++q;
-      const auto& list = by_owner[size_t(t)].at(rank_);
+      const auto& list = by_owner[size_t(t)].at(rank_);  // this token's local experts, ascending
       std::vector<int32_t> ids;
-      leaves.resize((q - p) * size_t(dim));
-      for (size_t j = p; j < q; ++j) {
-        ids.push_back(local_experts[j]);
-        const float w = list[j - p].second;
-        for (int64_t d = 0; d < dim; ++d) leaves[(j - p) * size_t(dim) + size_t(d)] = y[j * size_t(dim) + size_t(d)] * w;
+      std::vector<const float*> outputs;
+      std::vector<float> weights;
+      for (size_t j = 0; j < list.size(); ++j, ++p) {
+        ids.push_back(list[j].first);
+        outputs.push_back(y.data() + p * size_t(dim));
+        weights.push_back(list[j].second);
       }
-      for (const CombineNode& node : node_partials(local_partials.data() + used * dim, nodes.at(rank_), ids, leaves.data(), dim))
-        made.push_back({t, node}), ++used;
-      p = q;
+      for (const CombineNode& node :
+           weighted_partials(local_partials.data() + int64_t(made.size()) * dim, nodes.at(rank_), ids, outputs, weights, dim))
+        made.push_back({t, node});
     }
     for (size_t i = 0; i < made.size(); ++i)
       terms[size_t(made[i].first)].push_back({made[i].second, local_partials.data() + int64_t(i) * dim});
@@ -348,17 +336,19 @@ Status Worker::serve_expert_request(const comm::Message& m) {
                     " that it cannot serve (experts it does not own, or sizes that do not match)");
     return send(m.src, wire::kExpertReply, reply, 0);
   }
-  std::vector<float> y(experts.size() * size_t(dim)), partials(experts.size() * size_t(dim)), leaves;
+  std::vector<float> y(experts.size() * size_t(dim)), partials(experts.size() * size_t(dim));
   run_expert_pairs(y.data(), x.data(), rows, experts, it->second, lc_);
+  const std::vector<float> weights(r.weights().begin(), r.weights().end());
   int64_t used = 0;
   for (size_t p = 0; p < experts.size();) {
     size_t q = p;
     while (q < experts.size() && rows[q] == rows[p]) ++q;
-    leaves.resize((q - p) * size_t(dim));
-    for (size_t j = p; j < q; ++j)
-      for (int64_t d = 0; d < dim; ++d) leaves[(j - p) * size_t(dim) + size_t(d)] = y[j * size_t(dim) + size_t(d)] * r.weights(int(j));
-    const std::span<const int32_t> ids(experts.data() + p, q - p);
-    used += int64_t(node_partials(partials.data() + used * dim, nodes->second.at(rank_), ids, leaves.data(), dim).size());
+    std::vector<const float*> outputs;
+    for (size_t j = p; j < q; ++j) outputs.push_back(y.data() + j * size_t(dim));
+    used += int64_t(weighted_partials(partials.data() + used * dim, nodes->second.at(rank_),
+                                      std::span(experts).subspan(p, q - p), outputs,
+                                      std::span(weights).subspan(p, q - p), dim)
+                        .size());
     p = q;
   }
   reply.set_y(wire::encode_rows(partials.data(), size_t(used * dim), options_.wire_dtype));

@@ -20,6 +20,7 @@
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "support/files.h"
+#include "support/process.h"
 
 using Catch::Matchers::Contains;
 using nlohmann::json;
@@ -36,19 +37,8 @@ const fs::path kFixtures = SHOAL_FIXTURES;
 const fs::path kConfig671b = kFixtures / "configs" / "deepseek-v3-671b" / "config.json";
 const fs::path kBenchConfig = fs::path(SHOAL_FIXTURES).parent_path().parent_path() / "bench" / "configs" / "dist-2048.json";
 
-struct CliRun {
-  int rc;
-  std::string out, err;
-};
-
-// `env` goes before the binary: "VAR=value ..." or "env -u VAR".
-CliRun shoal_cli(const std::string& args, const std::string& env = "") {
-  TempDir tmp;
-  const std::string cmd = env + " " + std::string(SHOAL_BINARY) + " " + args + " >'" + (tmp.path / "out").string() + "' 2>'" +
-                          (tmp.path / "err").string() + "'";
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(tmp.path / "out"), read_file(tmp.path / "err")};
-}
+using shoal::test::CliRun;
+using shoal::test::shoal_cli;
 
 json node(const std::string& name, std::vector<double> gpus, double ram, double link = 25) {
   return {{"name", name}, {"gpus_gib", gpus}, {"ram_gib", ram}, {"link_gbps", link}};

@@ -50,18 +50,8 @@ constexpr int64_t kGiB = int64_t(1) << 30;
 
 std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
 
-struct CliRun {
-  int rc;
-  std::string out, err;
-};
-
-CliRun shoal_cli(const std::string& args) {
-  TempDir tmp;
-  const std::string cmd = std::string(SHOAL_BINARY) + " " + args + " >" + quoted(tmp.path / "out") + " 2>" +
-                          quoted(tmp.path / "err");
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(tmp.path / "out"), read_file(tmp.path / "err")};
-}
+using shoal::test::CliRun;
+using shoal::test::shoal_cli;
 
 json read_json(const fs::path& p) {
   const std::string text = read_file(p);

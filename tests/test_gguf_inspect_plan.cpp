@@ -22,6 +22,7 @@
 #include "model/gguf_writer.h"
 #include "model/inspect.h"
 #include "support/files.h"
+#include "support/process.h"
 
 using Catch::Matchers::Contains;
 using nlohmann::json;
@@ -59,18 +60,8 @@ const char* kModelAConfig = R"({
                    "original_max_position_embeddings": 32, "type": "yarn"},
   "rms_norm_eps": 1e-06, "num_nextn_predict_layers": 0, "tie_word_embeddings": false})";
 
-struct CliRun {
-  int rc;
-  std::string out, err;
-};
-
-CliRun shoal_cli(const std::string& args) {
-  TempDir tmp;
-  const std::string cmd = std::string(SHOAL_BINARY) + " " + args + " >'" + (tmp.path / "out").string() + "' 2>'" +
-                          (tmp.path / "err").string() + "'";
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(tmp.path / "out"), read_file(tmp.path / "err")};
-}
+using shoal::test::CliRun;
+using shoal::test::shoal_cli;
 
 json plan_json(const std::string& args) {
   TempDir tmp;

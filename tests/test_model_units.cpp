@@ -772,7 +772,11 @@ TEST_CASE("partials of any split of the experts add up to the single process's b
         }
       const auto nodes = maximal_nodes(mine);
       partials[size_t(r)].resize(my_ids.size() * size_t(dim));
-      const auto used = node_partials(partials[size_t(r)].data(), nodes, my_ids, my_leaves.data(), dim);
+      // The leaves as outputs of weight 1 (x * 1 is x, -0.0 included).
+      std::vector<const float*> outputs;
+      for (size_t j = 0; j < my_ids.size(); ++j) outputs.push_back(my_leaves.data() + j * size_t(dim));
+      const std::vector<float> ones(my_ids.size(), 1.0f);
+      const auto used = weighted_partials(partials[size_t(r)].data(), nodes, my_ids, outputs, ones, dim);
       for (size_t i = 0; i < used.size(); ++i) got_terms.push_back({used[i], partials[size_t(r)].data() + i * size_t(dim)});
     }
     std::sort(got_terms.begin(), got_terms.end(), [](const CombineTerm& a, const CombineTerm& b) { return a.node.lo < b.node.lo; });

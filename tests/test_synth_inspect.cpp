@@ -26,6 +26,7 @@
 #include "model/tensor_names.h"
 #include "node/stage.h"
 #include "support/files.h"
+#include "support/process.h"
 
 namespace fs = std::filesystem;
 using shoal::test::TempDir;
@@ -54,18 +55,8 @@ std::string quoted(const fs::path& p) {
   return s;
 }
 
-struct CliRun {
-  int rc;
-  std::string out, err;
-};
-
-CliRun shoal_cli(const std::string& args) {
-  TempDir tmp;
-  const std::string cmd = std::string(SHOAL_BINARY) + " " + args + " >" + quoted(tmp.path / "out") + " 2>" +
-                          quoted(tmp.path / "err");
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(tmp.path / "out"), read_file(tmp.path / "err")};
-}
+using shoal::test::CliRun;
+using shoal::test::shoal_cli;
 
 // Runs `shoal synth ARGS --out <temp>/ckpt` once per key; the folders are removed at exit.
 fs::path synthesized(const std::string& args) {

@@ -10,8 +10,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
+
+#include "files.h"
 
 namespace shoal::test {
 
@@ -120,5 +123,19 @@ class Child {
   bool exited_ = false;
   int status_ = 0;
 };
+
+// The shoal binary run with `args` (and `env` before it: "VAR=value ..." or "env -u VAR"): its
+// exit status (-1 if it did not exit) and what it wrote to stdout and stderr.
+struct CliRun {
+  int rc;
+  std::string out, err;
+};
+inline CliRun shoal_cli(const std::string& args, const std::string& env = "") {
+  TempDir tmp;
+  const std::string cmd = env + " " + std::string(SHOAL_BINARY) + " " + args + " >'" + (tmp.path / "out").string() +
+                          "' 2>'" + (tmp.path / "err").string() + "'";
+  const int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(tmp.path / "out"), read_file(tmp.path / "err")};
+}
 
 }  // namespace shoal::test
