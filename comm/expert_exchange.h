@@ -5,8 +5,8 @@
 //   (each rank runs its experts on what it received: ExpertWork.tasks, outputs in task order)
 //   combine:  owners send the outputs back; each rank computes, per token,
 //             out[t] = sum over the token's experts in ascending expert id of weight * y,
-//             which is the order of the single-process moe_forward (model/layers.cpp), so the
-//             result does not depend on placement or arrival order.
+//             so the result does not depend on placement or arrival order. (The runtime's
+//             workers use the combine tree of model/expert_combine.h instead.)
 //
 // Every rank calls both, with the same tags, even with no tokens: each rank sends exactly one
 // message to every rank (itself included) per call, so the receiver knows when it has all.
