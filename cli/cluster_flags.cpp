@@ -46,12 +46,18 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
                 "GGUF: dequantize weights exactly against float32 activations (default for GGUF: fast, "
                 "activations quantized per block and integer dot products, as llama.cpp)");
   sub->add_option("--lora", f.lora,
-                  "A LoRA adapter folder (PEFT: adapter_config.json, adapter_model.safetensors) applied, unmerged in "
-                  "float32, to every sequence (docs/lora.md)");
+                  "A LoRA adapter (PEFT folder or GGUF file), unmerged in float32: NAME=DIR (repeatable; requests "
+                  "name it as their model) or DIR alone (every sequence; docs/lora.md)");
   sub->add_option("--merge-lora", f.merge_lora,
-                  "A LoRA adapter folder folded into float32 copies of the weights it adapts at load (the fastest "
-                  "single-adapter mode; more memory)")
+                  "A LoRA adapter folded into the weights it adapts at load, for every sequence (no adapter products "
+                  "per token; --merge-into says where)")
       ->excludes(sub->get_option("--lora"));
+  sub->add_option("--merge-into", f.merge_into,
+                  "Where --merge-lora folds: f32 (default; float32 copies, within the golden tolerance, 4 bytes per "
+                  "adapted weight) or stored (the weights' BF16/F16/FP8 dtype: the base's size and speed, rounded "
+                  "once more; docs/lora.md)")
+      ->check(CLI::IsMember({"f32", "stored"}))
+      ->needs(sub->get_option("--merge-lora"));
   sub->add_option("--wire-dtype", f.wire_dtype,
                   "Hidden rows between ranks: f32 (default; the single process's logits bit for bit) or bf16 "
                   "(half the bytes, rounded at each hop; docs/distributed.md gives its measured deviation)")
@@ -87,8 +93,13 @@ StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOp
   o.expert_scatter = f.expert_scatter;
   o.exact = f.exact;
   o.wire_dtype = f.wire_dtype == "bf16" ? wire::WireDtype::kBF16 : wire::WireDtype::kF32;
-  o.lora = f.merge_lora.empty() ? f.lora : f.merge_lora;
+  SHOAL_ASSIGN_OR_RETURN(o.loras, parse_lora_specs(f.merge_lora.empty() ? f.lora : std::vector<std::string>{f.merge_lora}));
   o.merge_lora = !f.merge_lora.empty();
+  o.merge_into = f.merge_into == "stored" ? MergeInto::kStored : MergeInto::kF32;
+  if (o.merge_lora) o.loras[0].name.clear();  // folded into the weights: it is the model
+  if (f.one_model && o.loras.size() > 1)
+    return invalid_argument("this command runs one model: give one --lora (several are for serve, batch and bench)");
+  if (f.one_model && o.loras.size() == 1) o.loras[0].name.clear();
   o.step_timeout = ms(f.step_timeout_s);
   o.heartbeat_timeout = ms(f.heartbeat_timeout_s);
   const int modes = int(f.local_nodes > 0) + int(!f.nodes.empty()) + int(under_mpi());

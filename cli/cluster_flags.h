@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "coordinator/cluster.h"
 
@@ -21,8 +22,10 @@ struct ClusterFlags {
   bool expert_scatter = false;
   bool exact = false;
   std::string wire_dtype = "f32";
-  std::string lora;        // a LoRA adapter folder for every sequence
-  std::string merge_lora;  // the same, folded into float32 weights at load
+  std::vector<std::string> lora;  // LoRA adapters: NAME=DIR each, or one DIR for every sequence
+  std::string merge_lora;         // one adapter folded into the weights at load
+  std::string merge_into = "f32"; // where: f32 copies or the stored dtype
+  bool one_model = false;         // the command runs one model (logits, run): one --lora, for every sequence
   double step_timeout_s = 600;
   double heartbeat_timeout_s = 5;
 };

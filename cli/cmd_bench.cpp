@@ -79,19 +79,24 @@ int bench(const Options& o) {
   if (!opened.ok()) return fail(opened.status());
   Cluster& c = **opened;
   const auto prompts = random_prompts(o.sequences, o.prompt_len, c.config().vocab_size, o.seed);
+  // Named adapters (--lora NAME=DIR): sequence b runs adapter b % K + 1, so a step mixes them all.
+  std::vector<int32_t> adapters;
+  const std::vector<std::string> names = c.adapter_names();
+  if (!names.empty() && !names[0].empty())
+    for (int64_t b = 0; b < o.sequences; ++b) adapters.push_back(int32_t(b % int64_t(names.size())) + 1);
 
   // Steady state only: the same run twice before the timed one (generate_greedy always starts at
   // position 0, so each overwrites the last), first with one generated token, then whole. Every
   // weight the timed run reads is then resident and its page faults are behind us, and the
   // difference of the two untimed runs' weight bytes is what the decode steps read.
   const int64_t bytes0 = kernels::weight_bytes_read();
-  if (auto w = generate_greedy(c, prompts, 1, false, false); !w.ok()) return fail(w.status());
+  if (auto w = generate_greedy(c, prompts, 1, false, false, {}, {}, adapters); !w.ok()) return fail(w.status());
   const int64_t bytes1 = kernels::weight_bytes_read();
-  if (auto w = generate_greedy(c, prompts, o.tokens, false, false); !w.ok()) return fail(w.status());
+  if (auto w = generate_greedy(c, prompts, o.tokens, false, false, {}, {}, adapters); !w.ok()) return fail(w.status());
   const int64_t bytes2 = kernels::weight_bytes_read();
   const Traffic before = settled_traffic(c);
 
-  auto r = generate_greedy(c, prompts, o.tokens, false, false);
+  auto r = generate_greedy(c, prompts, o.tokens, false, false, {}, {}, adapters);
   if (!r.ok()) return fail(r.status());
   const Traffic t = settled_traffic(c) - before;
   const int world = c.transport().size();
@@ -109,6 +114,7 @@ int bench(const Options& o) {
       {"mode", mode_name(o.cluster)},
       {"world_size", world},
       {"expert_scatter", o.cluster.expert_scatter},
+      {"adapters", names.size()},
       {"sequences", o.sequences},
       {"prompt_len", o.prompt_len},
       {"tokens", o.tokens},

@@ -53,7 +53,9 @@ int run(const Options& o) {
   co.model_dir = o.model;
   co.n_slots = int64_t(prompts.size());
   co.attn_impl = o.attn == "naive" ? AttnImpl::kNaive : o.attn == "absorb" ? AttnImpl::kAbsorb : AttnImpl::kAuto;
-  auto cluster = open_cluster(o.cluster, co);
+  ClusterFlags flags = o.cluster;
+  flags.one_model = true;
+  auto cluster = open_cluster(flags, co);
   if (!cluster.ok()) return fail(cluster.status());
   auto r = generate_greedy(**cluster, prompts, o.greedy, /*want_prompt_logits=*/true, /*want_step_logits=*/true);
   if (!r.ok()) return fail(r.status());

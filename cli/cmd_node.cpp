@@ -17,7 +17,7 @@ struct NodeOptions {
   std::string listen = "127.0.0.1:7070";
   std::string token_file;
   std::string model;
-  std::string lora;  // this machine's copy of the coordinator's LoRA adapter
+  std::vector<std::string> lora;  // this machine's copies of the coordinator's LoRA adapters
   int sessions = 0;  // 0: no limit
 };
 
@@ -35,7 +35,9 @@ int run_node(const NodeOptions& o) {
   std::fflush(stdout);
   NodeState st;
   st.model_dir = o.model;
-  st.lora_dir = o.lora;
+  auto loras = parse_lora_specs(o.lora);
+  if (!loras.ok()) return fail(loras.status());
+  st.loras = *loras;
   st.build_id = build_id();
   const comm::AdmissionInfo mine{wire::kWireVersion, st.build_id};
   for (int served = 0; o.sessions == 0 || served < o.sessions;) {
@@ -67,7 +69,8 @@ void add_node(CLI::App& app, int& rc) {
   sub->add_option("--token-file", o->token_file, "File with the cluster token")->required();
   sub->add_option("--model", o->model, "Checkpoint folder on this machine (default: the coordinator's path)");
   sub->add_option("--lora", o->lora,
-                  "This machine's copy of the LoRA adapter the coordinator uses (default: the coordinator's path)");
+                  "This machine's copy of a LoRA adapter the coordinator serves: NAME=DIR, or DIR for its only "
+                  "one (repeatable; default: the coordinator's path)");
   sub->add_option("--sessions", o->sessions, "Exit after this many sessions (default: serve forever)");
   sub->callback([o, &rc] { rc = run_node(*o); });
 }

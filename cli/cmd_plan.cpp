@@ -23,13 +23,14 @@ using namespace shoal::cluster;
 constexpr int kDoesNotFit = 3;
 
 struct Options {
-  std::string model, cluster, hostfile, out, weights, quant, kv_dtype = "f32", wire_dtype = "f32", lora, gpus_gib,
+  std::string model, cluster, hostfile, out, weights, quant, kv_dtype = "f32", wire_dtype = "f32", gpus_gib,
       gpu_kind = "gpu";
   bool slurm = false, json = false, gpu_only = false, expert_scatter = false;
   int local_nodes = 0;
   double ram_gib = -1, link_gbps = 0, ram_bandwidth_gbs = 0;
   int64_t context = 4096, concurrency = 1;
   std::vector<std::string> bandwidth;
+  std::vector<std::string> lora;  // --lora NAME=DIR or DIR, repeatable
 };
 
 StatusOr<std::vector<double>> parse_gib_list(const std::string& text) {
@@ -202,14 +203,19 @@ int plan(const Options& o) {
       }
     }
   }
-  if (!o.lora.empty()) {  // the adapter's A and B on the ranks that hold its modules (unmerged)
-    auto lora = load_lora(o.lora, &*config);
-    if (!lora.ok()) return fail(lora.status());
+  if (!o.lora.empty()) {  // each adapter's A and B on the ranks that hold its modules (unmerged)
+    auto specs = parse_lora_specs(o.lora);
+    if (!specs.ok()) return fail(specs.status());
+    auto loras = load_loras(*specs, *config, false);
+    if (!loras.ok()) return fail(loras.status());
     UnitBytes b = stored ? *stored : unit_bytes_in(*config, fo.weights);
-    add_lora_bytes(b, **lora);
+    for (const auto& lora : *loras) {
+      add_lora_bytes(b, *lora);
+      notes.push_back("--lora " + (lora->name.empty() ? std::string() : lora->name + "=") + lora->dir.string() + ": " +
+                      std::to_string(lora->modules.size()) + " modules, " + std::to_string(lora->bytes()) +
+                      " bytes of A and B on the units that hold them");
+    }
     stored = std::move(b);
-    notes.push_back("--lora " + o.lora + ": " + std::to_string((*lora)->modules.size()) + " modules, " +
-                    std::to_string((*lora)->bytes()) + " bytes of A and B on the units that hold them");
   }
   auto spec = read_cluster(o, notes);
   if (!spec.ok()) return fail(spec.status());
@@ -265,7 +271,8 @@ void add_plan(CLI::App& app, int& rc) {
   sub->add_option("--context", o->context, "KV cache positions per sequence")->check(CLI::PositiveNumber);
   sub->add_option("--concurrency", o->concurrency, "Sequences with a KV cache each")->check(CLI::PositiveNumber);
   sub->add_option("--kv-dtype", o->kv_dtype, "KV cache dtype: f32 (as the runtime stores it) or bf16");
-  sub->add_option("--lora", o->lora, "A LoRA adapter folder: its A and B counted on the ranks that hold its modules");
+  sub->add_option("--lora", o->lora,
+                  "A LoRA adapter, NAME=DIR or DIR (repeatable): its A and B counted on the ranks that hold its modules");
   sub->add_option("--wire-dtype", o->wire_dtype, "Hidden rows between ranks: f32 (default) or bf16 (as `--wire-dtype` of the runtime)");
   sub->add_flag("--json", o->json, "Print one JSON object instead of text");
   sub->add_option("--out", o->out, "Write the plan file (the one --plan takes) when it fits");

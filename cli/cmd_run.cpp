@@ -69,7 +69,9 @@ int run(const Options& o) {
   ClusterOptions co;
   co.model_dir = o.model;
   co.max_seq_len = o.max_seq_len;
-  auto cluster = open_cluster(o.cluster, co);
+  ClusterFlags flags = o.cluster;
+  flags.one_model = true;
+  auto cluster = open_cluster(flags, co);
   if (!cluster.ok()) return fail(cluster.status());
   std::vector<int32_t> stop;
   if (prompt->text && tok->eos_id() >= 0) stop.push_back(tok->eos_id());

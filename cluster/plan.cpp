@@ -364,8 +364,8 @@ UnitBytes unit_bytes_for(const ModelConfig& c, bool fp8) {
 
 void add_lora_bytes(UnitBytes& bytes, const LoraAdapter& lora) {
   for (const auto& [name, m] : lora.modules) {
-    const uint64_t b = uint64_t(m.a.rows * m.a.cols) * uint64_t(dtype_info(m.a.dtype).bytes) +
-                       uint64_t(m.b.rows * m.b.cols) * uint64_t(dtype_info(m.b.dtype).bytes);
+    const uint64_t b = uint64_t(m.a.rows * dtype_row_bytes(m.a.dtype, m.a.cols)) +
+                       uint64_t(m.b.rows * dtype_row_bytes(m.b.dtype, m.b.cols));  // Q8_0 A: blocks
     long long layer = -1, expert = -1;
     if (std::sscanf(name.c_str(), "model.layers.%lld.mlp.experts.%lld.", &layer, &expert) == 2 && layer >= 0 &&
         size_t(layer) < bytes.experts.size() && expert >= 0 && size_t(expert) < bytes.experts[size_t(layer)].size()) {

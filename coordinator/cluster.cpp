@@ -29,10 +29,7 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
   if (o.exact) c->ck_->set_numerics(kernels::Numerics::kExact);
   if (!c->ck_->has_weights()) return not_found(o.model_dir.string() + ": no *.safetensors weights (only a config)");
   const ModelConfig& cfg = c->ck_->config();
-  if (!o.lora.empty()) {
-    SHOAL_ASSIGN_OR_RETURN(c->lora_, load_lora(o.lora, &cfg));
-    c->lora_->merge = o.merge_lora;
-  }
+  SHOAL_ASSIGN_OR_RETURN(c->loras_, load_loras(o.loras, cfg, o.merge_lora, o.merge_into));
   const int world = c->t_->size();
   c->max_seq_len_ = o.max_seq_len > 0 ? o.max_seq_len : std::min(cfg.max_position_embeddings, kDefaultMaxSeqLen);
   if (!o.plan_file.empty()) {
@@ -59,7 +56,7 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
     wo.max_seq_len = c->max_seq_len_;
     wo.attn_impl = o.attn_impl;
     wo.wire_dtype = o.wire_dtype;
-    wo.lora = c->lora_.get();
+    wo.lora = lora_views(c->loras_);
     SHOAL_ASSIGN_OR_RETURN(c->local_, Worker::load(*c->ck_, c->plan_, 0, wo));
     wire::Loaded& l = c->loaded_[0];
     l.set_ok(true);
@@ -91,11 +88,14 @@ Status Cluster::hello_all() {
     h->set_attn_impl(int32_t(options_.attn_impl));
     h->set_exact_numerics(options_.exact);
     h->set_wire_dtype(int32_t(options_.wire_dtype));
-    if (lora_) h->set_lora_dir(std::filesystem::absolute(options_.lora).string());
     h->set_merge_lora(options_.merge_lora);
-    if (lora_) {
-      SHOAL_ASSIGN_OR_RETURN(std::string lfp, lora_fingerprint(*lora_, hosted_tensors(*ck_, plan_, r)));
-      h->set_lora_fingerprint(lfp);
+    h->set_merge_into(int32_t(options_.merge_into));
+    for (const auto& a : loras_) {
+      wire::LoraSpec* spec = h->add_adapters();
+      spec->set_name(a->name);
+      spec->set_dir(std::filesystem::absolute(a->dir).string());
+      SHOAL_ASSIGN_OR_RETURN(std::string lfp, lora_fingerprint(*a, hosted_tensors(*ck_, plan_, r)));
+      spec->set_fingerprint(lfp);
     }
     h->set_coordinator_host(host_name());
     SHOAL_RETURN_IF_ERROR(wire::send(*t_, r, wire::kControl, ctl, deadline));
@@ -113,14 +113,22 @@ Status Cluster::hello_all() {
   return first;
 }
 
+std::vector<std::string> Cluster::adapter_names() const {
+  std::vector<std::string> names;
+  for (const auto& a : loras_) names.push_back(a->name);
+  return names;
+}
+
 int64_t Cluster::pipeline_depth() const {
   std::set<int> stages(plan_.attn.begin(), plan_.attn.end());
   return int64_t(stages.size());
 }
 
-StatusOr<uint64_t> Cluster::submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
+StatusOr<uint64_t> Cluster::submit(const Batch& asked, const std::vector<int64_t>& rows, bool want_logits,
                                    const std::vector<RowSampler>& samplers) {
-  SHOAL_RETURN_IF_ERROR(check_batch(batch, config(), n_slots(), max_seq_len()));
+  const std::vector<std::string> adapters = adapter_names();
+  SHOAL_RETURN_IF_ERROR(check_batch(asked, config(), n_slots(), max_seq_len(), adapters));
+  const Batch batch = with_served_adapters(asked, adapters);
   if (!samplers.empty() && samplers.size() != rows.size())
     return invalid_argument(std::to_string(samplers.size()) + " samplers for " + std::to_string(rows.size()) + " rows");
   wire::MicroBatch mb;
@@ -132,6 +140,8 @@ StatusOr<uint64_t> Cluster::submit(const Batch& batch, const std::vector<int64_t
     mb.add_seq_count(int32_t(s.count));
     mb.add_seq_slot(s.slot);
   }
+  if (!batch.row_adapters().empty())
+    for (const SeqRange& s : batch.seqs) mb.add_seq_adapter(s.adapter);
   mb.mutable_logit_rows()->Add(rows.begin(), rows.end());
   mb.set_want_logits(want_logits);
   for (const RowSampler& s : samplers) to_wire(s, *mb.add_sampling());

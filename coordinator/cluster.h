@@ -36,8 +36,9 @@ struct ClusterOptions {
   bool expert_scatter = false;      // default planner: spread experts over the ranks
   bool exact = false;               // GGUF block types: exact numerics (default fast; kernels::Numerics)
   wire::WireDtype wire_dtype = wire::WireDtype::kF32;  // hidden rows between ranks (--wire-dtype)
-  std::filesystem::path lora;       // a LoRA adapter for every sequence (--lora); each rank reads its own modules
-  bool merge_lora = false;          // --merge-lora: folded into float32 copies of the weights at load
+  std::vector<LoraSpec> loras;      // LoRA adapters served (--lora); each rank reads its own modules
+  bool merge_lora = false;          // --merge-lora: the one adapter folded into the weights at load
+  MergeInto merge_into = MergeInto::kF32;  // --merge-into: float32 copies or the stored dtype
   bool coordinator_hosts = true;    // default planner: rank 0 hosts units too
   bool nodes_exit = true;           // at the end, nodes exit (false: TCP nodes wait for the next coordinator)
   std::string build_id;             // sent in the Hello; empty: this build's
@@ -56,6 +57,7 @@ class Cluster : public Executor {
   int64_t max_seq_len() const override { return max_seq_len_; }
   int64_t n_slots() const override { return options_.n_slots; }
   int64_t pipeline_depth() const override;
+  std::vector<std::string> adapter_names() const override;
   StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
                             const std::vector<RowSampler>& samplers = {}) override;
   StatusOr<StepResult> next_result() override;
@@ -81,7 +83,7 @@ class Cluster : public Executor {
   ClusterOptions options_;
   std::unique_ptr<comm::Transport> t_;
   std::unique_ptr<Checkpoint> ck_;
-  std::unique_ptr<LoraAdapter> lora_;
+  std::vector<std::unique_ptr<LoraAdapter>> loras_;
   cluster::Plan plan_;
   int64_t max_seq_len_ = 0;
   std::vector<wire::Loaded> loaded_;

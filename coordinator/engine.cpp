@@ -18,18 +18,32 @@ StatusOr<std::unique_ptr<Engine>> Engine::open(const std::filesystem::path& dir,
   so.n_slots = opts.n_slots;
   so.max_seq_len = opts.max_seq_len > 0 ? opts.max_seq_len : std::min(c.max_position_embeddings, kDefaultMaxSeqLen);
   so.attn_impl = opts.attn_impl;
-  if (!opts.lora.empty()) {
-    SHOAL_ASSIGN_OR_RETURN(e->lora_, load_lora(opts.lora, &c));
-    e->lora_->merge = opts.merge_lora;
-    so.lora = e->lora_.get();
-  }
+  SHOAL_ASSIGN_OR_RETURN(e->loras_, load_loras(opts.loras, c, opts.merge_lora, opts.merge_into));
+  so.lora = lora_views(e->loras_);
   SHOAL_ASSIGN_OR_RETURN(e->stage_, Stage::load(*e->ck_, so));
   return e;
 }
 
-Status check_batch(const Batch& b, const ModelConfig& c, int64_t n_slots, int64_t max_seq_len) {
+std::vector<std::string> Engine::adapter_names() const {
+  std::vector<std::string> names;
+  for (const auto& a : loras_) names.push_back(a->name);
+  return names;
+}
+
+Batch with_served_adapters(const Batch& b, const std::vector<std::string>& adapter_names) {
+  Batch out = b;
+  if (adapter_names.size() == 1 && adapter_names[0].empty())
+    for (SeqRange& s : out.seqs) s.adapter = 1;
+  return out;
+}
+
+Status check_batch(const Batch& b, const ModelConfig& c, int64_t n_slots, int64_t max_seq_len,
+                   const std::vector<std::string>& adapter_names) {
   for (size_t si = 0; si < b.seqs.size(); ++si) {
     const SeqRange& s = b.seqs[si];
+    if (s.adapter < 0 || size_t(s.adapter) > adapter_names.size())
+      return invalid_argument("sequence " + std::to_string(si) + " asks for LoRA adapter " + std::to_string(s.adapter) +
+                              " but " + std::to_string(adapter_names.size()) + " are served");
     if (s.slot < 0 || s.slot >= n_slots)
       return invalid_argument("sequence " + std::to_string(si) + " uses slot " + std::to_string(s.slot) +
                               " but the engine has " + std::to_string(n_slots));
@@ -48,8 +62,10 @@ Status check_batch(const Batch& b, const ModelConfig& c, int64_t n_slots, int64_
   return {};
 }
 
-StatusOr<std::vector<float>> Engine::forward(const Batch& batch, const std::vector<int64_t>& logit_rows) {
-  SHOAL_RETURN_IF_ERROR(check_batch(batch, config(), n_slots(), max_seq_len()));
+StatusOr<std::vector<float>> Engine::forward(const Batch& asked, const std::vector<int64_t>& logit_rows) {
+  const std::vector<std::string> adapters = adapter_names();
+  SHOAL_RETURN_IF_ERROR(check_batch(asked, config(), n_slots(), max_seq_len(), adapters));
+  const Batch batch = with_served_adapters(asked, adapters);
   const ModelConfig& c = config();
   const int64_t n = batch.n_tokens(), dim = c.dim, m = int64_t(logit_rows.size());
   std::vector<float> x(static_cast<size_t>(n * dim));
@@ -105,12 +121,16 @@ struct InFlight {
 StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vector<int32_t>>& prompts,
                                        int64_t steps, bool want_prompt_logits, bool want_step_logits,
                                        const std::vector<int32_t>& stop_ids,
-                                       const std::function<void(int64_t, int32_t)>& on_token) {
+                                       const std::function<void(int64_t, int32_t)>& on_token,
+                                       const std::vector<int32_t>& adapters) {
   const int64_t V = ex.config().vocab_size, B = int64_t(prompts.size());
   if (B > ex.n_slots())
     return invalid_argument(std::to_string(B) + " prompts but only " + std::to_string(ex.n_slots()) + " KV slots");
   for (int64_t b = 0; b < B; ++b)
     if (prompts[size_t(b)].empty()) return invalid_argument("prompt " + std::to_string(b) + " is empty");
+  if (!adapters.empty() && int64_t(adapters.size()) != B)
+    return invalid_argument(std::to_string(adapters.size()) + " adapter ids for " + std::to_string(B) + " prompts");
+  auto adapter_of = [&](int64_t b) { return adapters.empty() ? 0 : adapters[size_t(b)]; };
   GreedyResult r;
   r.prompt_logits.resize(size_t(B));
   r.ids.resize(size_t(B));
@@ -128,7 +148,7 @@ StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vect
     Batch batch;
     std::vector<int64_t> rows;
     for (int64_t b = g * B / G; b < (g + 1) * B / G; ++b) {
-      batch.add_sequence(int32_t(b), 0, prompts[size_t(b)]);
+      batch.add_sequence(int32_t(b), 0, prompts[size_t(b)], adapter_of(b));
       const SeqRange& s = batch.seqs.back();
       for (int64_t t = want_prompt_logits ? s.begin : s.begin + s.count - 1; t < s.begin + s.count; ++t) rows.push_back(t);
       f.seqs.push_back(b);
@@ -166,7 +186,8 @@ StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vect
       if (on_token) on_token(b, id);
       const bool stop = std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end();
       if (stop || int64_t(r.ids[size_t(b)].size()) >= steps) continue;
-      next.add_sequence(int32_t(b), int32_t(prompts[size_t(b)].size() + r.ids[size_t(b)].size() - 1), {id});
+      next.add_sequence(int32_t(b), int32_t(prompts[size_t(b)].size() + r.ids[size_t(b)].size() - 1), {id},
+                        adapter_of(b));
       nf.seqs.push_back(b);
       nf.rows.push_back(1);
     }

@@ -19,8 +19,9 @@ struct EngineOptions {
   int64_t max_seq_len = 0;   // 0: max_position_embeddings, capped at kDefaultMaxSeqLen
   AttnImpl attn_impl = AttnImpl::kAuto;
   bool exact = false;  // GGUF block types: exact numerics (default fast; kernels::Numerics)
-  std::filesystem::path lora;  // a LoRA adapter folder applied to every sequence (docs/lora.md); empty: none
-  bool merge_lora = false;     // fold it into float32 copies of the weights instead
+  std::vector<LoraSpec> loras;  // LoRA adapters served (docs/lora.md); one unnamed: every sequence's
+  bool merge_lora = false;      // fold the one adapter into the weights instead
+  MergeInto merge_into = MergeInto::kF32;  // into float32 copies or the stored dtype
 };
 
 inline constexpr int64_t kDefaultMaxSeqLen = 4096;
@@ -32,6 +33,7 @@ class Engine : public Executor {
   const ModelConfig& config() const override { return ck_->config(); }
   int64_t max_seq_len() const override { return stage_->max_seq_len(); }
   int64_t n_slots() const override { return stage_->n_slots(); }
+  std::vector<std::string> adapter_names() const override;
   // Runs the micro-batch at once; next_result() hands the results out in order.
   StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
                             const std::vector<RowSampler>& samplers = {}) override;
@@ -43,7 +45,7 @@ class Engine : public Executor {
 
  private:
   std::unique_ptr<Checkpoint> ck_;
-  std::unique_ptr<LoraAdapter> lora_;
+  std::vector<std::unique_ptr<LoraAdapter>> loras_;
   kernels::Matrix embed_;
   HeadWeights head_;
   std::unique_ptr<Stage> stage_;
@@ -65,9 +67,11 @@ struct GreedyResult {
 // `stop_ids` stops there (that id is its last). The sequences are split into
 // executor.pipeline_depth() groups, each its own micro-batch, all in flight at once.
 // on_token(seq, id), when given, sees every token as it is chosen.
+// adapters: each prompt's LoRA adapter id (empty: the base model, or the one unnamed adapter).
 StatusOr<GreedyResult> generate_greedy(Executor& executor, const std::vector<std::vector<int32_t>>& prompts,
                                        int64_t steps, bool want_prompt_logits, bool want_step_logits,
                                        const std::vector<int32_t>& stop_ids = {},
-                                       const std::function<void(int64_t, int32_t)>& on_token = {});
+                                       const std::function<void(int64_t, int32_t)>& on_token = {},
+                                       const std::vector<int32_t>& adapters = {});
 
 }  // namespace shoal

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -27,6 +28,9 @@ class Executor {
   virtual int64_t n_slots() const = 0;
   // Micro-batches worth keeping in flight so every pipeline stage has work.
   virtual int64_t pipeline_depth() const { return 1; }
+  // The LoRA adapters served, by id (names[k - 1] is adapter id k; docs/lora.md): a sequence picks
+  // one with SeqRange::adapter. One unnamed adapter ("") applies to every sequence whatever it asks.
+  virtual std::vector<std::string> adapter_names() const { return {}; }
 
   // Queues a micro-batch; `rows` are the token rows whose next token (and logits, when asked)
   // come back. `samplers`: empty (each row's argmax) or one per row, chosen on the head.
@@ -37,7 +41,10 @@ class Executor {
   virtual StatusOr<StepResult> next_result() = 0;
 };
 
-// Checks a batch against the vocabulary, the slots and the context (shared by executors).
-Status check_batch(const Batch& b, const ModelConfig& c, int64_t n_slots, int64_t max_seq_len);
+// Checks a batch against the vocabulary, the slots, the context and the adapters (shared by executors).
+Status check_batch(const Batch& b, const ModelConfig& c, int64_t n_slots, int64_t max_seq_len,
+                   const std::vector<std::string>& adapter_names = {});
+// The batch as the ranks run it: with one unnamed adapter, every sequence's adapter is 1.
+Batch with_served_adapters(const Batch& b, const std::vector<std::string>& adapter_names);
 
 }  // namespace shoal

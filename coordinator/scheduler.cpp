@@ -93,11 +93,12 @@ Status Scheduler::submit_ready() {
         const int64_t chunk = std::min(prompt - s.prefilled, budget);
         const std::vector<int32_t> ids(s.request.prompt.begin() + s.prefilled,
                                        s.request.prompt.begin() + s.prefilled + chunk);
-        batch.add_sequence(s.slot, int32_t(s.prefilled), ids);
+        batch.add_sequence(s.slot, int32_t(s.prefilled), ids, s.request.adapter);
         part.tokens = chunk;
         part.wants_token = s.prefilled + chunk == prompt;
       } else {  // decode: the last chosen token
-        batch.add_sequence(s.slot, int32_t(prompt + int64_t(s.output.size()) - 1), {s.output.back()});
+        batch.add_sequence(s.slot, int32_t(prompt + int64_t(s.output.size()) - 1), {s.output.back()},
+                           s.request.adapter);
         part.tokens = 1;
       }
       budget -= part.tokens;

@@ -29,6 +29,7 @@ struct GenerationRequest {
   std::vector<int32_t> stop_ids;
   std::optional<SamplingParams> sampling;  // none: greedy (argmax) and no logprobs
   uint64_t seed = 0;                       // used when sampling->seed is empty
+  int32_t adapter = 0;                     // its LoRA adapter id (Executor::adapter_names); 0: the base
 };
 
 // One generated token, or the end of a request (token < 0 when it ends without one).

@@ -26,12 +26,13 @@ void gqa_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
   const int64_t n = batch.n_tokens(), H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim;
   const auto& ctx = lc.kernels;
   SHOAL_CHECK_EQ(kv.size(), batch.seqs.size());
+  const std::vector<int32_t> rows = batch.row_adapters();
 
   std::vector<float> q(static_cast<size_t>(n * H * hd)), k(static_cast<size_t>(n * KV * hd)),
       v(static_cast<size_t>(n * KV * hd));
-  adapted_linear(q.data(), h, w.wq, w.lora.wq, n, ctx);
-  adapted_linear(k.data(), h, w.wk, w.lora.wk, n, ctx);
-  adapted_linear(v.data(), h, w.wv, w.lora.wv, n, ctx);
+  adapted_linear(q.data(), h, w.wq, w.lora.wq, rows, n, ctx);
+  adapted_linear(k.data(), h, w.wk, w.lora.wk, rows, n, ctx);
+  adapted_linear(v.data(), h, w.wv, w.lora.wv, rows, n, ctx);
   add_bias(q.data(), w.bq, n);
   add_bias(k.data(), w.bk, n);
   add_bias(v.data(), w.bv, n);
@@ -65,7 +66,7 @@ void gqa_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
     p.scale = rt.softmax_scale;
     kernels::attention(p, ctx);
   }
-  adapted_linear(out, o.data(), w.wo, w.lora.wo, n, ctx);
+  adapted_linear(out, o.data(), w.wo, w.lora.wo, rows, n, ctx);
   add_bias(out, w.bo, n);
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -13,6 +14,7 @@ struct SeqRange {
   int64_t count = 0;  // tokens of this sequence in the batch
   int32_t slot = 0;   // KV cache slot holding this sequence
   int32_t start_pos = 0;  // position of its first token here (tokens before it are cached)
+  int32_t adapter = 0;    // its LoRA adapter id (model/lora.h); 0: the base model
 };
 
 struct Batch {
@@ -21,12 +23,21 @@ struct Batch {
   std::vector<SeqRange> seqs;
 
   int64_t n_tokens() const { return int64_t(tokens.size()); }
-  void add_sequence(int32_t slot, int32_t start_pos, const std::vector<int32_t>& ids) {
-    seqs.push_back({n_tokens(), int64_t(ids.size()), slot, start_pos});
+  void add_sequence(int32_t slot, int32_t start_pos, const std::vector<int32_t>& ids, int32_t adapter = 0) {
+    seqs.push_back({n_tokens(), int64_t(ids.size()), slot, start_pos, adapter});
     for (size_t k = 0; k < ids.size(); ++k) {
       tokens.push_back(ids[k]);
       positions.push_back(start_pos + int32_t(k));
     }
+  }
+  // The adapter id of every token row; empty when every sequence is the base model's.
+  std::vector<int32_t> row_adapters() const {
+    std::vector<int32_t> r;
+    for (const SeqRange& s : seqs)
+      if (s.adapter != 0) r.resize(tokens.size(), 0);
+    if (r.empty()) return r;
+    for (const SeqRange& s : seqs) std::fill_n(r.begin() + s.begin, s.count, s.adapter);
+    return r;
   }
 };
 

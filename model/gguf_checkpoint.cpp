@@ -106,6 +106,30 @@ GgufSource gguf_source(const TensorSpec& t) {
   return {"?" + t.name};
 }
 
+std::optional<std::string> gguf_hf_name(std::string_view name, int64_t expert) {
+  if (expert < 0) {
+    if (name == "token_embd.weight") return names::embed();
+    if (name == "output_norm.weight") return names::final_norm();
+    if (name == "output.weight") return names::lm_head();
+  }
+  if (!name.starts_with("blk.")) return std::nullopt;
+  name.remove_prefix(4);
+  const size_t dot = name.find('.');
+  const std::string_view digits = name.substr(0, dot);
+  if (dot == std::string_view::npos || digits.empty() || digits.size() > 9 || (digits.size() > 1 && digits[0] == '0') ||
+      !std::all_of(digits.begin(), digits.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
+    return std::nullopt;
+  const int64_t layer = std::stoll(std::string(digits));
+  const std::string_view suffix = name.substr(dot + 1);
+  for (const char* proj : {"gate", "up", "down"})
+    if (suffix == "ffn_" + std::string(proj) + "_exps.weight")
+      return expert >= 0 ? std::optional(names::expert(layer, expert, std::string(proj) + "_proj")) : std::nullopt;
+  if (expert >= 0) return std::nullopt;
+  for (const auto& [hf, gg] : kLayerNames)
+    if (gg == suffix) return names::layer(layer, std::string(hf));
+  return std::nullopt;
+}
+
 namespace {
 
 // A per-rank shard written by `shoal shard` (docs/gguf.md, "Synth and shard") holds only some of

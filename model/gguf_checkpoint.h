@@ -7,7 +7,9 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "model/config.h"
 #include "model/gguf.h"
@@ -34,6 +36,10 @@ struct GgufSource {
   int64_t expert = -1;
 };
 GgufSource gguf_source(const TensorSpec& t);
+// Its inverse on one name: the Hugging Face tensor llama.cpp's `name` holds (for a stacked
+// ffn_{gate,up,down}_exps tensor, expert `expert`'s, which must then be >= 0), or nullopt when the
+// table has no such name. LoRA adapters in GGUF name their tensors after these (model/lora_gguf.cpp).
+std::optional<std::string> gguf_hf_name(std::string_view name, int64_t expert = -1);
 
 // Every tensor of model_tensors(config), found in the file and checked (type, shape).
 StatusOr<std::map<std::string, GgufView>> gguf_hf_tensors(const GgufModel& m, const ModelConfig& c);

@@ -17,6 +17,31 @@ void add_scaled(float* out, const float* extra, float scale, int64_t count) {
   for (int64_t i = 0; i < count; ++i) out[i] += scale * extra[i];
 }
 
+// Calls f(term, rows) once per adapter with a term in l, with the rows (ascending) whose adapter
+// it is.
+template <class F>
+void for_each_adapter(const LoraTerms& l, RowAdapters rows, int64_t n, F&& f) {
+  if (rows.empty() || n == 0 || !l.any()) return;
+  SHOAL_CHECK_EQ(int64_t(rows.size()), n);
+  std::vector<int64_t> mine;
+  for (int32_t id = 1; id < int32_t(l.by_id.size()); ++id) {
+    const LoraTerm& t = l.by_id[size_t(id)];
+    if (!t.active()) continue;
+    mine.clear();
+    for (int64_t r = 0; r < n; ++r)
+      if (rows[size_t(r)] == id) mine.push_back(r);
+    if (!mine.empty()) f(t, mine);
+  }
+}
+
+// Rows `which` of x [n, width] packed together; empty when they are all of x, in order.
+std::vector<float> gather_rows(const float* x, const std::vector<int64_t>& which, int64_t n, int64_t width) {
+  if (int64_t(which.size()) == n) return {};
+  std::vector<float> out(which.size() * static_cast<size_t>(width));
+  for (size_t i = 0; i < which.size(); ++i) std::copy_n(x + which[i] * width, width, out.data() + int64_t(i) * width);
+  return out;
+}
+
 // Copies a strided [n, width] block out of rows of `stride` floats starting at `offset`.
 void gather_cols(float* dst, const float* src, int64_t n, int64_t stride, int64_t offset, int64_t width) {
   for (int64_t t = 0; t < n; ++t) std::copy_n(src + t * stride + offset, width, dst + t * width);
@@ -25,28 +50,39 @@ void scatter_cols(float* dst, const float* src, int64_t n, int64_t stride, int64
   for (int64_t t = 0; t < n; ++t) std::copy_n(src + t * width, width, dst + t * stride + offset);
 }
 
-// MLA's up-projections of head h. q_nope · W_uk (into the latent space): out[m, C].
-void project_q_nope(float* out, const float* q_nope, int64_t m, const AttnWeights& w, int64_t h,
+// MLA's up-projections of head h, each row with its adapter's kv_b_proj term (which is in
+// kv_b_proj's layout also where the base keeps kv_b split). q_nope · W_uk (into the latent
+// space): out[m, C].
+LoraTerms lora_uk(const AttnWeights& w, int64_t h, const ModelConfig& c) {
+  return w.lora.wkv_b.slice_rows(h * (c.qk_nope_head_dim + c.v_head_dim), c.qk_nope_head_dim);
+}
+void project_q_nope(float* out, const float* q_nope, RowAdapters rows, int64_t m, const AttnWeights& w, int64_t h,
                     const ModelConfig& c, const kernels::Context& ctx) {
   const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim, C = c.kv_lora_rank;
-  if (c.mla_split_kv_b) return kernels::linear(out, q_nope, w.wk_b.slice_rows(h * C, C), m, ctx);
-  adapted_linear_t(out, q_nope, w.wkv_b.slice_rows(h * (dn + dv), dn), w.lora.wkv_b.slice_rows(h * (dn + dv), dn), m, ctx);
+  if (c.mla_split_kv_b) {
+    kernels::linear(out, q_nope, w.wk_b.slice_rows(h * C, C), m, ctx);
+    return add_lora_t(out, q_nope, lora_uk(w, h, c), rows, m, ctx);
+  }
+  adapted_linear_t(out, q_nope, w.wkv_b.slice_rows(h * (dn + dv), dn), lora_uk(w, h, c), rows, m, ctx);
 }
 // W_uk · latent (the keys' nope part): out[m, dn].
-void expand_k_nope(float* out, const float* latent, int64_t m, const AttnWeights& w, int64_t h,
+void expand_k_nope(float* out, const float* latent, RowAdapters rows, int64_t m, const AttnWeights& w, int64_t h,
                    const ModelConfig& c, const kernels::Context& ctx) {
   const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim, C = c.kv_lora_rank;
-  if (c.mla_split_kv_b) return kernels::linear_t(out, latent, w.wk_b.slice_rows(h * C, C), m, ctx);
-  adapted_linear(out, latent, w.wkv_b.slice_rows(h * (dn + dv), dn), w.lora.wkv_b.slice_rows(h * (dn + dv), dn), m, ctx);
+  if (c.mla_split_kv_b) {
+    kernels::linear_t(out, latent, w.wk_b.slice_rows(h * C, C), m, ctx);
+    return add_lora(out, latent, lora_uk(w, h, c), rows, m, ctx);
+  }
+  adapted_linear(out, latent, w.wkv_b.slice_rows(h * (dn + dv), dn), lora_uk(w, h, c), rows, m, ctx);
 }
-// W_uv of head h [dv, C], and its LoRA term.
+// W_uv of head h [dv, C], and its LoRA terms.
 Matrix w_uv(const AttnWeights& w, int64_t h, const ModelConfig& c) {
   const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim;
   return c.mla_split_kv_b ? w.wv_b.slice_rows(h * dv, dv) : w.wkv_b.slice_rows(h * (dn + dv) + dn, dv);
 }
-LoraTerm lora_uv(const AttnWeights& w, int64_t h, const ModelConfig& c) {
+LoraTerms lora_uv(const AttnWeights& w, int64_t h, const ModelConfig& c) {
   const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim;
-  return c.mla_split_kv_b ? LoraTerm{} : w.lora.wkv_b.slice_rows(h * (dn + dv) + dn, dv);
+  return w.lora.wkv_b.slice_rows(h * (dn + dv) + dn, dv);
 }
 
 // Naive attention of one sequence: expand the latents of positions [0, end) with kv_b_proj into
@@ -57,14 +93,16 @@ void attend_naive(float* o, const float* q, const AttnWeights& w, const SeqRange
   const int64_t H = c.n_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
   const int64_t end = pos[s.count - 1] + 1, kvw = dn + dv;
   std::vector<float> kv_full(static_cast<size_t>(end * H * kvw));  // [end, H, dn + dv]
+  const std::vector<int32_t> rows(static_cast<size_t>(s.adapter != 0 ? end : 0), s.adapter);  // every cached row
   if (!c.mla_split_kv_b) {
-    adapted_linear(kv_full.data(), kv.kv, w.wkv_b, w.lora.wkv_b, end, lc.kernels);
+    adapted_linear(kv_full.data(), kv.kv, w.wkv_b, w.lora.wkv_b, rows, end, lc.kernels);
   } else {
     std::vector<float> part(static_cast<size_t>(end * std::max(dn, dv)));
     for (int64_t h = 0; h < H; ++h) {
-      expand_k_nope(part.data(), kv.kv, end, w, h, c, lc.kernels);
+      expand_k_nope(part.data(), kv.kv, rows, end, w, h, c, lc.kernels);
       scatter_cols(kv_full.data(), part.data(), end, H * kvw, h * kvw, dn);
-      kernels::linear(part.data(), kv.kv, w_uv(w, h, c), end, lc.kernels);  // split kv_b: no LoRA term
+      kernels::linear(part.data(), kv.kv, w_uv(w, h, c), end, lc.kernels);
+      add_lora(part.data(), kv.kv, lora_uv(w, h, c), rows, end, lc.kernels);
       scatter_cols(kv_full.data(), part.data(), end, H * kvw, h * kvw + dn, dv);
     }
   }
@@ -93,8 +131,13 @@ void attend_absorbed(float* o, const float* q, const AttnWeights& w, const Batch
   const int64_t H = c.n_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
   const int64_t C = c.kv_lora_rank, qw = dn + dr;
   std::vector<int64_t> rows;  // batch token of each absorbed row
+  std::vector<int32_t> adapters;  // and its adapter id (empty: all the base model)
   for (size_t si : seqs)
-    for (int64_t t = batch.seqs[si].begin; t < batch.seqs[si].begin + batch.seqs[si].count; ++t) rows.push_back(t);
+    for (int64_t t = batch.seqs[si].begin; t < batch.seqs[si].begin + batch.seqs[si].count; ++t) {
+      rows.push_back(t);
+      adapters.push_back(batch.seqs[si].adapter);
+    }
+  if (std::all_of(adapters.begin(), adapters.end(), [](int32_t a) { return a == 0; })) adapters.clear();
   const int64_t m = int64_t(rows.size());
   std::vector<float> q_lat(static_cast<size_t>(m * H * C)), ctx_lat(static_cast<size_t>(m * H * C));  // [m, H, C]
   // Heads in parallel (each head's small products then run on one thread, without a fork/join
@@ -105,7 +148,7 @@ void attend_absorbed(float* o, const float* q, const AttnWeights& w, const Batch
 #pragma omp for schedule(static)
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t i = 0; i < m; ++i) std::copy_n(q + rows[size_t(i)] * H * qw + h * qw, dn, a.data() + i * dn);
-      project_q_nope(b.data(), a.data(), m, w, h, c, lc.kernels);
+      project_q_nope(b.data(), a.data(), adapters, m, w, h, c, lc.kernels);
       scatter_cols(q_lat.data(), b.data(), m, H * C, h * C, C);
     }
   }
@@ -132,7 +175,7 @@ void attend_absorbed(float* o, const float* q, const AttnWeights& w, const Batch
 #pragma omp for schedule(static)
     for (int64_t h = 0; h < H; ++h) {
       gather_cols(a.data(), ctx_lat.data(), m, H * C, h * C, C);
-      adapted_linear(b.data(), a.data(), w_uv(w, h, c), lora_uv(w, h, c), m, lc.kernels);
+      adapted_linear(b.data(), a.data(), w_uv(w, h, c), lora_uv(w, h, c), adapters, m, lc.kernels);
       for (int64_t i = 0; i < m; ++i) std::copy_n(b.data() + i * dv, dv, o + rows[size_t(i)] * H * dv + h * dv);
     }
   }
@@ -148,24 +191,39 @@ bool use_naive(const ModelConfig& c, int64_t new_tokens, AttnImpl impl) {
 
 }  // namespace
 
-void adapted_linear(float* out, const float* x, const Matrix& w, const LoraTerm& l, int64_t n,
-                    const kernels::Context& ctx) {
-  kernels::linear(out, x, w, n, ctx);
-  if (!l.active() || n == 0) return;
-  std::vector<float> ax(static_cast<size_t>(n * l.a.rows)), bax(static_cast<size_t>(n * w.rows));
-  kernels::linear(ax.data(), x, l.a, n, ctx);
-  kernels::linear(bax.data(), ax.data(), l.b, n, ctx);
-  add_scaled(out, bax.data(), l.scale, n * w.rows);
+void add_lora(float* out, const float* x, const LoraTerms& l, RowAdapters rows, int64_t n, const kernels::Context& ctx) {
+  for_each_adapter(l, rows, n, [&](const LoraTerm& t, const std::vector<int64_t>& mine) {
+    const int64_t m = int64_t(mine.size()), in = t.a.cols, width = t.b.rows;
+    std::vector<float> xs = gather_rows(x, mine, n, in);
+    std::vector<float> ax(static_cast<size_t>(m * t.a.rows)), bax(static_cast<size_t>(m * width));
+    kernels::linear(ax.data(), xs.empty() ? x : xs.data(), t.a, m, ctx);
+    kernels::linear(bax.data(), ax.data(), t.b, m, ctx);
+    for (int64_t i = 0; i < m; ++i) add_scaled(out + mine[size_t(i)] * width, bax.data() + i * width, t.scale, width);
+  });
 }
 
-void adapted_linear_t(float* out, const float* x, const Matrix& w, const LoraTerm& l, int64_t n,
+void add_lora_t(float* out, const float* x, const LoraTerms& l, RowAdapters rows, int64_t n,
+                const kernels::Context& ctx) {
+  for_each_adapter(l, rows, n, [&](const LoraTerm& t, const std::vector<int64_t>& mine) {
+    const int64_t m = int64_t(mine.size()), in = t.b.rows, width = t.a.cols;
+    std::vector<float> xs = gather_rows(x, mine, n, in);
+    std::vector<float> xb(static_cast<size_t>(m * t.b.cols)), xba(static_cast<size_t>(m * width));
+    kernels::linear_t(xb.data(), xs.empty() ? x : xs.data(), t.b, m, ctx);
+    kernels::linear_t(xba.data(), xb.data(), t.a, m, ctx);
+    for (int64_t i = 0; i < m; ++i) add_scaled(out + mine[size_t(i)] * width, xba.data() + i * width, t.scale, width);
+  });
+}
+
+void adapted_linear(float* out, const float* x, const Matrix& w, const LoraTerms& l, RowAdapters rows, int64_t n,
+                    const kernels::Context& ctx) {
+  kernels::linear(out, x, w, n, ctx);
+  add_lora(out, x, l, rows, n, ctx);
+}
+
+void adapted_linear_t(float* out, const float* x, const Matrix& w, const LoraTerms& l, RowAdapters rows, int64_t n,
                       const kernels::Context& ctx) {
   kernels::linear_t(out, x, w, n, ctx);
-  if (!l.active() || n == 0) return;
-  std::vector<float> xb(static_cast<size_t>(n * l.b.cols)), xba(static_cast<size_t>(n * w.cols));
-  kernels::linear_t(xb.data(), x, l.b, n, ctx);
-  kernels::linear_t(xba.data(), xb.data(), l.a, n, ctx);
-  add_scaled(out, xba.data(), l.scale, n * w.cols);
+  add_lora_t(out, x, l, rows, n, ctx);
 }
 
 void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& batch,
@@ -175,18 +233,19 @@ void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
   const int64_t qw = c.qk_head_dim();
   const auto& ctx = lc.kernels;
   SHOAL_CHECK_EQ(kv.size(), batch.seqs.size());
+  const std::vector<int32_t> rows = batch.row_adapters();
 
   std::vector<float> q(static_cast<size_t>(n * H * qw));  // [n, H, dn + dr]
   if (c.q_lora_rank > 0) {
     std::vector<float> qa(static_cast<size_t>(n * c.q_lora_rank));
-    adapted_linear(qa.data(), h, w.wq_a, w.lora.wq_a, n, ctx);
+    adapted_linear(qa.data(), h, w.wq_a, w.lora.wq_a, rows, n, ctx);
     kernels::rms_norm(qa.data(), qa.data(), w.q_norm, n, float(c.rms_norm_eps), ctx);
-    adapted_linear(q.data(), qa.data(), w.wq_b, w.lora.wq_b, n, ctx);
+    adapted_linear(q.data(), qa.data(), w.wq_b, w.lora.wq_b, rows, n, ctx);
   } else {
-    adapted_linear(q.data(), h, w.wq, w.lora.wq, n, ctx);
+    adapted_linear(q.data(), h, w.wq, w.lora.wq, rows, n, ctx);
   }
   std::vector<float> kv_a(static_cast<size_t>(n * (C + dr)));  // [n, C + dr]: latent, then k_pe
-  adapted_linear(kv_a.data(), h, w.wkv_a, w.lora.wkv_a, n, ctx);
+  adapted_linear(kv_a.data(), h, w.wkv_a, w.lora.wkv_a, rows, n, ctx);
   const int32_t* pos = batch.positions.data();
   kernels::rope({q.data() + c.qk_nope_head_dim, pos, lc.rope->inv_freq.data(), n, H, dr, H * qw, qw,
                  lc.rope->attn_factor}, ctx);
@@ -211,16 +270,17 @@ void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
     }
   }
   if (!absorbed.empty()) attend_absorbed(o.data(), q.data(), w, batch, absorbed, kv, lc);
-  adapted_linear(out, o.data(), w.wo, w.lora.wo, n, ctx);
+  adapted_linear(out, o.data(), w.wo, w.lora.wo, rows, n, ctx);
 }
 
-void mlp_forward(float* out, const float* h, const MlpWeights& w, int64_t n, const kernels::Context& ctx) {
+void mlp_forward(float* out, const float* h, const MlpWeights& w, RowAdapters rows, int64_t n,
+                 const kernels::Context& ctx) {
   const int64_t inter = w.gate.rows;
   std::vector<float> g(static_cast<size_t>(n * inter)), u(static_cast<size_t>(n * inter));
-  adapted_linear(g.data(), h, w.gate, w.lora.gate, n, ctx);
-  adapted_linear(u.data(), h, w.up, w.lora.up, n, ctx);
+  adapted_linear(g.data(), h, w.gate, w.lora.gate, rows, n, ctx);
+  adapted_linear(u.data(), h, w.up, w.lora.up, rows, n, ctx);
   kernels::silu_mul(g.data(), g.data(), u.data(), n, inter, ctx);
-  adapted_linear(out, g.data(), w.down, w.lora.down, n, ctx);
+  adapted_linear(out, g.data(), w.down, w.lora.down, rows, n, ctx);
 }
 
 void gate_forward(std::vector<int32_t>& indices, std::vector<float>& weights, const float* h,
@@ -249,7 +309,7 @@ void gate_forward(std::vector<int32_t>& indices, std::vector<float>& weights, co
   kernels::route(p, lc.kernels);
 }
 
-void run_expert_pairs(float* y, const float* x, std::span<const int32_t> pair_row,
+void run_expert_pairs(float* y, const float* x, RowAdapters x_adapters, std::span<const int32_t> pair_row,
                       std::span<const int32_t> pair_expert, const std::vector<std::optional<MlpWeights>>& experts,
                       const LayerContext& lc) {
   const int64_t dim = lc.config->dim;
@@ -275,6 +335,7 @@ void run_expert_pairs(float* y, const float* x, std::span<const int32_t> pair_ro
 #pragma omp parallel if (spread && groups > 1)
   {
     std::vector<float> xs, ys;
+    std::vector<int32_t> as;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t g = 0; g < groups; ++g) {
       const size_t first = starts[size_t(g)], last = starts[size_t(g + 1)];
@@ -282,9 +343,13 @@ void run_expert_pairs(float* y, const float* x, std::span<const int32_t> pair_ro
       const int64_t m = int64_t(last - first);
       xs.resize(static_cast<size_t>(m * dim));
       ys.resize(static_cast<size_t>(m * dim));
-      for (int64_t r = 0; r < m; ++r)
-        std::copy_n(x + int64_t(pair_row[size_t(order[first + size_t(r)])]) * dim, dim, xs.data() + r * dim);
-      mlp_forward(ys.data(), xs.data(), *experts[size_t(e)], m, lc.kernels);
+      as.assign(x_adapters.empty() ? 0 : size_t(m), 0);
+      for (int64_t r = 0; r < m; ++r) {
+        const int32_t row = pair_row[size_t(order[first + size_t(r)])];
+        std::copy_n(x + int64_t(row) * dim, dim, xs.data() + r * dim);
+        if (!as.empty()) as[size_t(r)] = x_adapters[size_t(row)];
+      }
+      mlp_forward(ys.data(), xs.data(), *experts[size_t(e)], as, m, lc.kernels);
       for (int64_t r = 0; r < m; ++r)
         std::copy_n(ys.data() + r * dim, dim, y + int64_t(order[first + size_t(r)]) * dim);
     }
@@ -309,7 +374,8 @@ void combine_experts(float* y, const float* pair_out, const int32_t* idx, const 
   }
 }
 
-void moe_forward(float* out, const float* h, const LayerWeights& w, int64_t n, const LayerContext& lc) {
+void moe_forward(float* out, const float* h, const LayerWeights& w, RowAdapters rows, int64_t n,
+                 const LayerContext& lc) {
   const ModelConfig& c = *lc.config;
   const int64_t dim = c.dim, k = c.n_activated_experts;
   std::vector<int32_t> idx;
@@ -318,16 +384,16 @@ void moe_forward(float* out, const float* h, const LayerWeights& w, int64_t n, c
   std::vector<int32_t> pair_row(static_cast<size_t>(n * k));
   for (int64_t p = 0; p < n * k; ++p) pair_row[size_t(p)] = int32_t(p / k);
   std::vector<float> pair_out(static_cast<size_t>(n * k * dim)), y(static_cast<size_t>(n * dim));
-  run_expert_pairs(pair_out.data(), h, pair_row, idx, w.experts, lc);
+  run_expert_pairs(pair_out.data(), h, rows, pair_row, idx, w.experts, lc);
   combine_experts(y.data(), pair_out.data(), idx.data(), wt.data(), n, k, dim, c.n_routed_experts);
-  add_shared_experts(out, h, y.data(), w, n, lc);
+  add_shared_experts(out, h, y.data(), w, rows, n, lc);
 }
 
-void add_shared_experts(float* out, const float* h, const float* y, const LayerWeights& w, int64_t n,
-                        const LayerContext& lc) {
+void add_shared_experts(float* out, const float* h, const float* y, const LayerWeights& w, RowAdapters rows,
+                        int64_t n, const LayerContext& lc) {
   const int64_t size = n * lc.config->dim;
   if (w.shared) {
-    mlp_forward(out, h, *w.shared, n, lc.kernels);
+    mlp_forward(out, h, *w.shared, rows, n, lc.kernels);
     for (int64_t i = 0; i < size; ++i) out[i] += y[i];
   } else {
     std::copy_n(y, size, out);

@@ -27,14 +27,21 @@ struct LayerContext {
   kernels::Context kernels;
 };
 
-// out[n, w.rows] = x · (W + scale B A)ᵀ: the weight's product, then, when a LoRA term is active,
-// scale * B (A x) added in float32 (unmerged: y = W x + scale * B (A x), row by row, so a row's
-// result does not depend on the others).
-void adapted_linear(float* out, const float* x, const kernels::Matrix& w, const LoraTerm& l, int64_t n,
-                    const kernels::Context& ctx);
-// out[n, w.cols] = x · (W + scale B A) (MLA's absorbed W_UK): x · W, plus scale * ((x · B) · A).
-void adapted_linear_t(float* out, const float* x, const kernels::Matrix& w, const LoraTerm& l, int64_t n,
-                      const kernels::Context& ctx);
+// out[n, w.rows] = x · Wᵀ, the weight's product; then each row r whose adapter (rows[r]; none when
+// rows is empty) has a term on W gets scale * B (A x_r) added in float32 (unmerged:
+// y = W x + scale * B (A x)). The rows of one adapter are gathered and multiplied together, and
+// every row's result is the same whatever the other rows and their adapters (linear is
+// batch-invariant), so requests for different adapters share one step.
+void adapted_linear(float* out, const float* x, const kernels::Matrix& w, const LoraTerms& l, RowAdapters rows,
+                    int64_t n, const kernels::Context& ctx);
+// out[n, w.cols] = x · W (MLA's absorbed W_UK), plus scale * ((x_r · B) · A) per adapted row.
+void adapted_linear_t(float* out, const float* x, const kernels::Matrix& w, const LoraTerms& l, RowAdapters rows,
+                      int64_t n, const kernels::Context& ctx);
+// The adapter parts alone: out[n, width] += scale * B (A x_r), or scale * ((x_r · B) · A) (_t),
+// for the rows whose adapter has a term in l (where the base weight is stored in another layout).
+void add_lora(float* out, const float* x, const LoraTerms& l, RowAdapters rows, int64_t n, const kernels::Context& ctx);
+void add_lora_t(float* out, const float* x, const LoraTerms& l, RowAdapters rows, int64_t n,
+                const kernels::Context& ctx);
 
 // Multi-head latent attention. Writes this batch's latents into the cache rows of each sequence
 // (kv[s] is sequence s's cache for this layer) and attends over positions [0, pos].
@@ -50,8 +57,9 @@ void gqa_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
 void attention_forward(float* out, const float* h, const AttnWeights& w, const Batch& batch,
                        const std::vector<SeqKv>& kv, const LayerContext& lc);
 
-// SwiGLU MLP: out[n, dim] = down(silu(gate h) * up h).
-void mlp_forward(float* out, const float* h, const MlpWeights& w, int64_t n, const kernels::Context& ctx);
+// SwiGLU MLP: out[n, dim] = down(silu(gate h) * up h), each row with its adapter's terms.
+void mlp_forward(float* out, const float* h, const MlpWeights& w, RowAdapters rows, int64_t n,
+                 const kernels::Context& ctx);
 
 // Router: expert indices and weights [n, n_activated_experts] for each token.
 void gate_forward(std::vector<int32_t>& indices, std::vector<float>& weights, const float* h,
@@ -60,11 +68,13 @@ void gate_forward(std::vector<int32_t>& indices, std::vector<float>& weights, co
 // MoE: the routed experts' weighted sum plus the shared experts. Every selected expert must be
 // loaded in w.experts. It is gate_forward, run_expert_pairs, combine_experts and
 // add_shared_experts; the distributed runtime runs the same four with the pairs spread over ranks.
-void moe_forward(float* out, const float* h, const LayerWeights& w, int64_t n, const LayerContext& lc);
+void moe_forward(float* out, const float* h, const LayerWeights& w, RowAdapters rows, int64_t n,
+                 const LayerContext& lc);
 
 // y[p] = expert pair_expert[p] applied to row pair_row[p] of x, for every pair p. Each expert
 // runs once on all its rows, in pair order (so results do not depend on how pairs are split).
-void run_expert_pairs(float* y, const float* x, std::span<const int32_t> pair_row,
+// x_adapters: the adapter id of each row of x (empty: all the base model).
+void run_expert_pairs(float* y, const float* x, RowAdapters x_adapters, std::span<const int32_t> pair_row,
                       std::span<const int32_t> pair_expert, const std::vector<std::optional<MlpWeights>>& experts,
                       const LayerContext& lc);
 
@@ -75,7 +85,7 @@ void combine_experts(float* y, const float* pair_out, const int32_t* idx, const 
 
 
 // out = shared_experts(h) + y (out = y when the model has none).
-void add_shared_experts(float* out, const float* h, const float* y, const LayerWeights& w, int64_t n,
-                        const LayerContext& lc);
+void add_shared_experts(float* out, const float* h, const float* y, const LayerWeights& w, RowAdapters rows,
+                        int64_t n, const LayerContext& lc);
 
 }  // namespace shoal

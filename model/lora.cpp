@@ -1,12 +1,17 @@
 // PEFT LoRA adapters: adapter_config.json and adapter_model.safetensors checked against the base.
+// (GGUF adapters: model/lora_gguf.cpp.)
 #include "model/lora.h"
 
+#include <bit>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
 
+#include "model/lora_gguf.h"
+#include "common/dtype.h"
 #include "model/tensor_names.h"
 
 namespace shoal {
@@ -64,8 +69,24 @@ StatusOr<json> read_json_file(const fs::path& path) {
   return j;
 }
 
-// The base's weights a LoRA may adapt, by name, with their [out, in] shapes.
-std::map<std::string, std::pair<int64_t, int64_t>> adaptable(const ModelConfig& base) {
+kernels::Matrix view(const SafetensorsFile& f, const TensorInfo& t) {
+  kernels::Matrix m;
+  m.data = f.data(t);
+  m.dtype = t.dtype;
+  m.rows = t.shape[0];
+  m.cols = t.shape[1];
+  return m;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+}  // namespace
+
+std::map<std::string, std::pair<int64_t, int64_t>> lora_adaptable_weights(const ModelConfig& base) {
   ModelConfig c = base;
   c.mla_split_kv_b = false;  // adapters name Hugging Face's modules (kv_b_proj whole)
   std::map<std::string, std::pair<int64_t, int64_t>> out;
@@ -77,16 +98,19 @@ std::map<std::string, std::pair<int64_t, int64_t>> adaptable(const ModelConfig& 
   return out;
 }
 
-kernels::Matrix view(const SafetensorsFile& f, const TensorInfo& t) {
-  kernels::Matrix m;
-  m.data = f.data(t);
-  m.dtype = t.dtype;
-  m.rows = t.shape[0];
-  m.cols = t.shape[1];
-  return m;
+Status check_lora_shapes(const std::string& file, const std::string& a_name, const std::vector<int64_t>& a_shape,
+                         const std::string& b_name, const std::vector<int64_t>& b_shape, int64_t rank, int64_t out,
+                         int64_t in) {
+  if (a_shape != std::vector<int64_t>{rank, in})
+    return invalid_argument(file + ": tensor '" + a_name + "' is " + shape_text(a_shape) + ", expected " +
+                            shape_text({rank, in}) + " (rank " + std::to_string(rank) + ", the base weight's " +
+                            std::to_string(in) + " inputs)");
+  if (b_shape != std::vector<int64_t>{out, rank})
+    return invalid_argument(file + ": tensor '" + b_name + "' is " + shape_text(b_shape) + ", expected " +
+                            shape_text({out, rank}) + " (the base weight's " + std::to_string(out) + " outputs, rank " +
+                            std::to_string(rank) + ")");
+  return {};
 }
-
-}  // namespace
 
 int64_t LoraAdapter::parameters() const {
   int64_t n = 0;
@@ -97,8 +121,7 @@ int64_t LoraAdapter::parameters() const {
 uint64_t LoraAdapter::bytes() const {
   uint64_t n = 0;
   for (const auto& [name, m] : modules)
-    n += uint64_t(m.a.rows * m.a.cols) * uint64_t(dtype_info(m.a.dtype).bytes) +
-         uint64_t(m.b.rows * m.b.cols) * uint64_t(dtype_info(m.b.dtype).bytes);
+    n += uint64_t(m.a.rows * dtype_row_bytes(m.a.dtype, m.a.cols)) + uint64_t(m.b.rows * dtype_row_bytes(m.b.dtype, m.b.cols));
   return n;
 }
 
@@ -107,9 +130,16 @@ const LoraModule* LoraAdapter::find(const std::string& weight_name) const {
   return it == modules.end() ? nullptr : &it->second;
 }
 
-kernels::Matrix merge_lora(const kernels::Matrix& w, const LoraTerm& t, std::vector<float>& storage) {
+StatusOr<kernels::Matrix> merge_lora(const kernels::Matrix& w, const LoraTerm& t, MergeInto into,
+                                     MergedWeight& storage) {
   const int64_t rows = w.rows, cols = w.cols, r = t.a.rows;
-  storage.resize(static_cast<size_t>(rows * cols));
+  const DType stored = into == MergeInto::kStored ? w.dtype : DType::kF32;
+  if (stored != DType::kF32 && stored != DType::kBF16 && stored != DType::kF16 && stored != DType::kF8E4M3)
+    return invalid_argument(std::string("merging a LoRA adapter into the stored dtype works on BF16, F16 and FP8 "
+                                        "weights, not ") + std::string(dtype_name(stored)) +
+                            " (GGUF blocks): merge into float32 (--merge-into f32) or apply it unmerged (--lora)");
+  std::vector<float>& merged = storage.f32;
+  merged.resize(static_cast<size_t>(rows * cols));
   std::vector<float> a(static_cast<size_t>(r * cols)), b(static_cast<size_t>(r));
   for (int64_t k = 0; k < r; ++k) kernels::dequantize_row(a.data() + k * cols, t.a, k);
   std::vector<double> ba(static_cast<size_t>(cols));
@@ -118,16 +148,55 @@ kernels::Matrix merge_lora(const kernels::Matrix& w, const LoraTerm& t, std::vec
     std::fill(ba.begin(), ba.end(), 0.0);
     for (int64_t k = 0; k < r; ++k)
       for (int64_t c = 0; c < cols; ++c) ba[size_t(c)] += double(b[size_t(k)]) * double(a[size_t(k * cols + c)]);
-    float* row = storage.data() + i * cols;
+    float* row = merged.data() + i * cols;
     kernels::dequantize_row(row, w, i);
     for (int64_t c = 0; c < cols; ++c) row[c] = float(double(row[c]) + double(t.scale) * ba[size_t(c)]);
   }
   kernels::Matrix m;
-  m.data = storage.data();
-  m.dtype = DType::kF32;
+  m.dtype = stored;
   m.rows = rows;
   m.cols = cols;
+  m.numerics = w.numerics;
+  if (stored == DType::kF32) {
+    m.data = merged.data();
+    return m;
+  }
+  if (stored == DType::kBF16 || stored == DType::kF16) {
+    storage.half.resize(merged.size());
+    for (size_t i = 0; i < merged.size(); ++i)
+      storage.half[i] = stored == DType::kBF16 ? float_to_bf16(merged[i])
+                                               : std::bit_cast<uint16_t>(static_cast<_Float16>(merged[i]));
+    m.data = storage.half.data();
+  } else {  // FP8 blocks: each block's scale from its merged values, as DeepSeek's quantizer does
+    m.block = w.block;
+    const int64_t sr = (rows + w.block - 1) / w.block, sc = m.scale_cols();
+    storage.fp8.resize(merged.size());
+    storage.scale_inv.assign(static_cast<size_t>(sr * sc), 1.0f);
+    for (int64_t bi = 0; bi < sr; ++bi)
+      for (int64_t bj = 0; bj < sc; ++bj) {
+        const int64_t r0 = bi * w.block, r1 = std::min(rows, r0 + w.block), c0 = bj * w.block,
+                      c1 = std::min(cols, c0 + w.block);
+        float amax = 0;
+        for (int64_t i = r0; i < r1; ++i)
+          for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(merged[size_t(i * cols + c)]));
+        const float s = amax > 0 ? amax / 448.0f : 1.0f;
+        storage.scale_inv[size_t(bi * sc + bj)] = s;
+        for (int64_t i = r0; i < r1; ++i)
+          for (int64_t c = c0; c < c1; ++c) storage.fp8[size_t(i * cols + c)] = float_to_fp8_e4m3(merged[size_t(i * cols + c)] / s);
+      }
+    m.data = storage.fp8.data();
+    m.scale_inv = storage.scale_inv.data();
+  }
+  std::vector<float>().swap(merged);  // only the stored copy stays
   return m;
+}
+
+LoraTerms lora_terms(const LoraAdapters& adapters, const std::string& weight_name) {
+  LoraTerms t;
+  t.by_id.resize(adapters.size() + 1);
+  for (size_t k = 0; k < adapters.size(); ++k) t.by_id[k + 1] = adapters[k]->term(weight_name);
+  if (!t.any()) t.by_id.clear();
+  return t;
 }
 
 LoraTerm LoraAdapter::term(const std::string& weight_name) const {
@@ -137,6 +206,7 @@ LoraTerm LoraAdapter::term(const std::string& weight_name) const {
 
 StatusOr<std::unique_ptr<LoraAdapter>> load_lora(const fs::path& dir, const ModelConfig* base) {
   std::error_code ec;
+  if (is_gguf_lora_path(dir)) return load_gguf_lora(dir, base);
   if (!fs::is_directory(dir, ec)) return not_found("LoRA adapter " + dir.string() + ": not a folder");
   const fs::path config_path = dir / "adapter_config.json", weights_path = dir / "adapter_model.safetensors";
   if (!fs::exists(config_path, ec)) return not_found(config_path.string() + " not found (a PEFT adapter folder has it)");
@@ -213,7 +283,7 @@ StatusOr<std::unique_ptr<LoraAdapter>> load_lora(const fs::path& dir, const Mode
   }
 
   SHOAL_ASSIGN_OR_RETURN(adapter->file, SafetensorsFile::open(weights_path));
-  const auto base_weights = base ? adaptable(*base) : std::map<std::string, std::pair<int64_t, int64_t>>{};
+  const auto base_weights = base ? lora_adaptable_weights(*base) : std::map<std::string, std::pair<int64_t, int64_t>>{};
   const std::string file = weights_path.string();
   std::map<std::string, std::pair<const TensorInfo*, const TensorInfo*>> pairs;  // module -> A, B
   for (const TensorInfo& t : adapter->file->tensors()) {
@@ -244,13 +314,7 @@ StatusOr<std::unique_ptr<LoraAdapter>> load_lora(const fs::path& dir, const Mode
     const auto [out, in] = base ? base_it->second
                                 : std::pair{tb.shape.empty() ? int64_t(0) : tb.shape[0], ta.shape.size() < 2 ? int64_t(0) : ta.shape[1]};
     const int64_t rank = pattern_value(rank_pattern, module).value_or(adapter->r);
-    const auto want = [](int64_t r0, int64_t r1) { return "[" + std::to_string(r0) + ", " + std::to_string(r1) + "]"; };
-    if (ta.shape != std::vector<int64_t>{rank, in})
-      return invalid_argument(file + ": tensor '" + ta.name + "' is " + ta.shape_string() + ", expected " + want(rank, in) +
-                              " (rank " + std::to_string(rank) + ", the base weight's " + std::to_string(in) + " inputs)");
-    if (tb.shape != std::vector<int64_t>{out, rank})
-      return invalid_argument(file + ": tensor '" + tb.name + "' is " + tb.shape_string() + ", expected " + want(out, rank) +
-                              " (the base weight's " + std::to_string(out) + " outputs, rank " + std::to_string(rank) + ")");
+    SHOAL_RETURN_IF_ERROR(check_lora_shapes(file, ta.name, ta.shape, tb.name, tb.shape, rank, out, in));
     LoraModule m;
     m.module = module;
     m.a = view(*adapter->file, ta);
@@ -261,6 +325,59 @@ StatusOr<std::unique_ptr<LoraAdapter>> load_lora(const fs::path& dir, const Mode
     adapter->modules.emplace(module + ".weight", std::move(m));
   }
   return adapter;
+}
+
+StatusOr<std::vector<LoraSpec>> parse_lora_specs(const std::vector<std::string>& values) {
+  std::vector<LoraSpec> specs;
+  for (const std::string& v : values) {
+    LoraSpec s;
+    const size_t eq = v.find('=');
+    const std::string head = eq == std::string::npos ? std::string() : v.substr(0, eq);
+    if (!head.empty() && head.find('/') == std::string::npos) {
+      s.name = head;
+      s.dir = v.substr(eq + 1);
+      for (char ch : s.name)
+        if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '_' && ch != '-' && ch != ':')
+          return invalid_argument("--lora " + v + ": the name '" + s.name +
+                                  "' may hold only letters, digits and . _ - :");
+    } else {
+      s.dir = v;
+    }
+    if (s.dir.empty()) return invalid_argument("--lora " + v + ": no adapter folder after the name");
+    for (const LoraSpec& o : specs)
+      if (o.name == s.name && !s.name.empty())
+        return invalid_argument("--lora: the name '" + s.name + "' is given twice (" + o.dir.string() + ", " +
+                                s.dir.string() + ")");
+    specs.push_back(std::move(s));
+  }
+  if (specs.size() > 1)
+    for (const LoraSpec& s : specs)
+      if (s.name.empty())
+        return invalid_argument("--lora " + s.dir.string() +
+                                ": several adapters need a name each (--lora NAME=DIR), which requests give as "
+                                "their model");
+  return specs;
+}
+
+StatusOr<std::vector<std::unique_ptr<LoraAdapter>>> load_loras(const std::vector<LoraSpec>& specs,
+                                                               const ModelConfig& base, bool merge, MergeInto into) {
+  if (merge && specs.size() > 1)
+    return invalid_argument("--merge-lora folds one adapter into the weights; serve several with --lora NAME=DIR");
+  std::vector<std::unique_ptr<LoraAdapter>> out;
+  for (const LoraSpec& s : specs) {
+    SHOAL_ASSIGN_OR_RETURN(std::unique_ptr<LoraAdapter> a, load_lora(s.dir, &base));
+    a->name = s.name;
+    a->merge = merge;
+    a->merge_into = into;
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+LoraAdapters lora_views(const std::vector<std::unique_ptr<LoraAdapter>>& owned) {
+  LoraAdapters v;
+  for (const auto& a : owned) v.push_back(a.get());
+  return v;
 }
 
 }  // namespace shoal

@@ -5,36 +5,38 @@
 namespace shoal {
 namespace {
 
-// With --merge-lora, an adapted weight becomes a float32 copy with the adapter folded in (owned
-// by `merged`) and has no term left; otherwise the term stays, applied unmerged.
-void fold(Matrix& w, LoraTerm& term, const LoraAdapter& lora, std::vector<std::shared_ptr<std::vector<float>>>& merged) {
-  if (!lora.merge || !term.active()) return;
-  merged.push_back(std::make_shared<std::vector<float>>());
-  w = merge_lora(w, term, *merged.back());
-  term = {};
+// With --merge-lora (one adapter, loaded with merge), an adapted weight becomes a copy with the
+// adapter folded in (float32 or the stored dtype, owned by `merged`) and has no term left;
+// otherwise the terms stay, applied unmerged.
+Status fold(Matrix& w, LoraTerms& terms, const LoraAdapters& loras, std::vector<std::shared_ptr<MergedWeight>>& merged) {
+  if (loras.size() != 1 || !loras[0]->merge || !terms.any()) return {};
+  merged.push_back(std::make_shared<MergedWeight>());
+  auto m = merge_lora(w, terms[1], loras[0]->merge_into, *merged.back());
+  if (!m.ok()) return m.status().with_context(loras[0]->dir.string());
+  w = *m;
+  terms = {};
+  return {};
 }
 
 StatusOr<MlpWeights> load_mlp(Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t inter,
-                              const LoraAdapter* lora) {
+                              const LoraAdapters& loras) {
   MlpWeights m;
   SHOAL_ASSIGN_OR_RETURN(m.gate, ck.matrix(prefix + "gate_proj.weight", inter, dim));
   SHOAL_ASSIGN_OR_RETURN(m.up, ck.matrix(prefix + "up_proj.weight", inter, dim));
   SHOAL_ASSIGN_OR_RETURN(m.down, ck.matrix(prefix + "down_proj.weight", dim, inter));
-  if (lora) {
-    m.lora.gate = lora->term(prefix + "gate_proj.weight");
-    m.lora.up = lora->term(prefix + "up_proj.weight");
-    m.lora.down = lora->term(prefix + "down_proj.weight");
-    fold(m.gate, m.lora.gate, *lora, m.merged);
-    fold(m.up, m.lora.up, *lora, m.merged);
-    fold(m.down, m.lora.down, *lora, m.merged);
-  }
+  m.lora.gate = lora_terms(loras, prefix + "gate_proj.weight");
+  m.lora.up = lora_terms(loras, prefix + "up_proj.weight");
+  m.lora.down = lora_terms(loras, prefix + "down_proj.weight");
+  SHOAL_RETURN_IF_ERROR(fold(m.gate, m.lora.gate, loras, m.merged));
+  SHOAL_RETURN_IF_ERROR(fold(m.up, m.lora.up, loras, m.merged));
+  SHOAL_RETURN_IF_ERROR(fold(m.down, m.lora.down, loras, m.merged));
   return m;
 }
 
-// The adapter's terms on layer i's attention weights. MLA's kv_b_proj kept split (GGUF) has no
-// term yet: an adapter of it is refused by name.
-Status attach_attn_lora(AttnWeights& a, const ModelConfig& c, int64_t i, const LoraAdapter& lora) {
-  auto t = [&](const char* s) { return lora.term(names::layer(i, s)); };
+// The adapters' terms on layer i's attention weights. On MLA's kv_b_proj kept split (GGUF) the
+// kv_b_proj term still applies per head (model/layers.cpp); merging into it is refused by name.
+Status attach_attn_lora(AttnWeights& a, const ModelConfig& c, int64_t i, const LoraAdapters& loras) {
+  auto t = [&](const char* s) { return lora_terms(loras, names::layer(i, s)); };
   a.lora.wq = t("self_attn.q_proj.weight");
   a.lora.wq_a = t("self_attn.q_a_proj.weight");
   a.lora.wq_b = t("self_attn.q_b_proj.weight");
@@ -43,17 +45,24 @@ Status attach_attn_lora(AttnWeights& a, const ModelConfig& c, int64_t i, const L
   a.lora.wo = t("self_attn.o_proj.weight");
   a.lora.wk = t("self_attn.k_proj.weight");
   a.lora.wv = t("self_attn.v_proj.weight");
-  if (c.mla_split_kv_b && a.lora.wkv_b.active())
-    return unimplemented(lora.dir.string() + ": adapts " + names::layer(i, "self_attn.kv_b_proj") +
-                         ", which this GGUF base keeps split as attn_k_b/attn_v_b: not supported yet");
-  fold(a.wq, a.lora.wq, lora, a.merged);
-  fold(a.wq_a, a.lora.wq_a, lora, a.merged);
-  fold(a.wq_b, a.lora.wq_b, lora, a.merged);
-  fold(a.wkv_a, a.lora.wkv_a, lora, a.merged);
-  fold(a.wkv_b, a.lora.wkv_b, lora, a.merged);
-  fold(a.wo, a.lora.wo, lora, a.merged);
-  fold(a.wk, a.lora.wk, lora, a.merged);
-  fold(a.wv, a.lora.wv, lora, a.merged);
+  for (size_t k = 0; k < loras.size(); ++k)
+    if (c.rope_interleaved && !loras[k]->gguf && (a.lora.wq[int32_t(k + 1)].active() || a.lora.wk[int32_t(k + 1)].active()))
+      return unimplemented(loras[k]->dir.string() + ": adapts " + names::layer(i, "self_attn.q_proj/k_proj") +
+                           " in Hugging Face's row order, but this GGUF llama base stores them permuted for "
+                           "interleaved rope (llama.cpp's converter): use the adapter in GGUF form or the Hugging "
+                           "Face base");
+  if (c.mla_split_kv_b && a.lora.wkv_b.any() && loras.size() == 1 && loras[0]->merge)
+    return unimplemented(loras[0]->dir.string() + ": adapts " + names::layer(i, "self_attn.kv_b_proj") +
+                         ", which this GGUF base keeps split as attn_k_b/attn_v_b: merging into it is not "
+                         "supported (apply it unmerged with --lora)");
+  SHOAL_RETURN_IF_ERROR(fold(a.wq, a.lora.wq, loras, a.merged));
+  SHOAL_RETURN_IF_ERROR(fold(a.wq_a, a.lora.wq_a, loras, a.merged));
+  SHOAL_RETURN_IF_ERROR(fold(a.wq_b, a.lora.wq_b, loras, a.merged));
+  SHOAL_RETURN_IF_ERROR(fold(a.wkv_a, a.lora.wkv_a, loras, a.merged));
+  SHOAL_RETURN_IF_ERROR(fold(a.wkv_b, a.lora.wkv_b, loras, a.merged));
+  SHOAL_RETURN_IF_ERROR(fold(a.wo, a.lora.wo, loras, a.merged));
+  SHOAL_RETURN_IF_ERROR(fold(a.wk, a.lora.wk, loras, a.merged));
+  SHOAL_RETURN_IF_ERROR(fold(a.wv, a.lora.wv, loras, a.merged));
   return {};
 }
 
@@ -115,7 +124,7 @@ StatusOr<AttnWeights> load_attn(Checkpoint& ck, int64_t i) {
 
 }  // namespace
 
-StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter& experts, const LoraAdapter* lora) {
+StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter& experts, const LoraAdapters& lora) {
   const ModelConfig& c = ck.config();
   auto name = [&](const char* s) { return names::layer(i, s); };
   LayerWeights l;
@@ -124,9 +133,7 @@ StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter&
   SHOAL_ASSIGN_OR_RETURN(l.attn_norm, ck.vector(name("input_layernorm.weight"), c.dim));
   SHOAL_ASSIGN_OR_RETURN(l.ffn_norm, ck.vector(name("post_attention_layernorm.weight"), c.dim));
   SHOAL_ASSIGN_OR_RETURN(l.attn, load_attn(ck, i));
-  if (lora) {
-    SHOAL_RETURN_IF_ERROR(attach_attn_lora(l.attn, c, i, *lora));
-  }
+  SHOAL_RETURN_IF_ERROR(attach_attn_lora(l.attn, c, i, lora));
   if (!l.moe) {
     SHOAL_ASSIGN_OR_RETURN(l.mlp, load_mlp(ck, names::layer(i, "mlp."), c.dim, c.inter_dim, lora));
     return l;
@@ -144,7 +151,7 @@ StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter&
 }
 
 Status load_routed_experts(Checkpoint& ck, int64_t i, const ExpertFilter& experts,
-                           std::vector<std::optional<MlpWeights>>& out, const LoraAdapter* lora) {
+                           std::vector<std::optional<MlpWeights>>& out, const LoraAdapters& lora) {
   const ModelConfig& c = ck.config();
   out.assign(static_cast<size_t>(c.n_routed_experts), std::nullopt);
   for (int64_t j = 0; j < c.n_routed_experts; ++j) {

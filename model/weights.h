@@ -18,9 +18,9 @@ struct MlpWeights {  // w2(silu(w1 x) * w3 x)
   Matrix up;         // w3 [inter, dim]
   Matrix down;       // w2 [dim, inter]
   struct {
-    LoraTerm gate, up, down;
-  } lora;            // a LoRA adapter's terms on these weights (model/lora.h), when one is loaded
-  std::vector<std::shared_ptr<std::vector<float>>> merged;  // float32 weights an adapter was merged into
+    LoraTerms gate, up, down;
+  } lora;            // the LoRA adapters' terms on these weights (model/lora.h), by adapter id
+  std::vector<std::shared_ptr<MergedWeight>> merged;  // weights an adapter was merged into (--merge-lora)
 };
 
 struct AttnWeights {
@@ -41,9 +41,9 @@ struct AttnWeights {
   Matrix wk, wv;      // [n_kv_heads * head_dim, dim]
   std::vector<float> bq, bk, bv, bo;  // biases when the config has them, else empty
   struct {
-    LoraTerm wq, wq_a, wq_b, wkv_a, wkv_b, wo, wk, wv;
-  } lora;             // a LoRA adapter's terms on these weights (model/lora.h), when one is loaded
-  std::vector<std::shared_ptr<std::vector<float>>> merged;  // float32 weights an adapter was merged into
+    LoraTerms wq, wq_a, wq_b, wkv_a, wkv_b, wo, wk, wv;
+  } lora;             // the LoRA adapters' terms on these weights (model/lora.h), by adapter id
+  std::vector<std::shared_ptr<MergedWeight>> merged;  // weights an adapter was merged into (--merge-lora)
 };
 
 struct LayerWeights {
@@ -64,12 +64,13 @@ using ExpertFilter = std::vector<bool>;
 
 // Layer i: norms, attention, and the dense MLP or router, shared expert and the routed experts
 // the filter selects (empty filter: all).
-// With `lora`, each adapted weight gets its LoRA term.
+// Each weight gets the terms of the `loras` that adapt it (or, for one adapter loaded with merge,
+// the adapter folded into a float32 copy of the weight).
 StatusOr<LayerWeights> load_layer(Checkpoint& ck, int64_t i, const ExpertFilter& experts,
-                                  const LoraAdapter* lora = nullptr);
+                                  const LoraAdapters& loras = {});
 // Only the routed experts of layer i that the filter selects; out has n_routed_experts entries.
 Status load_routed_experts(Checkpoint& ck, int64_t i, const ExpertFilter& experts,
-                           std::vector<std::optional<MlpWeights>>& out, const LoraAdapter* lora = nullptr);
+                           std::vector<std::optional<MlpWeights>>& out, const LoraAdapters& loras = {});
 StatusOr<Matrix> load_embedding(Checkpoint& ck);
 struct HeadWeights {
   Matrix norm;     // [1, dim]

@@ -13,9 +13,10 @@
 namespace shoal {
 
 // Fills routed [n, dim] with each token's routed experts (idx, weight: [n, topk] from the gate)
-// summed in the combine tree's order (model/expert_combine.h).
-using RoutedExperts = std::function<Status(float* routed, const float* h, const std::vector<int32_t>& idx,
-                                           const std::vector<float>& weight, int64_t n)>;
+// summed in the combine tree's order (model/expert_combine.h); rows: each token's adapter id.
+using RoutedExperts = std::function<Status(float* routed, const float* h, RowAdapters rows,
+                                           const std::vector<int32_t>& idx, const std::vector<float>& weight,
+                                           int64_t n)>;
 
 Status block_forward(float* x, const Batch& batch, const LayerWeights& layer, const std::vector<SeqKv>& kv,
                      const LayerContext& lc, const RoutedExperts& routed);

@@ -91,21 +91,27 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   if (hello.wire_dtype() != 0 && hello.wire_dtype() != 1)
     return refuse(me + ": the coordinator asked for wire dtype " + std::to_string(hello.wire_dtype()) + " (0 f32, 1 bf16)");
   wo.wire_dtype = wire::WireDtype(hello.wire_dtype());
-  st.lora.reset();
-  if (!hello.lora_dir().empty()) {
-    const std::filesystem::path lora_dir = st.lora_dir.empty() ? std::filesystem::path(hello.lora_dir()) : st.lora_dir;
-    auto lora = load_lora(lora_dir, &st.ck->config());
-    if (!lora.ok()) return refuse(me + " cannot use the LoRA adapter: " + lora.status().to_string());
-    st.lora = std::move(*lora);
-    st.lora->merge = hello.merge_lora();
-    auto lfp = lora_fingerprint(*st.lora, names);
+  st.adapters.clear();
+  for (const wire::LoraSpec& spec : hello.adapters()) {
+    std::filesystem::path dir = spec.dir();  // this node's own copy when it was given one
+    for (const LoraSpec& mine : st.loras)
+      if (mine.name == spec.name() || (mine.name.empty() && st.loras.size() == 1 && hello.adapters_size() == 1))
+        dir = mine.dir;
+    const std::string label = spec.name().empty() ? std::string("the LoRA adapter") : "LoRA adapter " + spec.name();
+    auto lora = load_lora(dir, &st.ck->config());
+    if (!lora.ok()) return refuse(me + " cannot use " + label + ": " + lora.status().to_string());
+    (*lora)->name = spec.name();
+    (*lora)->merge = hello.merge_lora();
+    (*lora)->merge_into = hello.merge_into() == 1 ? MergeInto::kStored : MergeInto::kF32;
+    auto lfp = lora_fingerprint(**lora, names);
     if (!lfp.ok()) return refuse(me + ": " + lfp.status().to_string());
-    if (*lfp != hello.lora_fingerprint())
-      return refuse("the LoRA adapters differ: " + me + " has " + lora_dir.string() + " (fingerprint " +
-                    lfp->substr(0, 16) + "), the coordinator (" + hello.coordinator_host() + ") has " +
-                    hello.lora_dir() + " (fingerprint " + hello.lora_fingerprint().substr(0, 16) + ")");
-    wo.lora = st.lora.get();
+    if (*lfp != spec.fingerprint())
+      return refuse("the LoRA adapters differ (" + label + "): " + me + " has " + dir.string() + " (fingerprint " +
+                    lfp->substr(0, 16) + "), the coordinator (" + hello.coordinator_host() + ") has " + spec.dir() +
+                    " (fingerprint " + spec.fingerprint().substr(0, 16) + ")");
+    st.adapters.push_back(std::move(*lora));
   }
+  wo.lora = lora_views(st.adapters);
   st.ck->set_numerics(hello.exact_numerics() ? kernels::Numerics::kExact : st.ck->default_numerics());
   auto worker = Worker::load(*st.ck, *plan, rank, wo);
   if (!worker.ok()) return refuse(me + ": " + worker.status().to_string());

@@ -20,10 +20,11 @@ namespace shoal {
 // units it did not host before: their pages stay mapped), and how it was started.
 struct NodeState {
   std::filesystem::path model_dir;  // --model of `shoal node`; empty: the Hello's
-  std::filesystem::path lora_dir;   // --lora of `shoal node`: its copy of the adapter; empty: the Hello's path
+  std::vector<LoraSpec> loras;      // --lora of `shoal node`: its copies of the adapters (by name; one unnamed:
+                                    // the coordinator's only adapter); others: the Hello's path
   std::string build_id;             // this binary's build id (tests may override it)
   std::unique_ptr<Checkpoint> ck;
-  std::unique_ptr<LoraAdapter> lora;  // the session's adapter (Hello.lora_dir), if any
+  std::vector<std::unique_ptr<LoraAdapter>> adapters;  // the session's adapters (Hello.adapters), by id
   std::chrono::milliseconds hello_timeout{std::chrono::minutes(10)};
 };
 

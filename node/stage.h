@@ -17,7 +17,7 @@ struct StageOptions {
   int64_t max_seq_len = 0;                    // positions per slot; 0: max_position_embeddings
   AttnImpl attn_impl = AttnImpl::kAuto;
   kernels::Context kernels;
-  const LoraAdapter* lora = nullptr;          // applied to every sequence (must outlive the stage)
+  LoraAdapters lora;                          // the adapters served, by id (they must outlive the stage)
 };
 
 class Stage {

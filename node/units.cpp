@@ -80,7 +80,7 @@ StatusOr<std::string> weights_fingerprint(Checkpoint& ck, const std::vector<std:
 
 StatusOr<std::string> lora_fingerprint(const LoraAdapter& lora, const std::vector<std::string>& names) {
   return sha256_hex([&](const auto& add) {
-    const std::string mode = lora.merge ? "merged\n" : "unmerged\n";
+    const std::string mode = !lora.merge ? "unmerged\n" : lora.merge_into == MergeInto::kF32 ? "merged\n" : "merged-stored\n";
     add(mode.data(), mode.size());
     for (const std::string& name : names) {
       const LoraModule* m = lora.find(name);
@@ -89,8 +89,8 @@ StatusOr<std::string> lora_fingerprint(const LoraAdapter& lora, const std::vecto
       meta << name << '|' << m->rank << '|' << m->scale << '|' << dtype_name(m->a.dtype) << '|' << dtype_name(m->b.dtype) << '\n';
       const std::string s = meta.str();
       add(s.data(), s.size());
-      add(m->a.data, size_t(m->a.rows * m->a.cols * dtype_info(m->a.dtype).bytes));
-      add(m->b.data, size_t(m->b.rows * m->b.cols * dtype_info(m->b.dtype).bytes));
+      add(m->a.data, size_t(m->a.rows * dtype_row_bytes(m->a.dtype, m->a.cols)));
+      add(m->b.data, size_t(m->b.rows * dtype_row_bytes(m->b.dtype, m->b.cols)));
     }
   });
 }

@@ -16,9 +16,11 @@ constexpr std::chrono::milliseconds kPoll{200};  // how often idle loops look at
 bool is_poll_timeout(const Status& s) { return s.code() == Code::kDeadlineExceeded; }
 
 // The Batch a MicroBatch describes, checked against what this rank can hold.
-StatusOr<Batch> to_batch(const wire::MicroBatch& mb, const ModelConfig& c, int64_t n_slots, int64_t capacity) {
+StatusOr<Batch> to_batch(const wire::MicroBatch& mb, const ModelConfig& c, int64_t n_slots, int64_t capacity,
+                         size_t n_adapters) {
   Batch b;
-  if (mb.tokens_size() != mb.positions_size() || mb.seq_count_size() != mb.seq_slot_size())
+  if (mb.tokens_size() != mb.positions_size() || mb.seq_count_size() != mb.seq_slot_size() ||
+      (mb.seq_adapter_size() != 0 && mb.seq_adapter_size() != mb.seq_count_size()))
     return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": inconsistent sizes");
   b.tokens.assign(mb.tokens().begin(), mb.tokens().end());
   b.positions.assign(mb.positions().begin(), mb.positions().end());
@@ -39,7 +41,12 @@ StatusOr<Batch> to_batch(const wire::MicroBatch& mb, const ModelConfig& c, int64
         return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": token id " +
                                 std::to_string(b.tokens[size_t(t)]) + " is outside the vocabulary");
     }
-    b.seqs.push_back({begin, count, slot, b.positions[size_t(begin)]});
+    const int32_t adapter = mb.seq_adapter_size() ? mb.seq_adapter(s) : 0;
+    if (adapter < 0 || size_t(adapter) > n_adapters)
+      return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": sequence " + std::to_string(s) +
+                              " asks for LoRA adapter " + std::to_string(adapter) + " but this rank serves " +
+                              std::to_string(n_adapters));
+    b.seqs.push_back({begin, count, slot, b.positions[size_t(begin)], adapter});
     begin += count;
   }
   if (begin != b.n_tokens()) return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": stray tokens");
@@ -176,7 +183,7 @@ Status Worker::advance(const std::vector<std::byte>& payload) {
   SHOAL_ASSIGN_OR_RETURN(wire::MicroBatch mb, wire::parse<wire::MicroBatch>(*t_, comm::Message{-1, 0, payload}));
   const int64_t dim = config_.dim, L = config_.n_layers;
   const int64_t capacity = cache_ ? cache_->capacity() : options_.max_seq_len;
-  SHOAL_ASSIGN_OR_RETURN(Batch b, to_batch(mb, config_, options_.n_slots, capacity));
+  SHOAL_ASSIGN_OR_RETURN(Batch b, to_batch(mb, config_, options_.n_slots, capacity, options_.lora.size()));
   const int64_t n = b.n_tokens();
   std::vector<float> x;
   int64_t next = mb.next_layer();
@@ -206,9 +213,9 @@ Status Worker::layer_forward(float* x, const Batch& b, int64_t layer, uint64_t b
   std::vector<SeqKv> kv;
   for (const SeqRange& s : b.seqs) kv.push_back(cache_->view(cache_index_.at(layer), s.slot));
   return block_forward(x, b, l, kv, lc_,
-                       [&](float* routed, const float* h, const std::vector<int32_t>& idx,
+                       [&](float* routed, const float* h, RowAdapters adapters, const std::vector<int32_t>& idx,
                            const std::vector<float>& weight, int64_t n) {
-                         return routed_experts(routed, h, idx, weight, n, layer, batch_id);
+                         return routed_experts(routed, h, adapters, idx, weight, n, layer, batch_id);
                        });
 }
 
@@ -217,7 +224,7 @@ Status Worker::layer_forward(float* x, const Batch& b, int64_t layer, uint64_t b
 // sum per maximal combine node that holds some of the row's experts, this rank computes its own
 // the same way meanwhile, and the partials of each token are added up the combine tree
 // (model/expert_combine.h): the same bits as one process, whatever the placement.
-Status Worker::routed_experts(float* routed, const float* h, const std::vector<int32_t>& idx,
+Status Worker::routed_experts(float* routed, const float* h, RowAdapters adapters, const std::vector<int32_t>& idx,
                               const std::vector<float>& weight, int64_t n, int64_t layer, uint64_t batch_id) {
   const int64_t k = config_.n_activated_experts, dim = config_.dim;
   const std::vector<int>& owner = plan_.experts[size_t(layer)];
@@ -243,6 +250,7 @@ Status Worker::routed_experts(float* routed, const float* h, const std::vector<i
       for (const auto& [e, w] : list) r.add_experts(e), r.add_weights(w);
       r.mutable_x()->append(wire::encode_rows(h + t * dim, size_t(dim), options_.wire_dtype));
       r.add_expert_count(int32_t(list.size()));
+      if (!adapters.empty()) r.add_row_adapter(adapters[size_t(t)]);
       r.set_n_rows(r.n_rows() + 1);
       request_rows[o].push_back(t);
     }
@@ -257,7 +265,7 @@ Status Worker::routed_experts(float* routed, const float* h, const std::vector<i
   std::vector<float> local_partials;
   if (!local_rows.empty()) {
     std::vector<float> y(local_rows.size() * size_t(dim));
-    run_expert_pairs(y.data(), h, local_rows, local_experts, experts_.at(layer), lc_);
+    run_expert_pairs(y.data(), h, adapters, local_rows, local_experts, experts_.at(layer), lc_);
     local_partials.resize(y.size());  // at most one partial per expert
     std::vector<std::pair<int64_t, CombineNode>> made;  // token, node of each partial
     for (size_t p = 0; p < local_rows.size();) {
@@ -322,8 +330,11 @@ Status Worker::serve_expert_request(const comm::Message& m) {
     rows.insert(rows.end(), size_t(std::clamp(r.expert_count(i), 0, int(config_.n_activated_experts))), i);
   const int64_t total = int64_t(rows.size());
   const std::vector<int32_t> experts(r.experts().begin(), r.experts().end());
+  const std::vector<int32_t> adapters(r.row_adapter().begin(), r.row_adapter().end());
   bool ok = it != experts_.end() && nodes != combine_nodes_.end() && nodes->second.count(rank_) &&
             r.n_rows() == r.expert_count_size() && total == int64_t(experts.size()) &&
+            (adapters.empty() || int64_t(adapters.size()) == r.n_rows()) &&
+            std::all_of(adapters.begin(), adapters.end(), [&](int32_t a) { return a >= 0 && size_t(a) <= options_.lora.size(); }) &&
             r.weights_size() == r.experts_size() &&
             wire::decode_rows(r.x(), size_t(r.n_rows()) * size_t(dim), x, options_.wire_dtype);
   for (size_t p = 0; ok && p < experts.size(); ++p) {
@@ -333,11 +344,12 @@ Status Worker::serve_expert_request(const comm::Message& m) {
   }
   if (!ok) {
     reply.set_error("rank " + std::to_string(rank_) + " got an expert request for layer " + std::to_string(r.layer()) +
-                    " that it cannot serve (experts it does not own, or sizes that do not match)");
+                    " that it cannot serve (experts it does not own, adapters it does not have, or sizes that do not "
+                    "match)");
     return send(m.src, wire::kExpertReply, reply, 0);
   }
   std::vector<float> y(experts.size() * size_t(dim)), partials(experts.size() * size_t(dim));
-  run_expert_pairs(y.data(), x.data(), rows, experts, it->second, lc_);
+  run_expert_pairs(y.data(), x.data(), adapters, rows, experts, it->second, lc_);
   const std::vector<float> weights(r.weights().begin(), r.weights().end());
   int64_t used = 0;
   for (size_t p = 0; p < experts.size();) {

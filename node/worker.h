@@ -34,7 +34,7 @@ struct WorkerOptions {
   std::chrono::milliseconds peer_timeout{120000};
   // Hidden rows to other ranks (pipeline hops and expert requests/partials).
   wire::WireDtype wire_dtype = wire::WireDtype::kF32;
-  const LoraAdapter* lora = nullptr;  // applied to every sequence (must outlive the worker)
+  LoraAdapters lora;  // the adapters served, by id (model/lora.h; they must outlive the worker)
 };
 
 class Worker {
@@ -62,7 +62,8 @@ class Worker {
   void expert_loop();
   Status advance(const std::vector<std::byte>& payload);
   Status layer_forward(float* x, const Batch& b, int64_t layer, uint64_t batch_id);
-  Status routed_experts(float* routed, const float* h, const std::vector<int32_t>& idx, const std::vector<float>& weight,
+  Status routed_experts(float* routed, const float* h, RowAdapters adapters, const std::vector<int32_t>& idx,
+                        const std::vector<float>& weight,
                         int64_t n,
                         int64_t layer, uint64_t batch_id);
   Status serve_expert_request(const comm::Message& m);

@@ -4,12 +4,16 @@
 // refused naming the file and the key or tensor, through the library and `shoal inspect --lora`.
 #include <catch2/catch.hpp>
 
+#include <bit>
 #include <cmath>
+#include <cstring>
+#include <random>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "common/dtype.h"
 #include "model/config.h"
 #include "model/lora.h"
 #include "model/safetensors.h"
@@ -279,4 +283,70 @@ TEST_CASE("shoal plan --lora counts the adapter's bytes on the ranks that hold i
     added += d;
   }
   CHECK(added == int64_t((*a)->bytes()));
+}
+
+// --merge-into stored: a merged weight rounded back into its own dtype. With B = 0 the merge adds
+// nothing, so BF16 must come back bit for bit, and FP8 blocks (each block's scale recomputed from
+// its absolute maximum / 448, as DeepSeek's quantizer made them) must too; with B != 0 every
+// element is the float32 merge rounded once, to the nearest BF16 or e4m3 step of its block.
+TEST_CASE("merge_lora into the stored dtype: BF16 and FP8 blocks rounded once and unchanged by a zero adapter", "[lora]") {
+  const int64_t rows = 160, cols = 200, r = 3, block = 128;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> dense(size_t(rows * cols));
+  for (float& v : dense) v = normal(rng) * 0.05f;
+  // FP8 with DeepSeek's block scales.
+  const int64_t sr = (rows + block - 1) / block, sc = (cols + block - 1) / block;
+  std::vector<uint8_t> q(dense.size());
+  std::vector<float> scales(size_t(sr * sc));
+  for (int64_t bi = 0; bi < sr; ++bi)
+    for (int64_t bj = 0; bj < sc; ++bj) {
+      float amax = 0;
+      for (int64_t i = bi * block; i < std::min(rows, (bi + 1) * block); ++i)
+        for (int64_t c = bj * block; c < std::min(cols, (bj + 1) * block); ++c) amax = std::max(amax, std::fabs(dense[size_t(i * cols + c)]));
+      scales[size_t(bi * sc + bj)] = amax / 448.0f;
+      for (int64_t i = bi * block; i < std::min(rows, (bi + 1) * block); ++i)
+        for (int64_t c = bj * block; c < std::min(cols, (bj + 1) * block); ++c)
+          q[size_t(i * cols + c)] = float_to_fp8_e4m3(dense[size_t(i * cols + c)] / scales[size_t(bi * sc + bj)]);
+    }
+  kernels::Matrix fp8{q.data(), DType::kF8E4M3, rows, cols, scales.data(), block};
+  std::vector<uint16_t> h(dense.size());
+  for (size_t i = 0; i < h.size(); ++i) h[i] = float_to_bf16(dense[i]);
+  kernels::Matrix bf16{h.data(), DType::kBF16, rows, cols};
+  std::vector<float> a(size_t(r * cols)), zero(size_t(rows * r), 0.0f), b(size_t(rows * r));
+  for (float& v : a) v = normal(rng);
+  for (float& v : b) v = normal(rng) * 0.01f;
+  LoraTerm none{{a.data(), DType::kF32, r, cols}, {zero.data(), DType::kF32, rows, r}, 2.0f};
+  for (const kernels::Matrix& w : {fp8, bf16}) {
+    MergedWeight m;
+    auto got = merge_lora(w, none, MergeInto::kStored, m);
+    REQUIRE(got.ok());
+    REQUIRE(got->dtype == w.dtype);
+    const size_t bytes = size_t(rows * cols) * (w.dtype == DType::kBF16 ? 2 : 1);
+    CHECK(std::memcmp(got->data, w.data, bytes) == 0);
+    if (w.dtype == DType::kF8E4M3) CHECK(std::memcmp(got->scale_inv, scales.data(), scales.size() * sizeof(float)) == 0);
+  }
+  LoraTerm some{{a.data(), DType::kF32, r, cols}, {b.data(), DType::kF32, rows, r}, 2.0f};
+  MergedWeight m32, m16;
+  auto f32 = merge_lora(bf16, some, MergeInto::kF32, m32);
+  auto st = merge_lora(bf16, some, MergeInto::kStored, m16);
+  REQUIRE((f32.ok() && st.ok()));
+  std::vector<float> row32(static_cast<size_t>(cols)), row16(static_cast<size_t>(cols));
+  int64_t changed = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    kernels::dequantize_row(row32.data(), *f32, i);
+    kernels::dequantize_row(row16.data(), *st, i);
+    for (int64_t c = 0; c < cols; ++c) {
+      CHECK(float_to_bf16(row32[size_t(c)]) == std::bit_cast<uint32_t>(row16[size_t(c)]) >> 16);
+      changed += float_to_bf16(row32[size_t(c)]) != h[size_t(i * cols + c)];
+    }
+  }
+  CHECK(changed > 0);
+  // GGUF blocks have no stored-dtype merge: a clear error naming the dtype.
+  kernels::Matrix q8{q.data(), DType::kQ8_0, rows, 192};
+  MergedWeight mq;
+  auto bad = merge_lora(q8, LoraTerm{{a.data(), DType::kF32, r, 192}, {b.data(), DType::kF32, rows, r}, 2.0f},
+                        MergeInto::kStored, mq);
+  REQUIRE(!bad.ok());
+  CHECK_THAT(bad.status().to_string(), Catch::Contains("Q8_0"));
 }

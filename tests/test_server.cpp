@@ -421,7 +421,7 @@ TEST_CASE("tokens to text: streaming decode, stop strings and the R1 reasoning s
 TEST_CASE("request parsing: OpenAI's fields, types and ranges, errors name the parameter", "[server]") {
   using srv::Endpoint;
   srv::CompletionRequest r;
-  auto parse = [&](const json& body, Endpoint ep = Endpoint::kChat) { return srv::parse_request(body.dump(), ep, "m", r); };
+  auto parse = [&](const json& body, Endpoint ep = Endpoint::kChat) { return srv::parse_request(body.dump(), ep, {"m"}, r); };
   const json msgs = {{{"role", "user"}, {"content", "hi"}}};
 
   auto ok = parse({{"model", "m"},
@@ -500,8 +500,8 @@ TEST_CASE("request parsing: OpenAI's fields, types and ranges, errors name the p
     CHECK(err["error"]["message"].is_string());
     CHECK(err["error"]["type"] == "invalid_request_error");
   }
-  CHECK(srv::parse_request("{not json", Endpoint::kChat, "m", r)->status == 400);
-  CHECK(srv::parse_request("[1]", Endpoint::kChat, "m", r)->status == 400);
+  CHECK(srv::parse_request("{not json", Endpoint::kChat, {"m"}, r)->status == 400);
+  CHECK(srv::parse_request("[1]", Endpoint::kChat, {"m"}, r)->status == 400);
 
   // Completions: prompt forms, legacy logprobs, what is refused.
   REQUIRE(!parse({{"model", "m"}, {"prompt", {1, 2, 3}}}, Endpoint::kCompletions));
@@ -523,7 +523,7 @@ TEST_CASE("prepare: chat renders with BOS once, completions add BOS, EOS stops, 
   const shoal::Tokenizer& tok = **loaded;
   srv::CompletionRequest r;
   srv::Prepared p;
-  REQUIRE(!srv::parse_request(R"({"model": "m", "messages": [{"role": "user", "content": "Hi"}]})", srv::Endpoint::kChat, "m", r));
+  REQUIRE(!srv::parse_request(R"({"model": "m", "messages": [{"role": "user", "content": "Hi"}]})", srv::Endpoint::kChat, {"m"}, r));
   REQUIRE(!srv::prepare_request(r, tok, 100, 129280, tok.eos_id(), p));
   const auto& ids = p.generation.prompt;
   REQUIRE(ids.size() >= 3);
@@ -535,30 +535,30 @@ TEST_CASE("prepare: chat renders with BOS once, completions add BOS, EOS stops, 
   CHECK(!p.reasoning);  // V3's template
 
   REQUIRE(!srv::parse_request(R"({"model": "m", "prompt": "hello there", "max_tokens": 5, "ignore_eos": true})",
-                              srv::Endpoint::kCompletions, "m", r));
+                              srv::Endpoint::kCompletions, {"m"}, r));
   REQUIRE(!srv::prepare_request(r, tok, 100, 129280, tok.eos_id(), p));
   CHECK(p.generation.prompt == tok.encode("hello there", true));
   CHECK(p.generation.prompt[0] == tok.bos_id());
   CHECK(p.generation.stop_ids.empty());
   CHECK(p.generation.max_tokens == 5);
 
-  REQUIRE(!srv::parse_request(R"({"model": "m", "prompt": "hello there", "max_tokens": 98})", srv::Endpoint::kCompletions, "m", r));
+  REQUIRE(!srv::parse_request(R"({"model": "m", "prompt": "hello there", "max_tokens": 98})", srv::Endpoint::kCompletions, {"m"}, r));
   auto e = srv::prepare_request(r, tok, 100, 129280, tok.eos_id(), p);
   REQUIRE(e);
   CHECK(e->param == "max_tokens");
   CHECK(e->code == "context_length_exceeded");
 
   // Completions without max_tokens: 16, as the OpenAI API; chat: the rest of the context.
-  REQUIRE(!srv::parse_request(R"({"model": "m", "prompt": "hello there"})", srv::Endpoint::kCompletions, "m", r));
+  REQUIRE(!srv::parse_request(R"({"model": "m", "prompt": "hello there"})", srv::Endpoint::kCompletions, {"m"}, r));
   REQUIRE(!srv::prepare_request(r, tok, 100, 129280, tok.eos_id(), p));
   CHECK(p.generation.max_tokens == 16);
   std::string longer;
   for (int i = 0; i < 200; ++i) longer += "word ";
-  REQUIRE(!srv::parse_request(json({{"model", "m"}, {"prompt", longer}}).dump(), srv::Endpoint::kCompletions, "m", r));
+  REQUIRE(!srv::parse_request(json({{"model", "m"}, {"prompt", longer}}).dump(), srv::Endpoint::kCompletions, {"m"}, r));
   e = srv::prepare_request(r, tok, 100, 129280, tok.eos_id(), p);
   REQUIRE(e);
   CHECK(e->param == "prompt");
-  REQUIRE(!srv::parse_request(R"({"model": "m", "prompt": [1, 129280]})", srv::Endpoint::kCompletions, "m", r));
+  REQUIRE(!srv::parse_request(R"({"model": "m", "prompt": [1, 129280]})", srv::Endpoint::kCompletions, {"m"}, r));
   e = srv::prepare_request(r, tok, 100, 129280, tok.eos_id(), p);
   REQUIRE(e);
   CHECK(e->param == "prompt");
@@ -569,7 +569,7 @@ TEST_CASE("prepare: chat renders with BOS once, completions add BOS, EOS stops, 
   fs::copy_file(fixture("chat-template-deepseek-r1") + "/tokenizer_config.json", dir / "tokenizer_config.json");
   auto r1 = shoal::Tokenizer::load(dir / "");
   REQUIRE(r1.ok());
-  REQUIRE(!srv::parse_request(R"({"model": "m", "messages": [{"role": "user", "content": "Hi"}]})", srv::Endpoint::kChat, "m", r));
+  REQUIRE(!srv::parse_request(R"({"model": "m", "messages": [{"role": "user", "content": "Hi"}]})", srv::Endpoint::kChat, {"m"}, r));
   REQUIRE(!srv::prepare_request(r, **r1, 100, 129280, (*r1)->eos_id(), p));
   CHECK(p.reasoning);
   CHECK(p.starts_in_reasoning);
@@ -1002,6 +1002,59 @@ TEST_CASE("serve: a synthesized R1 distill (Qwen2) answers the OpenAI client, re
     CHECK(status == 0);
     CHECK_THAT(js, Catch::Contains("2 passed, 0 failed"));
     CHECK(s.stop() == 0);
+  }
+}
+
+// LoRA adapters chosen per request (docs/lora.md): tiny-v3-bf16 with the fixtures' adapters a and
+// b, the tokenizer of DeepSeek-V3 (whose first 1024 ids are the tiny model's vocabulary).
+TEST_CASE("serve: base and two LoRA adapters in one server, each request its own model's tokens and logprobs", "[server][serve][js][lora]") {
+  const bool have_node = std::system("node --version > /dev/null 2>&1") == 0;
+  const bool have_openai = fs::exists(kJsDir + "/node_modules/openai/package.json");
+  INFO("node and tests/js/node_modules/openai are installed by scripts/setup (npm install --prefix tests/js)");
+  REQUIRE(have_node);
+  REQUIRE(have_openai);
+  TempDir keys;
+  write_file(keys / "keys", "sk-js-test\n");
+  const std::string common = " --tokenizer " + fixture("tokenizer-deepseek-v3") + " --api-key-file " + keys / "keys";
+  const std::string a = fixture("lora-tiny-v3-a"), b = fixture("lora-tiny-v3-b");
+  // Each model alone, under its id.
+  Server base_alone(fixture("tiny-v3-bf16"), common);
+  Server a_alone(fixture("tiny-v3-bf16"), common + " --lora " + a + " --served-model-name a");
+  Server b_alone(fixture("tiny-v3-bf16"), common + " --lora " + b + " --served-model-name b");
+  const json refs = {{"tiny-v3-bf16", base_alone.url("")}, {"a", a_alone.url("")}, {"b", b_alone.url("")}};
+  for (const std::string mode : {"", "--local-nodes 3 --expert-scatter"}) {
+    INFO("mode: " << mode);
+    Server s(fixture("tiny-v3-bf16"), common + " --lora a=" + a + " --lora b=" + b + " " + mode);
+    int status = -1;
+    const std::string js = run_command("cd " + kJsDir + " && SHOAL_BASE_URL=" + s.url("") + " SHOAL_REFS='" + refs.dump() +
+                                           "' SHOAL_API_KEY=sk-js-test SHOAL_BASE_MODEL=tiny-v3-bf16 timeout 500 node "
+                                           "openai_lora.test.mjs 2>&1",
+                                       &status);
+    INFO(js);
+    INFO(s.log());
+    CHECK(status == 0);
+    CHECK_THAT(js, Catch::Contains("3 passed, 0 failed"));
+    CHECK(s.stop() == 0);
+  }
+}
+
+TEST_CASE("serve: bad --lora flags are refused before listening", "[server][serve][lora][errors]") {
+  const std::string a = fixture("lora-tiny-v3-a");
+  for (const auto& [flags, want] : std::vector<std::pair<std::string, std::string>>{
+           {"--lora a=" + a + " --lora " + a, "need a name each"},
+           {"--lora a=" + a + " --lora a=" + fixture("lora-tiny-v3-b"), "given twice"},
+           {"--lora 'a b=" + a + "'", "may hold only"},
+           {"--lora a=/nonexistent-adapter", "/nonexistent-adapter"},
+           {"--merge-lora " + a + " --lora b=" + a, "excludes"},
+           {"--merge-into stored", "requires"}}) {
+    INFO(flags);
+    int status = -1;
+    const std::string out = run_command(kShoal + " serve --model " + fixture("tiny-v3-bf16") + " --tokenizer " +
+                                            fixture("tokenizer-deepseek-v3") + " --port 0 " + flags + " 2>&1 < /dev/null",
+                                        &status);
+    INFO(out);
+    CHECK(status != 0);
+    CHECK_THAT(out, Catch::Contains(want));
   }
 }
 

@@ -97,13 +97,17 @@ std::variant<PreparedRequest, RecordError> prepare_request(const json& request, 
   if (endpoint == server::Endpoint::kChat && o.tokenizer->chat_template().empty())
     return RecordError{"invalid_url", "this model has no chat template (tokenizer_config.json): use /v1/completions"};
 
-  // A batch runs the one model it was started with: whatever the body names (a name written for
-  // another server, or none) stands for it. A "model" that is not a string is still refused.
+  // A batch without adapters runs the one model it was started with: whatever the body names (a
+  // name written for another server, or none) stands for it. With adapters the name must be one
+  // of the served models, as with `shoal serve`. A "model" that is not a string is refused.
   json body = *body_it;
-  if (const auto m = body.find("model"); m == body.end() || m->is_null() || m->is_string()) body["model"] = o.model;
+  std::vector<std::string> served{o.model};
+  served.insert(served.end(), o.adapters.begin(), o.adapters.end());
+  if (const auto m = body.find("model"); m == body.end() || m->is_null() || (m->is_string() && o.adapters.empty()))
+    body["model"] = o.model;
   PreparedRequest r;
   server::CompletionRequest& req = r.request;
-  if (auto e = server::parse_request(body.dump(-1, ' ', false, json::error_handler_t::replace), endpoint, o.model, req))
+  if (auto e = server::parse_request(body.dump(-1, ' ', false, json::error_handler_t::replace), endpoint, served, req))
     return record_error(*e);
   if (req.stream) return RecordError{"unsupported_parameter", "'stream': true is not supported: a batch writes whole responses"};
   if (auto e = server::prepare_request(req, *o.tokenizer, o.max_seq_len, o.vocab_size, o.eos_id, r.prepared))

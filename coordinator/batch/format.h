@@ -55,7 +55,8 @@ struct PreparedRequest {
 
 struct PrepareOptions {
   const Tokenizer* tokenizer = nullptr;
-  std::string model;           // the runner's model name: stands for every body's "model"
+  std::string model;           // the runner's model name: stands for a body's "model" that names no adapter
+  std::vector<std::string> adapters;  // the named LoRA adapters served, by id (a body's "model" picks one)
   int64_t vocab_size = 0;      // prompt token ids must be below it
   int64_t max_seq_len = 0;     // prompt + max_tokens must fit
   int32_t eos_id = -1;         // stops every request (-1: none)
@@ -66,7 +67,9 @@ struct PrepareOptions {
 uint64_t default_seed(std::string_view custom_id);
 
 // Checks method and url of a request line (its custom_id was already checked), then reads its
-// body as `shoal serve` does, whatever model it names; stream must be off.
+// body as `shoal serve` does; stream must be off. Its "model" picks a LoRA adapter by name; any
+// other name (written for another server, or none) stands for the base model when no adapters
+// are served, and is an error naming the served models when some are.
 std::variant<PreparedRequest, RecordError> prepare_request(const nlohmann::json& request, const std::string& custom_id,
                                                            const PrepareOptions& o);
 

@@ -84,6 +84,7 @@ struct Active {
   std::string custom_id;
   int64_t line = 0;
   server::Endpoint endpoint = server::Endpoint::kChat;
+  std::string model;                // the model it ran: the base's name or its adapter's
   bool reasoning = false;           // split off reasoning_content (server::Prepared::reasoning)
   uint64_t service_id = 0;
 
@@ -157,8 +158,10 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
   const auto t0 = Clock::now();
   const int64_t slots = std::max<int64_t>(ex.n_slots(), 1);
   const size_t max_in_flight = size_t(o_.max_in_flight > 0 ? o_.max_in_flight : 4 * slots);
-  const PrepareOptions po{&tok, o_.model_name, ex.config().vocab_size, ex.max_seq_len(),
-                          tok.eos_id() >= 0 ? tok.eos_id() : int32_t(ex.config().eos_token_id)};
+  PrepareOptions po{&tok, o_.model_name, {}, ex.config().vocab_size, ex.max_seq_len(),
+                    tok.eos_id() >= 0 ? tok.eos_id() : int32_t(ex.config().eos_token_id)};
+  for (const std::string& a : ex.adapter_names())
+    if (!a.empty()) po.adapters.push_back(a);
   Progress progress(o_.log, o_.progress_tty, o_.progress_interval_s, total_, done_);
 
   InputLines in;
@@ -196,7 +199,7 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
       return;
     }
     const json body = server::full_response(a->endpoint, server::new_response_id(a->endpoint), int64_t(std::time(nullptr)),
-                                            o_.model_name, a->total, a->reasoning, a->answer->finish(),
+                                            a->model, a->total, a->reasoning, a->answer->finish(),
                                             a->answer->usage(), a->answer->take_logprobs());
     write(response_record(a->custom_id, body), false);
   };
@@ -217,6 +220,7 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
     a->custom_id = *c.head.custom_id;
     a->line = c.head.line;
     a->endpoint = r.request.endpoint;
+    a->model = r.request.model;
     a->reasoning = r.prepared.reasoning;
     a->answer.emplace(tok, r.prepared, r.request);
     GenerationService::Callbacks cb;

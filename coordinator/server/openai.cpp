@@ -211,7 +211,7 @@ ApiError bad_request(std::string message, std::string param, std::string code) {
   return e;
 }
 
-std::optional<ApiError> parse_request(std::string_view text, Endpoint endpoint, const std::string& model_id,
+std::optional<ApiError> parse_request(std::string_view text, Endpoint endpoint, const std::vector<std::string>& model_ids,
                                       CompletionRequest& out) {
   out = CompletionRequest{};
   out.endpoint = endpoint;
@@ -225,10 +225,14 @@ std::optional<ApiError> parse_request(std::string_view text, Endpoint endpoint, 
   if (!model) return bad_request("'model' is required", "model");
   if (!model->is_string()) return wrong_type("model", *model, "a string");
   out.model = model->get<std::string>();
-  if (out.model != model_id) {
+  const auto known = std::find(model_ids.begin(), model_ids.end(), out.model);
+  out.adapter = int32_t(known - model_ids.begin());
+  if (known == model_ids.end()) {
     ApiError e;
     e.status = 404;
-    e.message = "The model `" + out.model + "` does not exist. This server serves `" + model_id + "`.";
+    std::string served;
+    for (const std::string& m : model_ids) served += (served.empty() ? "`" : ", `") + m + "`";
+    e.message = "The model `" + out.model + "` does not exist. This server serves " + served + ".";
     e.param = "model";
     e.code = "model_not_found";
     return e;
@@ -343,6 +347,7 @@ std::optional<ApiError> parse_request(std::string_view text, Endpoint endpoint, 
 std::optional<ApiError> prepare_request(const CompletionRequest& req, const Tokenizer& tok, int64_t max_seq_len,
                                         int64_t vocab_size, int32_t eos_id, Prepared& out) {
   out = Prepared{};
+  out.generation.adapter = req.adapter;
   std::vector<int32_t>& ids = out.generation.prompt;
   const char* where = "messages";
   if (req.endpoint == Endpoint::kChat) {

@@ -38,6 +38,7 @@ inline constexpr size_t kMaxStopStrings = 4;
 struct CompletionRequest {
   Endpoint endpoint = Endpoint::kChat;
   std::string model;
+  int32_t adapter = 0;  // the LoRA adapter id `model` names (0: the base model)
   // chat: the messages as the template sees them (content parts joined into one string)
   nlohmann::json messages = nlohmann::json::array();
   // completions: text, or token ids when the prompt was given as ids
@@ -54,9 +55,10 @@ struct CompletionRequest {
   SamplingParams sampling;
 };
 
-// Parses a JSON body for `endpoint`. `model_id`: the one served model (other names: 404
-// model_not_found). Returns the error to send, or nothing when `out` is filled.
-std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, const std::string& model_id,
+// Parses a JSON body for `endpoint`. `model_ids`: the served models, the base first, then each
+// LoRA adapter by id (other names: 404 model_not_found, naming them). Returns the error to send,
+// or nothing when `out` is filled.
+std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, const std::vector<std::string>& model_ids,
                                       CompletionRequest& out);
 
 // A request turned into tokens and a GenerationRequest.

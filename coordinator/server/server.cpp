@@ -100,6 +100,14 @@ struct Server::Impl {
   void watch_for_close(tcp::socket& socket, const std::shared_ptr<Feed>& feed);
 
   std::pair<int, json> health();
+  // The names clients give as "model": the base, then each named LoRA adapter by id (an unnamed
+  // adapter applies to every request under the base's name).
+  std::vector<std::string> model_ids() const {
+    std::vector<std::string> ids{opt.model_id};
+    for (const std::string& a : ex.adapter_names())
+      if (!a.empty()) ids.push_back(a);
+    return ids;
+  }
   Gauges gauges();
   bool authorized(const Request& req) const;
 };
@@ -393,23 +401,28 @@ net::awaitable<bool> Server::Impl::handle(beast::tcp_stream& stream, const Reque
     co_return co_await generate(stream, req, target == "/v1/chat/completions" ? Endpoint::kChat : Endpoint::kCompletions,
                                 label);
   }
-  const json model = {{"id", opt.model_id},
-                      {"object", "model"},
-                      {"created", created},
-                      {"owned_by", "shoal"},
-                      {"max_model_len", ex.max_seq_len()}};
+  // The base model, then each LoRA adapter as vLLM lists them (its parent: the base).
+  const std::vector<std::string> ids = model_ids();
+  auto model = [&](size_t i) {
+    json m = {{"id", ids[i]}, {"object", "model"}, {"created", created}, {"owned_by", "shoal"},
+              {"max_model_len", ex.max_seq_len()}};
+    m["root"] = ids[i];
+    m["parent"] = i == 0 ? json(nullptr) : json(ids[0]);
+    return m;
+  };
   if (target == "/v1/models") {
     if (!get) co_return co_await send_error(stream, req, wrong_method("GET"), label);
     json list = json::object();
     list["object"] = "list";
     list["data"] = json::array();
-    list["data"].push_back(model);
+    for (size_t i = 0; i < ids.size(); ++i) list["data"].push_back(model(i));
     const std::string text = dump(list);
     co_return co_await send(stream, req, 200, text, label);
   }
   if (target.rfind("/v1/models/", 0) == 0) {
     if (!get) co_return co_await send_error(stream, req, wrong_method("GET"), label);
-    if (target.substr(std::strlen("/v1/models/")) == opt.model_id) co_return co_await send(stream, req, 200, dump(model), label);
+    const auto it = std::find(ids.begin(), ids.end(), target.substr(std::strlen("/v1/models/")));
+    if (it != ids.end()) co_return co_await send(stream, req, 200, dump(model(size_t(it - ids.begin()))), label);
     ApiError e{404, "The model `" + target.substr(std::strlen("/v1/models/")) + "` does not exist.",
                "invalid_request_error", "model", "model_not_found"};
     co_return co_await send_error(stream, req, e, label);
@@ -440,7 +453,7 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
                                             std::string_view label) {
   const Clock::time_point t0 = Clock::now();
   CompletionRequest cr;
-  if (auto e = parse_request(req.body(), ep, opt.model_id, cr)) co_return co_await send_error(stream, req, *e, label);
+  if (auto e = parse_request(req.body(), ep, model_ids(), cr)) co_return co_await send_error(stream, req, *e, label);
   Prepared p;
   if (auto e = prepare_request(cr, tok, ex.max_seq_len(), ex.config().vocab_size, eos_id, p))
     co_return co_await send_error(stream, req, *e, label);
@@ -528,7 +541,7 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
     stream.expires_after(opt.write_timeout);
     co_await http::async_write_header(stream, *serializer, net::redirect_error(net::use_awaitable, ec));
     gone = bool(ec);
-    if (chat) event(stream_chunk(ep, id, created_at, opt.model_id, {{"role", "assistant"}, {"content", ""}}, "",
+    if (chat) event(stream_chunk(ep, id, created_at, cr.model, {{"role", "assistant"}, {"content", ""}}, "",
                                  cr.include_usage));
   }
 
@@ -542,10 +555,10 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
       return;
     }
     if (!d.reasoning.empty())
-      event(stream_chunk(ep, id, created_at, opt.model_id, {{"reasoning_content", d.reasoning}}, "", cr.include_usage,
+      event(stream_chunk(ep, id, created_at, cr.model, {{"reasoning_content", d.reasoning}}, "", cr.include_usage,
                          d.content.empty() ? logprobs_now() : json(nullptr)));
     if (!d.content.empty())
-      event(stream_chunk(ep, id, created_at, opt.model_id, {{"content", d.content}}, "", cr.include_usage,
+      event(stream_chunk(ep, id, created_at, cr.model, {{"content", d.content}}, "", cr.include_usage,
                          logprobs_now()));
   };
 
@@ -607,12 +620,12 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
     metrics.finished(finish);
     if (!streaming) {
       const json body =
-          full_response(ep, id, created_at, opt.model_id, total, p.reasoning, finish, answer.usage(), logprobs_now());
+          full_response(ep, id, created_at, cr.model, total, p.reasoning, finish, answer.usage(), logprobs_now());
       co_return co_await send(stream, req, 200, dump(body), label);
     }
-    event(stream_chunk(ep, id, created_at, opt.model_id, json::object(), finish, cr.include_usage,
+    event(stream_chunk(ep, id, created_at, cr.model, json::object(), finish, cr.include_usage,
                        answer.has_logprobs() ? answer.take_logprobs() : json(nullptr)));
-    if (cr.include_usage) event(usage_chunk(ep, id, created_at, opt.model_id, answer.usage()));
+    if (cr.include_usage) event(usage_chunk(ep, id, created_at, cr.model, answer.usage()));
   }
   out += "data: [DONE]\n\n";
   metrics.request(std::string(label), 200);
