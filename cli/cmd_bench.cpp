@@ -1,6 +1,7 @@
 // shoal bench: prefill and decode tokens/s of N random prompts, on one process or on a cluster
 // (the cluster flags, mpirun), and the bytes the ranks sent per token. bench/distributed runs
 // the matrix; docs/performance.md has the results.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -9,6 +10,8 @@
 #include <thread>
 
 #include "cli/cluster_flags.h"
+#include <algorithm>
+
 #include "cli/commands.h"
 #include "coordinator/cluster.h"
 #include "coordinator/engine.h"
@@ -23,6 +26,7 @@ struct Options {
   std::string model;
   int64_t sequences = 1, prompt_len = 64, tokens = 32, max_seq_len = 0;
   uint64_t seed = 0;
+  int64_t versus_base = 0;  // rounds of adapters against the base in this process (named adapters)
   ClusterFlags cluster;
 };
 
@@ -99,6 +103,30 @@ int bench(const Options& o) {
   auto r = generate_greedy(c, prompts, o.tokens, false, false, {}, {}, adapters);
   if (!r.ok()) return fail(r.status());
   const Traffic t = settled_traffic(c) - before;
+  // Adapters against the base on the same loaded model, runs alternating (base first in odd
+  // rounds), so a shared host's drifting bandwidth hits both alike: the median of the paired
+  // ratios is the adapters' cost.
+  nlohmann::json versus = nullptr;
+  if (o.versus_base > 0 && !adapters.empty()) {
+    const std::vector<int32_t> none(adapters.size(), 0);
+    std::vector<double> with, without, ratios;
+    for (int64_t round = 0; round < o.versus_base; ++round) {
+      double rate[2] = {0, 0};
+      for (int k = 0; k < 2; ++k) {
+        const bool base_run = (k == 0) == (round % 2 == 0);
+        auto w = generate_greedy(c, prompts, o.tokens, false, false, {}, {}, base_run ? none : adapters);
+        if (!w.ok()) return fail(w.status());
+        rate[base_run ? 1 : 0] = ratio(double(w->decode_tokens), w->decode_seconds);
+      }
+      with.push_back(rate[0]);
+      without.push_back(rate[1]);
+      ratios.push_back(ratio(rate[0], rate[1]));
+    }
+    std::vector<double> sorted = ratios;
+    std::sort(sorted.begin(), sorted.end());
+    versus = {{"rounds", o.versus_base}, {"adapters_decode_tokens_per_s", with}, {"base_decode_tokens_per_s", without},
+              {"ratios", ratios}, {"median_ratio", sorted[sorted.size() / 2]}};
+  }
   const int world = c.transport().size();
   if (Status s = c.shutdown(); !s.ok()) return fail(s);
 
@@ -136,6 +164,7 @@ int bench(const Options& o) {
       {"cpu_variant", kernels::cpu_variant()},
       {"read_bandwidth_gbs", bw.gbs},
       {"decode_steps_per_s", step_rate},
+      {"versus_base", versus},
   };
   if (all_ranks_here) {
     j["weight_bytes_per_token"] = step_bytes / double(o.sequences);
@@ -181,6 +210,10 @@ void add_bench(CLI::App& app, int& rc) {
   sub->add_option("--tokens", o->tokens, "Tokens to generate per sequence")->check(CLI::PositiveNumber);
   sub->add_option("--max-seq-len", o->max_seq_len, "KV cache positions (default: min(config, 4096))");
   sub->add_option("--seed", o->seed, "Seed of the random prompts");
+  sub->add_option("--versus-base", o->versus_base,
+                  "With named adapters (--lora NAME=DIR): this many rounds of the adapters against the base in "
+                  "this process, alternating; prints the paired decode ratios and their median")
+      ->check(CLI::NonNegativeNumber);
   add_cluster_flags(sub, o->cluster);
   sub->callback([o, &rc] { rc = bench(*o); });
 }

@@ -598,3 +598,57 @@ TEST_CASE("batch: a node lost mid-run ends it with exit 1 naming the rank and th
   REQUIRE(exit_code(resumed.status) == 0);
   check_same_results(ref, read_results(out));
 }
+
+// LoRA adapters chosen per line (docs/lora.md): tiny-v3-bf16 with the fixtures' adapters a and b.
+// Each line's body "model" picks its adapter; the text is what a batch with only that model gives;
+// with adapters served an unknown name fails its line (naming the models), and without adapters
+// any name stands for the base as before.
+TEST_CASE("batch: each line's model picks its LoRA adapter and gets that model's text", "[batch][lora]") {
+  TempDir dir;
+  const std::string base = std::string(SHOAL_FIXTURES) + "/tiny-v3-bf16";
+  const std::string a = std::string(SHOAL_FIXTURES) + "/lora-tiny-v3-a", b = std::string(SHOAL_FIXTURES) + "/lora-tiny-v3-b";
+  const std::vector<std::vector<int32_t>> prompts = {{0, 17, 300, 42}, {0, 512, 7, 7, 88}};
+  auto lines = [&](const std::vector<std::string>& models) {
+    std::string in;
+    for (const std::string& m : models)
+      for (size_t p = 0; p < prompts.size(); ++p)
+        in += json{{"custom_id", m + "-" + std::to_string(p)}, {"method", "POST"}, {"url", "/v1/completions"},
+                   {"body", {{"model", m}, {"prompt", prompts[p]}, {"max_tokens", 6}, {"temperature", 0}, {"ignore_eos", true}}}}
+                  .dump() + "\n";
+    return in;
+  };
+  const std::string common = " --model " + base + " --tokenizer " + kTokenizer + " --slots 8";
+  shoal::test::write_file(dir / "mixed.jsonl", lines({"tiny-v3-bf16", "a", "b", "c"}));
+  Run r = run_batch(common + " --lora a=" + a + " --lora b=" + b + " -i " + dir / "mixed.jsonl" + " -o " + dir / "mixed.out", dir);
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const auto mixed = read_results(dir / "mixed.out");
+  std::map<std::string, std::string> text;  // model -> texts of both prompts
+  for (const auto& [model, flag] : std::vector<std::pair<std::string, std::string>>{{"tiny-v3-bf16", ""}, {"a", " --lora " + a}, {"b", " --lora " + b}}) {
+    // The same model alone (an unnamed adapter is every line's), under any name.
+    shoal::test::write_file(dir / (model + ".jsonl"), lines({model}));
+    Run alone = run_batch(common + flag + " -i " + dir / (model + ".jsonl") + " -o " + dir / (model + ".out"), dir);
+    INFO(alone.err);
+    REQUIRE(alone.status == 0);
+    const auto want = read_results(dir / (model + ".out"));
+    for (size_t p = 0; p < prompts.size(); ++p) {
+      const std::string key = model + "-" + std::to_string(p);
+      INFO(key);
+      REQUIRE(mixed.count(key) == 1);
+      const json& got = mixed.at(key)["response"]["body"];
+      CHECK(got["model"] == model);
+      CHECK(got["choices"][0]["text"] == want.at(key)["response"]["body"]["choices"][0]["text"]);
+      text[model] += got["choices"][0]["text"].get<std::string>() + "|";
+    }
+  }
+  CHECK(text["a"] != text["tiny-v3-bf16"]);
+  CHECK(text["b"] != text["tiny-v3-bf16"]);
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    const json& e = mixed.at("c-" + std::to_string(p));
+    INFO(e.dump());
+    CHECK(e["response"].is_null());
+    CHECK(e["error"]["code"] == "model_not_found");
+    const std::string msg = e["error"]["message"];
+    for (const char* m : {"`tiny-v3-bf16`", "`a`", "`b`"}) CHECK_THAT(msg, Catch::Contains(m));
+  }
+}

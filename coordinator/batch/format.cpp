@@ -8,9 +8,9 @@ using json = nlohmann::json;
 constexpr std::string_view kChatUrl = "/v1/chat/completions";
 constexpr std::string_view kCompletionsUrl = "/v1/completions";
 
-// The server's 400s as record errors: its code when a batch has one, else invalid_body.
+// The server's 400s (and 404 model_not_found) as record errors: its code when a batch has one, else invalid_body.
 RecordError record_error(const server::ApiError& e) {
-  if (e.code == "context_length_exceeded") return {e.code, e.message};
+  if (e.code == "context_length_exceeded" || e.code == "model_not_found") return {e.code, e.message};
   if (e.code.find("unsupported") != std::string::npos || e.type.find("unsupported") != std::string::npos)
     return {"unsupported_parameter", e.message};
   return {"invalid_body", e.message};
