@@ -841,3 +841,71 @@ TEST_CASE("partials of any split of the experts add up to the single process's b
     CHECK(std::memcmp(got.data(), want.data(), size_t(dim) * sizeof(float)) == 0);
   }
 }
+
+// A GGUF base keeps MLA's kv_b_proj split per head (attn_k_b: W_UK transposed, attn_v_b: W_UV);
+// a kv_b_proj adapter is still in kv_b_proj's layout and applies per head beside the split
+// products. Layer 1 of tiny-v3-bf16 with adapter a (which adapts kv_b_proj), its kv_b written
+// out split as the GGUF converter does, must give what the unsplit layout gives (which the
+// goldens check), in both MLA paths; without the adapter's kv_b term the outputs would differ.
+TEST_CASE("a kv_b_proj adapter on a split (GGUF) kv_b gives the unsplit layout's attention", "[model][lora][gguf]") {
+  auto ck = Checkpoint::open(fixture("tiny-v3-bf16"));
+  REQUIRE(ck.ok());
+  ModelConfig c = (*ck)->config();
+  auto lora = load_lora(fixture("lora-tiny-v3-a"), &c);
+  REQUIRE(lora.ok());
+  const LoraAdapters loras{lora->get()};
+  auto layer = load_layer(**ck, 1, ExpertFilter{}, loras);
+  REQUIRE(layer.ok());
+  REQUIRE(layer->attn.lora.wkv_b.any());
+  // Only the kv_b_proj term, so the comparison is about it alone.
+  auto& l = layer->attn.lora;
+  l.wq = l.wq_a = l.wq_b = l.wkv_a = l.wo = l.wk = l.wv = {};
+  const int64_t H = c.n_heads, dn = c.qk_nope_head_dim, dv = c.v_head_dim, C = c.kv_lora_rank;
+  // The split weights, float32: k_b [H * C, dn] (W_UK of head h transposed), v_b [H * dv, C].
+  std::vector<float> k_b(static_cast<size_t>(H * C * dn)), v_b(static_cast<size_t>(H * dv * C)), row(static_cast<size_t>(C));
+  for (int64_t h = 0; h < H; ++h) {
+    for (int64_t i = 0; i < dn; ++i) {
+      kernels::dequantize_row(row.data(), layer->attn.wkv_b, h * (dn + dv) + i);
+      for (int64_t j = 0; j < C; ++j) k_b[size_t((h * C + j) * dn + i)] = row[size_t(j)];
+    }
+    for (int64_t i = 0; i < dv; ++i) kernels::dequantize_row(v_b.data() + (h * dv + i) * C, layer->attn.wkv_b, h * (dn + dv) + dn + i);
+  }
+  AttnWeights split = layer->attn;
+  split.wk_b = {k_b.data(), DType::kF32, H * C, dn};
+  split.wv_b = {v_b.data(), DType::kF32, H * dv, C};
+  split.wkv_b = {};
+  ModelConfig cs = c;
+  cs.mla_split_kv_b = true;
+  const RopeTable rope = make_rope_table(c);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  const int64_t n = 6, cap = 16;
+  std::vector<float> h_in(static_cast<size_t>(n * c.dim));
+  for (float& v : h_in) v = normal(rng);
+  for (AttnImpl impl : {AttnImpl::kNaive, AttnImpl::kAbsorb}) {
+    std::vector<float> split_base;
+    for (int32_t adapter : {0, 1}) {
+      INFO(impl_name(impl) << ", adapter " << adapter);
+      std::vector<float> out[2];
+      for (int k = 0; k < 2; ++k) {
+        const ModelConfig& cfg = k == 0 ? c : cs;
+        const LayerContext lc{&cfg, &rope, impl, {}};
+        std::vector<float> kv(static_cast<size_t>(cap * C)), pe(static_cast<size_t>(cap * c.qk_rope_head_dim));
+        Batch b;
+        b.add_sequence(0, 0, std::vector<int32_t>(size_t(n), 5), adapter);
+        out[k].resize(static_cast<size_t>(n * c.dim));
+        mla_forward(out[k].data(), h_in.data(), k == 0 ? layer->attn : split, b, {SeqKv{kv.data(), pe.data(), cap}}, lc);
+      }
+      double worst = 0, scale = 0;
+      for (size_t i = 0; i < out[0].size(); ++i) {
+        worst = std::max(worst, std::fabs(double(out[0][i]) - double(out[1][i])));
+        scale = std::max(scale, std::fabs(double(out[0][i])));
+      }
+      CHECK(worst <= 1e-5 * std::max(1.0, scale));
+      if (adapter == 0) split_base = out[1];
+      double moved = 0;  // the kv_b term acts on the split layout
+      for (size_t i = 0; i < out[1].size(); ++i) moved = std::max(moved, std::fabs(double(out[1][i]) - double(split_base[i])));
+      if (adapter == 1) CHECK(moved > 1e-3);
+    }
+  }
+}
