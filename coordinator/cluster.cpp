@@ -113,12 +113,6 @@ Status Cluster::hello_all() {
   return first;
 }
 
-std::vector<std::string> Cluster::adapter_names() const {
-  std::vector<std::string> names;
-  for (const auto& a : loras_) names.push_back(a->name);
-  return names;
-}
-
 int64_t Cluster::pipeline_depth() const {
   std::set<int> stages(plan_.attn.begin(), plan_.attn.end());
   return int64_t(stages.size());

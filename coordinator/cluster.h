@@ -57,7 +57,7 @@ class Cluster : public Executor {
   int64_t max_seq_len() const override { return max_seq_len_; }
   int64_t n_slots() const override { return options_.n_slots; }
   int64_t pipeline_depth() const override;
-  std::vector<std::string> adapter_names() const override;
+  std::vector<std::string> adapter_names() const override { return lora_names(loras_); }
   StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
                             const std::vector<RowSampler>& samplers = {}) override;
   StatusOr<StepResult> next_result() override;

@@ -24,12 +24,6 @@ StatusOr<std::unique_ptr<Engine>> Engine::open(const std::filesystem::path& dir,
   return e;
 }
 
-std::vector<std::string> Engine::adapter_names() const {
-  std::vector<std::string> names;
-  for (const auto& a : loras_) names.push_back(a->name);
-  return names;
-}
-
 Batch with_served_adapters(const Batch& b, const std::vector<std::string>& adapter_names) {
   Batch out = b;
   if (adapter_names.size() == 1 && adapter_names[0].empty())

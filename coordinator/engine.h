@@ -33,7 +33,7 @@ class Engine : public Executor {
   const ModelConfig& config() const override { return ck_->config(); }
   int64_t max_seq_len() const override { return stage_->max_seq_len(); }
   int64_t n_slots() const override { return stage_->n_slots(); }
-  std::vector<std::string> adapter_names() const override;
+  std::vector<std::string> adapter_names() const override { return lora_names(loras_); }
   // Runs the micro-batch at once; next_result() hands the results out in order.
   StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
                             const std::vector<RowSampler>& samplers = {}) override;

@@ -191,27 +191,38 @@ bool use_naive(const ModelConfig& c, int64_t new_tokens, AttnImpl impl) {
 
 }  // namespace
 
-void add_lora(float* out, const float* x, const LoraTerms& l, RowAdapters rows, int64_t n, const kernels::Context& ctx) {
+namespace {
+
+// out[rows of adapter k] += scale_k * B_k (A_k x) for each adapter k with a term in l, or, with
+// `transposed`, scale_k * ((x B_k) A_k) (the absorbed W_UK side).
+void add_lora_terms(float* out, const float* x, const LoraTerms& l, RowAdapters rows, int64_t n, bool transposed,
+                    const kernels::Context& ctx) {
   for_each_adapter(l, rows, n, [&](const LoraTerm& t, const std::vector<int64_t>& mine) {
-    const int64_t m = int64_t(mine.size()), in = t.a.cols, width = t.b.rows;
+    const int64_t m = int64_t(mine.size()), rank = t.a.rows;
+    const int64_t in = transposed ? t.b.rows : t.a.cols, width = transposed ? t.a.cols : t.b.rows;
     std::vector<float> xs = gather_rows(x, mine, n, in);
-    std::vector<float> ax(static_cast<size_t>(m * t.a.rows)), bax(static_cast<size_t>(m * width));
-    kernels::linear(ax.data(), xs.empty() ? x : xs.data(), t.a, m, ctx);
-    kernels::linear(bax.data(), ax.data(), t.b, m, ctx);
-    for (int64_t i = 0; i < m; ++i) add_scaled(out + mine[size_t(i)] * width, bax.data() + i * width, t.scale, width);
+    const float* xm = xs.empty() ? x : xs.data();
+    std::vector<float> mid(static_cast<size_t>(m * rank)), y(static_cast<size_t>(m * width));
+    if (transposed) {
+      kernels::linear_t(mid.data(), xm, t.b, m, ctx);
+      kernels::linear_t(y.data(), mid.data(), t.a, m, ctx);
+    } else {
+      kernels::linear(mid.data(), xm, t.a, m, ctx);
+      kernels::linear(y.data(), mid.data(), t.b, m, ctx);
+    }
+    for (int64_t i = 0; i < m; ++i) add_scaled(out + mine[size_t(i)] * width, y.data() + i * width, t.scale, width);
   });
+}
+
+}  // namespace
+
+void add_lora(float* out, const float* x, const LoraTerms& l, RowAdapters rows, int64_t n, const kernels::Context& ctx) {
+  add_lora_terms(out, x, l, rows, n, false, ctx);
 }
 
 void add_lora_t(float* out, const float* x, const LoraTerms& l, RowAdapters rows, int64_t n,
                 const kernels::Context& ctx) {
-  for_each_adapter(l, rows, n, [&](const LoraTerm& t, const std::vector<int64_t>& mine) {
-    const int64_t m = int64_t(mine.size()), in = t.b.rows, width = t.a.cols;
-    std::vector<float> xs = gather_rows(x, mine, n, in);
-    std::vector<float> xb(static_cast<size_t>(m * t.b.cols)), xba(static_cast<size_t>(m * width));
-    kernels::linear_t(xb.data(), xs.empty() ? x : xs.data(), t.b, m, ctx);
-    kernels::linear_t(xba.data(), xb.data(), t.a, m, ctx);
-    for (int64_t i = 0; i < m; ++i) add_scaled(out + mine[size_t(i)] * width, xba.data() + i * width, t.scale, width);
-  });
+  add_lora_terms(out, x, l, rows, n, true, ctx);
 }
 
 void adapted_linear(float* out, const float* x, const Matrix& w, const LoraTerms& l, RowAdapters rows, int64_t n,

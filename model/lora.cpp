@@ -5,13 +5,12 @@
 #include <bit>
 #include <cctype>
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
-#include <sstream>
 
 #include "model/lora_gguf.h"
 #include "common/dtype.h"
+#include "model/json_file.h"
 #include "model/tensor_names.h"
 
 namespace shoal {
@@ -58,16 +57,6 @@ class ConfigReader {
   const json& j_;
   std::string file_;
 };
-
-StatusOr<json> read_json_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return not_found("cannot open " + path.string());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return invalid_argument(path.string() + " is not a JSON object");
-  return j;
-}
 
 kernels::Matrix view(const SafetensorsFile& f, const TensorInfo& t) {
   kernels::Matrix m;
@@ -217,7 +206,7 @@ StatusOr<std::unique_ptr<LoraAdapter>> load_lora(const fs::path& dir, const Mode
                               "safe_serialization=True or convert it to adapter_model.safetensors");
     return not_found(weights_path.string() + " not found");
   }
-  SHOAL_ASSIGN_OR_RETURN(json j, read_json_file(config_path));
+  SHOAL_ASSIGN_OR_RETURN(json j, read_json_object(config_path));
   const ConfigReader cfg(j, config_path.string());
   auto adapter = std::make_unique<LoraAdapter>();
   adapter->dir = dir;
@@ -372,6 +361,12 @@ StatusOr<std::vector<std::unique_ptr<LoraAdapter>>> load_loras(const std::vector
     out.push_back(std::move(a));
   }
   return out;
+}
+
+std::vector<std::string> lora_names(const std::vector<std::unique_ptr<LoraAdapter>>& owned) {
+  std::vector<std::string> names;
+  for (const auto& a : owned) names.push_back(a->name);
+  return names;
 }
 
 LoraAdapters lora_views(const std::vector<std::unique_ptr<LoraAdapter>>& owned) {

@@ -130,5 +130,7 @@ StatusOr<std::vector<std::unique_ptr<LoraAdapter>>> load_loras(const std::vector
                                                                const ModelConfig& base, bool merge,
                                                                MergeInto into = MergeInto::kF32);
 LoraAdapters lora_views(const std::vector<std::unique_ptr<LoraAdapter>>& owned);
+// Their names by id (Executor::adapter_names).
+std::vector<std::string> lora_names(const std::vector<std::unique_ptr<LoraAdapter>>& owned);
 
 }  // namespace shoal

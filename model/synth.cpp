@@ -1,4 +1,6 @@
 #include "model/synth.h"
+
+#include "model/json_file.h"
 #include "model/gguf_checkpoint.h"
 
 #include "model/default_config.h"
@@ -36,17 +38,10 @@ using nlohmann::json;
 
 // ---- config ---------------------------------------------------------------------------------
 
+// A config file, or a folder's config.json.
 StatusOr<json> read_json(const fs::path& path) {
-  fs::path file = path;
   std::error_code ec;
-  if (fs::is_directory(path, ec)) file = path / "config.json";
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return not_found("cannot open " + file.string());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return invalid_argument(file.string() + ": not a JSON object");
-  return j;
+  return read_json_object(fs::is_directory(path, ec) ? path / "config.json" : path);
 }
 
 // The input config with synth's edits: layer count, MTP layers, the tokenizer's vocab_size and

@@ -8,8 +8,10 @@ namespace {
 // With --merge-lora (one adapter, loaded with merge), an adapted weight becomes a copy with the
 // adapter folded in (float32 or the stored dtype, owned by `merged`) and has no term left;
 // otherwise the terms stay, applied unmerged.
+bool merging(const LoraAdapters& loras) { return loras.size() == 1 && loras[0]->merge; }
+
 Status fold(Matrix& w, LoraTerms& terms, const LoraAdapters& loras, std::vector<std::shared_ptr<MergedWeight>>& merged) {
-  if (loras.size() != 1 || !loras[0]->merge || !terms.any()) return {};
+  if (!merging(loras) || !terms.any()) return {};
   merged.push_back(std::make_shared<MergedWeight>());
   auto m = merge_lora(w, terms[1], loras[0]->merge_into, *merged.back());
   if (!m.ok()) return m.status().with_context(loras[0]->dir.string());
@@ -51,7 +53,7 @@ Status attach_attn_lora(AttnWeights& a, const ModelConfig& c, int64_t i, const L
                            " in Hugging Face's row order, but this GGUF llama base stores them permuted for "
                            "interleaved rope (llama.cpp's converter): use the adapter in GGUF form or the Hugging "
                            "Face base");
-  if (c.mla_split_kv_b && a.lora.wkv_b.any() && loras.size() == 1 && loras[0]->merge)
+  if (c.mla_split_kv_b && a.lora.wkv_b.any() && merging(loras))
     return unimplemented(loras[0]->dir.string() + ": adapts " + names::layer(i, "self_attn.kv_b_proj") +
                          ", which this GGUF base keeps split as attn_k_b/attn_v_b: merging into it is not "
                          "supported (apply it unmerged with --lora)");

@@ -19,6 +19,7 @@
 #include "cluster/spec.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "support/expect.h"
 #include "support/files.h"
 #include "support/process.h"
 
@@ -67,11 +68,7 @@ PlanRun plan_cli(const json& spec, const std::string& args, const fs::path& mode
   return {r.rc, j, r.err};
 }
 
-ModelConfig config_of(const fs::path& p) {
-  auto c = load_config(p);
-  REQUIRE(c.ok());
-  return *c;
-}
+using shoal::test::config_of;
 
 int64_t sum_units(const UnitBytes& b) {
   int64_t n = b.embed + b.head;

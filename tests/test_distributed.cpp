@@ -28,6 +28,12 @@ namespace {
 
 const std::string kShoal = SHOAL_BINARY;
 const std::string kMpirun = std::string(SHOAL_MPIEXEC) + " --allow-run-as-root --oversubscribe";
+// mpirun -np 3 on the loopback with the ob1 PML (TCP between the ranks), bounded in time; PML
+// flags other than ob1's may be given instead.
+std::string mpirun3(const std::string& command, const std::string& pml = " --mca pml ob1 --mca btl self,vader,tcp") {
+  return "timeout 120 env OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo " + kMpirun + " -np 3" + pml +
+         " " + command;
+}
 std::string fixture(const std::string& name) { return std::string(SHOAL_FIXTURES) + "/" + name; }
 
 void write_file(const std::string& path, const std::string& text) {
@@ -117,7 +123,6 @@ TEST_CASE("shoal logits is the same over --local-nodes and plans", "[distributed
 // A GGUF (split in 3 parts, Q4_K/Q5_0/Q5_K/Q6_K) in both numerics: bitwise the same logits in
 // one process, over in-process ranks, scattered experts, mpirun and TCP nodes.
 TEST_CASE("a GGUF gives the same bits over every transport and placement, fast and exact", "[distributed][gguf][mpi][tcp]") {
-  const std::string env = "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo ";
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");
   std::vector<Node> nodes;
@@ -129,14 +134,10 @@ TEST_CASE("a GGUF gives the same bits over every transport and placement, fast a
     std::vector<std::string> runs = {base + " --local-nodes 3", base + " --local-nodes 4 --expert-scatter",
                                      base + " --nodes " + node_list(nodes) + " --token-file " + (dir / "token") +
                                          " --expert-scatter"};
-    runs.push_back("timeout 120 env " + env + kMpirun + " -np 3 --mca pml ob1 --mca btl self,vader,tcp " + base +
-                     " --expert-scatter");
+    runs.push_back(mpirun3(base + " --expert-scatter"));
     for (const std::string& cmd : runs) {
       INFO(cmd);
-      const json got = logits(cmd);
-      CHECK(got["greedy_ids"] == want["greedy_ids"]);
-      CHECK(max_diff(want["prompt_logits"], got["prompt_logits"]) == 0.0);
-      CHECK(max_diff(want["greedy_logits"], got["greedy_logits"]) == 0.0);
+      check_same(want, logits(cmd));
     }
   }
 }
@@ -145,7 +146,6 @@ TEST_CASE("a GGUF gives the same bits over every transport and placement, fast a
 // give the same bits as one process over in-process ranks, TCP nodes and mpirun; and a sequence
 // alone or in a batch.
 TEST_CASE("dense distills give the same bits over every transport, alone or batched", "[distributed][dense][mpi][tcp]") {
-  const std::string env = "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo ";
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");
   for (const std::string name : {"tiny-qwen2", "tiny-qwen2-tied", "tiny-llama3", "gguf-tiny-dense/tiny-llama3-q8_0.gguf"}) {
@@ -156,13 +156,10 @@ TEST_CASE("dense distills give the same bits over every transport, alone or batc
     const json want = logits(base);
     std::vector<std::string> runs = {base + " --local-nodes 3", base + " --local-nodes 2",
                                      base + " --nodes " + node_list(nodes) + " --token-file " + (dir / "token")};
-    runs.push_back("timeout 120 env " + env + kMpirun + " -np 3 --mca pml ob1 --mca btl self,vader,tcp " + base);
+    runs.push_back(mpirun3(base));
     for (const std::string& cmd : runs) {
       INFO(cmd);
-      const json got = logits(cmd);
-      CHECK(got["greedy_ids"] == want["greedy_ids"]);
-      CHECK(max_diff(want["prompt_logits"], got["prompt_logits"]) == 0.0);
-      CHECK(max_diff(want["greedy_logits"], got["greedy_logits"]) == 0.0);
+      check_same(want, logits(cmd));
     }
     // The second sequence alone: the same bits as in the batch of two.
     const json alone = logits(kShoal + " logits --model " + fixture(name) + " --ids \"5 6 1000 8\" --greedy 4");
@@ -176,7 +173,6 @@ TEST_CASE("dense distills give the same bits over every transport, alone or batc
 // per expert row; the same bits over threads and mpirun with the same plan (the rounding happens
 // at the same hops); within the deviation docs/distributed.md reports against the golden.
 TEST_CASE("bf16 on the wire (--wire-dtype) halves the bytes, agrees over transports with one plan and stays near f32", "[distributed][wire][mpi][tcp]") {
-  const std::string env = "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo ";
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");
   std::vector<Node> nodes;
@@ -186,7 +182,7 @@ TEST_CASE("bf16 on the wire (--wire-dtype) halves the bytes, agrees over transpo
     INFO(name);
     const std::string base = kShoal + " logits --model " + fixture(name) + kIds + " --expert-scatter --wire-dtype bf16";
     const json threads = logits(base + " --local-nodes 3");
-    check_same(threads, logits("timeout 120 env " + env + kMpirun + " -np 3 --mca pml ob1 --mca btl self,vader,tcp " + base));
+    check_same(threads, logits(mpirun3(base)));
     // Against f32 on the wire: close, and not the same bits (the rounding is real). TCP nodes
     // (the coordinator hosts nothing there: another plan, other hops) likewise.
     const json f32 = logits(kShoal + " logits --model " + fixture(name) + kIds + " --expert-scatter --local-nodes 3");
@@ -214,7 +210,6 @@ TEST_CASE("bf16 on the wire (--wire-dtype) halves the bytes, agrees over transpo
 // A LoRA adapter (--lora) over ranks: each rank applies the modules of the units it hosts (a
 // routed expert's adapter with the expert); the same bits as one process.
 TEST_CASE("a LoRA adapter (--lora) gives the same bits over threads, scattered experts, mpirun and TCP nodes", "[distributed][lora][mpi][tcp]") {
-  const std::string env = "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo ";
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");
   std::vector<Node> nodes;
@@ -231,8 +226,7 @@ TEST_CASE("a LoRA adapter (--lora) gives the same bits over threads, scattered e
   check_same(want_merged, logits(merged + " --local-nodes 3 --expert-scatter"));
   for (const std::string& cmd : {base + " --local-nodes 3 --expert-scatter",
                                  base + " --nodes " + node_list(nodes) + " --token-file " + (dir / "token") + " --expert-scatter",
-                                 "timeout 120 env " + env + kMpirun + " -np 3 --mca pml ob1 --mca btl self,vader,tcp " + base +
-                                     " --expert-scatter"}) {
+                                 mpirun3(base + " --expert-scatter")}) {
     INFO(cmd);
     check_same(want, logits(cmd));
   }
@@ -275,7 +269,6 @@ TEST_CASE("a plan file: one layer's experts on three ranks, the head on the firs
 }
 
 TEST_CASE("shoal logits under mpirun -np 3, with the ob1 and the UCX PML", "[distributed][mpi]") {
-  const std::string env = "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo ";
   const std::string ob1 = " --mca pml ob1 --mca btl self,vader,tcp";
   const std::string ucx = " --mca pml ucx --mca pml_ucx_tls any --mca pml_ucx_devices any -x UCX_NET_DEVICES=lo";
   for (const std::string name : {"tiny-v3-bf16", "tiny-v3-fp8"}) {
@@ -284,10 +277,10 @@ TEST_CASE("shoal logits under mpirun -np 3, with the ob1 and the UCX PML", "[dis
     for (const std::string& pml : {ob1, ucx}) {
       INFO(name << pml);
       std::string err;
-      check_same(want, logits("timeout 120 env " + env + kMpirun + " -np 3" + pml + " " + kShoal + args, &err));
+      check_same(want, logits(mpirun3(kShoal + args, pml), &err));
       // The coordinator says which PML Open MPI really selected.
       CHECK_THAT(err, Catch::Contains(pml == ucx ? "3 ranks over MPI (pml ucx)" : "3 ranks over MPI (pml ob1)"));
-      check_same(want, logits("timeout 120 env " + env + kMpirun + " -np 3" + pml + " " + kShoal + args + " --expert-scatter"));
+      check_same(want, logits(mpirun3(kShoal + args + " --expert-scatter", pml)));
     }
   }
 }

@@ -13,6 +13,7 @@
 #include "model/gguf_writer.h"
 #include "model/rope.h"
 #include "model/synth.h"
+#include "support/expect.h"
 #include "support/process.h"
 
 using namespace shoal;
@@ -42,12 +43,7 @@ void write_file(const fs::path& p, const std::string& s) {
   out.write(s.data(), std::streamsize(s.size()));
 }
 
-template <class T>
-void expect_error(const StatusOr<T>& r, std::initializer_list<std::string> parts) {
-  REQUIRE_FALSE(r.ok());
-  INFO(r.status().message());
-  for (const auto& p : parts) CHECK(r.status().message().find(p) != std::string::npos);
-}
+using shoal::test::expect_error;
 
 StatusOr<GgufHeader> parse(const std::string& image) {
   return parse_gguf(reinterpret_cast<const std::byte*>(image.data()), image.size());

@@ -18,6 +18,7 @@
 #include "model/lora.h"
 #include "model/safetensors.h"
 #include "model/tensor_names.h"
+#include "support/expect.h"
 #include "support/files.h"
 #include "support/process.h"
 
@@ -31,11 +32,7 @@ namespace {
 const fs::path kFixtures = SHOAL_FIXTURES;
 const fs::path kBase = kFixtures / "tiny-v3-bf16";
 
-ModelConfig base_config() {
-  auto c = load_config(kBase);
-  REQUIRE(c.ok());
-  return *c;
-}
+ModelConfig base_config() { return shoal::test::config_of(kBase); }
 
 json read_json(const fs::path& p) { return json::parse(std::ifstream(p)); }
 
@@ -66,12 +63,7 @@ void edit_tensors(const fs::path& dir, const std::function<void(std::vector<Tens
   REQUIRE(write_safetensors(dir / "adapter_model.safetensors", ptrs).ok());
 }
 
-template <class T>
-void expect_error(const StatusOr<T>& r, std::initializer_list<std::string> parts) {
-  REQUIRE_FALSE(r.ok());
-  INFO(r.status().message());
-  for (const std::string& p : parts) CHECK(r.status().message().find(p) != std::string::npos);
-}
+using shoal::test::expect_error;
 
 // The same refusal through the CLI: a non-zero exit and the message.
 void expect_cli_error(const fs::path& dir, std::initializer_list<std::string> parts) {

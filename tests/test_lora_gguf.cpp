@@ -23,6 +23,7 @@
 #include "model/lora.h"
 #include "model/lora_gguf.h"
 #include "model/tensor_names.h"
+#include "support/expect.h"
 #include "support/files.h"
 #include "support/process.h"
 
@@ -37,18 +38,8 @@ const fs::path kFixtures = SHOAL_FIXTURES;
 const fs::path kBase = kFixtures / "tiny-v3-bf16";
 const fs::path kGguf = kFixtures / "lora-gguf";
 
-ModelConfig config_of(const fs::path& model) {
-  auto c = load_config(model);
-  REQUIRE(c.ok());
-  return *c;
-}
-
-template <class T>
-void expect_error(const StatusOr<T>& r, const std::vector<std::string>& parts) {
-  REQUIRE_FALSE(r.ok());
-  INFO(r.status().message());
-  for (const std::string& p : parts) CHECK(r.status().message().find(p) != std::string::npos);
-}
+using shoal::test::config_of;
+using shoal::test::expect_error;
 
 std::vector<float> rows_f32(const kernels::Matrix& m) {
   std::vector<float> out(size_t(m.rows * m.cols));

@@ -7,27 +7,10 @@
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 
-const base = process.env.SHOAL_BASE_URL;
-const apiKey = process.env.SHOAL_API_KEY;
-const model = process.env.SHOAL_MODEL;
-if (!base || !apiKey || !model) {
-  console.log('FAIL setup: set SHOAL_BASE_URL, SHOAL_API_KEY and SHOAL_MODEL');
-  process.exit(2);
-}
-const client = new OpenAI({ baseURL: `${base}/v1`, apiKey, maxRetries: 0, timeout: 120_000 });
+import { check, finish, settings } from './checks.mjs';
 
-let passed = 0;
-let failed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    passed++;
-    console.log(`ok ${name}`);
-  } catch (e) {
-    failed++;
-    console.log(`FAIL ${name}: ${e?.stack ?? e}`);
-  }
-}
+const [base, apiKey, model] = settings('SHOAL_BASE_URL', 'SHOAL_API_KEY', 'SHOAL_MODEL');
+const client = new OpenAI({ baseURL: `${base}/v1`, apiKey, maxRetries: 0, timeout: 120_000 });
 
 const request = { model, temperature: 0, max_tokens: 16, ignore_eos: true, messages: [{ role: 'user', content: 'What is 2 + 2?' }] };
 let full;
@@ -62,5 +45,4 @@ await check('streamed chat completion: the same split in deltas', async () => {
   assert.equal(content, full.content);
 });
 
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+finish();

@@ -8,29 +8,12 @@
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 
-const base = process.env.SHOAL_BASE_URL;
-const apiKey = process.env.SHOAL_API_KEY;
-const baseModel = process.env.SHOAL_BASE_MODEL;
-const refs = JSON.parse(process.env.SHOAL_REFS ?? 'null');
-if (!base || !apiKey || !baseModel || !refs) {
-  console.log('FAIL setup: set SHOAL_BASE_URL, SHOAL_REFS, SHOAL_API_KEY and SHOAL_BASE_MODEL');
-  process.exit(2);
-}
+import { check, finish, settings } from './checks.mjs';
+
+const [base, refsJson, apiKey, baseModel] = settings('SHOAL_BASE_URL', 'SHOAL_REFS', 'SHOAL_API_KEY', 'SHOAL_BASE_MODEL');
+const refs = JSON.parse(refsJson);
 const client = (url) => new OpenAI({ baseURL: `${url}/v1`, apiKey, maxRetries: 0, timeout: 300_000 });
 const mixed = client(base);
-
-let passed = 0;
-let failed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    passed++;
-    console.log(`ok ${name}`);
-  } catch (e) {
-    failed++;
-    console.log(`FAIL ${name}: ${e?.stack ?? e}`);
-  }
-}
 
 const models = [baseModel, 'a', 'b'];
 
@@ -80,5 +63,4 @@ await check('concurrent requests for base, a and b each give what their model al
   for (const [prompt, texts] of seen) assert.equal(new Set(texts).size, 3, `prompt ${prompt}: ${texts}`);
 });
 
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+finish();
