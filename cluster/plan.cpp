@@ -364,8 +364,7 @@ UnitBytes unit_bytes_for(const ModelConfig& c, bool fp8) {
 
 void add_lora_bytes(UnitBytes& bytes, const LoraAdapter& lora) {
   for (const auto& [name, m] : lora.modules) {
-    const uint64_t b = uint64_t(m.a.rows * dtype_row_bytes(m.a.dtype, m.a.cols)) +
-                       uint64_t(m.b.rows * dtype_row_bytes(m.b.dtype, m.b.cols));  // Q8_0 A: blocks
+    const uint64_t b = lora_module_memory_bytes(m.a, m.b);  // Q8_0 A: blocks; Bᵀ's copy counted
     long long layer = -1, expert = -1;
     if (std::sscanf(name.c_str(), "model.layers.%lld.mlp.experts.%lld.", &layer, &expert) == 2 && layer >= 0 &&
         size_t(layer) < bytes.experts.size() && expert >= 0 && size_t(expert) < bytes.experts[size_t(layer)].size()) {

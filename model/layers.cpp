@@ -17,29 +17,24 @@ void add_scaled(float* out, const float* extra, float scale, int64_t count) {
   for (int64_t i = 0; i < count; ++i) out[i] += scale * extra[i];
 }
 
-// Calls f(term, rows) once per adapter with a term in l, with the rows (ascending) whose adapter
-// it is.
-template <class F>
-void for_each_adapter(const LoraTerms& l, RowAdapters rows, int64_t n, F&& f) {
-  if (rows.empty() || n == 0 || !l.any()) return;
+// The rows (ascending) of each adapter with a term in l, in adapter id order.
+struct AdapterRows {
+  const LoraTerm* term;
+  std::vector<int64_t> rows;
+};
+std::vector<AdapterRows> adapter_rows(const LoraTerms& l, RowAdapters rows, int64_t n) {
+  std::vector<AdapterRows> groups;
+  if (rows.empty() || n == 0 || !l.any()) return groups;
   SHOAL_CHECK_EQ(int64_t(rows.size()), n);
-  std::vector<int64_t> mine;
   for (int32_t id = 1; id < int32_t(l.by_id.size()); ++id) {
     const LoraTerm& t = l.by_id[size_t(id)];
     if (!t.active()) continue;
-    mine.clear();
+    AdapterRows g{&t, {}};
     for (int64_t r = 0; r < n; ++r)
-      if (rows[size_t(r)] == id) mine.push_back(r);
-    if (!mine.empty()) f(t, mine);
+      if (rows[size_t(r)] == id) g.rows.push_back(r);
+    if (!g.rows.empty()) groups.push_back(std::move(g));
   }
-}
-
-// Rows `which` of x [n, width] packed together; empty when they are all of x, in order.
-std::vector<float> gather_rows(const float* x, const std::vector<int64_t>& which, int64_t n, int64_t width) {
-  if (int64_t(which.size()) == n) return {};
-  std::vector<float> out(which.size() * static_cast<size_t>(width));
-  for (size_t i = 0; i < which.size(); ++i) std::copy_n(x + which[i] * width, width, out.data() + int64_t(i) * width);
-  return out;
+  return groups;
 }
 
 // Copies a strided [n, width] block out of rows of `stride` floats starting at `offset`.
@@ -197,21 +192,36 @@ namespace {
 // `transposed`, scale_k * ((x B_k) A_k) (the absorbed W_UK side).
 void add_lora_terms(float* out, const float* x, const LoraTerms& l, RowAdapters rows, int64_t n, bool transposed,
                     const kernels::Context& ctx) {
-  for_each_adapter(l, rows, n, [&](const LoraTerm& t, const std::vector<int64_t>& mine) {
+  const std::vector<AdapterRows> groups = adapter_rows(l, rows, n);
+  // Outside a parallel region (attention, shared experts) the adapters share the threads; the
+  // products are too small to split. A row's sums are the same either way.
+#pragma omp parallel for schedule(dynamic, 1) if (groups.size() > 1 && !omp_in_parallel())
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const LoraTerm& t = *groups[g].term;
+    const std::vector<int64_t>& mine = groups[g].rows;
+    // Each thread's scratch, grown as needed: decode calls this for every adapted weight of
+    // every expert a step runs.
+    static thread_local std::vector<float> xs, mid, y;
     const int64_t m = int64_t(mine.size()), rank = t.a.rows;
     const int64_t in = transposed ? t.b.rows : t.a.cols, width = transposed ? t.a.cols : t.b.rows;
-    std::vector<float> xs = gather_rows(x, mine, n, in);
-    const float* xm = xs.empty() ? x : xs.data();
-    std::vector<float> mid(static_cast<size_t>(m * rank)), y(static_cast<size_t>(m * width));
+    const float* xm = x;
+    if (m != n) {
+      xs.resize(static_cast<size_t>(m * in));
+      for (int64_t i = 0; i < m; ++i) std::copy_n(x + mine[size_t(i)] * in, in, xs.data() + i * in);
+      xm = xs.data();
+    }
+    mid.resize(static_cast<size_t>(m * rank));
+    y.resize(static_cast<size_t>(m * width));
     if (transposed) {
       kernels::linear_t(mid.data(), xm, t.b, m, ctx);
       kernels::linear_t(y.data(), mid.data(), t.a, m, ctx);
     } else {
       kernels::linear(mid.data(), xm, t.a, m, ctx);
-      kernels::linear(y.data(), mid.data(), t.b, m, ctx);
+      if (t.bt.data) kernels::linear_t(y.data(), mid.data(), t.bt, m, ctx);
+      else kernels::linear(y.data(), mid.data(), t.b, m, ctx);
     }
     for (int64_t i = 0; i < m; ++i) add_scaled(out + mine[size_t(i)] * width, y.data() + i * width, t.scale, width);
-  });
+  }
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <bit>
 #include <cctype>
 #include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <regex>
 
@@ -190,7 +191,39 @@ LoraTerms lora_terms(const LoraAdapters& adapters, const std::string& weight_nam
 
 LoraTerm LoraAdapter::term(const std::string& weight_name) const {
   const LoraModule* m = find(weight_name);
-  return m ? LoraTerm{m->a, m->b, m->scale} : LoraTerm{};
+  if (!m) return {};
+  LoraTerm t;
+  t.a = m->a;
+  t.b = m->b;
+  t.scale = m->scale;
+  return with_transposed_b(std::move(t));
+}
+
+namespace {
+bool transposable(const kernels::Matrix& b) {
+  return (b.dtype == DType::kF32 || b.dtype == DType::kF16 || b.dtype == DType::kBF16) && b.row0 == 0;
+}
+}  // namespace
+
+LoraTerm with_transposed_b(LoraTerm t) {
+  if (!t.active() || !transposable(t.b)) return t;
+  const int64_t rows = t.b.rows, cols = t.b.cols, size = int64_t(dtype_bytes(t.b.dtype));
+  auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(rows * cols * size));
+  const auto* src = static_cast<const uint8_t*>(t.b.data);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      std::memcpy(bytes->data() + (c * rows + r) * size, src + (r * cols + c) * size, static_cast<size_t>(size));
+  t.bt.data = bytes->data();
+  t.bt.dtype = t.b.dtype;
+  t.bt.rows = cols;
+  t.bt.cols = rows;
+  t.bt_bytes = std::move(bytes);
+  return t;
+}
+
+uint64_t lora_module_memory_bytes(const kernels::Matrix& a, const kernels::Matrix& b) {
+  const uint64_t b_bytes = uint64_t(b.rows * dtype_row_bytes(b.dtype, b.cols));
+  return uint64_t(a.rows * dtype_row_bytes(a.dtype, a.cols)) + b_bytes + (transposable(b) ? b_bytes : 0);
 }
 
 StatusOr<std::unique_ptr<LoraAdapter>> load_lora(const fs::path& dir, const ModelConfig* base) {

@@ -35,13 +35,26 @@ struct LoraModule {
 struct LoraTerm {
   kernels::Matrix a, b;
   float scale = 0;
+  // Bᵀ [rank, out]: B's elements transposed into this process's memory (same dtype, so the same
+  // values), when B is F32, F16 or BF16 and whole. B (A x) then streams `rank` rows of Bᵀ
+  // (linear_t, one fused multiply-add per term in ascending rank order) instead of taking `out`
+  // dot products only `rank` long. Absent in row slices of B, which compute with B itself.
+  kernels::Matrix bt{};
+  std::shared_ptr<const std::vector<uint8_t>> bt_bytes{};
   bool active() const { return a.data != nullptr; }
   LoraTerm slice_rows(int64_t first, int64_t n) const {
     LoraTerm t = *this;
     if (active()) t.b = b.slice_rows(first, n);
+    t.bt = {};
+    t.bt_bytes.reset();
     return t;
   }
 };
+
+// The term with Bᵀ held beside B (above), where B's dtype allows it.
+LoraTerm with_transposed_b(LoraTerm t);
+// The bytes a loaded module holds in memory: A and B as stored, and Bᵀ's copy where it is made.
+uint64_t lora_module_memory_bytes(const kernels::Matrix& a, const kernels::Matrix& b);
 
 // Where --merge-lora folds an adapter: float32 copies of the adapted weights (within the golden
 // tolerance, 4 bytes per element), or the weights' stored dtype (BF16, F16, FP8 blocks: as fast

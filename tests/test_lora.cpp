@@ -267,14 +267,17 @@ TEST_CASE("shoal plan --lora counts the adapter's bytes on the ranks that hold i
   const ModelConfig c = base_config();
   auto a = load_lora(kFixtures / "lora-tiny-v3-a", &c);
   REQUIRE(a.ok());
-  CHECK(with["weight_bytes"].get<int64_t>() - base["weight_bytes"].get<int64_t>() == int64_t((*a)->bytes()));
+  // A and B as stored, and the copy of Bᵀ each rank keeps to compute B (A x) (every B here is BF16).
+  int64_t held = int64_t((*a)->bytes());
+  for (const auto& [name, m] : (*a)->modules) held += m.b.rows * m.b.cols * 2;
+  CHECK(with["weight_bytes"].get<int64_t>() - base["weight_bytes"].get<int64_t>() == held);
   int64_t added = 0;
   for (size_t r = 0; r < base["ranks"].size(); ++r) {
     const int64_t d = with["ranks"][r]["weight_bytes"].get<int64_t>() - base["ranks"][r]["weight_bytes"].get<int64_t>();
     CHECK(d > 0);  // every rank holds adapted modules (attention and scattered experts)
     added += d;
   }
-  CHECK(added == int64_t((*a)->bytes()));
+  CHECK(added == held);
 }
 
 // --merge-into stored: a merged weight rounded back into its own dtype. With B = 0 the merge adds
@@ -308,7 +311,7 @@ TEST_CASE("merge_lora into the stored dtype: BF16 and FP8 blocks rounded once an
   std::vector<float> a(size_t(r * cols)), zero(size_t(rows * r), 0.0f), b(size_t(rows * r));
   for (float& v : a) v = normal(rng);
   for (float& v : b) v = normal(rng) * 0.01f;
-  LoraTerm none{{a.data(), DType::kF32, r, cols}, {zero.data(), DType::kF32, rows, r}, 2.0f};
+  LoraTerm none{.a = {a.data(), DType::kF32, r, cols}, .b = {zero.data(), DType::kF32, rows, r}, .scale = 2.0f};
   for (const kernels::Matrix& w : {fp8, bf16}) {
     MergedWeight m;
     auto got = merge_lora(w, none, MergeInto::kStored, m);
@@ -318,7 +321,7 @@ TEST_CASE("merge_lora into the stored dtype: BF16 and FP8 blocks rounded once an
     CHECK(std::memcmp(got->data, w.data, bytes) == 0);
     if (w.dtype == DType::kF8E4M3) CHECK(std::memcmp(got->scale_inv, scales.data(), scales.size() * sizeof(float)) == 0);
   }
-  LoraTerm some{{a.data(), DType::kF32, r, cols}, {b.data(), DType::kF32, rows, r}, 2.0f};
+  LoraTerm some{.a = {a.data(), DType::kF32, r, cols}, .b = {b.data(), DType::kF32, rows, r}, .scale = 2.0f};
   MergedWeight m32, m16;
   auto f32 = merge_lora(bf16, some, MergeInto::kF32, m32);
   auto st = merge_lora(bf16, some, MergeInto::kStored, m16);
@@ -337,7 +340,7 @@ TEST_CASE("merge_lora into the stored dtype: BF16 and FP8 blocks rounded once an
   // GGUF blocks have no stored-dtype merge: a clear error naming the dtype.
   kernels::Matrix q8{q.data(), DType::kQ8_0, rows, 192};
   MergedWeight mq;
-  auto bad = merge_lora(q8, LoraTerm{{a.data(), DType::kF32, r, 192}, {b.data(), DType::kF32, rows, r}, 2.0f},
+  auto bad = merge_lora(q8, LoraTerm{.a = {a.data(), DType::kF32, r, 192}, .b = {b.data(), DType::kF32, rows, r}, .scale = 2.0f},
                         MergeInto::kStored, mq);
   REQUIRE(!bad.ok());
   CHECK_THAT(bad.status().to_string(), Catch::Contains("Q8_0"));

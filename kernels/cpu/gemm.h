@@ -205,13 +205,17 @@ template <class Fn>
 void for_row_runs(int64_t R, int64_t G, bool parallel, Fn&& fn) {
   const int64_t groups = (R + G - 1) / G, run = max64(1, groups / (8 * int64_t(omp_get_max_threads())));
   const int64_t runs = (groups + run - 1) / run;
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+  if (!parallel) {  // no region at all: even a one-thread region costs a microsecond in libgomp
+    for (int64_t k = 0; k < runs; ++k) fn(min64(R, k * run * G), min64(R, (k + 1) * run * G));
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1)
   for (int64_t k = 0; k < runs; ++k) fn(min64(R, k * run * G), min64(R, (k + 1) * run * G));
 }
 
 template <class Rows>
 void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int64_t K, int64_t n) {
-  const bool parallel = R * K * n >= (int64_t(1) << 18) && omp_get_max_threads() > 1;  // else fork/join costs more
+  const bool parallel = R * K * n >= (int64_t(1) << 18) && omp_get_max_threads() > 1 && !omp_in_parallel();  // else fork/join costs more
   if (n <= kStoredTokens) {
     for_row_runs(R, n == 1 ? 8 : 4, parallel, [&](int64_t r0, int64_t r1) {
       switch (n) {

@@ -47,8 +47,7 @@ void linear_t_chunks(float* out, const float* x, const Rows& rows, int64_t R, in
   const int64_t span = rows.span(C);
   const int64_t cw = span >= C || span % (16 * V) == 0 ? 16 * V : span % 16 == 0 ? 16 : 1;
   const int64_t chunks = (C + cw - 1) / cw;
-#pragma omp parallel for schedule(static) if (R * C * n >= (int64_t(1) << 18) && !omp_in_parallel())
-  for (int64_t k = 0; k < chunks; ++k) {
+  auto chunk = [&](int64_t k) {
     const int64_t c0 = k * cw, width = min64(cw, C - c0);
     int64_t t0 = 0;
     for (; t0 + 4 <= n; t0 += 4) linear_t_chunk<4, V>(out + t0 * C, x + t0 * R, rows, R, C, c0, width);
@@ -58,7 +57,13 @@ void linear_t_chunks(float* out, const float* x, const Rows& rows, int64_t R, in
       case 3: linear_t_chunk<3, V>(out + t0 * C, x + t0 * R, rows, R, C, c0, width); break;
       default: break;
     }
+  };
+  if (R * C * n < (int64_t(1) << 18) || omp_in_parallel()) {  // no region: even one thread's costs
+    for (int64_t k = 0; k < chunks; ++k) chunk(k);
+    return;
   }
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < chunks; ++k) chunk(k);
 }
 
 // One or two tokens: 128-column chunks (fewer passes over the rows' per-row work); more: 64.

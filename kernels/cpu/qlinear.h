@@ -489,7 +489,7 @@ void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
   static thread_local QuantActs caller_acts;  // the calling thread's; the row runs read it
   QuantActs& acts = caller_acts;
   quantize_acts(x, n, K, acts);
-  const bool parallel = R * K * n >= (int64_t(1) << 18) && omp_get_max_threads() > 1;
+  const bool parallel = R * K * n >= (int64_t(1) << 18) && omp_get_max_threads() > 1 && !omp_in_parallel();
   for_row_runs(R, kQRows, parallel, [&](int64_t r0, int64_t r1) {
     static thread_local std::vector<float> acc;
     static thread_local std::vector<U> prep;
