@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "coordinator/tokenizer/tokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 
 int main(int argc, char** argv) {
   const std::string dir = argc > 1 ? argv[1] : SHOAL_FIXTURES "/tokenizer-deepseek-v3";

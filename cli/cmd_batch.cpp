@@ -12,8 +12,8 @@
 
 #include "cli/cluster_flags.h"
 #include "cli/commands.h"
-#include "coordinator/batch/runner.h"
 #include "coordinator/cluster.h"
+#include "serve/batch/runner.h"
 
 namespace shoal::cli {
 namespace {

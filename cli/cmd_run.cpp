@@ -5,10 +5,10 @@
 
 #include "cli/cluster_flags.h"
 #include "cli/commands.h"
-#include "coordinator/chat_template.h"
 #include "coordinator/cluster.h"
 #include "coordinator/engine.h"
-#include "coordinator/reasoning.h"
+#include "text/chat_template.h"
+#include "text/reasoning.h"
 
 namespace shoal::cli {
 namespace {

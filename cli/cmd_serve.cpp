@@ -14,7 +14,7 @@
 
 #include "cli/cluster_flags.h"
 #include "cli/commands.h"
-#include "coordinator/server/server.h"
+#include "serve/server.h"
 
 namespace shoal::cli {
 namespace {

@@ -9,8 +9,8 @@
 #include <sstream>
 
 #include "cli/commands.h"
-#include "coordinator/tokenizer/tokenizer.h"
 #include "model/synth.h"
+#include "text/tokenizer/tokenizer.h"
 
 namespace shoal::cli {
 namespace {

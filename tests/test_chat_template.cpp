@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "coordinator/chat_template.h"
-#include "coordinator/jinja/jinja.h"
-#include "coordinator/tokenizer/tokenizer.h"
+#include "text/chat_template.h"
+#include "text/jinja/jinja.h"
+#include "text/tokenizer/tokenizer.h"
 
 namespace {
 

@@ -1,7 +1,7 @@
 // Splitting R1-style output into reasoning_content and content, whole and streamed.
 #include <catch2/catch.hpp>
 
-#include "coordinator/reasoning.h"
+#include "text/reasoning.h"
 
 using namespace shoal;
 

@@ -15,11 +15,11 @@
 #include <regex>
 #include <thread>
 
-#include "coordinator/server/metrics.h"
-#include "coordinator/server/openai.h"
-#include "coordinator/tokenizer/tokenizer.h"
+#include "serve/metrics.h"
+#include "serve/openai.h"
 #include "support/files.h"
 #include "support/process.h"
+#include "text/tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
 using shoal::test::TempDir;

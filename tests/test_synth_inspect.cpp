@@ -15,8 +15,6 @@
 #include <sstream>
 
 #include "coordinator/engine.h"
-#include "coordinator/reasoning.h"
-#include "coordinator/tokenizer/tokenizer.h"
 #include "kernels/cpu/formats/ggml/block.h"
 #include "model/checkpoint.h"
 #include "model/gguf.h"
@@ -27,6 +25,8 @@
 #include "node/stage.h"
 #include "support/files.h"
 #include "support/process.h"
+#include "text/reasoning.h"
+#include "text/tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
 using shoal::test::TempDir;

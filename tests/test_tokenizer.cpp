@@ -12,7 +12,7 @@
 #include <unistd.h>
 #include <vector>
 
-#include "coordinator/tokenizer/tokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 
 namespace {
 

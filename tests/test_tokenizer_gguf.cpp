@@ -1,4 +1,4 @@
-// The tokenizer from a GGUF's metadata (coordinator/tokenizer/tokenizer_gguf.cpp) against the
+// The tokenizer from a GGUF's metadata (text/tokenizer/tokenizer_gguf.cpp) against the
 // tokenizer.json path on the DeepSeek-V3 fixtures. fixtures/tokenizer-deepseek-v3-gguf/
 // tokenizer.gguf is the same vocabulary written by llama.cpp's gguf-py following its converter
 // (tools/make_tokenizer_gguf.py); the tiny gguf-a-q8_0 model carries a synthetic byte-level
@@ -14,11 +14,11 @@
 #include <string>
 #include <vector>
 
-#include "coordinator/chat_template.h"
-#include "coordinator/tokenizer/tokenizer.h"
 #include "model/gguf.h"
 #include "model/gguf_writer.h"
 #include "support/files.h"
+#include "text/chat_template.h"
+#include "text/tokenizer/tokenizer.h"
 
 namespace {
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Writes coordinator/tokenizer/nfc_tables.inc: the Unicode data of NFC normalization, at the
+"""Writes text/tokenizer/nfc_tables.inc: the Unicode data of NFC normalization, at the
 Unicode version of the reference tokenizer's normalizer.
 
-    ~/.pyenv/versions/3.6.15/bin/python tools/gen_nfc_tables.py > coordinator/tokenizer/nfc_tables.inc
+    ~/.pyenv/versions/3.6.15/bin/python tools/gen_nfc_tables.py > text/tokenizer/nfc_tables.inc
 
 Hugging Face tokenizers normalizes with the unicode-normalization-alignments crate, whose tables
 are Unicode 9.0.0: marks assigned later have canonical class 0 there and later composites do

@@ -1,0 +1,34 @@
+#include "text/jinja/jinja.h"
+
+#include "text/jinja/ast.h"
+#include "text/jinja/eval.h"
+
+namespace shoal::jinja {
+namespace {
+
+template <typename Json>
+StatusOr<std::string> render_with(const Node* root, const Json& context) {
+  if (!root) return internal_error("chat template: render before parse");
+  if (!context.is_object()) return invalid_argument("chat template context must be a JSON object");
+  Value vars = Value::from_json(context);
+  return Renderer(vars.dict()).render(*root);
+}
+
+}  // namespace
+
+StatusOr<Template> Template::parse(const std::string& source) {
+  SHOAL_ASSIGN_OR_RETURN(std::shared_ptr<const Node> root, parse_template(source));
+  Template t;
+  t.root_ = std::move(root);
+  return t;
+}
+
+StatusOr<std::string> Template::render(const nlohmann::json& context) const {
+  return render_with(root_.get(), context);
+}
+
+StatusOr<std::string> Template::render(const nlohmann::ordered_json& context) const {
+  return render_with(root_.get(), context);
+}
+
+}  // namespace shoal::jinja
