@@ -124,7 +124,7 @@ Row prepare(std::span<const float> logits, const SamplingParams& p, std::span<co
   SHOAL_CHECK_LE(logits.size(), static_cast<size_t>(std::numeric_limits<int32_t>::max()));
   SHOAL_CHECK(p.validate().ok());
   Row r;
-  if (needs_history(p)) {
+  if (changes_logits(p)) {
     const std::span<float> copy = buffer(scratch().z, logits.size());
     std::copy(logits.begin(), logits.end(), copy.begin());
     apply_penalties(copy, p, history, n_prompt);
@@ -395,6 +395,16 @@ Status SamplingParams::validate() const {
   if (top_logprobs < -1 || top_logprobs > kMaxTopLogprobs)
     return invalid_argument("top_logprobs must be in [0, " + std::to_string(kMaxTopLogprobs) +
                             "], or -1 for no logprobs, got " + std::to_string(top_logprobs));
+  for (size_t i = 0; i < logit_bias.size(); ++i) {
+    const TokenBias& b = logit_bias[i];
+    if (b.id < 0) return invalid_argument("logit_bias token id " + std::to_string(b.id) + " is negative");
+    if (i > 0 && b.id <= logit_bias[i - 1].id)
+      return invalid_argument("logit_bias token ids must be ascending and distinct, got " +
+                              std::to_string(logit_bias[i - 1].id) + " then " + std::to_string(b.id));
+    if (!(b.bias >= -kMaxLogitBias && b.bias <= kMaxLogitBias))
+      return invalid_argument("logit_bias for token " + std::to_string(b.id) + " must be in [-100, 100], got " +
+                              num(b.bias));
+  }
   return {};
 }
 
@@ -432,6 +442,10 @@ void apply_penalties(std::span<float> z, const SamplingParams& p, std::span<cons
       store(z[id], v);
       count[id] = 0;
     }
+  }
+  for (const TokenBias& b : p.logit_bias) {
+    SHOAL_CHECK(b.id >= 0 && static_cast<size_t>(b.id) < V);
+    store(z[b.id], static_cast<double>(z[b.id]) + static_cast<double>(b.bias));
   }
 }
 
@@ -474,6 +488,8 @@ SampleResult sample(std::span<const float> logits, const SamplingParams& p, std:
 bool needs_history(const SamplingParams& p) {
   return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
 }
+
+bool changes_logits(const SamplingParams& p) { return needs_history(p) || !p.logit_bias.empty(); }
 
 std::vector<SampleResult> choose_tokens(const float* logits, int64_t m, int64_t vocab,
                                         const std::vector<RowSampler>& samplers) {

@@ -17,6 +17,13 @@
 namespace shoal {
 
 inline constexpr int32_t kMaxTopLogprobs = 20;
+inline constexpr float kMaxLogitBias = 100.0f;
+
+// OpenAI's logit_bias: added to one token's logit (after the penalties) before anything else.
+struct TokenBias {
+  int32_t id;
+  float bias;  // [-100, 100]
+};
 
 struct SamplingParams {
   float temperature = 1.0f;          // >= 0, finite; 0: greedy (argmax, ties -> lowest id)
@@ -28,6 +35,7 @@ struct SamplingParams {
   float frequency_penalty = 0.0f;    // [-2, 2]; minus count * penalty over the output
   std::optional<uint64_t> seed;      // none: the per-request seed the caller chose
   int32_t top_logprobs = -1;         // -1: no logprobs; 0..20: the chosen token's + that many best
+  std::vector<TokenBias> logit_bias; // ascending ids, each once; ids must be below the vocabulary
 
   // An invalid_argument naming the first field out of range and its allowed range.
   Status validate() const;
@@ -63,7 +71,8 @@ struct RowSampler {
   std::vector<int32_t> history;
   size_t n_prompt = 0;
 };
-bool needs_history(const SamplingParams& p);  // a penalty is set
+bool needs_history(const SamplingParams& p);   // a penalty is set
+bool changes_logits(const SamplingParams& p);  // a penalty or a logit bias is set
 
 // The token of each of the m rows of logits [m, vocab]: with no samplers, each row's argmax
 // (lowest id among ties) and nothing else; otherwise sample() with samplers[r] for row r.
@@ -72,8 +81,8 @@ std::vector<SampleResult> choose_tokens(const float* logits, int64_t m, int64_t 
 
 // The steps of sample(), exposed for tests and for callers that need one of them.
 
-// The penalties in place (repetition, then frequency, then presence); results that would
-// overflow are clamped to +-FLT_MAX.
+// The penalties in place (repetition, then frequency, then presence), then logit_bias; results
+// that would overflow are clamped to +-FLT_MAX.
 void apply_penalties(std::span<float> logits, const SamplingParams& p, std::span<const int32_t> history,
                      size_t n_prompt);
 

@@ -17,6 +17,10 @@ void to_wire(const RowSampler& s, wire::RowSampling& out) {
   out.set_seed(p.seed.value_or(s.seed));
   out.set_step(s.step);
   out.set_top_logprobs(p.top_logprobs);
+  for (const TokenBias& b : p.logit_bias) {
+    out.add_bias_ids(b.id);
+    out.add_bias_values(b.bias);
+  }
   if (needs_history(p)) {
     out.mutable_history()->Add(s.history.begin(), s.history.end());
     out.set_n_prompt(int64_t(s.n_prompt));
@@ -34,6 +38,15 @@ StatusOr<RowSampler> from_wire(const wire::RowSampling& w, int64_t vocab) {
   p.presence_penalty = w.presence_penalty();
   p.frequency_penalty = w.frequency_penalty();
   p.top_logprobs = w.top_logprobs();
+  if (w.bias_ids_size() != w.bias_values_size())
+    return invalid_argument("sampling logit_bias has " + std::to_string(w.bias_ids_size()) + " ids but " +
+                            std::to_string(w.bias_values_size()) + " values");
+  for (int i = 0; i < w.bias_ids_size(); ++i) {
+    if (w.bias_ids(i) >= vocab)
+      return invalid_argument("sampling logit_bias names token " + std::to_string(w.bias_ids(i)) +
+                              ", outside the vocabulary of " + std::to_string(vocab));
+    p.logit_bias.push_back({w.bias_ids(i), w.bias_values(i)});
+  }
   SHOAL_RETURN_IF_ERROR(p.validate());
   s.seed = w.seed();
   s.step = w.step();

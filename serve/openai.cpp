@@ -1,6 +1,7 @@
 #include "serve/openai.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -74,6 +75,31 @@ std::optional<ApiError> get_number(const json& body, const char* name, double lo
                            number_text(hi) + "]",
                        name);
   out = x;
+  return {};
+}
+
+// logit_bias: {"token id": bias in [-100, 100]}, as OpenAI takes it (ids as strings); ids are
+// checked against the vocabulary when the request is prepared.
+std::optional<ApiError> parse_logit_bias(const json& body, std::vector<TokenBias>& out) {
+  const json* lb = field(body, "logit_bias");
+  if (!lb || lb->is_null()) return {};
+  if (!lb->is_object()) return wrong_type("logit_bias", *lb, "an object");
+  for (const auto& [key, value] : lb->items()) {
+    const std::string at = "logit_bias." + key;
+    int64_t id = -1;
+    const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
+    if (ec != std::errc() || end != key.data() + key.size() || id < 0 || id > std::numeric_limits<int32_t>::max())
+      return bad_request("'logit_bias' key '" + key + "' is not a token id (a non-negative integer)", "logit_bias");
+    if (!value.is_number()) return wrong_type(at, value, "a number");
+    const double bias = value.get<double>();
+    if (!std::isfinite(bias) || bias < -kMaxLogitBias || bias > kMaxLogitBias)
+      return bad_request("'" + at + "' = " + number_text(bias) + " must be in [-100, 100]", "logit_bias");
+    out.push_back({int32_t(id), float(bias)});
+  }
+  std::sort(out.begin(), out.end(), [](const TokenBias& a, const TokenBias& b) { return a.id < b.id; });
+  for (size_t i = 1; i < out.size(); ++i)
+    if (out[i].id == out[i - 1].id)
+      return bad_request("'logit_bias' names token " + std::to_string(out[i].id) + " twice", "logit_bias");
   return {};
 }
 
@@ -302,13 +328,10 @@ std::optional<ApiError> parse_request(std::string_view text, Endpoint endpoint, 
       sp.top_logprobs = int32_t(*logprobs_n);
     }
   }
+  if (auto e = parse_logit_bias(body, sp.logit_bias)) return e;
   if (Status s = sp.validate(); !s.ok()) return bad_request(s.message());
 
   // What this server does not do: refused rather than silently ignored.
-  if (const json* lb = field(body, "logit_bias")) {
-    if (!lb->is_object()) return wrong_type("logit_bias", *lb, "an object");
-    if (!lb->empty()) return unsupported("logit_bias", "logit_bias");
-  }
   if (chat) {
     for (const char* name : {"tools", "functions"})
       if (const json* t = field(body, name)) {
@@ -375,6 +398,11 @@ std::optional<ApiError> prepare_request(const CompletionRequest& req, const Toke
     }
   }
   if (ids.empty()) return bad_request("the prompt is empty (no tokens)", where);
+  for (const TokenBias& b : req.sampling.logit_bias)
+    if (b.id >= vocab_size)
+      return bad_request("'logit_bias' token id " + std::to_string(b.id) + " is not below the vocabulary size " +
+                             std::to_string(vocab_size),
+                         "logit_bias");
   const int64_t n = int64_t(ids.size());
   const std::string in = req.endpoint == Endpoint::kChat ? " in the messages" : " in the prompt";
   if (n >= max_seq_len)

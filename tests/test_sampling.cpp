@@ -543,6 +543,39 @@ TEST_CASE("logprobs are the log-softmax of the penalised logits, the top list so
   }
 }
 
+TEST_CASE("logit_bias adds to its tokens after the penalties, bans, forces and shows in logprobs", "[sampling]") {
+  const std::vector<float> z0 = {1.0f, -2.0f, 0.5f, 3.0f, -0.5f, -std::numeric_limits<float>::infinity()};
+  const std::vector<int32_t> history = {0, 3, 3};
+  SamplingParams p;
+  p.logit_bias = {{1, 2.5f}, {3, -1.0f}, {5, 100.0f}};
+  std::vector<float> z = z0;
+  apply_penalties(z, p, history, 1);
+  CHECK(z == std::vector<float>{1.0f, 0.5f, 0.5f, 2.0f, -0.5f, -std::numeric_limits<float>::infinity()});
+  // After the penalties: 3 appears twice in the output, 3 - 2*0.5 - 1 (bias) = 1.
+  p.frequency_penalty = 0.5f;
+  z = z0;
+  apply_penalties(z, p, history, 1);
+  CHECK(z[3] == 1.0f);
+
+  // Greedy follows the biased logits; -100 bans the argmax, +100 forces a token.
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  CHECK(sample(z0, greedy, {}, 0, 1, 0).id == 3);
+  greedy.logit_bias = {{3, -100.0f}};
+  CHECK(sample(z0, greedy, {}, 0, 1, 0).id == 0);
+  SamplingParams drawn;  // temperature 1: +100 leaves every other token e^-100 behind
+  drawn.logit_bias = {{4, 100.0f}};
+  drawn.top_logprobs = 2;
+  for (int64_t step = 0; step < 50; ++step) CHECK(sample(z0, drawn, {}, 0, 9, step).id == 4);
+  const SampleResult r = sample(z0, drawn, {}, 0, 9, 0);
+  REQUIRE(r.logprob);
+  CHECK(*r.logprob > -1e-6f);
+  REQUIRE(r.top.size() == 2);
+  CHECK(r.top[0].id == 4);
+  CHECK(r.top[1].id == 3);
+  CHECK(r.top[1].logprob == Approx(3.0 - 99.5).margin(1e-3));
+}
+
 TEST_CASE("validate names every field out of range", "[sampling]") {
   CHECK(SamplingParams{}.validate().ok());
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -557,7 +590,14 @@ TEST_CASE("validate names every field out of range", "[sampling]") {
   edge.frequency_penalty = 2.0f;
   edge.top_logprobs = 20;
   edge.seed = std::numeric_limits<uint64_t>::max();
+  edge.logit_bias = {{0, -100.0f}, {7, 100.0f}};
   CHECK(edge.validate().ok());
+  for (const std::vector<TokenBias>& bad : std::vector<std::vector<TokenBias>>{
+           {{-1, 1.0f}}, {{2, 1.0f}, {2, 1.0f}}, {{3, 1.0f}, {2, 1.0f}}, {{1, 100.5f}}, {{1, nan}}, {{1, -inf}}}) {
+    SamplingParams p;
+    p.logit_bias = bad;
+    CHECK_THAT(std::string(p.validate().message()), Catch::Contains("logit_bias"));
+  }
   edge.top_logprobs = 0;
   edge.top_p = 1e-6f;
   edge.min_p = 0.0f;

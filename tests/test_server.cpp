@@ -488,7 +488,12 @@ TEST_CASE("request parsing: OpenAI's fields, types and ranges, errors name the p
       {{{"model", "m"}, {"messages", msgs}, {"stop", ""}}, 400, "stop"},
       {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}}}}}, 400, "tools"},
       {{{"model", "m"}, {"messages", msgs}, {"response_format", {{"type", "json_object"}}}}, 400, "response_format"},
-      {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {{"5", 1}}}}, 400, "logit_bias"},
+      {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {1, 2}}}, 400, "logit_bias"},
+      {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {{"x5", 1}}}}, 400, "logit_bias"},
+      {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {{"-5", 1}}}}, 400, "logit_bias"},
+      {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {{"5", 101}}}}, 400, "logit_bias"},
+      {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {{"5", "1"}}}}, 400, "logit_bias.5"},
+      {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {{"5", 1}, {"05", 2}}}}, 400, "logit_bias"},
   };
   for (const Bad& b : bad) {
     INFO(b.body.dump());
@@ -500,6 +505,13 @@ TEST_CASE("request parsing: OpenAI's fields, types and ranges, errors name the p
     CHECK(err["error"]["message"].is_string());
     CHECK(err["error"]["type"] == "invalid_request_error");
   }
+  // logit_bias: ids as strings, sorted into the sampler's form.
+  REQUIRE(!parse({{"model", "m"}, {"messages", msgs}, {"logit_bias", {{"50", -100}, {"7", 2.5}}}}));
+  REQUIRE(r.sampling.logit_bias.size() == 2);
+  CHECK(r.sampling.logit_bias[0].id == 7);
+  CHECK(r.sampling.logit_bias[0].bias == 2.5f);
+  CHECK(r.sampling.logit_bias[1].id == 50);
+  CHECK(r.sampling.logit_bias[1].bias == -100.0f);
   CHECK(srv::parse_request("{not json", Endpoint::kChat, {"m"}, r)->status == 400);
   CHECK(srv::parse_request("[1]", Endpoint::kChat, {"m"}, r)->status == 400);
 
@@ -685,6 +697,29 @@ TEST_CASE("serve: chat and completions, streamed and not, stop strings, usage (o
   CHECK(sse.usage.is_null());
   CHECK(sse.chunks.front()["object"] == "text_completion");
 
+  // logit_bias over every transport: +100 on one token makes greedy choose it at every step, and
+  // a token past the model's vocabulary is a 400 naming logit_bias.
+  {
+    auto tok = shoal::Tokenizer::load(fixture("tokenizer-deepseek-v3"));
+    REQUIRE(tok.ok());
+    const int32_t x = 300;
+    json biased = comp;
+    biased.erase("stream");
+    biased["max_tokens"] = 4;
+    biased["logit_bias"] = {{std::to_string(x), 100}};
+    r = s.post("/v1/completions", biased);
+    INFO(r.body);
+    REQUIRE(r.status == 200);
+    auto want = (*tok)->decode({x, x, x, x}, true);
+    REQUIRE(want.ok());
+    CHECK(r.j()["choices"][0]["text"] == *want);
+    CHECK(r.j()["choices"][0]["text"] != text.substr(0, want->size()));
+    biased["logit_bias"] = {{"1000000", -100}};
+    r = s.post("/v1/completions", biased);
+    CHECK(r.status == 400);
+    CHECK(r.j()["error"]["param"] == "logit_bias");
+  }
+
   // The prompt as token ids (the BOS and the encoded text): the same answer.
   int status = -1;
   const std::string ids_line = run_command(
@@ -731,9 +766,10 @@ TEST_CASE("serve: chat and completions, streamed and not, stop strings, usage (o
   CHECK(wait_metrics(s, [](const auto& m) { return m.at("shoal_requests_running") == 0; }, 10s));
   const auto v = s.metrics();
   CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}") == 2);
-  CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/completions\",status=\"200\"}") == 6);
+  CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/completions\",status=\"200\"}") == 7);  // 6 + logit_bias
+  CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/completions\",status=\"400\"}") == 1);  // logit_bias past the vocabulary
   CHECK(v.at("shoal_completion_tokens_total") >= 12 * 3);
-  CHECK(v.at("shoal_time_to_first_token_seconds_count") == 8);
+  CHECK(v.at("shoal_time_to_first_token_seconds_count") == 9);
   CHECK(v.at("shoal_inter_token_latency_seconds_count") > 0);
   CHECK(v.at("shoal_generations_finished_total{reason=\"length\"}") >= 4);
   CHECK(v.at("shoal_generations_finished_total{reason=\"stop\"}") >= 2);

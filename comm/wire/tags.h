@@ -6,7 +6,7 @@
 
 namespace shoal::wire {
 
-constexpr uint32_t kWireVersion = 5;
+constexpr uint32_t kWireVersion = 6;
 
 enum Tag : uint32_t {
   kControl = 1,        // Control: Hello, Loaded, Shutdown
