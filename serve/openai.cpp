@@ -107,6 +107,50 @@ ApiError unsupported(const std::string& name, const std::string& what) {
   return bad_request("'" + name + "': " + what + " is not supported by this server", name, "unsupported_parameter");
 }
 
+// tools: [{"type": "function", "function": {"name", "description"?, "parameters"?}}], and
+// tool_choice "auto" (the default with tools: `keep`) or "none" (nothing rendered or parsed). "required" and a named function need constrained decoding, which is not built yet.
+std::optional<ApiError> parse_tools(const json& body, bool& keep) {
+  keep = false;
+  const json* tools = field(body, "tools");
+  if (tools && tools->is_null()) tools = nullptr;
+  if (tools) {
+    if (!tools->is_array()) return wrong_type("tools", *tools, "an array");
+    for (size_t i = 0; i < tools->size(); ++i) {
+      const std::string at = "tools[" + std::to_string(i) + "]";
+      const json& t = (*tools)[i];
+      if (!t.is_object()) return wrong_type(at, t, "an object");
+      const json* type = field(t, "type");
+      if (!type || !type->is_string() || type->get<std::string>() != "function")
+        return bad_request("'" + at + ".type' must be 'function'", at + ".type");
+      const json* f = field(t, "function");
+      if (!f || !f->is_object()) return bad_request("'" + at + ".function' must be an object", at + ".function");
+      const json* name = field(*f, "name");
+      if (!name || !name->is_string() || name->get<std::string>().empty())
+        return bad_request("'" + at + ".function.name' must be a non-empty string", at + ".function.name");
+      if (const json* d = field(*f, "description"); d && !d->is_string() && !d->is_null())
+        return wrong_type(at + ".function.description", *d, "a string");
+      if (const json* p = field(*f, "parameters"); p && !p->is_object() && !p->is_null())
+        return wrong_type(at + ".function.parameters", *p, "an object (a JSON schema)");
+    }
+  }
+  std::string choice = tools && !tools->empty() ? "auto" : "none";
+  if (const json* c = field(body, "tool_choice"); c && !c->is_null()) {
+    if (c->is_object()) return unsupported("tool_choice", "a named tool_choice (it needs constrained decoding, not built yet)");
+    if (!c->is_string()) return wrong_type("tool_choice", *c, "a string or an object");
+    choice = c->get<std::string>();
+    if (choice == "required") return unsupported("tool_choice", "tool_choice 'required' (it needs constrained decoding, not built yet)");
+    if (choice != "none" && choice != "auto")
+      return bad_request("'tool_choice' = '" + choice + "' is not one of 'none', 'auto', 'required'", "tool_choice");
+    if (choice == "auto" && (!tools || tools->empty()))
+      return bad_request("'tool_choice' = 'auto' needs 'tools'", "tool_choice");
+  }
+  bool parallel = true;
+  if (auto e = get_bool(body, "parallel_tool_calls", parallel)) return e;
+  if (!parallel) return unsupported("parallel_tool_calls", "parallel_tool_calls false (at most one call needs constrained decoding)");
+  keep = choice == "auto";
+  return {};
+}
+
 // Chat messages as the template sees them: roles checked, content parts joined.
 std::optional<ApiError> parse_messages(const json& body, json& out) {
   const json* m = field(body, "messages");
@@ -333,15 +377,17 @@ std::optional<ApiError> parse_request(std::string_view text, Endpoint endpoint, 
 
   // What this server does not do: refused rather than silently ignored.
   if (chat) {
-    for (const char* name : {"tools", "functions"})
-      if (const json* t = field(body, name)) {
-        if (!t->is_array()) return wrong_type(name, *t, "an array");
-        if (!t->empty()) return unsupported(name, "tool and function calling");
-      }
-    for (const char* name : {"tool_choice", "function_call"})
-      if (const json* t = field(body, name))
-        if (!(t->is_string() && (t->get<std::string>() == "none" || t->get<std::string>() == "auto")))
-          return unsupported(name, "tool and function calling");
+    bool tools = false;
+    if (auto e = parse_tools(body, tools)) return e;
+    // Kept in the client's key order for the template (the body above sorts keys).
+    if (tools) out.tools = nlohmann::ordered_json::parse(text)["tools"];
+    if (const json* t = field(body, "functions")) {
+      if (!t->is_array()) return wrong_type("functions", *t, "an array");
+      if (!t->empty()) return unsupported("functions", "the legacy 'functions' field (send 'tools')");
+    }
+    if (const json* t = field(body, "function_call"))
+      if (!(t->is_string() && (t->get<std::string>() == "none" || t->get<std::string>() == "auto")))
+        return unsupported("function_call", "the legacy 'function_call' field (send 'tool_choice')");
     if (const json* rf = field(body, "response_format")) {
       const json* type = rf->is_object() ? field(*rf, "type") : nullptr;
       if (!type || !type->is_string()) return bad_request("'response_format.type' must be a string", "response_format");
@@ -377,6 +423,14 @@ std::optional<ApiError> prepare_request(const CompletionRequest& req, const Toke
     ChatRequest chat;
     chat.messages = req.messages;
     chat.add_generation_prompt = true;
+    if (!req.tools.is_null()) {
+      if (!template_renders_tools(tok.chat_template()))
+        return bad_request("'tools': this model's chat template does not render tool definitions, so the model "
+                           "cannot see them; serve it with a tokenizer_config.json whose chat_template does, or send no tools",
+                           "tools", "unsupported_parameter");
+      chat.tools = req.tools;
+      out.tool_calls = true;
+    }
     auto rendered = render_chat(tok, chat);
     if (!rendered.ok()) return bad_request("the chat template failed: " + rendered.status().message(), "messages");
     out.rendered = std::move(rendered).value();
@@ -464,16 +518,34 @@ std::string StopMatcher::finish() {
 
 // ---- tokens to text ----
 
+namespace {
+// A call id's random part (call_<8 hex>_<index>): unique across responses, as OpenAI's are.
+std::string call_id_prefix() {
+  static const char* kHex = "0123456789abcdef";
+  std::string s;
+  for (uint64_t v = random_u64(), i = 0; i < 8; ++i, v >>= 4) s += kHex[v & 15];
+  return s;
+}
+}  // namespace
+
 TextStream::TextStream(const Tokenizer& tok, const Prepared& p, std::vector<std::string> stops)
     : decoder_(tok, /*skip_special_tokens=*/true), stops_(std::move(stops)) {
   if (p.reasoning) reasoning_.emplace(p.starts_in_reasoning);
+  if (p.tool_calls) tools_.emplace(call_id_prefix());
+}
+
+
+// Adds one call's piece: a new call (it has an id), or more arguments of the last one.
+void append_call(std::vector<ToolCallStream::CallDelta>& calls, const ToolCallStream::CallDelta& c) {
+  if (!calls.empty() && calls.back().index == c.index && c.id.empty()) calls.back().arguments += c.arguments;
+  else calls.push_back(c);
 }
 
 TextStream::Delta TextStream::split(const std::string& text, bool last) {
   Delta d;
   if (!reasoning_) {
     d.content = text;
-    return d;
+    return with_tool_calls(std::move(d), last);
   }
   ReasoningParser::Delta r = reasoning_->push(text);
   if (last) {
@@ -483,7 +555,42 @@ TextStream::Delta TextStream::split(const std::string& text, bool last) {
   }
   d.reasoning = std::move(r.reasoning);
   d.content = std::move(r.content);
+  return with_tool_calls(std::move(d), last);
+}
+
+TextStream::Delta TextStream::with_tool_calls(Delta d, bool last) {
+  if (!tools_) return d;
+  ToolCallStream::Delta t = tools_->push(d.content);
+  if (last) {
+    ToolCallStream::Delta f = tools_->finish();
+    t.content += f.content;
+    t.calls.insert(t.calls.end(), f.calls.begin(), f.calls.end());
+  }
+  d.content = std::move(t.content);
+  for (const auto& c : t.calls) append_call(d.tool_calls, c);
   return d;
+}
+
+void TextStream::Delta::append(const Delta& d) {
+  reasoning += d.reasoning;
+  content += d.content;
+  for (const auto& c : d.tool_calls) append_call(tool_calls, c);
+}
+
+json tool_calls_json(const std::vector<ToolCallStream::CallDelta>& calls, bool streamed) {
+  json out = json::array();
+  for (const auto& c : calls) {
+    json f = {{"arguments", c.arguments}};
+    if (!c.name.empty()) f["name"] = c.name;
+    json call = {{"function", std::move(f)}};
+    if (streamed) call["index"] = c.index;
+    if (!c.id.empty()) {
+      call["id"] = c.id;
+      call["type"] = "function";
+    }
+    out.push_back(std::move(call));
+  }
+  return out;
 }
 
 TextStream::Delta TextStream::push(int32_t token) {
@@ -528,6 +635,10 @@ json full_response(Endpoint endpoint, const std::string& id, int64_t created, co
   if (endpoint == Endpoint::kChat) {
     json message = {{"role", "assistant"}, {"content", text.content}};
     if (has_reasoning && !text.reasoning.empty()) message["reasoning_content"] = text.reasoning;
+    if (!text.tool_calls.empty()) {
+      message["tool_calls"] = tool_calls_json(text.tool_calls, false);
+      if (text.content.empty()) message["content"] = nullptr;  // as OpenAI sends a message of calls only
+    }
     choice["message"] = std::move(message);
   } else {
     choice["text"] = text.content;
@@ -623,11 +734,11 @@ TextStream::Delta Completion::push(const TokenEvent& e) {
     }
   }
   if (e.finish == FinishReason::kStop || e.finish == FinishReason::kLength) {
-    const TextStream::Delta rest = text_.finish();
-    d.reasoning += rest.reasoning;
-    d.content += rest.content;
+    d.append(text_.finish());
     finish_ = e.finish == FinishReason::kLength ? "length" : "stop";
   }
+  // The model called tools (OpenAI's reason, unless max_tokens cut it).
+  if (finish_ == "stop" && text_.tool_calls() > 0) finish_ = "tool_calls";
   return d;
 }
 

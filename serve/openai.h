@@ -15,6 +15,7 @@
 #include "coordinator/scheduler.h"
 #include "node/sampling.h"
 #include "text/reasoning.h"
+#include "text/tool_calls.h"
 #include "text/tokenizer/tokenizer.h"
 
 namespace shoal::server {
@@ -53,6 +54,9 @@ struct CompletionRequest {
   // The request's sampling parameters, validated (OpenAI's ranges and SamplingParams::validate);
   // OpenAI's defaults where absent (temperature 1).
   SamplingParams sampling;
+  // chat: OpenAI's `tools` (validated function definitions; null when none) with tool_choice
+  // "auto" (rendered, output parsed into tool_calls) or "none" (neither).
+  nlohmann::ordered_json tools = nullptr;
 };
 
 // Parses a JSON body for `endpoint`. `model_ids`: the served models, the base first, then each
@@ -68,6 +72,7 @@ struct Prepared {
   std::string rendered;          // chat: the rendered template
   bool reasoning = false;        // split output into reasoning_content and content (R1 style)
   bool starts_in_reasoning = false;  // the rendered prompt opened <think>
+  bool tool_calls = false;           // parse DeepSeek's tool-call text into tool_calls
 };
 
 // Renders (chat, add_generation_prompt, no BOS added: the template writes it) or encodes
@@ -103,20 +108,26 @@ class TextStream {
   struct Delta {
     std::string reasoning;
     std::string content;
-    bool empty() const { return reasoning.empty() && content.empty(); }
+    std::vector<ToolCallStream::CallDelta> tool_calls;  // with tools: the calls' pieces
+    bool empty() const { return reasoning.empty() && content.empty() && tool_calls.empty(); }
+    // Appends `d`: text concatenated, a call's pieces merged into it.
+    void append(const Delta& d);
   };
   TextStream(const Tokenizer& tok, const Prepared& p, std::vector<std::string> stops);
   Delta push(int32_t token);
   Delta finish();
   // A stop string matched: the request is over ("stop"); cancel it.
   bool stopped() const { return stops_.stopped(); }
+  int tool_calls() const { return tools_ ? tools_->calls() : 0; }  // calls begun so far
 
  private:
   Delta split(const std::string& text, bool last);
+  Delta with_tool_calls(Delta d, bool last);
 
   StreamDecoder decoder_;
   StopMatcher stops_;
   std::optional<ReasoningParser> reasoning_;  // chat with an R1-style template
+  std::optional<ToolCallStream> tools_;       // chat with tools: the content's tool calls
 };
 
 // Token counts of a response (completion tokens include the EOS token when it ended the request).
@@ -183,6 +194,12 @@ std::string new_response_id(Endpoint endpoint);
 nlohmann::json full_response(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
                              const TextStream::Delta& text, bool has_reasoning, const std::string& finish,
                              const Usage& usage, nlohmann::json logprobs = nullptr);
+// OpenAI's tool_calls array: a message's whole calls ({id, type, function: {name, arguments}}),
+// or a stream delta's pieces (with "index"; id, type and name only in a call's first piece).
+nlohmann::json tool_calls_json(const std::vector<ToolCallStream::CallDelta>& calls, bool streamed);
+// Adds one call's piece to `calls` (a new call, or more arguments of the last one).
+void append_call(std::vector<ToolCallStream::CallDelta>& calls, const ToolCallStream::CallDelta& c);
+
 // One chunk of a stream: chat `delta` {role?, content?, reasoning_content?}; completions take
 // delta.content as their text. finish empty: null. include_usage: "usage": null on the chunk
 // (OpenAI puts it on every chunk when stream_options.include_usage is set).

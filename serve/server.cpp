@@ -550,8 +550,7 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
   auto logprobs_now = [&]() -> json { return answer.take_logprobs(); };
   auto emit = [&](const TextStream::Delta& d) {
     if (!streaming) {
-      total.reasoning += d.reasoning;
-      total.content += d.content;
+      total.append(d);
       return;
     }
     if (!d.reasoning.empty())
@@ -559,7 +558,10 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
                          d.content.empty() ? logprobs_now() : json(nullptr)));
     if (!d.content.empty())
       event(stream_chunk(ep, id, created_at, cr.model, {{"content", d.content}}, "", cr.include_usage,
-                         logprobs_now()));
+                         d.tool_calls.empty() ? logprobs_now() : json(nullptr)));
+    if (!d.tool_calls.empty())
+      event(stream_chunk(ep, id, created_at, cr.model, {{"tool_calls", tool_calls_json(d.tool_calls, true)}}, "",
+                         cr.include_usage, logprobs_now()));
   };
 
   std::string finish;

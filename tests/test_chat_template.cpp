@@ -22,6 +22,7 @@ using nlohmann::json;
 using shoal::ChatRequest;
 using shoal::Code;
 using shoal::render_chat;
+using shoal::template_renders_tools;
 using shoal::jinja::Template;
 namespace fs = std::filesystem;
 
@@ -179,6 +180,34 @@ TEST_CASE("render_chat rejects malformed messages, naming the message", "[chat][
   CHECK(error(json::array({{{"role", "user"}}, {{"content", "x"}}})) == "chat message 1 has no \"role\"");
   CHECK(error(json::array({{{"role", 3}}})) == "chat message 0: \"role\" must be a string, not number");
   CHECK(chat(tmpl, json::array()) == "");
+}
+
+TEST_CASE("tools reach the template in the client's key order, as Jinja2 renders them", "[chat][fixtures][tools]") {
+  const fs::path dir = kFixtures / "chat-template-tools";
+  const std::string tmpl = read_file(dir / "chat_template.jinja");
+  std::ifstream in(dir / "chat.jsonl");
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    INFO("chat-template-tools/chat.jsonl line " << n + 1);
+    const nlohmann::ordered_json c = nlohmann::ordered_json::parse(line);
+    ChatRequest req;
+    req.messages = json::parse(c["messages"].dump());
+    req.tools = c["tools"];
+    req.add_generation_prompt = c["add_generation_prompt"];
+    auto out = render_chat(tmpl, req, kBos, kEos);
+    REQUIRE(out.status().message() == "");
+    CHECK(*out == c["rendered"].get<std::string>());
+    ++n;
+  }
+  CHECK(n == 16);
+  // Which templates can show the model its tools: this one; DeepSeek-V3's and R1's own cannot.
+  CHECK(template_renders_tools(tmpl));
+  CHECK_FALSE(template_renders_tools(read_file(kFixtures / "chat-template-deepseek-r1" / "chat_template.jinja")));
+  CHECK_FALSE(template_renders_tools(config_template(kFixtures / "tokenizer-deepseek-v3")));
+  CHECK(template_renders_tools("{% for t in tools %}{{ t }}{% endfor %}"));
+  CHECK(template_renders_tools("{%- if tools -%}x{%- endif %}"));
+  CHECK_FALSE(template_renders_tools("{{ message['tool_calls'] }}{{ is_tools }}{{ 'tools' }}{{ x.tools }}"));
 }
 
 TEST_CASE("render_chat passes tools and documents as None, as transformers does", "[chat]") {

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
@@ -418,6 +419,84 @@ TEST_CASE("tokens to text: streaming decode, stop strings and the R1 reasoning s
   CHECK(d.content == "plain text");
 }
 
+TEST_CASE("tool calls: R1 reasoning then a call, through the detokenizer, into the message and the stream", "[server][tools]") {
+  // The tokens the model would write (DeepSeek's tool-call markers are added tokens of its
+  // vocabulary), fed as token events to a chat completion that has tools.
+  auto tok = shoal::Tokenizer::load(fixture("tokenizer-deepseek-v3"));
+  REQUIRE(tok.ok());
+  const std::string text =
+      "The user wants the weather.</think>\n\nChecking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+      "get_weather\n```json\n{\"city\": \"Paris\", \"unit\": \"celsius\"}\n```<｜tool▁call▁end｜>\n"
+      "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{\"tz\": \"CET\"}\n```<｜tool▁call▁end｜>"
+      "<｜tool▁calls▁end｜>";
+  std::vector<int32_t> ids = (*tok)->encode(text, false);
+  CHECK(std::count(ids.begin(), ids.end(), (*tok)->token_id("<｜tool▁sep｜>")) == 2);  // markers are single tokens
+  ids.push_back((*tok)->eos_id());
+  srv::CompletionRequest req;
+  req.endpoint = srv::Endpoint::kChat;
+  srv::Prepared p;
+  p.reasoning = p.starts_in_reasoning = true;
+  p.tool_calls = true;
+  p.generation.stop_ids = {(*tok)->eos_id()};
+  srv::Completion answer(**tok, p, req);
+  srv::TextStream::Delta total;
+  std::vector<json> chunks;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    shoal::TokenEvent e;
+    e.token = ids[i];
+    if (i + 1 == ids.size()) e.finish = shoal::FinishReason::kStop;
+    const srv::TextStream::Delta d = answer.push(e);
+    total.append(d);
+    if (!d.tool_calls.empty()) chunks.push_back(srv::tool_calls_json(d.tool_calls, true));
+  }
+  CHECK(answer.finish() == "tool_calls");
+  const json r = srv::full_response(srv::Endpoint::kChat, "chatcmpl-x", 0, "m", total, true, answer.finish(), answer.usage());
+  const json& msg = r["choices"][0]["message"];
+  CHECK(msg["reasoning_content"] == "The user wants the weather.");
+  CHECK(msg["content"] == "Checking.");
+  REQUIRE(msg["tool_calls"].size() == 2);
+  CHECK(msg["tool_calls"][0]["type"] == "function");
+  CHECK(msg["tool_calls"][0]["function"]["name"] == "get_weather");
+  CHECK(json::parse(msg["tool_calls"][0]["function"]["arguments"].get<std::string>()) ==
+        json({{"city", "Paris"}, {"unit", "celsius"}}));
+  CHECK(msg["tool_calls"][1]["function"]["name"] == "get_time");
+  CHECK(msg["tool_calls"][1]["function"]["arguments"] == "{\"tz\": \"CET\"}");
+  CHECK(msg["tool_calls"][0]["id"] != msg["tool_calls"][1]["id"]);
+  CHECK(r["choices"][0]["finish_reason"] == "tool_calls");
+  // The stream's pieces: each call's id, type and name once (first piece), arguments in order.
+  std::map<int, std::string> args;
+  std::map<int, int> firsts;
+  for (const json& c : chunks)
+    for (const json& piece : c) {
+      const int index = piece["index"];
+      if (piece.contains("id")) {
+        ++firsts[index];
+        CHECK(piece["type"] == "function");
+        CHECK(piece["function"].contains("name"));
+      } else {
+        CHECK(!piece["function"].contains("name"));
+      }
+      args[index] += piece["function"]["arguments"].get<std::string>();
+    }
+  CHECK(firsts == std::map<int, int>{{0, 1}, {1, 1}});
+  CHECK(args[0] == msg["tool_calls"][0]["function"]["arguments"]);
+  CHECK(args[1] == msg["tool_calls"][1]["function"]["arguments"]);
+
+  // Without tools in the request the same tokens are plain content.
+  p.tool_calls = false;
+  srv::Completion plain(**tok, p, req);
+  srv::TextStream::Delta all;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    shoal::TokenEvent e;
+    e.token = ids[i];
+    if (i + 1 == ids.size()) e.finish = shoal::FinishReason::kStop;
+    all.append(plain.push(e));
+  }
+  CHECK(plain.finish() == "stop");
+  CHECK(all.tool_calls.empty());
+  CHECK(all.content.find("get_weather") != std::string::npos);
+}
+
 TEST_CASE("request parsing: OpenAI's fields, types and ranges, errors name the parameter", "[server]") {
   using srv::Endpoint;
   srv::CompletionRequest r;
@@ -486,7 +565,21 @@ TEST_CASE("request parsing: OpenAI's fields, types and ranges, errors name the p
       {{{"model", "m"}, {"messages", msgs}, {"stop", {"a", "b", "c", "d", "e"}}}, 400, "stop"},
       {{{"model", "m"}, {"messages", msgs}, {"stop", {"a", 1}}}, 400, "stop"},
       {{{"model", "m"}, {"messages", msgs}, {"stop", ""}}, 400, "stop"},
-      {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}}}}}, 400, "tools"},
+      {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}}}}}, 400, "tools[0].function"},
+      {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "code"}}}}}, 400, "tools[0].type"},
+      {{{"model", "m"}, {"messages", msgs}, {"tools", "f"}}, 400, "tools"},
+      {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}, {"function", {{"name", ""}}}}}}}, 400,
+       "tools[0].function.name"},
+      {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}, {"function", {{"name", "f"}, {"parameters", 3}}}}}}},
+       400, "tools[0].function.parameters"},
+      {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}}, {"tool_choice", "required"}},
+       400, "tool_choice"},
+      {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}}, {"tool_choice", "maybe"}},
+       400, "tool_choice"},
+      {{{"model", "m"}, {"messages", msgs}, {"tool_choice", "auto"}}, 400, "tool_choice"},
+      {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}}, {"parallel_tool_calls", false}},
+       400, "parallel_tool_calls"},
+      {{{"model", "m"}, {"messages", msgs}, {"functions", {{{"name", "f"}}}}}, 400, "functions"},
       {{{"model", "m"}, {"messages", msgs}, {"response_format", {{"type", "json_object"}}}}, 400, "response_format"},
       {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {1, 2}}}, 400, "logit_bias"},
       {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {{"x5", 1}}}}, 400, "logit_bias"},
@@ -505,6 +598,14 @@ TEST_CASE("request parsing: OpenAI's fields, types and ranges, errors name the p
     CHECK(err["error"]["message"].is_string());
     CHECK(err["error"]["type"] == "invalid_request_error");
   }
+  // tools: kept for the template with tool_choice auto (the default), dropped with none.
+  const json tools = {{{"type", "function"}, {"function", {{"name", "get_weather"}, {"parameters", {{"type", "object"}}}}}}};
+  REQUIRE(!parse({{"model", "m"}, {"messages", msgs}, {"tools", tools}}));
+  CHECK(r.tools == tools);
+  REQUIRE(!parse({{"model", "m"}, {"messages", msgs}, {"tools", tools}, {"tool_choice", "none"}, {"parallel_tool_calls", true}}));
+  CHECK(r.tools.is_null());
+  REQUIRE(!parse({{"model", "m"}, {"messages", msgs}, {"tools", json::array()}}));
+  CHECK(r.tools.is_null());
   // logit_bias: ids as strings, sorted into the sampler's form.
   REQUIRE(!parse({{"model", "m"}, {"messages", msgs}, {"logit_bias", {{"50", -100}, {"7", 2.5}}}}));
   REQUIRE(r.sampling.logit_bias.size() == 2);
@@ -849,6 +950,16 @@ TEST_CASE("serve: malformed requests, unknown models and paths, size limits, API
   r = s.post("/v1/chat/completions", b, auth);
   CHECK(r.status == 400);
   CHECK(error_of(r)["param"] == "n");
+  // Tools for a model whose template cannot show them (DeepSeek-V3's): a 400 saying so.
+  b = chat_body("tiny-chat", "hi", 4);
+  b["tools"] = {{{"type", "function"}, {"function", {{"name", "get_weather"}}}}};
+  r = s.post("/v1/chat/completions", b, auth);
+  CHECK(r.status == 400);
+  CHECK(error_of(r)["param"] == "tools");
+  CHECK_THAT(error_of(r)["message"].get<std::string>(), Catch::Contains("does not render tool definitions"));
+  b["tool_choice"] = "none";  // not shown, not parsed: a plain answer
+  r = s.post("/v1/chat/completions", b, auth);
+  CHECK(r.status == 200);
   r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", {5, 200000}}}, auth);
   CHECK(r.status == 400);
   CHECK(error_of(r)["param"] == "prompt");

@@ -3,6 +3,8 @@
 // passes them) and the special tokens (pad_token is the EOS string, as in DeepSeek's config).
 #include "text/chat_template.h"
 
+#include <regex>
+
 #include "text/jinja/jinja.h"
 
 namespace shoal {
@@ -30,6 +32,18 @@ StatusOr<std::string> render_chat(const std::string& tmpl, const ChatRequest& re
   SHOAL_RETURN_IF_ERROR(check_messages(req.messages));
   if (tmpl.empty()) return invalid_argument("no chat template (tokenizer_config.json has no chat_template)");
   SHOAL_ASSIGN_OR_RETURN(jinja::Template t, jinja::Template::parse(tmpl));
+  if (!req.tools.is_null()) {  // the tools' key order matters (tojson): render in order
+    nlohmann::ordered_json context = {
+        {"messages", nlohmann::ordered_json::parse(req.messages.dump())},
+        {"add_generation_prompt", req.add_generation_prompt},
+        {"tools", req.tools},
+        {"documents", nullptr},
+        {"bos_token", bos_token},
+        {"eos_token", eos_token},
+        {"pad_token", eos_token},
+    };
+    return t.render(context);
+  }
   nlohmann::json context = {
       {"messages", req.messages},   {"add_generation_prompt", req.add_generation_prompt},
       {"tools", nullptr},           {"documents", nullptr},
@@ -37,6 +51,11 @@ StatusOr<std::string> render_chat(const std::string& tmpl, const ChatRequest& re
       {"pad_token", eos_token},
   };
   return t.render(context);
+}
+
+bool template_renders_tools(const std::string& tmpl) {
+  static const std::regex kTools(R"((^|[^A-Za-z0-9_.'"])tools([^A-Za-z0-9_'"]|$))");
+  return std::regex_search(tmpl, kTools);
 }
 
 StatusOr<std::string> render_chat(const Tokenizer& tok, const ChatRequest& req) {

@@ -13,7 +13,15 @@ namespace shoal {
 struct ChatRequest {
   nlohmann::json messages = nlohmann::json::array();  // [{"role", "content", ...}]
   bool add_generation_prompt = true;
+  // OpenAI's `tools` array, passed as transformers passes it (keys in the client's order, as a
+  // Python dict keeps them, so that tojson writes the schema as the client wrote it); null: none.
+  nlohmann::ordered_json tools = nullptr;
 };
+
+// Whether a template renders tool definitions: it reads the `tools` variable (DeepSeek-R1's
+// original template renders tool calls and outputs but not the definitions, so a model served
+// with it cannot know which tools exist).
+bool template_renders_tools(const std::string& tmpl);
 
 // Renders `tmpl` with messages, add_generation_prompt, bos_token, eos_token and pad_token (=
 // eos_token), as transformers passes them. Messages must be an array of objects with a string

@@ -94,8 +94,7 @@ struct Active {
   bool done = false;
 
   void add(const server::TextStream::Delta& d) {
-    total.reasoning += d.reasoning;
-    total.content += d.content;
+    total.append(d);
   }
 };
 
