@@ -171,7 +171,9 @@ TEST_CASE("tool calls: several calls, content before them, V3.1's form, a missin
         kBegin + kCall + "search" + kSep + R"({"q":"a b"})" + kCallEnd + kCall + "open" + kSep + R"({"id":3})" + kCallEnd + kEnd,
         // Arguments with backticks, newlines and markers' look-alikes inside strings.
         kBegin + r1_call("code", "{\"src\": \"```py\\nx = 1\\n```\", \"t\": \"<｜tool\"}") + kEnd,
-        kBegin + r1_call("nested", "{\n  \"a\": {\"b\": [1, {\"c\": null}]},\n  \"d\": \"e\"\n}") + kEnd}) {
+        kBegin + r1_call("nested", "{\n  \"a\": {\"b\": [1, {\"c\": null}]},\n  \"d\": \"e\"\n}") + kEnd,
+        // A closing fence right after the object, and backticks inside a string at a chunk's end.
+        kBegin + kCall + "function" + kSep + "g\n```json\n{\"s\": \"a``\"}```" + kCallEnd + kEnd}) {
     INFO(text);
     check_streams_like_whole(text);
   }
@@ -188,6 +190,9 @@ TEST_CASE("tool calls: malformed blocks are errors and keep the whole text as co
       {kBegin + r1_call("f", "{}") + kEnd + " trailing words", "text after"},
       {kBegin + "chatter" + r1_call("f", "{}") + kEnd, "expected"},
       {kBegin + kEnd, "holds no call"},
+      // Found by fuzz_tool_calls: a NUL byte ends nlohmann's input, so text after it passed as
+      // part of a JSON object.
+      {kBegin + r1_call("f", std::string("{\"a\": 1}\0garbage", 16)) + kEnd, "not a JSON object"},
   };
   for (const auto& [text, why] : cases) {
     INFO(text);

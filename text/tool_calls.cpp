@@ -96,8 +96,9 @@ ParsedToolCalls parse_tool_calls(std::string_view text, std::string_view id_pref
       args = strip_fence(after);
     }
     if (name.empty()) return fail("tool call " + std::to_string(out.calls.size()) + " has an empty name");
+    // (nlohmann's parser ends its input at a NUL byte: text with one is not one JSON object)
     const nlohmann::json parsed = nlohmann::json::parse(args, nullptr, false);
-    if (parsed.is_discarded() || !parsed.is_object())
+    if (args.find('\0') != std::string_view::npos || parsed.is_discarded() || !parsed.is_object())
       return fail("the arguments of tool call " + std::to_string(out.calls.size()) + " (" + std::string(name) +
                   ") are not a JSON object");
     const int index = int(out.calls.size());
@@ -237,11 +238,11 @@ void ToolCallStream::run(Delta& d, bool final) {
         size_t keep = marker_prefix_suffix(h, {kToolCallEnd});
         std::string_view body = h.substr(0, h.size() - keep);
         size_t cut = body.find_last_not_of(kSpace) + 1;  // npos + 1 == 0: all white space
-        if (fenced_) {
+        if (fenced_) {  // up to 3 trailing backticks may be the closing fence (and the space before it)
           const std::string_view tail = body.substr(0, cut);
-          const size_t ticks = tail.find_last_not_of('`') + 1;
-          if (tail.size() - ticks <= 3 && (ticks == 0 || tail[ticks - 1] == '\n' || tail[ticks - 1] == ' '))
-            cut = tail.substr(0, ticks).find_last_not_of(kSpace) + 1;
+          const size_t run = tail.size() - (tail.find_last_not_of('`') + 1);
+          cut = tail.size() - std::min<size_t>(run, 3);
+          if (run > 0 && run <= 3) cut = tail.substr(0, cut).find_last_not_of(kSpace) + 1;
         }
         if (final) return;
         emit_arguments(d, body.substr(0, cut));
