@@ -400,9 +400,9 @@ std::optional<ApiError> parse_request(std::string_view text, Endpoint endpoint, 
     }
     if (field(body, "audio")) return unsupported("audio", "audio output");
   } else {
-    bool echo = false;
-    if (auto e = get_bool(body, "echo", echo)) return e;
-    if (echo) return unsupported("echo", "echo");
+    if (auto e = get_bool(body, "echo", out.echo)) return e;
+    if (out.echo && out.logprobs)
+      return unsupported("echo", "echo together with logprobs (it would need the prompt's own logprobs)");
     if (const json* s = field(body, "suffix")) {
       if (!s->is_string()) return wrong_type("suffix", *s, "a string");
       if (!s->get<std::string>().empty()) return unsupported("suffix", "suffix (insertion)");
@@ -718,6 +718,13 @@ Completion::Completion(const Tokenizer& tok, const Prepared& p, const Completion
     : text_(tok, p, req.stop), stop_ids_(p.generation.stop_ids) {
   if (req.logprobs) logprobs_.emplace(tok, req.endpoint);
   usage_.prompt_tokens = int64_t(p.generation.prompt.size());
+  if (req.endpoint == Endpoint::kCompletions && req.echo) {
+    if (!req.prompt_ids) {
+      echo_ = req.prompt_text;
+    } else if (auto text = tok.decode(*req.prompt_ids, /*skip_special_tokens=*/false); text.ok()) {
+      echo_ = *text;  // as vLLM echoes a prompt given as ids: decoded, special tokens written out
+    }
+  }
 }
 
 TextStream::Delta Completion::push(const TokenEvent& e) {
@@ -739,6 +746,10 @@ TextStream::Delta Completion::push(const TokenEvent& e) {
   }
   // The model called tools (OpenAI's reason, unless max_tokens cut it).
   if (finish_ == "stop" && text_.tool_calls() > 0) finish_ = "tool_calls";
+  if (!echo_.empty()) {  // echo: the prompt comes first, once
+    d.content = echo_ + d.content;
+    echo_.clear();
+  }
   return d;
 }
 

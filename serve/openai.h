@@ -57,6 +57,7 @@ struct CompletionRequest {
   // chat: OpenAI's `tools` (validated function definitions; null when none) with tool_choice
   // "auto" (rendered, output parsed into tool_calls) or "none" (neither).
   nlohmann::ordered_json tools = nullptr;
+  bool echo = false;  // completions: the prompt's text before the completion (not with logprobs)
 };
 
 // Parses a JSON body for `endpoint`. `model_ids`: the served models, the base first, then each
@@ -180,6 +181,7 @@ class Completion {
   std::vector<int32_t> stop_ids_;
   Usage usage_;
   std::string finish_;
+  std::string echo_;  // completions with echo: the prompt's text, sent before the first delta
 };
 
 // Response bodies. `finish`: "stop" / "length"; usage counts tokens (completion tokens include

@@ -624,7 +624,10 @@ TEST_CASE("request parsing: OpenAI's fields, types and ranges, errors name the p
   CHECK(r.sampling.top_logprobs == 2);
   CHECK(parse({{"model", "m"}, {"prompt", {"a", "b"}}}, Endpoint::kCompletions)->param == "prompt");
   CHECK(parse({{"model", "m"}, {"prompt", {-1}}}, Endpoint::kCompletions)->param == "prompt");
-  CHECK(parse({{"model", "m"}, {"prompt", "x"}, {"echo", true}}, Endpoint::kCompletions)->param == "echo");
+  REQUIRE(!parse({{"model", "m"}, {"prompt", "x"}, {"echo", true}}, Endpoint::kCompletions));
+  CHECK(r.echo);
+  CHECK(parse({{"model", "m"}, {"prompt", "x"}, {"echo", true}, {"logprobs", 1}}, Endpoint::kCompletions)->param == "echo");
+  CHECK(parse({{"model", "m"}, {"prompt", "x"}, {"echo", "yes"}}, Endpoint::kCompletions)->param == "echo");
   CHECK(parse({{"model", "m"}, {"prompt", "x"}, {"best_of", 2}}, Endpoint::kCompletions)->param == "best_of");
   CHECK(parse({{"model", "m"}, {"prompt", "x"}, {"logprobs", 6}}, Endpoint::kCompletions)->param == "logprobs");
   CHECK(parse({{"model", "m"}}, Endpoint::kCompletions)->param == "prompt");
@@ -798,6 +801,20 @@ TEST_CASE("serve: chat and completions, streamed and not, stop strings, usage (o
   CHECK(sse.usage.is_null());
   CHECK(sse.chunks.front()["object"] == "text_completion");
 
+  // echo: the prompt's text, then the same completion; streamed, the same text.
+  {
+    json echoed = comp;
+    echoed.erase("stream");
+    echoed["echo"] = true;
+    r = s.post("/v1/completions", echoed);
+    REQUIRE(r.status == 200);
+    CHECK(r.j()["choices"][0]["text"] == "The capital of France is" + text);
+    echoed["stream"] = true;
+    r = s.post("/v1/completions", echoed);
+    REQUIRE(r.status == 200);
+    CHECK(parse_sse(r.body, false).text == "The capital of France is" + text);
+  }
+
   // logit_bias over every transport: +100 on one token makes greedy choose it at every step, and
   // a token past the model's vocabulary is a 400 naming logit_bias.
   {
@@ -867,10 +884,10 @@ TEST_CASE("serve: chat and completions, streamed and not, stop strings, usage (o
   CHECK(wait_metrics(s, [](const auto& m) { return m.at("shoal_requests_running") == 0; }, 10s));
   const auto v = s.metrics();
   CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}") == 2);
-  CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/completions\",status=\"200\"}") == 7);  // 6 + logit_bias
+  CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/completions\",status=\"200\"}") == 9);  // 6 + 2 echo + logit_bias
   CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/completions\",status=\"400\"}") == 1);  // logit_bias past the vocabulary
   CHECK(v.at("shoal_completion_tokens_total") >= 12 * 3);
-  CHECK(v.at("shoal_time_to_first_token_seconds_count") == 9);
+  CHECK(v.at("shoal_time_to_first_token_seconds_count") == 11);
   CHECK(v.at("shoal_inter_token_latency_seconds_count") > 0);
   CHECK(v.at("shoal_generations_finished_total{reason=\"length\"}") >= 4);
   CHECK(v.at("shoal_generations_finished_total{reason=\"stop\"}") >= 2);
