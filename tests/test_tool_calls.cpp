@@ -172,6 +172,10 @@ TEST_CASE("tool calls: several calls, content before them, V3.1's form, a missin
         // Arguments with backticks, newlines and markers' look-alikes inside strings.
         kBegin + r1_call("code", "{\"src\": \"```py\\nx = 1\\n```\", \"t\": \"<｜tool\"}") + kEnd,
         kBegin + r1_call("nested", "{\n  \"a\": {\"b\": [1, {\"c\": null}]},\n  \"d\": \"e\"\n}") + kEnd,
+        // Found by fuzz_tool_calls: V3.1's name<sep> form with fenced arguments (the stream kept
+        // the fence), and "function" with no newline before the call's end (a name).
+        kBegin + kCall + "search" + kSep + "```json\n{\"q\": 1}\n```" + kCallEnd + kEnd,
+        kBegin + kCall + "function" + kSep + "{\"q\": 1}" + kCallEnd + kEnd,
         // A closing fence right after the object, and backticks inside a string at a chunk's end.
         kBegin + kCall + "function" + kSep + "g\n```json\n{\"s\": \"a``\"}```" + kCallEnd + kEnd}) {
     INFO(text);

@@ -185,37 +185,38 @@ void ToolCallStream::run(Delta& d, bool final) {
         return;
       }
       case State::kHeader: {
+        // Decided as parse_tool_calls decides on the whole call: type<sep>name\n... when a newline
+        // comes before the call's end, else name<sep>args; then an opening code fence (a line
+        // starting with ```) is dropped when a newline ends it before the call's end.
         const size_t sep = h.find(kToolSep);
         if (sep == std::string_view::npos) return;  // finish() releases a header that never completes
         const std::string_view head = trim(h.substr(0, sep)), after = h.substr(sep + kToolSep.size());
+        const size_t end = after.find(kToolCallEnd), newline = after.find('\n');
         std::string name;
-        size_t consumed = 0;  // bytes of held_ that the header takes
-        if (head == kFunctionType) {
-          const size_t newline = after.find('\n');
-          if (newline == std::string_view::npos) {
-            if (!final) return;
-            name = std::string(trim(after));
-            consumed = h.size();
-          } else {
-            name = std::string(trim(after.substr(0, newline)));
-            std::string_view body = after.substr(newline + 1);
-            consumed = sep + kToolSep.size() + newline + 1;
-            // An opening fence (```json) is the rest of this line: wait for it whole.
-            const std::string_view lead = trim_left(body);
-            if (!final && (lead.empty() || (is_prefix_of(lead, "```") && lead.size() < 3))) return;
-            if (lead.starts_with("```")) {
-              const size_t line = lead.find('\n');
-              if (line == std::string_view::npos && !final) return;
-              const size_t fence_end = line == std::string_view::npos ? lead.size() : line + 1;
-              consumed += (body.size() - lead.size()) + fence_end;
-              fenced_ = true;
-            }
-          }
+        std::string_view args = after;  // where the arguments start
+        if (head == kFunctionType && newline != std::string_view::npos && newline < end) {
+          name = std::string(trim(after.substr(0, newline)));
+          args = after.substr(newline + 1);
+        } else if (head == kFunctionType && end == std::string_view::npos && !final) {
+          return;  // a newline or the call's end decides the form
         } else {
           name = std::string(head);
-          consumed = sep + kToolSep.size();
         }
-        held_.erase(0, consumed);
+        const std::string_view lead = trim_left(args.substr(0, args.find(kToolCallEnd)));
+        const bool closed = args.find(kToolCallEnd) != std::string_view::npos;
+        if (!final && !closed && is_prefix_of(lead, "```")) return;  // may still open a fence
+        size_t skip = size_t(lead.data() - args.data());  // leading white space
+        if (lead.starts_with("```")) {
+          const size_t line = lead.find('\n');
+          if (line == std::string_view::npos && !final && !closed) return;  // wait for the fence line
+          if (line != std::string_view::npos) {
+            skip += line + 1;
+            fenced_ = true;
+          } else {
+            skip = 0;  // a ``` line never ended: part of the arguments, as the whole parse keeps it
+          }
+        }
+        held_.erase(0, size_t(args.data() - h.data()) + skip);
         const int index = next_index_++;
         d.calls.push_back({index, call_id(prefix_, index), name, ""});
         args_started_ = false;
