@@ -7,10 +7,15 @@
 #include <random>
 #include <utility>
 
+#include "common/json_nesting.h"
 #include "text/chat_template.h"
 
 namespace shoal::server {
 namespace {
+
+// Deeper request bodies are refused before anything recursive copies them (tool schemas nest a
+// few levels; 64 is far beyond any real request).
+constexpr int kMaxRequestNesting = 64;
 
 using json = nlohmann::json;
 
@@ -289,6 +294,10 @@ std::optional<ApiError> parse_request(std::string_view text, Endpoint endpoint, 
   if (body.is_discarded())
     return bad_request("We could not parse the JSON body of your request: it is not valid JSON.", {}, "invalid_json");
   if (!body.is_object()) return bad_request("The request body must be a JSON object.", {}, "invalid_json");
+  if (json_nesting(body, kMaxRequestNesting) > kMaxRequestNesting)
+    return bad_request("The request body nests arrays and objects more than " + std::to_string(kMaxRequestNesting) +
+                           " levels deep.",
+                       {}, "invalid_json");
   const bool chat = endpoint == Endpoint::kChat;
 
   const json* model = field(body, "model");

@@ -435,3 +435,38 @@ TEST_CASE("unknown constructs are errors naming the line, at parse time", "[jinj
   // A case mapping outside our tables fails rather than guessing.
   CHECK(render_error("{{ 'ǅ'|lower }}").code() == Code::kUnimplemented);
 }
+
+// ---- limits: a hostile template or hostile messages can neither hang nor exhaust the server ----
+
+TEST_CASE("limits: nesting, steps, built sizes and the variables' nesting are errors, not crashes", "[jinja][limits]") {
+  auto has = [](const shoal::Status& s, const std::string& what) {
+    INFO(s.message());
+    CHECK(s.message().find(what) != std::string::npos);
+  };
+  // 1,000 nested parentheses, blocks and lists: refused at parse time, the line named.
+  has(render_error("{{ " + std::string(1000, '(') + "1" + std::string(1000, ')') + " }}"), "nests more than");
+  std::string blocks;
+  for (int i = 0; i < 1000; ++i) blocks += "{% if true %}";
+  for (int i = 0; i < 1000; ++i) blocks += "{% endif %}";
+  has(render_error(blocks), "nests more than");
+  has(render_error("{{ " + std::string(1000, '[') + std::string(1000, ']') + " }}"), "nests more than");
+  // What real templates nest (a few levels) still renders.
+  CHECK(render("{{ " + std::string(50, '(') + "1" + std::string(50, ')') + " }}") == "1");
+  // Loops that would run for hours stop at the step budget (or the deadline, whichever first).
+  has(render_error("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"),
+      "to render");
+  // A step that is a big filter: the deadline stops it (sorting 100,000 items 99,999 times).
+  has(render_error("{% set xs = range(99999)|list %}{% for i in range(99999) %}{% if xs|sort|length %}{% endif %}{% endfor %}"),
+      "to render");
+  // Repetition that would build gigabytes is refused before it allocates.
+  has(render_error("{{ 'abc' * 1000000000 }}"), "would build more than");
+  has(render_error("{{ [1, 2] * 100000000 }}"), "would build more than");
+  CHECK(render("{{ 'ab' * 3 }}") == "ababab");
+  // Output past the cap: 16 x 8 MiB through a namespace doubling a string.
+  has(render_error("{% set ns = namespace(s='x' * 8000000) %}{% for i in range(20) %}{{ ns.s }}{% endfor %}"),
+      "output passed");
+  // Variables nested deeper than any real message (a hostile request).
+  json deep = 1;
+  for (int i = 0; i < 300; ++i) deep = json::array({deep});
+  has(render_error("{{ x }}", {{"x", deep}}), "nest more than");
+}

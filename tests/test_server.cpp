@@ -615,6 +615,13 @@ TEST_CASE("request parsing: OpenAI's fields, types and ranges, errors name the p
   CHECK(r.sampling.logit_bias[1].bias == -100.0f);
   CHECK(srv::parse_request("{not json", Endpoint::kChat, {"m"}, r)->status == 400);
   CHECK(srv::parse_request("[1]", Endpoint::kChat, {"m"}, r)->status == 400);
+  // A body nested a million deep is refused before anything recursive copies it.
+  const std::string deep = R"({"model": "m", "messages": [{"role": "user", "content": "x", "extra": )" +
+                           std::string(1000000, '[') + std::string(1000000, ']') + "}]}";
+  auto deep_error = srv::parse_request(deep, Endpoint::kChat, {"m"}, r);
+  REQUIRE(deep_error);
+  CHECK(deep_error->status == 400);
+  CHECK(deep_error->message.find("levels deep") != std::string::npos);
 
   // Completions: prompt forms, legacy logprobs, what is refused.
   REQUIRE(!parse({{"model", "m"}, {"prompt", {1, 2, 3}}}, Endpoint::kCompletions));

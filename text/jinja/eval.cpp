@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "text/jinja/builtins.h"
+#include "text/jinja/limits.h"
 
 namespace shoal::jinja {
 
@@ -54,7 +55,19 @@ StatusOr<Renderer::Flow> Renderer::exec_body(const Body& body, std::string& out)
   return Flow::kNormal;
 }
 
+Status Renderer::step(int line) {
+  if (++steps_ > kMaxRenderSteps)
+    return error_at(line, "the template took more than " + std::to_string(kMaxRenderSteps) + " steps to render");
+  if (steps_ % 1024 == 0 &&
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count() > kMaxRenderSeconds)
+    return error_at(line, "the template took more than " + std::to_string(int(kMaxRenderSeconds)) + " s to render");
+  return {};
+}
+
 StatusOr<Renderer::Flow> Renderer::exec(const Node& n, std::string& out) {
+  SHOAL_RETURN_IF_ERROR(step(n.line));
+  if (int64_t(out.size()) > kMaxValueBytes)
+    return error_at(n.line, "the template's output passed " + std::to_string(kMaxValueBytes) + " bytes");
   switch (n.kind) {
     case NK::kBody:
       return exec_body(n.bodies[0], out);
@@ -174,6 +187,7 @@ StatusOr<Renderer::Flow> Renderer::exec_for(const Node& n, std::string& out) {
   }
   int64_t len = static_cast<int64_t>(items.size());
   for (int64_t i = 0; i < len; ++i) {
+    SHOAL_RETURN_IF_ERROR(step(n.line));  // each iteration, also of an empty body
     auto scope = std::make_shared<Scope>();
     scope->parent = scope_;
     SHOAL_RETURN_IF_ERROR(located(n.line, assign(n.targets, n.unpack, items[i], scope->vars)));

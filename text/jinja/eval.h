@@ -1,6 +1,7 @@
 // The renderer: executes the parsed tree (eval.cpp) and evaluates expressions (expr.cpp).
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +49,9 @@ class Renderer {
 
   std::shared_ptr<Scope> scope_;
   int macro_depth_ = 0;
+  int64_t steps_ = 0;  // statements and expressions so far (kMaxRenderSteps)
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  Status step(int line);
   // Macros hold their scope, which holds them; a namespace may hold itself. The destructor
   // clears these to break such cycles.
   std::vector<std::weak_ptr<Scope>> macro_scopes_;

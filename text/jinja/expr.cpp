@@ -8,6 +8,7 @@ namespace shoal::jinja {
 using EK = Expr::Kind;
 
 StatusOr<Value> Renderer::eval(const Expr& e) {
+  SHOAL_RETURN_IF_ERROR(step(e.line));
   switch (e.kind) {
     case EK::kConst:
       return e.value;

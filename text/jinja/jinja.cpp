@@ -1,7 +1,9 @@
 #include "text/jinja/jinja.h"
 
+#include "common/json_nesting.h"
 #include "text/jinja/ast.h"
 #include "text/jinja/eval.h"
+#include "text/jinja/limits.h"
 
 namespace shoal::jinja {
 namespace {
@@ -10,6 +12,9 @@ template <typename Json>
 StatusOr<std::string> render_with(const Node* root, const Json& context) {
   if (!root) return internal_error("chat template: render before parse");
   if (!context.is_object()) return invalid_argument("chat template context must be a JSON object");
+  if (json_nesting(context, kMaxJsonNesting) > kMaxJsonNesting)
+    return invalid_argument("the chat template's variables nest more than " + std::to_string(kMaxJsonNesting) +
+                            " levels deep");
   Value vars = Value::from_json(context);
   return Renderer(vars.dict()).render(*root);
 }

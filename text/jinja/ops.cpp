@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "text/jinja/builtins.h"
+#include "text/jinja/limits.h"
 #include "text/jinja/text.h"
 
 namespace shoal::jinja {
@@ -19,6 +20,11 @@ StatusOr<Value> checked_int(bool overflow, int64_t r) {
 }
 
 StatusOr<Value> repeat(const Value& seq, int64_t n) {
+  const int64_t unit = seq.is_string() ? int64_t(seq.str().size()) : int64_t(seq.items().size());
+  if (n > 0 && unit > (seq.is_string() ? kMaxValueBytes : kMaxListItems) / n)
+    return invalid_argument("a repetition of " + std::to_string(n) + " would build more than the " +
+                            (seq.is_string() ? std::to_string(kMaxValueBytes) + " bytes" : std::to_string(kMaxListItems) + " items") +
+                            " a template may build");
   if (seq.is_string()) {
     std::string out;
     for (int64_t i = 0; i < n; ++i) out += seq.str();

@@ -136,6 +136,8 @@ StatusOr<ExprPtr> Parser::parse_unary_filtered() { return parse_unary(true); }
 
 StatusOr<ExprPtr> Parser::parse_unary(bool with_filter) {
   int line = cur().line;
+  SHOAL_RETURN_IF_ERROR(enter(line));
+  Nest nest{this};
   ExprPtr node;
   if (is_op("-") || is_op("+")) {
     EK kind = is_op("-") ? EK::kNeg : EK::kPos;

@@ -3,6 +3,7 @@
 #include "text/jinja/parser.h"
 
 #include "text/jinja/builtins.h"
+#include "text/jinja/limits.h"
 
 namespace shoal::jinja {
 
@@ -76,7 +77,17 @@ StatusOr<std::string> Parser::expect_name() {
 }
 
 // Statements until one of `ends` opens a tag (left current, after its "{%").
+Status Parser::enter(int line) {
+  if (++nesting_ > kMaxNesting) {
+    --nesting_;
+    return error_at(line, "the template nests more than " + std::to_string(kMaxNesting) + " levels deep");
+  }
+  return {};
+}
+
 StatusOr<Body> Parser::subparse(std::vector<std::string_view> ends, const std::string& opener) {
+  SHOAL_RETURN_IF_ERROR(enter(cur().line));
+  Nest nest{this};
   Body body;
   while (true) {
     const Token& t = cur();

@@ -80,6 +80,12 @@ class Parser {
   std::vector<Token> toks_;
   size_t i_ = 0;
   int loop_depth_ = 0;
+  int nesting_ = 0;  // open expressions and blocks (kMaxNesting)
+  Status enter(int line);  // counts one level in; Nest leaves it
+  struct Nest {
+    Parser* p;
+    ~Nest() { --p->nesting_; }
+  };
 };
 
 ExprPtr make_expr(Expr::Kind kind, int line);
