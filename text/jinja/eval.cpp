@@ -4,6 +4,7 @@
 #include "text/jinja/eval.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "text/jinja/builtins.h"
 #include "text/jinja/limits.h"
@@ -18,7 +19,7 @@ constexpr int kMaxMacroDepth = 200;
 
 }  // namespace
 
-Renderer::Renderer(Dict context) : scope_(std::make_shared<Scope>()) {
+Renderer::Renderer(Dict context, RenderLimits limits) : scope_(std::make_shared<Scope>()), limits_(limits) {
   scope_->vars = make_globals(&namespaces_);
   for (const auto& [k, v] : context.items()) scope_->vars.set(k, v);
 }
@@ -56,11 +57,15 @@ StatusOr<Renderer::Flow> Renderer::exec_body(const Body& body, std::string& out)
 }
 
 Status Renderer::step(int line) {
-  if (++steps_ > kMaxRenderSteps)
-    return error_at(line, "the template took more than " + std::to_string(kMaxRenderSteps) + " steps to render");
+  if (++steps_ > limits_.max_steps)
+    return error_at(line, "the template took more than " + std::to_string(limits_.max_steps) + " steps to render");
   if (steps_ % 1024 == 0 &&
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count() > kMaxRenderSeconds)
-    return error_at(line, "the template took more than " + std::to_string(int(kMaxRenderSeconds)) + " s to render");
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count() > limits_.max_seconds)
+  {
+    char seconds[32];
+    std::snprintf(seconds, sizeof seconds, "%g", limits_.max_seconds);
+    return error_at(line, std::string("the template took more than ") + seconds + " s to render");
+  }
   return {};
 }
 

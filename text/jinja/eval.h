@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "text/jinja/ast.h"
+#include "text/jinja/limits.h"
 
 namespace shoal::jinja {
 
@@ -26,7 +27,7 @@ struct Scope {
 class Renderer {
  public:
   // `context`: the template's variables; Jinja's globals sit underneath them.
-  explicit Renderer(Dict context);
+  explicit Renderer(Dict context, RenderLimits limits = {});
   ~Renderer();
   StatusOr<std::string> render(const Node& root);
 
@@ -49,7 +50,8 @@ class Renderer {
 
   std::shared_ptr<Scope> scope_;
   int macro_depth_ = 0;
-  int64_t steps_ = 0;  // statements and expressions so far (kMaxRenderSteps)
+  RenderLimits limits_;
+  int64_t steps_ = 0;  // statements and expressions so far
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   Status step(int line);
   // Macros hold their scope, which holds them; a namespace may hold itself. The destructor

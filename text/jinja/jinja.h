@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/status.h"
+#include "text/jinja/limits.h"
 
 namespace shoal::jinja {
 
@@ -22,8 +23,9 @@ class Template {
   // add_generation_prompt, bos_token, ...). Runtime errors (raise_exception, a bad call) name
   // the line. Objects keep their key order for tojson and iteration: nlohmann::json sorts
   // keys, nlohmann::ordered_json keeps them as written (as Python dicts do).
-  StatusOr<std::string> render(const nlohmann::json& context) const;
-  StatusOr<std::string> render(const nlohmann::ordered_json& context) const;
+  // `limits`: the step budget and deadline of this render (text/jinja/limits.h).
+  StatusOr<std::string> render(const nlohmann::json& context, RenderLimits limits = {}) const;
+  StatusOr<std::string> render(const nlohmann::ordered_json& context, RenderLimits limits = {}) const;
 
   struct Node;  // the parsed tree (jinja/ast.h)
 

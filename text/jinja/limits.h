@@ -15,4 +15,10 @@ inline constexpr int64_t kMaxValueBytes = 64ll << 20;    // a built string (repe
 inline constexpr int64_t kMaxListItems = 1 << 22;        // a list built by repetition
 inline constexpr int kMaxJsonNesting = 256;              // nesting of a JSON value given to a template
 
+// The budget of one render (the fuzz target renders with a smaller one).
+struct RenderLimits {
+  int64_t max_steps = kMaxRenderSteps;
+  double max_seconds = kMaxRenderSeconds;
+};
+
 }  // namespace shoal::jinja

@@ -29,7 +29,7 @@ class Dict {
   void set(const std::string& key, Value v);        // replaces in place, else appends
   void append(std::string key, Value v);             // the key must be new
   const std::vector<std::pair<std::string, Value>>& items() const { return items_; }
-  size_t size() const { return items_.size(); }
+  size_t size() const;  // defined below Value (a pair holding Value needs it complete)
 
  private:
   std::vector<std::pair<std::string, Value>> items_;
@@ -154,6 +154,8 @@ StatusOr<std::string> to_json(const Value& v, const JsonOptions& opts);
 // keywords. Absent ones are nullopt; too many or unknown ones are an error naming `fn`.
 StatusOr<std::vector<std::optional<Value>>> bind_args(const Args& args, std::string_view fn,
                                                       std::initializer_list<std::string_view> params);
+
+inline size_t Dict::size() const { return items_.size(); }
 
 template <typename Json>
 Value Value::from_json(const Json& j) {
