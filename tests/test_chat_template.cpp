@@ -450,6 +450,9 @@ TEST_CASE("limits: nesting, steps, built sizes and the variables' nesting are er
   for (int i = 0; i < 1000; ++i) blocks += "{% endif %}";
   has(render_error(blocks), "nests more than");
   has(render_error("{{ " + std::string(1000, '[') + std::string(1000, ']') + " }}"), "nests more than");
+  // Found by fuzz_chat_template: 101 unary minuses nested the renderer's recursion past a small
+  // stack (the fuzzer's 256 KiB) before the cap was 64.
+  has(render_error("{{ l" + std::string(101, '-') + "1 }}"), "nests more than");
   // What real templates nest (a few levels) still renders.
   CHECK(render("{{ " + std::string(50, '(') + "1" + std::string(50, ')') + " }}") == "1");
   // Loops that would run for hours stop at the step budget (or the deadline, whichever first).
