@@ -453,6 +453,15 @@ TEST_CASE("limits: nesting, steps, built sizes and the variables' nesting are er
   // Found by fuzz_chat_template: 101 unary minuses nested the renderer's recursion past a small
   // stack (the fuzzer's 256 KiB) before the cap was 64.
   has(render_error("{{ l" + std::string(101, '-') + "1 }}"), "nests more than");
+  // Left-deep chains are as deep as they are long: 1-1-1..., a.b.c..., x|f|f..., not not ...
+  std::string minus = "1", dots = "x", filters = "'a'", nots;
+  for (int i = 0; i < 100; ++i) minus += "-1", dots += ".y", filters += "|upper", nots += "not ";
+  has(render_error("{{ " + minus + " }}"), "nests more than");
+  has(render_error("{{ " + dots + " }}"), "nests more than");
+  has(render_error("{{ " + filters + " }}"), "nests more than");
+  has(render_error("{{ " + nots + "true }}"), "nests more than");
+  // DeepSeek's longest concatenation (the tool call line: 11 terms) is far inside the cap.
+  CHECK(render("{{ 'a' + 'b' + 'c' + 'd' + 'e' + 'f' + 'g' + 'h' + 'i' + 'j' + 'k' + 'l' }}") == "abcdefghijkl");
   // What real templates nest (a few levels) still renders.
   CHECK(render("{{ " + std::string(50, '(') + "1" + std::string(50, ')') + " }}") == "1");
   // Loops that would run for hours stop at the step budget (or the deadline, whichever first).

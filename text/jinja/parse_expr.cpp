@@ -61,6 +61,7 @@ StatusOr<ExprPtr> Parser::parse_expression(bool with_condexpr) {
 template <typename Next>
 StatusOr<ExprPtr> Parser::parse_left_assoc(Next next, std::initializer_list<std::string_view> ops, bool names, EK kind) {
   SHOAL_ASSIGN_OR_RETURN(ExprPtr left, (this->*next)());
+  Chain chain{this};  // a chain builds a tree as deep as it is long: each link is a level
   while (true) {
     std::string op;
     for (auto o : ops) {
@@ -68,6 +69,7 @@ StatusOr<ExprPtr> Parser::parse_left_assoc(Next next, std::initializer_list<std:
     }
     if (op.empty()) return left;
     int line = cur().line;
+    SHOAL_RETURN_IF_ERROR(chain.link(line));
     advance();
     SHOAL_ASSIGN_OR_RETURN(ExprPtr right, (this->*next)());
     auto b = make_expr(kind, line);
@@ -85,6 +87,8 @@ StatusOr<ExprPtr> Parser::parse_and() { return parse_left_assoc(&Parser::parse_n
 StatusOr<ExprPtr> Parser::parse_not() {
   if (!is_name("not")) return parse_compare();
   int line = cur().line;
+  SHOAL_RETURN_IF_ERROR(enter(line));
+  Nest nest{this};
   advance();
   SHOAL_ASSIGN_OR_RETURN(ExprPtr operand, parse_not());
   auto n = make_expr(EK::kNot, line);
@@ -220,7 +224,9 @@ StatusOr<ExprPtr> Parser::parse_list_or_dict() {
 }
 
 StatusOr<ExprPtr> Parser::parse_postfix(ExprPtr node) {
+  Chain chain{this};
   while (true) {
+    if ((is_op(".") || is_op("[") || is_op("("))) SHOAL_RETURN_IF_ERROR(chain.link(cur().line));
     if (is_op(".") || is_op("[")) {
       SHOAL_ASSIGN_OR_RETURN(node, parse_subscript(std::move(node)));
     } else if (is_op("(")) {
@@ -232,7 +238,9 @@ StatusOr<ExprPtr> Parser::parse_postfix(ExprPtr node) {
 }
 
 StatusOr<ExprPtr> Parser::parse_filter_expr(ExprPtr node) {
+  Chain chain{this};
   while (true) {
+    if (is_op("|") || is_name("is") || is_op("(")) SHOAL_RETURN_IF_ERROR(chain.link(cur().line));
     if (skip_op("|")) {
       SHOAL_ASSIGN_OR_RETURN(node, parse_filter_call(std::move(node)));
     } else if (is_name("is")) {

@@ -86,6 +86,17 @@ class Parser {
     Parser* p;
     ~Nest() { --p->nesting_; }
   };
+  // The links of a left-deep chain (a + b + c, x.y.z, v|f|g), each a level until the chain ends.
+  struct Chain {
+    Parser* p;
+    int links = 0;
+    Status link(int line) {
+      SHOAL_RETURN_IF_ERROR(p->enter(line));
+      ++links;
+      return {};
+    }
+    ~Chain() { p->nesting_ -= links; }
+  };
 };
 
 ExprPtr make_expr(Expr::Kind kind, int line);
