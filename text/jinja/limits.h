@@ -8,7 +8,7 @@
 
 namespace shoal::jinja {
 
-inline constexpr int kMaxNesting = 64;                   // expression and block nesting in a template
+inline constexpr int kMaxNesting = 32;                   // expression and block nesting in a template
 inline constexpr int64_t kMaxRenderSteps = 5'000'000;    // statements + expressions per render
 inline constexpr double kMaxRenderSeconds = 10.0;        // and a deadline (a filter over a big list is one step)
 inline constexpr int64_t kMaxValueBytes = 64ll << 20;    // a built string (repetition) and the output
