@@ -28,10 +28,11 @@ namespace {
 
 const std::string kShoal = SHOAL_BINARY;
 const std::string kMpirun = std::string(SHOAL_MPIEXEC) + " --allow-run-as-root --oversubscribe";
-// mpirun -np 3 on the loopback with the ob1 PML (TCP between the ranks), bounded in time; PML
-// flags other than ob1's may be given instead.
+// mpirun -np 3 on the loopback with the ob1 PML (TCP between the ranks), bounded in time and
+// started once more if Open MPI could not start a rank (tests/mpi-start-retry); PML flags other
+// than ob1's may be given instead.
 std::string mpirun3(const std::string& command, const std::string& pml = " --mca pml ob1 --mca btl self,vader,tcp") {
-  return "timeout 120 env OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo " + kMpirun + " -np 3" + pml +
+  return std::string(SHOAL_MPI_START_RETRY) + " 120 env OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo " + kMpirun + " -np 3" + pml +
          " " + command;
 }
 std::string fixture(const std::string& name) { return std::string(SHOAL_FIXTURES) + "/" + name; }
