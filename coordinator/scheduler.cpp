@@ -62,9 +62,18 @@ void Scheduler::admit() {
   }
 }
 
-RowSampler Scheduler::row_sampler(const Sequence& s) {
+RowSampler Scheduler::row_sampler(const Sequence& s) const {
   RowSampler r;
   r.params.temperature = 0.0f;  // greedy unless the request samples
+  if (const auto& c = s.request.constraint) {
+    bool may_end = false;
+    c->allowed(r.allowed, may_end);
+    const int64_t vocab = ex_.config().vocab_size;
+    r.allowed.resize(size_t((vocab + 63) / 64), 0);
+    for (int32_t id : s.request.stop_ids)
+      if (may_end && id >= 0 && id < vocab) r.allowed[size_t(id) >> 6] |= uint64_t(1) << (id & 63);
+    if (std::all_of(r.allowed.begin(), r.allowed.end(), [](uint64_t w) { return w == 0; })) r.allowed.clear();
+  }
   if (!s.request.sampling) return r;
   r.params = *s.request.sampling;
   r.seed = s.request.seed;
@@ -105,7 +114,7 @@ Status Scheduler::submit_ready() {
       if (part.wants_token) {
         rows.push_back(batch.n_tokens() - 1);
         samplers.push_back(row_sampler(s));
-        sampling = sampling || s.request.sampling.has_value();
+        sampling = sampling || s.request.sampling.has_value() || s.request.constraint;
       }
       s.in_flight = true;
       parts.push_back(part);
@@ -158,7 +167,11 @@ StatusOr<std::vector<TokenEvent>> Scheduler::step() {
     }
     events.push_back(std::move(event));
     const auto& stops = s.request.stop_ids;
-    if (std::find(stops.begin(), stops.end(), token) != stops.end()) finish(part.request, FinishReason::kStop, events);
+    const bool stop_id = std::find(stops.begin(), stops.end(), token) != stops.end();
+    const auto& constraint = s.request.constraint;
+    if (stop_id) finish(part.request, FinishReason::kStop, events);
+    else if (constraint && (!constraint->accept(token) || constraint->finished()))
+      finish(part.request, FinishReason::kStop, events);
     else if (int64_t(s.output.size()) >= s.request.max_tokens) finish(part.request, FinishReason::kLength, events);
   }
   admit();

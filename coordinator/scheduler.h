@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -22,6 +23,20 @@ namespace shoal {
 enum class FinishReason { kNone, kStop, kLength, kCancelled };
 const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled"
 
+// What a request may generate next, decided as it goes (constrained decoding: a JSON schema, a
+// forced tool call). The scheduler asks it before each token and tells it the token chosen.
+class TokenConstraint {
+ public:
+  virtual ~TokenConstraint() = default;
+  // The tokens allowed next, as bits over the vocabulary (bit i of word i / 64), and whether the
+  // output may end here (the request's stop ids are then allowed too).
+  virtual void allowed(std::vector<uint64_t>& mask, bool& may_end) = 0;
+  // The token chosen (never a stop id). False: it was not allowed (the request then stops).
+  virtual bool accept(int32_t token) = 0;
+  // Nothing may follow what was accepted: the request ends there ("stop").
+  virtual bool finished() const = 0;
+};
+
 struct GenerationRequest {
   uint64_t id = 0;
   std::vector<int32_t> prompt;
@@ -30,6 +45,7 @@ struct GenerationRequest {
   std::optional<SamplingParams> sampling;  // none: greedy (argmax) and no logprobs
   uint64_t seed = 0;                       // used when sampling->seed is empty
   int32_t adapter = 0;                     // its LoRA adapter id (Executor::adapter_names); 0: the base
+  std::shared_ptr<TokenConstraint> constraint;  // none: any token
 };
 
 // One generated token, or the end of a request (token < 0 when it ends without one).
@@ -76,7 +92,7 @@ class Scheduler {
     bool wants_token;               // its last token chooses the next one
   };
 
-  static RowSampler row_sampler(const Sequence& s);
+  RowSampler row_sampler(const Sequence& s) const;
   void admit();
   Status submit_ready();
   void finish(uint64_t id, FinishReason reason, std::vector<TokenEvent>& events);

@@ -502,6 +502,14 @@ std::vector<SampleResult> choose_tokens(const float* logits, int64_t m, int64_t 
       continue;
     }
     const RowSampler& s = samplers[size_t(r)];
+    if (!s.allowed.empty()) {
+      SHOAL_CHECK_EQ(s.allowed.size(), size_t((vocab + 63) / 64));
+      thread_local std::vector<float> masked;
+      masked.assign(l, l + vocab);
+      for (int64_t i = 0; i < vocab; ++i)
+        if (!((s.allowed[size_t(i >> 6)] >> (i & 63)) & 1)) masked[size_t(i)] = -kInf;
+      l = masked.data();
+    }
     out[size_t(r)] = sample({l, size_t(vocab)}, s.params, s.history, s.n_prompt, s.seed, s.step);
   }
   return out;

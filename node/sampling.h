@@ -70,12 +70,16 @@ struct RowSampler {
   int64_t step = 0;      // index of the token being generated
   std::vector<int32_t> history;
   size_t n_prompt = 0;
+  // Constrained decoding: the tokens allowed (bit i of word i / 64, over the vocabulary); the
+  // others get -inf before anything else. Empty: every token.
+  std::vector<uint64_t> allowed;
 };
 bool needs_history(const SamplingParams& p);   // a penalty is set
 bool changes_logits(const SamplingParams& p);  // a penalty or a logit bias is set
 
 // The token of each of the m rows of logits [m, vocab]: with no samplers, each row's argmax
-// (lowest id among ties) and nothing else; otherwise sample() with samplers[r] for row r.
+// (lowest id among ties) and nothing else; otherwise sample() with samplers[r] for row r, over
+// its allowed tokens when it has a mask (logprobs are then those of the masked distribution).
 std::vector<SampleResult> choose_tokens(const float* logits, int64_t m, int64_t vocab,
                                         const std::vector<RowSampler>& samplers);
 

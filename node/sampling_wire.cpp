@@ -25,6 +25,12 @@ void to_wire(const RowSampler& s, wire::RowSampling& out) {
     out.mutable_history()->Add(s.history.begin(), s.history.end());
     out.set_n_prompt(int64_t(s.n_prompt));
   }
+  if (!s.allowed.empty()) {
+    std::string& bits = *out.mutable_allowed();
+    bits.resize(s.allowed.size() * 8);
+    for (size_t w = 0; w < s.allowed.size(); ++w)
+      for (size_t b = 0; b < 8; ++b) bits[w * 8 + b] = char(uint8_t(s.allowed[w] >> (8 * b)));
+  }
 }
 
 StatusOr<RowSampler> from_wire(const wire::RowSampling& w, int64_t vocab) {
@@ -60,6 +66,19 @@ StatusOr<RowSampler> from_wire(const wire::RowSampling& w, int64_t vocab) {
     if (id < 0 || id >= vocab)
       return invalid_argument("sampling history holds token " + std::to_string(id) + ", outside the vocabulary of " +
                               std::to_string(vocab));
+  if (!w.allowed().empty()) {
+    const size_t words = size_t((vocab + 63) / 64);
+    if (w.allowed().size() != words * 8)
+      return invalid_argument("sampling allowed-token mask has " + std::to_string(w.allowed().size()) +
+                              " bytes, not the " + std::to_string(words * 8) + " of a vocabulary of " +
+                              std::to_string(vocab));
+    s.allowed.assign(words, 0);
+    for (size_t i = 0; i < words * 8; ++i) s.allowed[i / 8] |= uint64_t(uint8_t(w.allowed()[i])) << (8 * (i % 8));
+    // Bits past the vocabulary are ignored; at least one token must remain.
+    if (vocab % 64) s.allowed.back() &= (uint64_t(1) << (vocab % 64)) - 1;
+    if (std::all_of(s.allowed.begin(), s.allowed.end(), [](uint64_t x) { return x == 0; }))
+      return invalid_argument("sampling allowed-token mask allows no token");
+  }
   return s;
 }
 

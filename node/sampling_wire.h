@@ -12,7 +12,8 @@ namespace shoal {
 
 void to_wire(const RowSampler& s, wire::RowSampling& out);
 // Checks what a peer sent: the parameters (SamplingParams::validate), n_prompt within the
-// history, history ids within the vocabulary.
+// history, history ids within the vocabulary, an allowed-token mask of the vocabulary's size that
+// allows some token.
 StatusOr<RowSampler> from_wire(const wire::RowSampling& w, int64_t vocab);
 
 // The logprobs of each row into a Result (only when some row asked for them), and back.

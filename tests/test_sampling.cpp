@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "node/sampling.h"
+#include "node/sampling_wire.h"
 
 using namespace shoal;
 
@@ -665,4 +666,40 @@ TEST_CASE("timing over 129,280 tokens", "[.][perf]") {
                 << sink % 2 << ")");
     }
   }
+}
+
+TEST_CASE("an allowed-token mask: only its tokens are chosen, and it crosses the wire intact", "[sampling][constraint]") {
+  const int64_t vocab = 200;
+  std::vector<float> logits(static_cast<size_t>(vocab));
+  for (int64_t i = 0; i < vocab; ++i) logits[size_t(i)] = float((i * 37) % 101) / 10.0f;
+  RowSampler s;
+  s.params.temperature = 0.0f;
+  s.allowed.assign(4, 0);
+  for (int32_t id : {3, 70, 130, 199}) s.allowed[size_t(id) >> 6] |= uint64_t(1) << (id & 63);
+  // The best of the four by hand: (id * 37) % 101.
+  int32_t best = 3;
+  for (int32_t id : {70, 130, 199})
+    if ((id * 37) % 101 > (best * 37) % 101) best = id;
+  CHECK(choose_tokens(logits.data(), 1, vocab, {s})[0].id == best);
+  s.params.temperature = 1.0f;
+  s.params.top_logprobs = 2;
+  for (int64_t step = 0; step < 200; ++step) {
+    s.step = step;
+    const SampleResult r = choose_tokens(logits.data(), 1, vocab, {s})[0];
+    CHECK((r.id == 3 || r.id == 70 || r.id == 130 || r.id == 199));
+    for (const TokenLogprob& t : r.top) CHECK((s.allowed[size_t(t.id) >> 6] >> (t.id & 63)) & 1);
+  }
+  wire::RowSampling w;
+  to_wire(s, w);
+  auto back = from_wire(w, vocab);
+  REQUIRE(back.ok());
+  CHECK(back->allowed == s.allowed);
+  // A mask of another size, or one that allows nothing, is refused by name.
+  auto wrong = from_wire(w, 300);
+  REQUIRE_FALSE(wrong.ok());
+  CHECK_THAT(wrong.status().message(), Catch::Contains("allowed-token mask has 32 bytes, not the 40"));
+  w.set_allowed(std::string(32, '\0'));
+  auto none = from_wire(w, vocab);
+  REQUIRE_FALSE(none.ok());
+  CHECK_THAT(none.status().message(), Catch::Contains("allows no token"));
 }

@@ -247,3 +247,81 @@ TEST_CASE("the head samples each request as it would alone, on one process and o
     }
   }
 }
+
+namespace {
+
+// Allows, at step k, only the ids with id % 7 == k % 7 (the stop ids too from step 2 on);
+// finished after `length` tokens.
+class ModuloConstraint : public TokenConstraint {
+ public:
+  ModuloConstraint(int64_t vocab, int length) : vocab_(vocab), length_(length) {}
+  void allowed(std::vector<uint64_t>& mask, bool& may_end) override {
+    mask.assign(size_t((vocab_ + 63) / 64), 0);
+    for (int64_t id = 0; id < vocab_; ++id)
+      if (id % 7 == step_ % 7) mask[size_t(id >> 6)] |= uint64_t(1) << (id & 63);
+    may_end = step_ >= 2;
+  }
+  bool accept(int32_t token) override {
+    if (token % 7 != step_ % 7) return false;
+    ++step_;
+    return true;
+  }
+  bool finished() const override { return step_ >= length_; }
+
+ private:
+  int64_t vocab_;
+  int length_;
+  int step_ = 0;
+};
+
+// The expectation, from the logits alone: at each step the best id with id % 7 == k % 7.
+std::vector<int32_t> constrained_alone(const std::vector<int32_t>& prompt, int length) {
+  EngineOptions eo;
+  auto e = Engine::open(kModel, eo);
+  REQUIRE(e.ok());
+  std::vector<int32_t> seq = prompt, out;
+  for (int k = 0; k < length; ++k) {
+    auto g = generate_greedy(**e, {seq}, 1, /*want_prompt_logits=*/true, false);
+    REQUIRE(g.ok());
+    const std::vector<float>& last = g->prompt_logits[0].back();
+    int32_t best = -1;
+    for (int32_t id = k % 7; id < int32_t(last.size()); id += 7)
+      if (best < 0 || last[size_t(id)] > last[size_t(best)]) best = id;
+    out.push_back(best);
+    seq.push_back(best);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a constrained request gets the best allowed token at every step; its neighbours are untouched",
+          "[scheduler][constraint]") {
+  std::vector<GenerationRequest> requests = make_requests();
+  std::map<uint64_t, std::vector<int32_t>> want;
+  for (const auto& r : requests) want[r.id] = alone(r);
+  want[101] = constrained_alone(requests[1].prompt, 4);
+  want[104] = constrained_alone(requests[4].prompt, 6);
+  for (int ranks : {0, 3}) {
+    INFO("ranks " << ranks);
+    std::unique_ptr<Executor> ex = open_executor(ranks, 3);
+    const int64_t vocab = ex->config().vocab_size;
+    requests[1].constraint = std::make_shared<ModuloConstraint>(vocab, 4);
+    requests[1].max_tokens = 20;
+    requests[4].constraint = std::make_shared<ModuloConstraint>(vocab, 6);
+    requests[4].sampling = SamplingParams{};
+    requests[4].sampling->temperature = 0.0f;  // greedy through sample(): the same argmax
+    requests[4].max_tokens = 20;
+    SchedulerOptions so;
+    so.max_batch_tokens = 8;
+    Scheduler s(*ex, so);
+    for (const auto& r : requests) REQUIRE(s.add(r).ok());
+    const auto got = run_all(s);
+    for (const auto& r : requests) {
+      INFO("request " << r.id);
+      CHECK(got.at(r.id).ids == want[r.id]);
+      // The constrained ones end when their constraint is finished, before max_tokens.
+      CHECK(got.at(r.id).finish == (r.constraint ? FinishReason::kStop : FinishReason::kLength));
+    }
+  }
+}
