@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "common/json_nesting.h"
+#include "serve/grammar_constraint.h"
 #include "text/chat_template.h"
 
 namespace shoal::server {
@@ -113,8 +114,10 @@ ApiError unsupported(const std::string& name, const std::string& what) {
 }
 
 // tools: [{"type": "function", "function": {"name", "description"?, "parameters"?}}], and
-// tool_choice "auto" (the default with tools: `keep`) or "none" (nothing rendered or parsed). "required" and a named function need constrained decoding, which is not built yet.
-std::optional<ApiError> parse_tools(const json& body, bool& keep) {
+// tool_choice "auto" (the default with tools), "required", a named function (all three: `keep`
+// the tools; the last two constrain the answer to calls) or "none" (nothing rendered or parsed);
+// parallel_tool_calls false: at most one call (exactly one when forced).
+std::optional<ApiError> parse_tools(const json& body, bool& keep, OutputSpec& spec) {
   keep = false;
   const json* tools = field(body, "tools");
   if (tools && tools->is_null()) tools = nullptr;
@@ -140,19 +143,68 @@ std::optional<ApiError> parse_tools(const json& body, bool& keep) {
   }
   std::string choice = tools && !tools->empty() ? "auto" : "none";
   if (const json* c = field(body, "tool_choice"); c && !c->is_null()) {
-    if (c->is_object()) return unsupported("tool_choice", "a named tool_choice (it needs constrained decoding, not built yet)");
-    if (!c->is_string()) return wrong_type("tool_choice", *c, "a string or an object");
-    choice = c->get<std::string>();
-    if (choice == "required") return unsupported("tool_choice", "tool_choice 'required' (it needs constrained decoding, not built yet)");
-    if (choice != "none" && choice != "auto")
-      return bad_request("'tool_choice' = '" + choice + "' is not one of 'none', 'auto', 'required'", "tool_choice");
-    if (choice == "auto" && (!tools || tools->empty()))
-      return bad_request("'tool_choice' = 'auto' needs 'tools'", "tool_choice");
+    if (c->is_object()) {  // {"type": "function", "function": {"name": NAME}}
+      const json* type = field(*c, "type");
+      const json* f = field(*c, "function");
+      const json* name = f && f->is_object() ? field(*f, "name") : nullptr;
+      if (!type || !type->is_string() || type->get<std::string>() != "function" || !name || !name->is_string())
+        return bad_request("'tool_choice' as an object must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                           "tool_choice");
+      spec.named_tool = name->get<std::string>();
+      bool known = false;
+      for (const json& t : tools ? *tools : json::array()) known = known || t["function"]["name"] == spec.named_tool;
+      if (!known)
+        return bad_request("'tool_choice' names the function '" + spec.named_tool + "', which is not in 'tools'",
+                           "tool_choice");
+      choice = "required";
+    } else {
+      if (!c->is_string()) return wrong_type("tool_choice", *c, "a string or an object");
+      choice = c->get<std::string>();
+      if (choice != "none" && choice != "auto" && choice != "required")
+        return bad_request("'tool_choice' = '" + choice + "' is not one of 'none', 'auto', 'required'", "tool_choice");
+      if (choice != "none" && (!tools || tools->empty()))
+        return bad_request("'tool_choice' = '" + choice + "' needs 'tools'", "tool_choice");
+    }
   }
-  bool parallel = true;
-  if (auto e = get_bool(body, "parallel_tool_calls", parallel)) return e;
-  if (!parallel) return unsupported("parallel_tool_calls", "parallel_tool_calls false (at most one call needs constrained decoding)");
-  keep = choice == "auto";
+  if (auto e = get_bool(body, "parallel_tool_calls", spec.parallel_tool_calls)) return e;
+  spec.tools_required = choice == "required";
+  keep = choice != "none";
+  return {};
+}
+
+// response_format: {"type": "text"}, {"type": "json_object"}, or {"type": "json_schema",
+// "json_schema": {"name", "description"?, "schema"?, "strict"?}} (no schema: any JSON object).
+// The schema is kept in the client's key order (properties are written in it); it is compiled
+// when the request is prepared.
+std::optional<ApiError> parse_response_format(const json& body, std::string_view text, OutputSpec& spec) {
+  const json* rf = field(body, "response_format");
+  if (!rf || rf->is_null()) return {};
+  const json* type = rf->is_object() ? field(*rf, "type") : nullptr;
+  if (!type || !type->is_string()) return bad_request("'response_format.type' must be a string", "response_format");
+  const std::string t = type->get<std::string>();
+  if (t == "text") return {};
+  if (t == "json_object") {
+    spec.format = OutputSpec::Format::kJsonObject;
+    return {};
+  }
+  if (t != "json_schema")
+    return bad_request("'response_format.type' = '" + t + "' is not one of 'text', 'json_object', 'json_schema'",
+                       "response_format");
+  const json* js = field(*rf, "json_schema");
+  if (!js || !js->is_object())
+    return bad_request("'response_format.json_schema' must be an object with the schema", "response_format");
+  if (const json* name = field(*js, "name"); name && !name->is_string())
+    return wrong_type("response_format.json_schema.name", *name, "a string");
+  if (const json* strict = field(*js, "strict"); strict && !strict->is_boolean() && !strict->is_null())
+    return wrong_type("response_format.json_schema.strict", *strict, "a boolean");
+  const json* schema = field(*js, "schema");
+  if (!schema || schema->is_null()) {
+    spec.format = OutputSpec::Format::kJsonObject;
+    return {};
+  }
+  if (!schema->is_object()) return wrong_type("response_format.json_schema.schema", *schema, "an object");
+  spec.format = OutputSpec::Format::kJsonSchema;
+  spec.schema = nlohmann::ordered_json::parse(text)["response_format"]["json_schema"]["schema"];
   return {};
 }
 
@@ -387,7 +439,7 @@ std::optional<ApiError> parse_request(std::string_view text, Endpoint endpoint, 
   // What this server does not do: refused rather than silently ignored.
   if (chat) {
     bool tools = false;
-    if (auto e = parse_tools(body, tools)) return e;
+    if (auto e = parse_tools(body, tools, out.output)) return e;
     // Kept in the client's key order for the template (the body above sorts keys).
     if (tools) out.tools = nlohmann::ordered_json::parse(text)["tools"];
     if (const json* t = field(body, "functions")) {
@@ -397,11 +449,7 @@ std::optional<ApiError> parse_request(std::string_view text, Endpoint endpoint, 
     if (const json* t = field(body, "function_call"))
       if (!(t->is_string() && (t->get<std::string>() == "none" || t->get<std::string>() == "auto")))
         return unsupported("function_call", "the legacy 'function_call' field (send 'tool_choice')");
-    if (const json* rf = field(body, "response_format")) {
-      const json* type = rf->is_object() ? field(*rf, "type") : nullptr;
-      if (!type || !type->is_string()) return bad_request("'response_format.type' must be a string", "response_format");
-      if (type->get<std::string>() != "text") return unsupported("response_format", "structured output (JSON modes)");
-    }
+    if (auto e = parse_response_format(body, text, out.output)) return e;
     if (const json* m = field(body, "modalities")) {
       if (!m->is_array()) return wrong_type("modalities", *m, "an array");
       for (const json& x : *m)
@@ -422,8 +470,20 @@ std::optional<ApiError> parse_request(std::string_view text, Endpoint endpoint, 
   return {};
 }
 
+namespace {
+
+ApiError server_error(std::string message) {
+  ApiError e;
+  e.status = 500;
+  e.type = "server_error";
+  e.message = std::move(message);
+  return e;
+}
+
+}  // namespace
+
 std::optional<ApiError> prepare_request(const CompletionRequest& req, const Tokenizer& tok, int64_t max_seq_len,
-                                        int64_t vocab_size, int32_t eos_id, Prepared& out) {
+                                        int64_t vocab_size, int32_t eos_id, Prepared& out, OutputGrammars* grammars) {
   out = Prepared{};
   out.generation.adapter = req.adapter;
   std::vector<int32_t>& ids = out.generation.prompt;
@@ -487,6 +547,20 @@ std::optional<ApiError> prepare_request(const CompletionRequest& req, const Toke
       req.max_tokens.value_or(req.endpoint == Endpoint::kChat ? max_seq_len - n : std::min<int64_t>(16, max_seq_len - n));
   if (!req.ignore_eos && eos_id >= 0) out.generation.stop_ids.push_back(eos_id);
   out.generation.sampling = req.sampling;
+  if (req.endpoint == Endpoint::kChat && req.output.constrained()) {
+    if (!grammars) return server_error("constrained decoding is not set up in this server");
+    OutputSpec spec = req.output;
+    spec.tools = req.tools;
+    spec.syntax = tool_call_syntax(tok.chat_template());
+    spec.starts_in_reasoning = out.starts_in_reasoning;
+    auto compiled = grammars->get(spec);
+    if (!compiled.ok())
+      return bad_request(compiled.status().message(), compiled.status().message().rfind("tools", 0) == 0 ? "tools"
+                                                      : spec.tools_required && spec.format == OutputSpec::Format::kText
+                                                          ? "tool_choice"
+                                                          : "response_format");
+    out.generation.constraint = std::make_shared<GrammarConstraint>(std::move(compiled).value());
+  }
   return {};
 }
 

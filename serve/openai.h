@@ -14,6 +14,7 @@
 
 #include "coordinator/scheduler.h"
 #include "node/sampling.h"
+#include "text/grammar/output_grammar.h"
 #include "text/reasoning.h"
 #include "text/tool_calls.h"
 #include "text/tokenizer/tokenizer.h"
@@ -54,9 +55,12 @@ struct CompletionRequest {
   // The request's sampling parameters, validated (OpenAI's ranges and SamplingParams::validate);
   // OpenAI's defaults where absent (temperature 1).
   SamplingParams sampling;
-  // chat: OpenAI's `tools` (validated function definitions; null when none) with tool_choice
-  // "auto" (rendered, output parsed into tool_calls) or "none" (neither).
+  // chat: OpenAI's `tools` (validated function definitions; null when none or with tool_choice
+  // "none"), rendered and the output parsed into tool_calls.
   nlohmann::ordered_json tools = nullptr;
+  // chat: what constrains the answer: response_format, tool_choice "required" or a named
+  // function, parallel_tool_calls (tools, syntax and reasoning are filled in by prepare_request).
+  OutputSpec output;
   bool echo = false;  // completions: the prompt's text before the completion (not with logprobs)
 };
 
@@ -80,9 +84,12 @@ struct Prepared {
 // (completions, BOS as the tokenizer says) the prompt, checks it against the context and the
 // vocabulary, and sets max_tokens (default: chat the rest of the context, completions 16). Errors are 400s naming
 // the numbers.
-// `eos_id`: the tokenizer's EOS, else config.json's (-1: none).
+// `eos_id`: the tokenizer's EOS, else config.json's (-1: none). `grammars`: where a constrained
+// request's grammar is compiled (response_format, forced tool calls; a schema outside the
+// supported subset is a 400 naming the keyword); without it such a request is a 500.
 std::optional<ApiError> prepare_request(const CompletionRequest& req, const Tokenizer& tok, int64_t max_seq_len,
-                                        int64_t vocab_size, int32_t eos_id, Prepared& out);
+                                        int64_t vocab_size, int32_t eos_id, Prepared& out,
+                                        OutputGrammars* grammars = nullptr);
 
 // Stop strings: text is held back while it could still be the start of one; the first match
 // cuts the output there (the stop string itself is not shown).

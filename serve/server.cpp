@@ -62,12 +62,13 @@ bool constant_time_equal(const std::string& a, const std::string& b) {
 }  // namespace
 
 struct Server::Impl {
-  Impl(Executor& e, const Tokenizer& t, ServerOptions o) : ex(e), tok(t), opt(std::move(o)) {}
+  Impl(Executor& e, const Tokenizer& t, ServerOptions o) : ex(e), tok(t), opt(std::move(o)), grammars(t) {}
   ~Impl() { stop(); }
 
   Executor& ex;
   const Tokenizer& tok;
   ServerOptions opt;
+  OutputGrammars grammars;  // response_format and forced tool calls, compiled over tok's vocabulary
   Cluster* cluster = nullptr;
   int32_t eos_id = -1;
   int64_t created = 0;
@@ -455,7 +456,7 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
   CompletionRequest cr;
   if (auto e = parse_request(req.body(), ep, model_ids(), cr)) co_return co_await send_error(stream, req, *e, label);
   Prepared p;
-  if (auto e = prepare_request(cr, tok, ex.max_seq_len(), ex.config().vocab_size, eos_id, p))
+  if (auto e = prepare_request(cr, tok, ex.max_seq_len(), ex.config().vocab_size, eos_id, p, &grammars))
     co_return co_await send_error(stream, req, *e, label);
   const bool chat = ep == Endpoint::kChat;
   Completion answer(tok, p, cr);

@@ -60,6 +60,7 @@ struct PrepareOptions {
   int64_t vocab_size = 0;      // prompt token ids must be below it
   int64_t max_seq_len = 0;     // prompt + max_tokens must fit
   int32_t eos_id = -1;         // stops every request (-1: none)
+  OutputGrammars* grammars = nullptr;  // compiles response_format and forced tool calls
 };
 
 // The seed of a request whose body gives none: FNV-1a (64-bit) of its custom_id, the same in

@@ -161,6 +161,8 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
                     tok.eos_id() >= 0 ? tok.eos_id() : int32_t(ex.config().eos_token_id)};
   for (const std::string& a : ex.adapter_names())
     if (!a.empty()) po.adapters.push_back(a);
+  OutputGrammars grammars(tok);  // each line's response_format / forced tool calls; repeats share one
+  po.grammars = &grammars;
   Progress progress(o_.log, o_.progress_tty, o_.progress_interval_s, total_, done_);
 
   InputLines in;
