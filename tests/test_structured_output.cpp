@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "serve/openai.h"
@@ -366,4 +367,28 @@ TEST_CASE("batch: each line its own schema; a bad schema is that line's error", 
     CHECK(schema_valid(doc, schemas()[i % schemas().size()]));
   }
   CHECK(seen.size() == 11);
+}
+
+TEST_CASE("serve: OpenAI's client, LangChain's ChatDeepSeek and the Vercel AI SDK drive tool loops and structured output",
+          "[structured][tools][serve][js]") {
+  const bool have_node = std::system("node --version > /dev/null 2>&1") == 0;
+  INFO("node and tests/js/node_modules are installed by scripts/setup (npm install --prefix tests/js)");
+  REQUIRE(have_node);
+  for (const char* package : {"openai", "@langchain/deepseek", "ai", "@ai-sdk/openai-compatible", "zod"})
+    REQUIRE(fs::exists(kJsDir + "/node_modules/" + package + "/package.json"));
+  const std::string mode = GENERATE(as<std::string>{}, "", "tcp");
+  INFO("mode: " << mode);
+  std::optional<TcpNodes> tcp;
+  if (mode == "tcp") tcp.emplace(2);
+  TempDir keys;
+  write_file(keys / "keys", "sk-agents\n");
+  Server s(models().tools, (tcp ? tcp->flags : mode) + " --api-key-file " + keys / "keys");
+  int status = -1;
+  const std::string out = run_command("cd " + kJsDir + " && SHOAL_BASE_URL=" + s.url("") +
+                                          " SHOAL_API_KEY=sk-agents SHOAL_MODEL=tiny-tools timeout 600 node agents.test.mjs 2>&1",
+                                      &status);
+  INFO(out);
+  CHECK(status == 0);
+  CHECK_THAT(out, Catch::Contains(" 0 failed"));
+  CHECK(s.stop() == 0);
 }
