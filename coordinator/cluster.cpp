@@ -136,6 +136,11 @@ StatusOr<uint64_t> Cluster::submit(const Batch& asked, const std::vector<int64_t
   }
   if (!batch.row_adapters().empty())
     for (const SeqRange& s : batch.seqs) mb.add_seq_adapter(s.adapter);
+  for (const SlotCopy& c : batch.copies) {
+    mb.add_copy_from(c.from);
+    mb.add_copy_to(c.to);
+    mb.add_copy_positions(c.positions);
+  }
   mb.mutable_logit_rows()->Add(rows.begin(), rows.end());
   mb.set_want_logits(want_logits);
   for (const RowSampler& s : samplers) to_wire(s, *mb.add_sampling());

@@ -53,6 +53,12 @@ Status check_batch(const Batch& b, const ModelConfig& c, int64_t n_slots, int64_
                                                     std::to_string(max_seq_len) + " tokens");
     }
   }
+  for (const SlotCopy& c : b.copies)
+    if (c.from < 0 || c.from >= n_slots || c.to < 0 || c.to >= n_slots || c.from == c.to || c.positions < 0 ||
+        c.positions > max_seq_len)
+      return invalid_argument("a KV copy of " + std::to_string(c.positions) + " positions from slot " +
+                              std::to_string(c.from) + " to slot " + std::to_string(c.to) + " does not fit " +
+                              std::to_string(n_slots) + " slots of " + std::to_string(max_seq_len));
   return {};
 }
 

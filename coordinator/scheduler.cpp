@@ -50,13 +50,35 @@ void Scheduler::cancel(uint64_t id) {
   running_.erase(it);
 }
 
+// A request that shares another's prompt waits while that one is queued or still prefilling.
+bool Scheduler::can_admit(const GenerationRequest& r) const {
+  if (r.shares_prompt_of == 0) return true;
+  if (std::any_of(waiting_.begin(), waiting_.end(), [&](const auto& w) { return w.id == r.shares_prompt_of; }))
+    return false;
+  auto it = running_.find(r.shares_prompt_of);
+  return it == running_.end() || it->second.prefilled >= int64_t(it->second.request.prompt.size());
+}
+
 void Scheduler::admit() {
-  while (!waiting_.empty() && !free_slots_.empty()) {
+  for (auto w = waiting_.begin(); w != waiting_.end() && !free_slots_.empty();) {
+    if (!can_admit(*w)) {
+      ++w;
+      continue;
+    }
     Sequence s;
-    s.request = std::move(waiting_.front());
-    waiting_.pop_front();
+    s.request = std::move(*w);
+    w = waiting_.erase(w);
     s.slot = free_slots_.back();
     free_slots_.pop_back();
+    // The shared prompt, all but its last token, copied from the other request's slot (if that
+    // one is still running: else this one prefills on its own). The copy rides on the next
+    // micro-batch, ahead of its tokens at every layer, so a slot freed meanwhile cannot be
+    // overwritten first.
+    if (auto src = running_.find(s.request.shares_prompt_of);
+        src != running_.end() && src->second.request.prompt == s.request.prompt && s.request.prompt.size() > 1) {
+      s.prefilled = int64_t(s.request.prompt.size()) - 1;
+      pending_copies_.push_back({src->second.slot, s.slot, int32_t(s.prefilled)});
+    }
     const uint64_t id = s.request.id;
     running_.emplace(id, std::move(s));
   }
@@ -120,6 +142,8 @@ Status Scheduler::submit_ready() {
       parts.push_back(part);
     }
     if (parts.empty()) return {};
+    batch.copies = std::move(pending_copies_);
+    pending_copies_.clear();
     if (!sampling) samplers.clear();  // every row greedy: the head takes the argmax
     SHOAL_ASSIGN_OR_RETURN(uint64_t mb, ex_.submit(batch, rows, /*want_logits=*/false, samplers));
     in_flight_.emplace(mb, std::move(parts));

@@ -35,6 +35,8 @@ class TokenConstraint {
   virtual bool accept(int32_t token) = 0;
   // Nothing may follow what was accepted: the request ends there ("stop").
   virtual bool finished() const = 0;
+  // The same constraint from its start, for another choice of the request.
+  virtual std::shared_ptr<TokenConstraint> fresh() const = 0;
 };
 
 struct GenerationRequest {
@@ -46,6 +48,10 @@ struct GenerationRequest {
   uint64_t seed = 0;                       // used when sampling->seed is empty
   int32_t adapter = 0;                     // its LoRA adapter id (Executor::adapter_names); 0: the base
   std::shared_ptr<TokenConstraint> constraint;  // none: any token
+  // Another request with the same prompt (an earlier choice of an n > 1 request): once its
+  // prompt is in the cache, this one copies that prefix into its own slot and computes only
+  // the prompt's last token (whose logits are bitwise those of a whole prefill). 0: none.
+  uint64_t shares_prompt_of = 0;
 };
 
 // One generated token, or the end of a request (token < 0 when it ends without one).
@@ -86,6 +92,7 @@ class Scheduler {
     bool in_flight = false;
     bool cancelled = false;
   };
+  bool can_admit(const GenerationRequest& r) const;
   struct Part {                      // a sequence's share of an in-flight micro-batch
     uint64_t request;
     int64_t tokens;
@@ -103,6 +110,7 @@ class Scheduler {
   std::map<uint64_t, Sequence> running_;
   std::vector<int32_t> free_slots_;
   std::map<uint64_t, std::vector<Part>> in_flight_;  // micro-batch id -> parts
+  std::vector<SlotCopy> pending_copies_;             // for the next micro-batch
 };
 
 }  // namespace shoal

@@ -17,10 +17,18 @@ struct SeqRange {
   int32_t adapter = 0;    // its LoRA adapter id (model/lora.h); 0: the base model
 };
 
+// Positions [0, positions) of KV slot `from` copied into slot `to`, in every layer, before the
+// micro-batch that carries the copy runs there: n > 1 choices share their prompt's prefill.
+struct SlotCopy {
+  int32_t from = 0, to = 0;
+  int32_t positions = 0;
+};
+
 struct Batch {
   std::vector<int32_t> tokens;     // [n_tokens]
   std::vector<int32_t> positions;  // [n_tokens]
   std::vector<SeqRange> seqs;
+  std::vector<SlotCopy> copies;    // applied layer by layer before the tokens
 
   int64_t n_tokens() const { return int64_t(tokens.size()); }
   void add_sequence(int32_t slot, int32_t start_pos, const std::vector<int32_t>& ids, int32_t adapter = 0) {

@@ -1,5 +1,7 @@
 #include "node/kv_cache.h"
 
+#include <algorithm>
+
 #include "common/check.h"
 
 namespace shoal {
@@ -14,6 +16,13 @@ SeqKv KvCache::view(int64_t layer, int32_t slot) {
   SHOAL_CHECK(slot >= 0 && slot < n_slots_);
   float* base = data_.data() + (layer * n_slots_ + slot) * capacity_ * (kv_width_ + pe_width_);
   return {base, base + capacity_ * kv_width_, capacity_};
+}
+
+void KvCache::copy(int64_t layer, int32_t from, int32_t to, int64_t positions) {
+  SHOAL_CHECK(positions >= 0 && positions <= capacity_);
+  const SeqKv a = view(layer, from), b = view(layer, to);
+  std::copy_n(a.kv, positions * kv_width_, b.kv);
+  std::copy_n(a.pe, positions * pe_width_, b.pe);
 }
 
 }  // namespace shoal

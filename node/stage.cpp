@@ -29,6 +29,7 @@ StatusOr<std::unique_ptr<Stage>> Stage::load(Checkpoint& ck, const StageOptions&
 void Stage::forward(float* x, const Batch& batch) {
   for (size_t i = 0; i < layers_.size(); ++i) {
     const LayerWeights& layer = layers_[i];
+    for (const SlotCopy& c : batch.copies) cache_.copy(int64_t(i), c.from, c.to, c.positions);
     std::vector<SeqKv> kv;
     for (const SeqRange& s : batch.seqs) kv.push_back(cache_.view(int64_t(i), s.slot));
     SHOAL_CHECK(block_forward(x, batch, layer, kv, lc_, local_experts(layer.experts, lc_)).ok());

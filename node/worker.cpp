@@ -50,6 +50,17 @@ StatusOr<Batch> to_batch(const wire::MicroBatch& mb, const ModelConfig& c, int64
     begin += count;
   }
   if (begin != b.n_tokens()) return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": stray tokens");
+  if (mb.copy_from_size() != mb.copy_to_size() || mb.copy_from_size() != mb.copy_positions_size())
+    return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": inconsistent KV copies");
+  for (int i = 0; i < mb.copy_from_size(); ++i) {
+    const SlotCopy c{mb.copy_from(i), mb.copy_to(i), mb.copy_positions(i)};
+    if (c.from < 0 || c.from >= n_slots || c.to < 0 || c.to >= n_slots || c.from == c.to || c.positions < 0 ||
+        c.positions > capacity)
+      return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": a KV copy of " +
+                              std::to_string(c.positions) + " positions from slot " + std::to_string(c.from) +
+                              " to slot " + std::to_string(c.to) + " does not fit");
+    b.copies.push_back(c);
+  }
   for (int64_t r : mb.logit_rows())
     if (r < 0 || r >= b.n_tokens())
       return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": logit row " + std::to_string(r) +
@@ -210,6 +221,7 @@ Status Worker::advance(const std::vector<std::byte>& payload) {
 
 Status Worker::layer_forward(float* x, const Batch& b, int64_t layer, uint64_t batch_id) {
   const LayerWeights& l = layers_.at(layer);
+  for (const SlotCopy& c : b.copies) cache_->copy(cache_index_.at(layer), c.from, c.to, c.positions);
   std::vector<SeqKv> kv;
   for (const SeqRange& s : b.seqs) kv.push_back(cache_->view(cache_index_.at(layer), s.slot));
   return block_forward(x, b, l, kv, lc_,

@@ -12,15 +12,17 @@ namespace shoal {
 
 class GrammarConstraint : public TokenConstraint {
  public:
-  explicit GrammarConstraint(std::shared_ptr<CompiledGrammar> g) : m_(std::move(g)) {}
+  explicit GrammarConstraint(std::shared_ptr<CompiledGrammar> g) : g_(g), m_(std::move(g)) {}
   void allowed(std::vector<uint64_t>& mask, bool& may_end) override {
     mask = m_.allowed();
     may_end = m_.accepting();
   }
   bool accept(int32_t token) override { return m_.accept_token(token); }
   bool finished() const override { return m_.finished(); }
+  std::shared_ptr<TokenConstraint> fresh() const override { return std::make_shared<GrammarConstraint>(g_); }
 
  private:
+  std::shared_ptr<CompiledGrammar> g_;
   GrammarMatcher m_;
 };
 

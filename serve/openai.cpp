@@ -378,7 +378,11 @@ std::optional<ApiError> parse_request(std::string_view text, Endpoint endpoint, 
   std::optional<int64_t> n, max_tokens, max_completion_tokens, seed, top_logprobs, logprobs_n, top_k, best_of;
   constexpr int64_t kBig = std::numeric_limits<int64_t>::max();
   if (auto e = get_int(body, "n", 1, kBig, n)) return e;
-  if (n && *n != 1) return unsupported("n", "n > 1 (more than one choice)");
+  if (n && *n > kMaxChoices)
+    return bad_request("'n' = " + std::to_string(*n) + " is more than the " + std::to_string(kMaxChoices) +
+                           " choices this server gives per request",
+                       "n");
+  out.n = n.value_or(1);
   if (auto e = get_int(body, "max_tokens", 1, kBig, max_tokens)) return e;
   if (chat)
     if (auto e = get_int(body, "max_completion_tokens", 1, kBig, max_completion_tokens)) return e;

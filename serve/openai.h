@@ -35,6 +35,7 @@ ApiError bad_request(std::string message, std::string param = {}, std::string co
 enum class Endpoint { kChat, kCompletions };
 
 inline constexpr size_t kMaxStopStrings = 4;
+inline constexpr int64_t kMaxChoices = 16;  // n
 
 // A validated request, before tokenization.
 struct CompletionRequest {
@@ -62,6 +63,7 @@ struct CompletionRequest {
   // function, parallel_tool_calls (tools, syntax and reasoning are filled in by prepare_request).
   OutputSpec output;
   bool echo = false;  // completions: the prompt's text before the completion (not with logprobs)
+  int64_t n = 1;      // choices, each sampled on its own; they share the prompt's prefill
 };
 
 // Parses a JSON body for `endpoint`. `model_ids`: the served models, the base first, then each

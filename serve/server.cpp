@@ -47,7 +47,6 @@ struct Feed {
   net::steady_timer timer;
   std::deque<std::pair<TokenEvent, Clock::time_point>> events;
   std::optional<Status> error;
-  uint64_t id = 0;
   bool client_gone = false;
   bool ended = false;  // the connection is done with this request
 };
@@ -459,52 +458,76 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
   if (auto e = prepare_request(cr, tok, ex.max_seq_len(), ex.config().vocab_size, eos_id, p, &grammars))
     co_return co_await send_error(stream, req, *e, label);
   const bool chat = ep == Endpoint::kChat;
-  Completion answer(tok, p, cr);
+  // One answer per choice (n), each its own request in the scheduler; choices after the first
+  // share the first one's prompt in the cache and draw from seeds seed + index.
+  struct Choice {
+    uint64_t id = 0;
+    Completion answer;
+    TextStream::Delta total;
+    std::string finish;
+  };
+  std::vector<Choice> choices;
+  for (int64_t i = 0; i < cr.n; ++i) choices.push_back({0, Completion(tok, p, cr), {}, {}});
 
   const net::any_io_executor strand = co_await net::this_coro::executor;
   // Owned by this coroutine; the service's callbacks only reach it while it is alive.
   std::shared_ptr<Feed> feed(new Feed(strand));
   const std::weak_ptr<Feed> weak = feed;
-  GenerationService::Callbacks callbacks;
-  // On the service thread: never block there, only post to this connection's strand.
-  callbacks.on_event = [weak, strand](const TokenEvent& e) {
-    net::post(strand, [weak, e, at = Clock::now()] {
-      if (auto f = weak.lock()) {
-        f->events.emplace_back(e, at);
-        f->timer.cancel();
-      }
-    });
-  };
-  callbacks.on_error = [weak, strand](const Status& s) {
-    net::post(strand, [weak, s] {
-      if (auto f = weak.lock()) {
-        f->error = s;
-        f->timer.cancel();
-      }
-    });
+  auto callbacks = [&] {
+    GenerationService::Callbacks callbacks;
+    // On the service thread: never block there, only post to this connection's strand.
+    callbacks.on_event = [weak, strand](const TokenEvent& e) {
+      net::post(strand, [weak, e, at = Clock::now()] {
+        if (auto f = weak.lock()) {
+          f->events.emplace_back(e, at);
+          f->timer.cancel();
+        }
+      });
+    };
+    callbacks.on_error = [weak, strand](const Status& s) {
+      net::post(strand, [weak, s] {
+        if (auto f = weak.lock()) {
+          f->error = s;
+          f->timer.cancel();
+        }
+      });
+    };
+    return callbacks;
   };
   // No seed given: one of our own, so the draw is still a function of the request alone.
   if (!cr.sampling.seed) p.generation.seed = random_u64();
-  auto submitted = service->submit(std::move(p.generation), std::move(callbacks));
-  if (!submitted.ok()) {
-    const Status& s = submitted.status();
-    ApiError e = s.code() == Code::kResourceExhausted || s.code() == Code::kInvalidArgument
-                     ? bad_request(s.message(), "max_tokens", "context_length_exceeded")
-                     : ApiError{503, s.to_string(), "server_error", "", "service_unavailable"};
-    metrics.finished("error");
-    co_return co_await send_error(stream, req, e, label);
-  }
-  feed->id = *submitted;
-  // However this coroutine ends (error, disconnect, shutdown), the request ends with it.
+  // However this coroutine ends (error, disconnect, shutdown), its requests end with it.
   struct Release {
     Impl* impl;
     std::shared_ptr<Feed> feed;
+    std::vector<uint64_t> ids;
     bool finished = false;
     ~Release() {
       feed->ended = true;
-      if (!finished && impl->service) impl->service->cancel(feed->id);
+      if (!finished && impl->service)
+        for (uint64_t id : ids) impl->service->cancel(id);
     }
-  } release{this, feed};
+  } release{this, feed, {}};
+  for (size_t i = 0; i < choices.size(); ++i) {
+    GenerationRequest g = p.generation;
+    if (i > 0) {
+      g.shares_prompt_of = choices[0].id;
+      if (g.sampling && g.sampling->seed) g.sampling->seed = *g.sampling->seed + i;
+      g.seed = p.generation.seed + i;
+      if (g.constraint) g.constraint = g.constraint->fresh();
+    }
+    auto submitted = service->submit(std::move(g), callbacks());
+    if (!submitted.ok()) {
+      const Status& s = submitted.status();
+      ApiError e = s.code() == Code::kResourceExhausted || s.code() == Code::kInvalidArgument
+                       ? bad_request(s.message(), "max_tokens", "context_length_exceeded")
+                       : ApiError{503, s.to_string(), "server_error", "", "service_unavailable"};
+      metrics.finished("error");
+      co_return co_await send_error(stream, req, e, label);  // ~Release cancels the choices sent
+    }
+    choices[i].id = *submitted;
+    release.ids.push_back(*submitted);
+  }
   watch_for_close(stream.socket(), feed);
 
   const std::string id = new_response_id(ep);
@@ -531,6 +554,11 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
     co_return !wec;
   };
 
+  auto chunk = [&](size_t index, const json& delta, const std::string& finish, json logprobs) {
+    json c = stream_chunk(ep, id, created_at, cr.model, delta, finish, cr.include_usage, std::move(logprobs));
+    c["choices"][0]["index"] = index;
+    event(c);
+  };
   if (streaming) {
     head.emplace(http::status::ok, req.version());
     head->set(http::field::server, "shoal");
@@ -542,54 +570,53 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
     stream.expires_after(opt.write_timeout);
     co_await http::async_write_header(stream, *serializer, net::redirect_error(net::use_awaitable, ec));
     gone = bool(ec);
-    if (chat) event(stream_chunk(ep, id, created_at, cr.model, {{"role", "assistant"}, {"content", ""}}, "",
-                                 cr.include_usage));
+    if (chat)
+      for (size_t i = 0; i < choices.size(); ++i) chunk(i, {{"role", "assistant"}, {"content", ""}}, "", nullptr);
   }
 
-  TextStream::Delta total;
-  // A stream's logprobs ride on the next chunk that carries text (or on the last one).
-  auto logprobs_now = [&]() -> json { return answer.take_logprobs(); };
-  auto emit = [&](const TextStream::Delta& d) {
+  // A stream's logprobs ride on the next chunk of that choice that carries text (or on its last).
+  auto emit = [&](size_t i, const TextStream::Delta& d) {
+    Choice& c = choices[i];
     if (!streaming) {
-      total.append(d);
+      c.total.append(d);
       return;
     }
     if (!d.reasoning.empty())
-      event(stream_chunk(ep, id, created_at, cr.model, {{"reasoning_content", d.reasoning}}, "", cr.include_usage,
-                         d.content.empty() ? logprobs_now() : json(nullptr)));
+      chunk(i, {{"reasoning_content", d.reasoning}}, "", d.content.empty() ? c.answer.take_logprobs() : json(nullptr));
     if (!d.content.empty())
-      event(stream_chunk(ep, id, created_at, cr.model, {{"content", d.content}}, "", cr.include_usage,
-                         d.tool_calls.empty() ? logprobs_now() : json(nullptr)));
-    if (!d.tool_calls.empty())
-      event(stream_chunk(ep, id, created_at, cr.model, {{"tool_calls", tool_calls_json(d.tool_calls, true)}}, "",
-                         cr.include_usage, logprobs_now()));
+      chunk(i, {{"content", d.content}}, "", d.tool_calls.empty() ? c.answer.take_logprobs() : json(nullptr));
+    if (!d.tool_calls.empty()) chunk(i, {{"tool_calls", tool_calls_json(d.tool_calls, true)}}, "", c.answer.take_logprobs());
+  };
+  auto finished = [&] {
+    return std::all_of(choices.begin(), choices.end(), [](const Choice& c) { return !c.finish.empty(); });
   };
 
-  std::string finish;
   std::optional<ApiError> failure;
   std::optional<Clock::time_point> last_token;
   while (!gone) {
-    while (!feed->events.empty() && finish.empty()) {
+    while (!feed->events.empty() && !finished()) {
       const auto [e, at] = feed->events.front();
       feed->events.pop_front();
+      const auto c = std::find_if(choices.begin(), choices.end(), [&](const Choice& x) { return x.id == e.request; });
+      if (c == choices.end() || !c->finish.empty()) continue;
       if (e.token >= 0) {
         if (!last_token) metrics.time_to_first_token(seconds_between(t0, at));
         else metrics.inter_token_latency(seconds_between(*last_token, at));
         last_token = at;
       }
-      emit(answer.push(e));
-      finish = answer.finish();
-      if (answer.stopped_by_string()) {  // a stop string: the answer ends here
-        service->cancel(feed->id);
-        break;
-      }
-      if (e.finish == FinishReason::kCancelled) finish = "stop";
+      const size_t index = size_t(c - choices.begin());
+      emit(index, c->answer.push(e));
+      c->finish = c->answer.finish();
+      if (c->answer.stopped_by_string()) service->cancel(c->id);  // a stop string: this answer ends here
+      if (e.finish == FinishReason::kCancelled) c->finish = "stop";
+      if (streaming && !c->finish.empty())
+        chunk(index, json::object(), c->finish, c->answer.has_logprobs() ? c->answer.take_logprobs() : json(nullptr));
     }
-    if (finish.empty() && feed->error)
+    if (!finished() && feed->error)
       failure = ApiError{503, "generation failed: " + feed->error->to_string(), "server_error", "", "service_unavailable"};
-    if (finish.empty() && feed->client_gone) gone = true;
+    if (!finished() && feed->client_gone) gone = true;
     if (streaming && !gone && !co_await flush()) gone = true;
-    if (gone || !finish.empty() || failure) break;
+    if (gone || finished() || failure) break;
     if (feed->events.empty() && !feed->error && !feed->client_gone) {
       feed->timer.expires_after(opt.generation_timeout);
       co_await feed->timer.async_wait(net::redirect_error(net::use_awaitable, ec));
@@ -605,30 +632,38 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
     beast::error_code cec;
     stream.socket().cancel(cec);  // the watch
   }
-  release.finished = !finish.empty() || (feed->error.has_value() && failure);
-  metrics.tokens(answer.usage().prompt_tokens, answer.usage().completion_tokens);
+  release.finished = finished() || (feed->error.has_value() && failure);
+  // Usage: the prompt once, every choice's completion tokens.
+  Usage usage;
+  usage.prompt_tokens = choices[0].answer.usage().prompt_tokens;
+  for (const Choice& c : choices) usage.completion_tokens += c.answer.usage().completion_tokens;
+  metrics.tokens(usage.prompt_tokens, usage.completion_tokens);
   metrics.request_duration(seconds_between(t0, Clock::now()));
 
   if (gone) {
     metrics.client_disconnected();
     metrics.finished("cancelled");
     metrics.request(std::string(label), 499);  // nginx's "client closed request"
-    co_return false;              // ~Release cancels the request
+    co_return false;              // ~Release cancels the requests
   }
   if (failure) {
     metrics.finished("error");
     if (!streaming) co_return co_await send_error(stream, req, *failure, label);
     event(error_body(*failure));
   } else {
-    metrics.finished(finish);
+    metrics.finished(choices[0].finish);  // per request: the first choice's reason
     if (!streaming) {
-      const json body =
-          full_response(ep, id, created_at, cr.model, total, p.reasoning, finish, answer.usage(), logprobs_now());
+      json body;
+      for (size_t i = 0; i < choices.size(); ++i) {
+        json one = full_response(ep, id, created_at, cr.model, choices[i].total, p.reasoning, choices[i].finish, usage,
+                                 choices[i].answer.take_logprobs());
+        one["choices"][0]["index"] = i;
+        if (i == 0) body = std::move(one);
+        else body["choices"].push_back(std::move(one["choices"][0]));
+      }
       co_return co_await send(stream, req, 200, dump(body), label);
     }
-    event(stream_chunk(ep, id, created_at, cr.model, json::object(), finish, cr.include_usage,
-                       answer.has_logprobs() ? answer.take_logprobs() : json(nullptr)));
-    if (cr.include_usage) event(usage_chunk(ep, id, created_at, cr.model, answer.usage()));
+    if (cr.include_usage) event(usage_chunk(ep, id, created_at, cr.model, usage));
   }
   out += "data: [DONE]\n\n";
   metrics.request(std::string(label), 200);

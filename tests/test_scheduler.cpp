@@ -267,6 +267,7 @@ class ModuloConstraint : public TokenConstraint {
     return true;
   }
   bool finished() const override { return step_ >= length_; }
+  std::shared_ptr<TokenConstraint> fresh() const override { return std::make_shared<ModuloConstraint>(vocab_, length_); }
 
  private:
   int64_t vocab_;
@@ -323,5 +324,90 @@ TEST_CASE("a constrained request gets the best allowed token at every step; its 
       // The constrained ones end when their constraint is finished, before max_tokens.
       CHECK(got.at(r.id).finish == (r.constraint ? FinishReason::kStop : FinishReason::kLength));
     }
+  }
+}
+
+namespace {
+
+// Counts the token rows and KV copies the scheduler submits, and passes everything on.
+class Counting : public Executor {
+ public:
+  explicit Counting(Executor& inner) : in_(inner) {}
+  const ModelConfig& config() const override { return in_.config(); }
+  int64_t max_seq_len() const override { return in_.max_seq_len(); }
+  int64_t n_slots() const override { return in_.n_slots(); }
+  int64_t pipeline_depth() const override { return in_.pipeline_depth(); }
+  StatusOr<uint64_t> submit(const Batch& b, const std::vector<int64_t>& rows, bool want_logits,
+                            const std::vector<RowSampler>& samplers) override {
+    tokens += b.n_tokens();
+    copies += int64_t(b.copies.size());
+    return in_.submit(b, rows, want_logits, samplers);
+  }
+  StatusOr<StepResult> next_result() override { return in_.next_result(); }
+  int64_t tokens = 0, copies = 0;
+
+ private:
+  Executor& in_;
+};
+
+}  // namespace
+
+TEST_CASE("choices that share a prompt prefill it once and each sample as they would alone", "[scheduler][share]") {
+  // Request 1 and its choices 2 and 3 (same prompt, their own seeds); request 4 beside them.
+  std::vector<GenerationRequest> requests = make_requests();
+  GenerationRequest parent = requests[2];  // the 40-token prompt
+  parent.id = 1;
+  parent.max_tokens = 5;
+  parent.sampling = SamplingParams{};
+  parent.sampling->temperature = 1.2f;
+  parent.sampling->top_logprobs = 2;
+  parent.seed = 500;
+  std::vector<GenerationRequest> all{parent};
+  for (uint64_t c = 1; c < 3; ++c) {
+    GenerationRequest choice = parent;
+    choice.id = 1 + c;
+    choice.seed = parent.seed + c;
+    choice.shares_prompt_of = parent.id;
+    all.push_back(choice);
+  }
+  GenerationRequest other = requests[4];
+  other.id = 4;
+  all.push_back(other);
+  std::map<uint64_t, Sampled> want;
+  for (const auto& r : all)
+    if (r.sampling) want[r.id] = sampled_alone(r);
+  const std::vector<int32_t> other_want = alone(other);
+  CHECK(want[2].ids != want[1].ids);  // the seeds differ: so do the choices
+
+  for (int ranks : {0, 3}) {
+    INFO("ranks " << ranks);
+    std::unique_ptr<Executor> ex = open_executor(ranks, 4);
+    Counting counting(*ex);
+    SchedulerOptions so;
+    so.max_batch_tokens = 16;
+    Scheduler s(counting, so);
+    for (const auto& r : all) REQUIRE(s.add(r).ok());
+    std::map<uint64_t, Sampled> got;
+    while (!s.idle()) {
+      auto events = s.step();
+      REQUIRE(events.ok());
+      for (const TokenEvent& e : *events) {
+        if (e.token < 0) continue;
+        got[e.request].ids.push_back(e.token);
+        if (e.logprob) got[e.request].logprobs.push_back(*e.logprob);
+        got[e.request].tops.push_back(e.top);
+      }
+    }
+    for (uint64_t id : {1, 2, 3}) {
+      INFO("request " << id);
+      CHECK(got[id].ids == want[id].ids);
+      CHECK(got[id].logprobs == want[id].logprobs);
+    }
+    CHECK(got[4].ids == other_want);
+    // The 40-token prompt ran once, each other choice computed only its last token: 40 + 1 + 1
+    // prompt rows, plus the other request's prompt, plus one row per decode step.
+    const int64_t decodes = (5 - 1) * 3 + int64_t(other.max_tokens) - 1;
+    CHECK(counting.copies == 2);
+    CHECK(counting.tokens == 40 + 2 + int64_t(other.prompt.size()) + decodes);
   }
 }

@@ -327,7 +327,7 @@ TEST_CASE("request parsing: OpenAI's fields, types and ranges, errors name the p
       {{{"model", "m"}, {"messages", {{{"role", "user"}}}}}, 400, "messages[0].content"},
       {{{"model", "m"}, {"messages", {{{"role", "user"}, {"content", {{{"type", "image_url"}}}}}}}}, 400,
        "messages[0].content[0].type"},
-      {{{"model", "m"}, {"messages", msgs}, {"n", 2}}, 400, "n"},
+      {{{"model", "m"}, {"messages", msgs}, {"n", 17}}, 400, "n"},
       {{{"model", "m"}, {"messages", msgs}, {"max_tokens", 0}}, 400, "max_tokens"},
       {{{"model", "m"}, {"messages", msgs}, {"max_tokens", 1.5}}, 400, "max_tokens"},
       {{{"model", "m"}, {"messages", msgs}, {"stream", "yes"}}, 400, "stream"},
@@ -349,15 +349,14 @@ TEST_CASE("request parsing: OpenAI's fields, types and ranges, errors name the p
        "tools[0].function.name"},
       {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}, {"function", {{"name", "f"}, {"parameters", 3}}}}}}},
        400, "tools[0].function.parameters"},
-      {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}}, {"tool_choice", "required"}},
-       400, "tool_choice"},
+      {{{"model", "m"}, {"messages", msgs}, {"tool_choice", "required"}}, 400, "tool_choice"},
       {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}}, {"tool_choice", "maybe"}},
        400, "tool_choice"},
       {{{"model", "m"}, {"messages", msgs}, {"tool_choice", "auto"}}, 400, "tool_choice"},
-      {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}}, {"parallel_tool_calls", false}},
+      {{{"model", "m"}, {"messages", msgs}, {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}}, {"parallel_tool_calls", 0}},
        400, "parallel_tool_calls"},
       {{{"model", "m"}, {"messages", msgs}, {"functions", {{{"name", "f"}}}}}, 400, "functions"},
-      {{{"model", "m"}, {"messages", msgs}, {"response_format", {{"type", "json_object"}}}}, 400, "response_format"},
+      {{{"model", "m"}, {"messages", msgs}, {"response_format", {{"type", "yaml"}}}}, 400, "response_format"},
       {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {1, 2}}}, 400, "logit_bias"},
       {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {{"x5", 1}}}}, 400, "logit_bias"},
       {{{"model", "m"}, {"messages", msgs}, {"logit_bias", {{"-5", 1}}}}, 400, "logit_bias"},
@@ -747,7 +746,7 @@ TEST_CASE("serve: malformed requests, unknown models and paths, size limits, API
   CHECK(r.status == 400);
   CHECK(error_of(r)["code"] == "context_length_exceeded");
   b = chat_body("tiny-chat", "hi", 4);
-  b["n"] = 3;
+  b["n"] = 17;
   r = s.post("/v1/chat/completions", b, auth);
   CHECK(r.status == 400);
   CHECK(error_of(r)["param"] == "n");
@@ -791,6 +790,73 @@ TEST_CASE("serve: malformed requests, unknown models and paths, size limits, API
   const auto v = s.metrics();
   CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"401\"}") == 2);
   CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"404\"}") == 1);
+  CHECK(s.stop() == 0);
+}
+
+TEST_CASE("serve: n choices are the answers of seeds seed, seed + 1, ..., streamed or not", "[server][serve][choices]") {
+  Server s(models().v3, "--local-nodes 2");
+  for (const std::string ep : {"/v1/chat/completions", "/v1/completions"}) {
+    INFO(ep);
+    const bool chat = ep == "/v1/chat/completions";
+    json body = chat ? chat_body("tiny-chat", "Tell me a story", 12)
+                     : json{{"model", "tiny-chat"}, {"prompt", "Once upon a time"}, {"max_tokens", 12}};
+    body["temperature"] = 1.0;
+    body["seed"] = 77;
+    body["logprobs"] = chat ? json(true) : json(2);
+    if (chat) body["top_logprobs"] = 2;
+    // Each seed alone.
+    std::vector<json> alone;
+    for (int i = 0; i < 3; ++i) {
+      json one = body;
+      one["seed"] = 77 + i;
+      const Reply r = s.post(ep, one);
+      REQUIRE(r.status == 200);
+      alone.push_back(r.j()["choices"][0]);
+    }
+    CHECK(alone[0] != alone[1]);
+    body["n"] = 3;
+    const Reply r = s.post(ep, body);
+    REQUIRE(r.status == 200);
+    const json j = r.j();
+    REQUIRE(j["choices"].size() == 3);
+    int64_t completion = 0;
+    for (int i = 0; i < 3; ++i) {
+      INFO("choice " << i);
+      json got = j["choices"][i];
+      CHECK(got["index"] == i);
+      got["index"] = 0;
+      CHECK(got == alone[size_t(i)]);
+      completion += int64_t(chat ? got["logprobs"]["content"].size() : got["logprobs"]["tokens"].size());
+    }
+    const json single = s.post(ep, [&] { json one = body; one.erase("n"); return one; }()).j();
+    CHECK(j["usage"]["prompt_tokens"] == single["usage"]["prompt_tokens"]);
+    CHECK(j["usage"]["completion_tokens"] == completion);
+    // Streamed: each index's pieces add up to its choice.
+    json streamed = body;
+    streamed["stream"] = true;
+    streamed["stream_options"] = {{"include_usage", true}};
+    const Reply sr = s.post(ep, streamed);
+    REQUIRE(sr.status == 200);
+    const Sse sse = parse_sse(sr.body, chat);
+    std::map<int, std::string> text, finish;
+    for (const json& c : sse.chunks)
+      for (const json& ch : c["choices"]) {
+        const int i = ch["index"];
+        text[i] += chat ? ch["delta"].value("content", "") : ch.value("text", "");
+        if (!ch["finish_reason"].is_null()) finish[i] = ch["finish_reason"];
+      }
+    REQUIRE(text.size() == 3);
+    for (int i = 0; i < 3; ++i) {
+      CHECK(text[i] == (chat ? alone[size_t(i)]["message"]["content"] : alone[size_t(i)]["text"]).get<std::string>());
+      CHECK(finish[i] == alone[size_t(i)]["finish_reason"].get<std::string>());
+    }
+    CHECK(sse.usage == j["usage"]);
+  }
+  json too_many = chat_body("tiny-chat", "x", 4);
+  too_many["n"] = 17;
+  const Reply bad = s.post("/v1/chat/completions", too_many);
+  CHECK(bad.status == 400);
+  CHECK_THAT(bad.body, Catch::Contains("'n' = 17 is more than the 16 choices"));
   CHECK(s.stop() == 0);
 }
 

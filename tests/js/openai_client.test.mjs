@@ -124,7 +124,7 @@ await check('a wrong API key is a 401 AuthenticationError', async () => {
 
 await check('malformed requests are 400 BadRequestErrors naming the parameter', async () => {
   const cases = [
-    [{ n: 2 }, 'n'],
+    [{ n: 17 }, 'n'],
     [{ temperature: 3 }, 'temperature'],
     [{ top_p: 1.5 }, 'top_p'],
     [{ max_tokens: 10_000_000 }, 'max_tokens'],
