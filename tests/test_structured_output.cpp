@@ -335,7 +335,7 @@ TEST_CASE("with R1's reasoning, the constraint starts after </think>", "[structu
   CHECK_FALSE(run("done</think>" + call + "</think>", finished));  // nothing after the calls
 }
 
-TEST_CASE("batch: each line its own schema; a bad schema is that line's error", "[structured][batch]") {
+TEST_CASE("batch: each line its own schema; a bad schema or n > 1 is that line's error", "[structured][batch]") {
   TempDir dir;
   std::string in;
   for (size_t i = 0; i < 10; ++i) {
@@ -344,6 +344,9 @@ TEST_CASE("batch: each line its own schema; a bad schema is that line's error", 
   }
   const json bad = schema_body("tiny-chat", {{"type", "integer"}, {"multipleOf", 3}}, 1);
   in += json{{"custom_id", "bad"}, {"method", "POST"}, {"url", "/v1/chat/completions"}, {"body", bad}}.dump() + "\n";
+  json two = chat_body("tiny-chat", "x", 4);
+  two["n"] = 2;  // choices are serve's: a batch line is one answer
+  in += json{{"custom_id", "n2"}, {"method", "POST"}, {"url", "/v1/chat/completions"}, {"body", two}}.dump() + "\n";
   write_file(dir / "in.jsonl", in);
   int status = -1;
   const std::string out = run_command("timeout 300 " + kShoal + " batch --model " + models().v3 + " --slots 4 -i " +
@@ -362,11 +365,16 @@ TEST_CASE("batch: each line its own schema; a bad schema is that line's error", 
       CHECK_THAT(rec["error"]["message"].get<std::string>(), Catch::Contains("'multipleOf'"));
       continue;
     }
+    if (id == "n2") {
+      CHECK(rec["error"]["code"] == "unsupported_parameter");
+      CHECK_THAT(rec["error"]["message"].get<std::string>(), Catch::Contains("'n' > 1"));
+      continue;
+    }
     const size_t i = std::stoul(id.substr(1));
     const json doc = json::parse(rec["response"]["body"]["choices"][0]["message"]["content"].get<std::string>());
     CHECK(schema_valid(doc, schemas()[i % schemas().size()]));
   }
-  CHECK(seen.size() == 11);
+  CHECK(seen.size() == 12);
 }
 
 TEST_CASE("serve: OpenAI's client, LangChain's ChatDeepSeek and the Vercel AI SDK drive tool loops and structured output",

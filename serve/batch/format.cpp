@@ -110,6 +110,9 @@ std::variant<PreparedRequest, RecordError> prepare_request(const json& request, 
   if (auto e = server::parse_request(body.dump(-1, ' ', false, json::error_handler_t::replace), endpoint, served, req))
     return record_error(*e);
   if (req.stream) return RecordError{"unsupported_parameter", "'stream': true is not supported: a batch writes whole responses"};
+  if (req.n > 1)
+    return RecordError{"unsupported_parameter",
+                       "'n' > 1 is not supported by shoal batch: write one line per choice, each with its own seed"};
   if (auto e = server::prepare_request(req, *o.tokenizer, o.max_seq_len, o.vocab_size, o.eos_id, r.prepared, o.grammars))
     return record_error(*e);
   if (!req.sampling.seed) r.prepared.generation.seed = default_seed(custom_id);
