@@ -14,6 +14,7 @@
 
 #include "cli/cluster_flags.h"
 #include "cli/commands.h"
+#include "coordinator/healing_cluster.h"
 #include "serve/server.h"
 
 namespace shoal::cli {
@@ -116,10 +117,23 @@ int serve(const Options& o, bool host_given) {
   co.model_dir = o.model;
   co.n_slots = o.slots;
   co.max_seq_len = o.max_seq_len;
-  auto cluster = open_cluster(o.cluster, co);
-  if (!cluster.ok()) return fail(cluster.status());
-  Cluster& c = **cluster;
-  (*tok)->set_vocab_limit(c.config().vocab_size);
+  // Over TCP nodes the cluster heals: a lost node, restarted, is taken back without a restart
+  // of the server (coordinator/healing_cluster.h). Other modes lose the whole job with a rank.
+  std::unique_ptr<HealingCluster> healing;
+  std::unique_ptr<Cluster> fixed;
+  if (!o.cluster.nodes.empty()) {
+    auto h = HealingCluster::start([&o, co] { return open_cluster(o.cluster, co); });
+    if (!h.ok()) return fail(h.status());
+    healing = std::move(h).value();
+  } else {
+    auto c = open_cluster(o.cluster, co);
+    if (!c.ok()) return fail(c.status());
+    fixed = std::move(c).value();
+  }
+  Executor& ex = healing ? static_cast<Executor&>(*healing) : *fixed;
+  const int world = healing ? healing->current()->plan().world_size : fixed->plan().world_size;
+  auto shutdown = [&] { return healing ? healing->shutdown() : fixed->shutdown(); };
+  (*tok)->set_vocab_limit(ex.config().vocab_size);
 
   server::ServerOptions so;
   so.host = host;
@@ -130,14 +144,14 @@ int serve(const Options& o, bool host_given) {
   so.read_timeout = std::chrono::milliseconds(int64_t(o.read_timeout_s * 1000));
   so.io_threads = o.io_threads;
   so.scheduler.max_batch_tokens = o.max_batch_tokens;
-  auto srv = server::Server::start(c, **tok, so);
+  auto srv = server::Server::start(ex, **tok, so);
   if (!srv.ok()) {
-    (void)c.shutdown();
+    (void)shutdown();
     return fail(srv.status());
   }
-  std::fprintf(stderr, "shoal serve: model %s, %d rank(s), %lld KV slots of %lld positions%s\n", so.model_id.c_str(),
-               c.plan().world_size, (long long)c.n_slots(), (long long)c.max_seq_len(),
-               keys.empty() ? "" : ", API keys required");
+  std::fprintf(stderr, "shoal serve: model %s, %d rank(s), %lld KV slots of %lld positions%s%s\n", so.model_id.c_str(),
+               world, (long long)ex.n_slots(), (long long)ex.max_seq_len(), keys.empty() ? "" : ", API keys required",
+               healing ? ", heals a lost node" : "");
   std::printf("shoal serve: listening on http://%s:%u\n", (*srv)->host().c_str(), unsigned((*srv)->port()));
   std::fflush(stdout);
   signals.serving();
@@ -145,7 +159,7 @@ int serve(const Options& o, bool host_given) {
   std::fprintf(stderr, "shoal serve: %s: stopping\n", strsignal(sig));
   (*srv)->stop();
   srv->reset();
-  if (Status s = c.shutdown(); !s.ok()) return fail(s);
+  if (Status s = shutdown(); !s.ok()) return fail(s);
   return 0;
 }
 

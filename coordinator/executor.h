@@ -37,6 +37,10 @@ class Executor {
   // Token ids, positions and slots are checked first: bad ones are an error.
   virtual StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
                                     const std::vector<RowSampler>& samplers = {}) = 0;
+  // After a failure (a rank lost): whether heal() may bring the executor back, and one attempt
+  // at it (bounded in time; ok when it can take micro-batches again, with empty KV slots).
+  virtual bool can_heal() const { return false; }
+  virtual Status heal() { return Status(Code::kUnimplemented, "this executor cannot recover from a lost rank"); }
   // The next finished micro-batch, in any order; an error when a rank failed or went silent.
   virtual StatusOr<StepResult> next_result() = 0;
 };

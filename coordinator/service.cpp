@@ -3,7 +3,7 @@
 namespace shoal {
 
 GenerationService::GenerationService(Executor& executor, SchedulerOptions options)
-    : ex_(executor), scheduler_(executor, options) {
+    : ex_(executor), options_(options), scheduler_(std::make_unique<Scheduler>(executor, options)) {
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -45,6 +45,33 @@ Status GenerationService::health() const {
   return failed_;
 }
 
+int GenerationService::heals() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return heals_;
+}
+
+// After a failure: one heal attempt after another (each bounded by the executor), a second
+// apart, until one works or the service stops. Then a fresh scheduler over empty slots.
+void GenerationService::heal_until_stopped(const Status& failure) {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (stop_) return;
+    }
+    Status h = ex_.heal();
+    std::unique_lock<std::mutex> lock(mu_);
+    if (h.ok()) {
+      scheduler_ = std::make_unique<Scheduler>(ex_, options_);
+      failed_ = Status();
+      ++heals_;
+      waiting_ = running_ = 0;
+      return;
+    }
+    failed_ = Status(failure.code(), failure.message() + "; healing: " + h.message());
+    cv_.wait_for(lock, std::chrono::seconds(1), [&] { return stop_; });
+  }
+}
+
 size_t GenerationService::waiting() const {
   std::lock_guard<std::mutex> lock(mu_);
   return waiting_;
@@ -61,14 +88,14 @@ void GenerationService::loop() {
     std::vector<uint64_t> cancels;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || !incoming_.empty() || !cancels_.empty() || !scheduler_.idle(); });
+      cv_.wait(lock, [&] { return stop_ || !incoming_.empty() || !cancels_.empty() || !scheduler_->idle(); });
       if (stop_) return;
       incoming.swap(incoming_);
       cancels.swap(cancels_);
     }
     for (Pending& p : incoming) {
       const uint64_t id = p.request.id;
-      if (Status s = scheduler_.add(std::move(p.request)); !s.ok()) {
+      if (Status s = scheduler_->add(std::move(p.request)); !s.ok()) {
         if (p.callbacks.on_error) p.callbacks.on_error(s);
         continue;
       }
@@ -76,11 +103,11 @@ void GenerationService::loop() {
       callbacks_[id] = std::move(p.callbacks);
     }
     for (uint64_t id : cancels) {  // a cancelled request gets no more events
-      scheduler_.cancel(id);
+      scheduler_->cancel(id);
       std::lock_guard<std::mutex> lock(mu_);
       callbacks_.erase(id);
     }
-    auto events = scheduler_.step();
+    auto events = scheduler_->step();
     std::map<uint64_t, Callbacks> lost;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -88,12 +115,25 @@ void GenerationService::loop() {
         failed_ = events.status();
         lost.swap(callbacks_);
       }
-      waiting_ = scheduler_.waiting();
-      running_ = scheduler_.running();
+      waiting_ = scheduler_->waiting();
+      running_ = scheduler_->running();
     }
     if (!events.ok()) {
       for (auto& [id, cb] : lost)
         if (cb.on_error) cb.on_error(events.status());
+      if (ex_.can_heal()) {
+        // Requests that arrived meanwhile were refused (failed_); those queued before fail too.
+        std::vector<Pending> queued;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          queued.swap(incoming_);
+          cancels_.clear();
+        }
+        for (Pending& p : queued)
+          if (p.callbacks.on_error) p.callbacks.on_error(events.status());
+        heal_until_stopped(events.status());
+        continue;
+      }
       std::unique_lock<std::mutex> lock(mu_);  // failed: refuse everything from now on
       cv_.wait(lock, [&] { return stop_; });
       return;

@@ -1,7 +1,9 @@
 // The generation service: one thread runs the Scheduler over an Executor; callers on any
 // thread submit requests and get their tokens through a callback (the HTTP server and the
 // batch runner both sit on this). A failure of the executor (a rank lost) fails every request
-// in flight with that error and the service stays up for /health to report it.
+// in flight with that error and the service stays up for /health to report it; new requests
+// are refused with it. An executor that can heal (HealingCluster) is then healed, one attempt
+// after another, and the service takes requests again once it is back.
 #pragma once
 
 #include <atomic>
@@ -33,8 +35,10 @@ class GenerationService {
   // Ends a request; its callbacks see nothing more from it.
   void cancel(uint64_t id);
 
-  // The executor's failure, once it has failed (then every submit is refused with it).
+  // The executor's failure, while it is failed (then every submit is refused with it).
   Status health() const;
+  // Times the executor was healed after a failure.
+  int heals() const;
   size_t waiting() const;
   size_t running() const;
   Executor& executor() { return ex_; }
@@ -46,8 +50,11 @@ class GenerationService {
     Callbacks callbacks;
   };
 
+  void heal_until_stopped(const Status& failure);
+
   Executor& ex_;
-  Scheduler scheduler_;
+  SchedulerOptions options_;
+  std::unique_ptr<Scheduler> scheduler_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Pending> incoming_;
@@ -55,6 +62,7 @@ class GenerationService {
   std::map<uint64_t, Callbacks> callbacks_;
   uint64_t next_id_ = 1;
   Status failed_;
+  int heals_ = 0;
   size_t waiting_ = 0, running_ = 0;
   bool stop_ = false;
   std::thread thread_;

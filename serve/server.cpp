@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "coordinator/cluster.h"
+#include "coordinator/healing_cluster.h"
 #include "coordinator/service.h"
 #include "serve/metrics.h"
 #include "serve/openai.h"
@@ -68,7 +69,8 @@ struct Server::Impl {
   const Tokenizer& tok;
   ServerOptions opt;
   OutputGrammars grammars;  // response_format and forced tool calls, compiled over tok's vocabulary
-  Cluster* cluster = nullptr;
+  // The cluster serving now (null: one process, or healing), for /health and /metrics.
+  std::function<std::shared_ptr<Cluster>()> cluster_now;
   int32_t eos_id = -1;
   int64_t created = 0;
   Metrics metrics;
@@ -146,7 +148,10 @@ void Server::Impl::stop() {
 StatusOr<std::unique_ptr<Server>> Server::start(Executor& executor, const Tokenizer& tok, ServerOptions options) {
   if (options.model_id.empty()) return invalid_argument("the served model needs a name");
   auto impl = std::make_unique<Impl>(executor, tok, std::move(options));
-  impl->cluster = dynamic_cast<Cluster*>(&executor);
+  if (auto* h = dynamic_cast<HealingCluster*>(&executor))
+    impl->cluster_now = [h] { return h->current(); };
+  else if (auto* c = dynamic_cast<Cluster*>(&executor))
+    impl->cluster_now = [c] { return std::shared_ptr<Cluster>(std::shared_ptr<Cluster>(), c); };  // not owned
   impl->eos_id = tok.eos_id() >= 0 ? tok.eos_id() : int32_t(executor.config().eos_token_id);
   impl->created = int64_t(std::time(nullptr));
   SHOAL_RETURN_IF_ERROR(impl->listen());
@@ -260,6 +265,9 @@ net::awaitable<bool> Server::Impl::send(beast::tcp_stream& stream, const Request
   res.set(http::field::server, "shoal");
   res.set(http::field::content_type, std::string(content_type));
   if (status == 401) res.set(http::field::www_authenticate, "Bearer");
+  // Unavailable while the cluster heals (or for good, without --nodes): when to ask again.
+  if (status == 503 && service && !service->health().ok() && ex.can_heal())
+    res.set(http::field::retry_after, "5");
   res.keep_alive(req.keep_alive() && status != 413 && status != 431);
   res.body() = body;
   res.prepare_payload();
@@ -291,8 +299,9 @@ std::pair<int, json> Server::Impl::health() {
   if (!h.ok()) {
     ApiError e{503, h.to_string(), "server_error", "", "service_unavailable"};
     json j = error_body(e);
-    j["status"] = "unavailable";
+    j["status"] = ex.can_heal() ? "healing" : "unavailable";
     j["model"] = opt.model_id;
+    j["heals"] = service->heals();
     return {503, j};
   }
   const int64_t running = int64_t(service->running());
@@ -301,7 +310,9 @@ std::pair<int, json> Server::Impl::health() {
             {"max_seq_len", ex.max_seq_len()},
             {"slots", {{"total", ex.n_slots()}, {"in_use", running}}},
             {"waiting", int64_t(service->waiting())},
-            {"running", running}};
+            {"running", running},
+            {"heals", service->heals()}};
+  const std::shared_ptr<Cluster> cluster = cluster_now ? cluster_now() : nullptr;
   if (!cluster) {
     j["ranks"] = 1;
     return {200, j};
@@ -348,7 +359,7 @@ Gauges Server::Impl::gauges() {
   g.slots_total = ex.n_slots();
   g.slots_in_use = g.running;
   g.healthy = service->health().ok();
-  if (cluster) {
+  if (const std::shared_ptr<Cluster> cluster = cluster_now ? cluster_now() : nullptr) {
     const auto beats = cluster->rank_stats();
     for (size_t r = 0; r < beats.size(); ++r) {
       Gauges::Rank rank;
