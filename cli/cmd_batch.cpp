@@ -12,6 +12,7 @@
 
 #include "cli/cluster_flags.h"
 #include "cli/commands.h"
+#include "coordinator/healing_cluster.h"
 #include "coordinator/cluster.h"
 #include "serve/batch/runner.h"
 
@@ -26,6 +27,7 @@ struct Options {
   int64_t slots = 16;
   int64_t max_in_flight = 0;
   double drain_timeout_s = 10;
+  double heal_timeout_s = 600;
   double progress_interval_s = 5;
   ClusterFlags cluster;
 };
@@ -61,6 +63,7 @@ int run(const Options& o) {
   ro.model_name = o.model_name.empty() ? default_model_name(o.model) : o.model_name;
   ro.max_in_flight = o.max_in_flight;
   ro.drain_timeout_s = o.drain_timeout_s;
+  ro.heal_timeout_s = o.heal_timeout_s;
   ro.progress_interval_s = o.progress_interval_s;
   ro.progress_tty = ::isatty(STDERR_FILENO) == 1;
   auto runner = batch::BatchRunner::open(ro);
@@ -91,12 +94,23 @@ int run(const Options& o) {
   co.model_dir = o.model;
   co.max_seq_len = o.max_seq_len;
   co.n_slots = o.slots;
-  auto cluster = open_cluster(o.cluster, co);
-  if (!cluster.ok()) return fail(cluster.status());
-  (*tok)->set_vocab_limit((*cluster)->config().vocab_size);
+  // Over TCP nodes the cluster heals: the run waits for a lost node (--heal-timeout) and goes on.
+  std::unique_ptr<HealingCluster> healing;
+  std::unique_ptr<Cluster> fixed;
+  if (!o.cluster.nodes.empty()) {
+    auto h = HealingCluster::start([&o, co] { return open_cluster(o.cluster, co); });
+    if (!h.ok()) return fail(h.status());
+    healing = std::move(h).value();
+  } else {
+    auto c = open_cluster(o.cluster, co);
+    if (!c.ok()) return fail(c.status());
+    fixed = std::move(c).value();
+  }
+  Executor& ex = healing ? static_cast<Executor&>(*healing) : *fixed;
+  (*tok)->set_vocab_limit(ex.config().vocab_size);
   install_signal_handlers();
-  auto sum = r.run(**cluster, **tok, g_stop);
-  const Status down = (*cluster)->shutdown();
+  auto sum = r.run(ex, **tok, g_stop);
+  const Status down = healing ? healing->shutdown() : fixed->shutdown();
   if (!sum.ok()) {
     const int rc = fail(sum.status());
     std::fprintf(stderr, "shoal batch: %s holds every record finished so far; run the same command again to resume\n",
@@ -137,6 +151,10 @@ void add_batch(CLI::App& app, int& rc) {
   sub->add_option("--model-name", o->model_name, "\"model\" of each response (default: the --model folder's name)");
   sub->add_option("--drain-timeout", o->drain_timeout_s,
                   "After SIGTERM/SIGINT: seconds the running requests may take to finish")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--heal-timeout", o->heal_timeout_s,
+                  "With --nodes: seconds to wait for a lost node to come back (restarted, same shard) before giving up "
+                  "(default 600)")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--progress-interval", o->progress_interval_s,
                   "Seconds between progress lines when stderr is not a terminal")

@@ -204,9 +204,10 @@ struct Node {
   std::string address;
 };
 
-Node start_node(const std::string& token_file, const std::string& log) {
+// `listen`: where (a restarted node takes its old address); default any free port.
+Node start_node(const std::string& token_file, const std::string& log, const std::string& listen = "127.0.0.1:0") {
   Node n;
-  n.child = std::make_unique<Child>(kShoal + " node --listen 127.0.0.1:0 --token-file " + token_file, log);
+  n.child = std::make_unique<Child>(kShoal + " node --listen " + listen + " --token-file " + token_file, log);
   std::string line;
   REQUIRE(n.child->read_line(line, 10s));
   std::smatch m;
@@ -555,7 +556,8 @@ TEST_CASE("batch: fatal errors exit 1 before the model loads and a second runner
   CHECK_THAT(r.err, Catch::Contains("no-model"));
 }
 
-TEST_CASE("batch: a node lost mid-run ends it with exit 1 naming the rank and the rerun completes", "[batch][failure]") {
+TEST_CASE("batch: a node lost mid-run with --heal-timeout 0 ends it with exit 1 naming the rank and the rerun completes",
+          "[batch][failure]") {
   TempDir dir;
   const std::string model = synth_model(dir);
   constexpr int kRequests = 120;
@@ -575,7 +577,7 @@ TEST_CASE("batch: a node lost mid-run ends it with exit 1 naming the rank and th
   nodes.push_back(start_node(dir / "token", dir / "node2.err"));
   const std::string out = dir / "out.jsonl";
   Child run(kShoal + " batch" + common + " -o " + out + " --nodes " + nodes[0].address + "," + nodes[1].address +
-                " --token-file " + dir / "token",
+                " --token-file " + dir / "token --heal-timeout 0",
             dir / "run.err");
   const auto deadline = std::chrono::steady_clock::now() + 60s;
   while (std::chrono::steady_clock::now() < deadline && run.wait_exit(0ms) == -1 && count_lines(out) < 30)
@@ -597,6 +599,48 @@ TEST_CASE("batch: a node lost mid-run ends it with exit 1 naming the rank and th
   INFO(resumed.err);
   REQUIRE(exit_code(resumed.status) == 0);
   check_same_results(ref, read_results(out));
+}
+
+TEST_CASE("batch: a node lost mid-run and restarted: the run waits, heals and ends with every line once, as uninterrupted",
+          "[batch][failure][heal]") {
+  TempDir dir;
+  const std::string model = synth_model(dir);
+  constexpr int kRequests = 120;
+  { std::ofstream(dir / "in.jsonl") << make_input(kRequests); }
+  const size_t kLines = kRequests + 3;
+  const std::string common = " --model " + model + " -i " + dir / "in.jsonl" + " --max-seq-len 128 --slots 8";
+  Run ref_run = run_batch(common + " --local-nodes 2 -o " + dir / "ref.jsonl", dir);
+  INFO(ref_run.err);
+  REQUIRE(exit_code(ref_run.status) == 0);
+  const auto ref = read_results(dir / "ref.jsonl");
+  REQUIRE(ref.size() == kLines);
+
+  { std::ofstream(dir / "token") << "batch-test-token\n"; }
+  fs::permissions(dir / "token", fs::perms::owner_read | fs::perms::owner_write);
+  std::vector<Node> nodes;
+  nodes.push_back(start_node(dir / "token", dir / "node1.err"));
+  nodes.push_back(start_node(dir / "token", dir / "node2.err"));
+  const std::string out = dir / "out.jsonl";
+  Child run(kShoal + " batch" + common + " -o " + out + " --nodes " + nodes[0].address + "," + nodes[1].address +
+                " --token-file " + dir / "token --heal-timeout 120",
+            dir / "run.err");
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (std::chrono::steady_clock::now() < deadline && run.wait_exit(0ms) == -1 && count_lines(out) < 30)
+    std::this_thread::sleep_for(2ms);
+  nodes[1].child->kill(SIGKILL);
+  CHECK(nodes[1].child->wait_exit(10s) != -1);
+  // The run waits (it does not exit), then the node comes back at its address.
+  std::this_thread::sleep_for(3s);
+  CHECK(run.wait_exit(0ms) == -1);
+  nodes[1] = start_node(dir / "token", dir / "node2b.err", nodes[1].address);
+  const int status = run.wait_exit(120s);
+  const std::string err = read_file(dir / "run.err");
+  INFO(err);
+  REQUIRE(status != -1);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK_THAT(err, Catch::Contains("a node was lost; waiting") && Catch::Contains("the cluster is back"));
+  check_same_results(ref, read_results(out));  // every line once, the same records
 }
 
 // LoRA adapters chosen per line (docs/lora.md): tiny-v3-bf16 with the fixtures' adapters a and b.

@@ -1097,21 +1097,56 @@ TEST_CASE("serve under mpirun -np 3: the same answers as one process", "[server]
   CHECK(s.child().wait_exit(30s) != -1);
 }
 
-TEST_CASE("serve: a failed rank makes requests 503 and /health report it", "[server][serve][tcp]") {
-  TcpNodes tcp(1, "--heartbeat-timeout 2");
-  auto& node = tcp.nodes[0];
+TEST_CASE("serve: a lost node fails its requests within 10 s, 503s with Retry-After meanwhile, and once it is restarted "
+          "serving resumes with the same answers", "[server][serve][tcp][heal]") {
+  TcpNodes tcp(2, "--heartbeat-timeout 2");
   Server s(models().v3, tcp.flags);
-  Reply r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "hi"}, {"temperature", 0}, {"max_tokens", 4}});
+  const json probe = {{"model", "tiny-chat"}, {"prompt", "hi"}, {"temperature", 0.9}, {"seed", 5}, {"max_tokens", 6}};
+  Reply r = s.post("/v1/completions", probe);
   REQUIRE(r.status == 200);
-  CHECK(s.get("/health").j()["ranks"] == 2);
-  node->kill(SIGKILL);
-  node->wait_exit(5s);
-  r = s.post("/v1/completions", {{"model", "tiny-chat"}, {"prompt", "hi"}, {"temperature", 0}, {"max_tokens", 4}});
-  CHECK(r.status == 503);
-  CHECK(r.j()["error"]["type"] == "server_error");
+  const json before = r.j()["choices"][0];
+  CHECK(s.get("/health").j()["ranks"] == 3);
+  // A long stream, and node 2 killed in its middle: the client hears within 10 s.
+  TempDir dir;
+  json longer = {{"model", "tiny-chat"}, {"prompt", "tell"}, {"max_tokens", 3000}, {"ignore_eos", true}, {"stream", true}};
+  write_file(dir / "long.json", longer.dump());
+  Child stream("curl -sS -N --max-time 60 -H 'Content-Type: application/json' --data-binary @" + dir / "long.json" + " " +
+                   s.url("/v1/completions"),
+               dir / "stream.err");
+  std::string line;
+  REQUIRE(stream.read_line(line, 30s));  // streaming has begun
+  const auto killed = std::chrono::steady_clock::now();
+  tcp.nodes[1]->kill(SIGKILL);
+  REQUIRE(stream.wait_exit(15s) != -1);
+  CHECK(std::chrono::steady_clock::now() - killed < 10s);
+  std::string rest;
+  while (stream.read_line(rest, 1s)) line += rest;
+  CHECK_THAT(line, Catch::Contains("service_unavailable") || Catch::Contains("error"));
+  // Meanwhile: 503 with Retry-After, /health says healing and names the rank.
+  r = s.call("POST", "/v1/completions", probe.dump(), "-i");
+  CHECK_THAT(r.body, Catch::Contains("503") && Catch::Contains("Retry-After: 5"));
   r = s.get("/health");
   CHECK(r.status == 503);
-  CHECK(r.j()["status"] == "unavailable");
-  CHECK_THAT(r.j()["error"]["message"].get<std::string>(), Catch::Contains("rank 1"));
+  CHECK(r.j()["status"] == "healing");
+  CHECK_THAT(r.j()["error"]["message"].get<std::string>(), Catch::Contains("rank 2"));
   CHECK(s.metrics().at("shoal_healthy") == 0);
+  // The node comes back at its address: the next requests are served, with the same answers.
+  tcp.restart(1);
+  const auto restarted = std::chrono::steady_clock::now();
+  int status = 0;
+  while (std::chrono::steady_clock::now() - restarted < 60s) {
+    r = s.post("/v1/completions", probe);
+    status = r.status;
+    if (status == 200) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  REQUIRE(status == 200);
+  const double back_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - restarted).count();
+  WARN("from the node's restart to a served request: " << back_s << " s");
+  CHECK(r.j()["choices"][0] == before);
+  const json health = s.get("/health").j();
+  CHECK(health["status"] == "ok");
+  CHECK(health["heals"] == 1);
+  CHECK(s.metrics().at("shoal_healthy") == 1);
+  CHECK(s.stop() == 0);
 }

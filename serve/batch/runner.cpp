@@ -87,7 +87,7 @@ struct Active {
   std::string model;                // the model it ran: the base's name or its adapter's
   bool reasoning = false;           // split off reasoning_content (server::Prepared::reasoning)
   uint64_t service_id = 0;
-
+  std::shared_ptr<struct Classified> source;  // the line, to run again after the cluster heals
   std::optional<server::Completion> answer;  // as `shoal serve` collects a response
   server::TextStream::Delta total;
   Status error;
@@ -187,9 +187,19 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
   };
 
   int64_t submitted = 0, answered = 0;  // requests given to the service; of them, with a record
+  // Over TCP nodes the cluster heals (coordinator/healing_cluster.h): requests a lost node
+  // failed are run again once it is back, in their order, and nothing new is submitted meanwhile.
+  const bool can_heal = ex.can_heal();
+  std::map<uint64_t, std::shared_ptr<Classified>> again;  // by submission order
+  std::optional<Clock::time_point> failed_at;
   auto handle_finished = [&](const std::shared_ptr<Active>& a) {
     active.erase(a->order);
     if (a->error.ok() && a->answer->finish().empty()) return;  // cancelled by a signal
+    if (!a->error.ok() && can_heal && !svc->health().ok()) {  // lost with a node: run it again
+      again.emplace(a->order, a->source);
+      --submitted;
+      return;
+    }
     ++answered;
     if (!a->error.ok()) {
       if (Status h = svc->health(); !h.ok()) {  // the executor failed: fatal, nothing written
@@ -205,7 +215,7 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
     write(response_record(a->custom_id, body), false);
   };
 
-  auto submit = [&](Classified& c) {
+  auto submit = [&](Classified& c, std::optional<uint64_t> order = std::nullopt) {
     if (c.error) {
       write(error_record(c.head.custom_id, *c.error, c.head.line), true);
       return;
@@ -217,7 +227,8 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
     }
     PreparedRequest& r = std::get<PreparedRequest>(prepared);
     auto a = std::make_shared<Active>();
-    a->order = next_order++;
+    a->order = order ? *order : next_order++;
+    a->source = std::make_shared<Classified>(c);
     a->custom_id = *c.head.custom_id;
     a->line = c.head.line;
     a->endpoint = r.request.endpoint;
@@ -241,6 +252,10 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
     auto id = svc->submit(std::move(r.prepared.generation), std::move(cb));
     if (!id.ok()) {  // refused at once: the service failed, or (not expected) the request
       active.erase(a->order);
+      if (can_heal && !svc->health().ok()) {
+        again.emplace(a->order, a->source);
+        return;
+      }
       if (Status h = svc->health(); !h.ok()) {
         fatal = h;
         return;
@@ -268,11 +283,32 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
       finished.swap(shared->finished);
     }
     for (const auto& a : finished) handle_finished(a);
+    const auto now = Clock::now();
+    bool healing = false;
     if (fatal.ok()) {
-      if (Status h = svc->health(); !h.ok()) fatal = h;
+      if (Status h = svc->health(); !h.ok()) {
+        if (!can_heal) {
+          fatal = h;
+        } else {
+          healing = true;
+          if (!failed_at) {
+            failed_at = now;
+            char buf[160];
+            std::snprintf(buf, sizeof buf, "shoal batch: a node was lost; waiting up to %.0f s for it to come back (--heal-timeout)",
+                          o_.heal_timeout_s);
+            progress.note(buf);
+          } else if (now - *failed_at > std::chrono::duration<double>(o_.heal_timeout_s)) {
+            fatal = h.with_context("no node came back within --heal-timeout " + std::to_string(int(o_.heal_timeout_s)) + " s");
+          }
+        }
+      } else if (failed_at) {  // healed: the lost requests first, in their order
+        failed_at.reset();
+        progress.note("shoal batch: the cluster is back; running the " + std::to_string(again.size()) +
+                      " requests it lost again");
+        for (auto it = again.begin(); it != again.end(); it = again.erase(it)) submit(*it->second, it->first);
+      }
     }
     if (!fatal.ok()) break;
-    const auto now = Clock::now();
     if (now - last_sync >= std::chrono::duration<double>(o_.sync_interval_s)) {
       if (Status s = out_->sync(); !s.ok()) {
         fatal = s;
@@ -307,6 +343,8 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
     if (stopping) {
       if (now >= drain_until) cancel(active.begin());
       if (active.empty()) break;
+    } else if (healing) {
+      // nothing new until the cluster is back
     } else if (!input_done && active.size() < max_in_flight) {
       if (!in.next(text, line)) {
         input_done = true;
@@ -319,7 +357,7 @@ StatusOr<RunSummary> BatchRunner::run(Executor& ex, const Tokenizer& tok, const 
       Classified c = classify(text, line, first_line);
       if (!recovered_.keys.count(c.key)) submit(c);
       continue;
-    } else if (input_done && active.empty()) {
+    } else if (input_done && active.empty() && again.empty()) {
       break;
     }
     std::unique_lock<std::mutex> lock(shared->mu);

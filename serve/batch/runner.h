@@ -21,6 +21,7 @@ struct RunnerOptions {
   std::string model_name;            // "model" of every response body
   int64_t max_in_flight = 0;         // requests submitted ahead; 0: 4 x the executor's slots
   double drain_timeout_s = 10;       // after SIGTERM: how long running requests may finish
+  double heal_timeout_s = 600;       // over TCP nodes: how long to wait for a lost node to come back
   double sync_interval_s = 1;        // fdatasync of the output at most this often
   double progress_interval_s = 5;    // plain progress lines (not a terminal)
   bool progress_tty = false;         // draw a bar in place (stderr is a terminal)

@@ -251,6 +251,7 @@ inline json chat_body(const std::string& model, const std::string& user, int max
 struct TcpNodes {
   TempDir dir;
   std::vector<std::unique_ptr<Child>> nodes;
+  std::vector<std::string> addresses;  // host:port of each
   std::string flags;
 
   explicit TcpNodes(int n, const std::string& coordinator_flags = "") {
@@ -264,8 +265,17 @@ struct TcpNodes {
       std::smatch m;
       REQUIRE(std::regex_search(line, m, std::regex("listening on (127\\.0\\.0\\.1:[0-9]+)")));
       list += (list.empty() ? "" : ",") + std::string(m[1]);
+      addresses.push_back(m[1]);
     }
     flags = "--nodes " + list + " --token-file " + dir / "token" + " " + coordinator_flags;
+  }
+  // Node i again at its old address (after it was killed).
+  void restart(size_t i) {
+    nodes[i] = std::make_unique<Child>(kShoal + " node --listen " + addresses[i] + " --token-file " + dir / "token",
+                                       dir / ("node" + std::to_string(i) + "-again.log"));
+    std::string line;
+    REQUIRE(nodes[i]->read_line(line, 10s));
+    REQUIRE(line.find("listening on " + addresses[i]) != std::string::npos);
   }
 };
 
