@@ -1,5 +1,11 @@
 #include "cli/cluster_flags.h"
 
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 
@@ -34,11 +40,65 @@ StatusOr<std::vector<comm::PeerAddress>> parse_nodes(const std::string& text) {
   return out;
 }
 
+// Whether something accepts a TCP connection at `a` within `timeout`.
+bool reachable(const comm::PeerAddress& a, milliseconds timeout) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(a.host.c_str(), std::to_string(a.port).c_str(), &hints, &found) != 0) return false;
+  bool ok = false;
+  for (addrinfo* p = found; p && !ok; p = p->ai_next) {
+    const int fd = socket(p->ai_family, p->ai_socktype | SOCK_NONBLOCK, p->ai_protocol);
+    if (fd < 0) continue;
+    if (connect(fd, p->ai_addr, p->ai_addrlen) == 0) {
+      ok = true;
+    } else if (errno == EINPROGRESS) {
+      pollfd w{fd, POLLOUT, 0};
+      int err = 0;
+      socklen_t len = sizeof err;
+      ok = poll(&w, 1, int(timeout.count())) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
+    }
+    close(fd);
+  }
+  freeaddrinfo(found);
+  return ok;
+}
+
+std::string join(const std::vector<comm::PeerAddress>& v) {
+  std::string out;
+  for (const auto& a : v) out += (out.empty() ? "" : ",") + to_string(a);
+  return out;
+}
+
 }  // namespace
+
+StatusOr<std::unique_ptr<Cluster>> open_cluster_with_spares(ClusterFlags& flags, const ClusterOptions& base) {
+  auto c = open_cluster(flags, base);
+  if (c.ok() || flags.spares.empty() || flags.nodes.empty()) return c;
+  SHOAL_ASSIGN_OR_RETURN(std::vector<comm::PeerAddress> nodes, parse_nodes(flags.nodes));
+  SHOAL_ASSIGN_OR_RETURN(std::vector<comm::PeerAddress> spares, parse_nodes(flags.spares));
+  bool replaced = false;
+  for (size_t i = 0; i < nodes.size() && !spares.empty(); ++i) {
+    if (reachable(nodes[i], seconds(1))) continue;
+    std::fprintf(stderr, "shoal: node %zu (%s) does not answer; the spare %s takes its place\n", i + 1,
+                 to_string(nodes[i]).c_str(), to_string(spares.front()).c_str());
+    nodes[i] = spares.front();
+    spares.erase(spares.begin());
+    replaced = true;
+  }
+  if (!replaced) return c;
+  flags.nodes = join(nodes);
+  flags.spares = join(spares);
+  return open_cluster(flags, base);
+}
 
 void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
   sub->add_option("--local-nodes", f.local_nodes, "Run N ranks as threads of this process")->check(CLI::Range(1, 256));
   sub->add_option("--nodes", f.nodes, "`shoal node` addresses HOST:PORT,... to run on (TCP)");
+  sub->add_option("--spare", f.spares,
+                  "serve, batch: spare `shoal node` addresses HOST:PORT,... (each with its own copy of the shard) "
+                  "that take the place of a node that is lost and does not answer")
+      ->needs(sub->get_option("--nodes"));
   sub->add_option("--token-file", f.token_file, "File with the cluster token the nodes were started with");
   sub->add_option("--plan", f.plan, "Placement plan file (JSON, docs/distributed.md); default: planned here");
   sub->add_flag("--expert-scatter", f.expert_scatter, "Default plan: spread each layer's experts over the ranks");

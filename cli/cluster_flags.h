@@ -17,6 +17,7 @@ namespace shoal::cli {
 struct ClusterFlags {
   int local_nodes = 0;
   std::string nodes;
+  std::string spares;             // --spare: nodes that take a lost node's place (serve, batch)
   std::string token_file;
   std::string plan;
   bool expert_scatter = false;
@@ -34,6 +35,10 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& flags);
 
 // Starts the cluster the flags (or mpirun) ask for; base carries the model and cache sizes.
 StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& flags, ClusterOptions base);
+// The same over --nodes for a HealingCluster: when it fails and spares are left, each node that
+// does not accept a connection within a second is replaced, for good, by the next spare
+// (`flags` keeps the replacement), and the cluster is opened again.
+StatusOr<std::unique_ptr<Cluster>> open_cluster_with_spares(ClusterFlags& flags, const ClusterOptions& base);
 
 // True when this process is a rank of an MPI job (mpirun or srun set the environment).
 bool under_mpi();

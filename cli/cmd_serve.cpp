@@ -122,7 +122,7 @@ int serve(const Options& o, bool host_given) {
   std::unique_ptr<HealingCluster> healing;
   std::unique_ptr<Cluster> fixed;
   if (!o.cluster.nodes.empty()) {
-    auto h = HealingCluster::start([&o, co] { return open_cluster(o.cluster, co); });
+    auto h = HealingCluster::start([flags = o.cluster, co]() mutable { return open_cluster_with_spares(flags, co); });
     if (!h.ok()) return fail(h.status());
     healing = std::move(h).value();
   } else {

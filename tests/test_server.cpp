@@ -1097,6 +1097,32 @@ TEST_CASE("serve under mpirun -np 3: the same answers as one process", "[server]
   CHECK(s.child().wait_exit(30s) != -1);
 }
 
+TEST_CASE("serve: a spare takes the place of a lost node that does not come back", "[server][serve][tcp][heal]") {
+  TcpNodes tcp(3);  // nodes 0 and 1 serve, node 2 is the spare
+  const std::string flags = "--nodes " + tcp.addresses[0] + "," + tcp.addresses[1] + " --spare " + tcp.addresses[2] +
+                            " --token-file " + tcp.dir / "token" + " --heartbeat-timeout 2";
+  Server s(models().v3, flags);
+  const json probe = {{"model", "tiny-chat"}, {"prompt", "hi"}, {"temperature", 0.9}, {"seed", 6}, {"max_tokens", 6}};
+  Reply r = s.post("/v1/completions", probe);
+  REQUIRE(r.status == 200);
+  const json before = r.j()["choices"][0];
+  tcp.nodes[1]->kill(SIGKILL);
+  REQUIRE(tcp.nodes[1]->wait_exit(10s) != -1);
+  int status = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < 60s) {
+    r = s.post("/v1/completions", probe);
+    status = r.status;
+    if (status == 200) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  INFO(s.log());
+  REQUIRE(status == 200);
+  CHECK(r.j()["choices"][0] == before);
+  CHECK_THAT(s.log(), Catch::Contains("the spare " + tcp.addresses[2] + " takes its place"));
+  CHECK(s.stop() == 0);
+}
+
 TEST_CASE("serve: a lost node fails its requests within 10 s, 503s with Retry-After meanwhile, and once it is restarted "
           "serving resumes with the same answers", "[server][serve][tcp][heal]") {
   TcpNodes tcp(2, "--heartbeat-timeout 2");
