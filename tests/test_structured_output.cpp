@@ -208,6 +208,22 @@ TEST_CASE("serve: response_format json_schema and json_object give valid documen
     INFO(content);
     CHECK(json::parse(content).is_object());
   }
+  // n = 3: each choice its own matcher over the same grammar, each the answer of its seed alone.
+  {
+    json body = schema_body("tiny-chat", schemas()[0], 40);
+    body["n"] = 3;
+    const Reply r = s.post("/v1/chat/completions", body);
+    REQUIRE(r.status == 200);
+    const json j = r.j();
+    REQUIRE(j["choices"].size() == 3);
+    for (int i = 0; i < 3; ++i) {
+      INFO("choice " << i);
+      const std::string content = j["choices"][i]["message"]["content"];
+      CHECK(schema_valid(json::parse(content), schemas()[0]));
+      const Reply alone = s.post("/v1/chat/completions", schema_body("tiny-chat", schemas()[0], 40 + i));
+      CHECK(alone.j()["choices"][0]["message"]["content"] == content);
+    }
+  }
   // A bad schema is a 400 naming the keyword; the server goes on.
   const Reply bad = s.post("/v1/chat/completions", schema_body("tiny-chat", {{"type", "string"}, {"pattern", "^a+$"}}, 1));
   CHECK(bad.status == 400);
