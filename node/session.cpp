@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 
 #include "cluster/plan.h"
@@ -41,6 +42,9 @@ std::string build_id() {
   if (const char* id = std::getenv("SHOAL_TEST_BUILD_ID"); id && *id) return id;  // tests of the refusal
   return std::string(SHOAL_VERSION) + "+" + SHOAL_GIT_COMMIT;
 }
+
+static StatusOr<SessionEnd> run_session(comm::Transport& t, NodeState& st, wire::Control& reply,
+                                        Clock::time_point answer_deadline);
 
 StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   const int rank = t.rank();
@@ -84,6 +88,21 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
     return refuse("the weights differ: " + me + " has " + dir.string() + " (fingerprint " + fingerprint->substr(0, 16) +
                   "), the coordinator (" + hello.coordinator_host() + ") has " + hello.model_dir() + " (fingerprint " +
                   hello.weights_fingerprint().substr(0, 16) + ")");
+  // What the units are: a later Hello asking for the same gets the same units back.
+  std::string key = hello.plan_json() + "|" + std::to_string(rank) + "/" + std::to_string(t.size()) + "|" +
+                    std::to_string(hello.n_slots()) + "|" + std::to_string(hello.max_seq_len()) + "|" +
+                    std::to_string(hello.attn_impl()) + "|" + std::to_string(hello.wire_dtype()) + "|" +
+                    std::to_string(hello.exact_numerics()) + "|" + std::to_string(hello.merge_lora()) + "|" +
+                    std::to_string(hello.merge_into()) + "|" + dir.string() + "|" + *fingerprint;
+  for (const wire::LoraSpec& spec : hello.adapters()) key += "|" + spec.name() + "=" + spec.dir() + "#" + spec.fingerprint();
+  if (st.worker && st.worker_key == key) {
+    st.worker->reset();
+    ++st.sessions_reused;
+    std::fprintf(stderr, "shoal node: the coordinator asks for the units of the last session: kept, not loaded again\n");
+    return run_session(t, st, reply, answer_deadline);
+  }
+  st.worker.reset();  // another shape: its memory goes before the new units load
+  st.worker_key.clear();
   WorkerOptions wo;
   wo.n_slots = hello.n_slots();
   wo.max_seq_len = hello.max_seq_len();
@@ -115,34 +134,44 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   st.ck->set_numerics(hello.exact_numerics() ? kernels::Numerics::kExact : st.ck->default_numerics());
   auto worker = Worker::load(*st.ck, *plan, rank, wo);
   if (!worker.ok()) return refuse(me + ": " + worker.status().to_string());
+  st.worker = std::move(worker).value();
+  st.worker_key = key;
+  return run_session(t, st, reply, answer_deadline);
+}
+
+// Answers the Hello with what is loaded, runs the worker, and beats until the session ends.
+static StatusOr<SessionEnd> run_session(comm::Transport& t, NodeState& st, wire::Control& reply,
+                                        Clock::time_point answer_deadline) {
+  Worker& worker = *st.worker;
+  wire::Loaded* loaded = reply.mutable_loaded();
   loaded->set_ok(true);
-  loaded->set_weight_bytes((*worker)->weight_bytes());
-  loaded->set_kv_bytes((*worker)->kv_bytes());
+  loaded->set_weight_bytes(worker.weight_bytes());
+  loaded->set_kv_bytes(worker.kv_bytes());
   loaded->set_mapped_bytes(resident_checkpoint_bytes());
   loaded->set_rss_bytes(resident_bytes());
   SHOAL_RETURN_IF_ERROR(wire::send(t, 0, wire::kControl, reply, answer_deadline));
 
-  (*worker)->start(t);
+  worker.start(t);
   wire::Heartbeat beat;
   while (true) {
     beat.set_sequence(beat.sequence() + 1);
     beat.set_rss_bytes(resident_bytes());
-    *beat.mutable_stats() = (*worker)->stats();
+    *beat.mutable_stats() = worker.stats();
     if (Status s = wire::send(t, 0, wire::kHeartbeat, beat, Clock::now() + kHeartbeatEvery); !s.ok()) {
-      (void)(*worker)->stop();
+      (void)worker.stop();
       return s;
     }
     auto m = wire::recv<wire::Control>(t, 0, wire::kControl, Clock::now() + kHeartbeatEvery);
     if (m.ok() && m->has_shutdown()) {
-      (void)(*worker)->stop();  // peers may already be gone: the session is over either way
+      (void)worker.stop();  // peers may already be gone: the session is over either way
       return SessionEnd{m->shutdown().exit_process()};
     }
     if (!m.ok() && m.status().code() != Code::kDeadlineExceeded) {
-      (void)(*worker)->stop();
+      (void)worker.stop();
       return m.status();
     }
-    if (Status s = (*worker)->error(); !s.ok()) {
-      (void)(*worker)->stop();
+    if (Status s = worker.error(); !s.ok()) {
+      (void)worker.stop();
       return s;
     }
   }

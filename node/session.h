@@ -13,8 +13,11 @@
 #include "comm/transport.h"
 #include "model/checkpoint.h"
 #include "model/lora.h"
+#include "node/worker.h"
 
 namespace shoal {
+
+
 
 // What a node keeps between sessions: the open checkpoint (so a new plan re-reads only the
 // units it did not host before: their pages stay mapped), and how it was started.
@@ -26,6 +29,12 @@ struct NodeState {
   std::unique_ptr<Checkpoint> ck;
   std::vector<std::unique_ptr<LoraAdapter>> adapters;  // the session's adapters (Hello.adapters), by id
   std::chrono::milliseconds hello_timeout{std::chrono::minutes(10)};
+  // The last session's units, kept for the next coordinator: a Hello that asks for exactly the
+  // same (plan, rank, sizes, weights, adapters, numerics) reuses them instead of loading again
+  // (a cluster healing after another node was lost). `worker_key` says what they are.
+  std::unique_ptr<Worker> worker;
+  std::string worker_key;
+  int sessions_reused = 0;  // sessions that reused the units
 };
 
 struct SessionEnd {

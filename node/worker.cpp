@@ -151,6 +151,16 @@ Status Worker::stop() {
   return error();
 }
 
+void Worker::reset() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    error_ = Status();
+  }
+  for (auto* c : {&hidden_messages_, &hidden_bytes_, &hidden_tokens_, &expert_messages_, &expert_bytes_,
+                  &result_messages_, &result_bytes_})
+    c->store(0);
+}
+
 Status Worker::error() const {
   std::lock_guard<std::mutex> lock(mu_);
   return error_;

@@ -48,6 +48,9 @@ class Worker {
   void start(comm::Transport& t);
   // Stops and joins the threads; returns the first error they met (OK if none).
   Status stop();
+  // After stop(): ready for start() in a new session (error and counters cleared; the KV cache
+  // is not: a sequence writes each position before it reads it).
+  void reset();
   // The first error met so far, without stopping.
   Status error() const;
 

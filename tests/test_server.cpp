@@ -1174,5 +1174,7 @@ TEST_CASE("serve: a lost node fails its requests within 10 s, 503s with Retry-Af
   CHECK(health["status"] == "ok");
   CHECK(health["heals"] == 1);
   CHECK(s.metrics().at("shoal_healthy") == 1);
+  // The surviving node kept its units: only the restarted one loaded.
+  CHECK_THAT(read_file(tcp.dir / "node0.log"), Catch::Contains("kept, not loaded again"));
   CHECK(s.stop() == 0);
 }

@@ -71,25 +71,36 @@ class JsonRules {
   // high-low pair (nlohmann and most parsers refuse a lone one).
   Rule character() {
     if (char_) return *char_;
+    std::vector<Seq> alts = bmp_alternatives();
+    const Seq c = bytes(0x80, 0xbf), u = G::lit("\\u");
+    alts.push_back(bytes(0xf0, 0xf0) + bytes(0x90, 0xbf) + c + c);
+    alts.push_back(bytes(0xf1, 0xf3) + c + c + c);
+    alts.push_back(bytes(0xf4, 0xf4) + bytes(0x80, 0x8f) + c + c);
+    alts.push_back(u + bytes("dD") + bytes("89abAB") + hex() + hex() + u + bytes("dD") + bytes("cdefCDEF") + hex() + hex());
+    char_ = make("char", std::move(alts));
+    return *char_;
+  }
+  // One character of the Basic Multilingual Plane (no 4-byte UTF-8, no surrogate pair): what a
+  // string with minLength/maxLength is written with, so that its length is the same counted in
+  // code points (JSON Schema, Python) and in UTF-16 units (JavaScript: zod's .max()).
+  Rule bmp_character() {
+    if (!bmp_char_) bmp_char_ = make("bmp-char", bmp_alternatives());
+    return *bmp_char_;
+  }
+  std::vector<Seq> bmp_alternatives() {
     ByteSet plain = byte_range(0x20, 0x7f);
     plain.reset('"');
     plain.reset('\\');
     const Seq c = bytes(0x80, 0xbf), u = G::lit("\\u");
-    char_ = make("char", {G::bytes(plain),
-                          bytes(0xc2, 0xdf) + c,
-                          bytes(0xe0, 0xe0) + bytes(0xa0, 0xbf) + c,
-                          bytes(0xe1, 0xec) + c + c,
-                          bytes(0xed, 0xed) + bytes(0x80, 0x9f) + c,
-                          bytes(0xee, 0xef) + c + c,
-                          bytes(0xf0, 0xf0) + bytes(0x90, 0xbf) + c + c,
-                          bytes(0xf1, 0xf3) + c + c + c,
-                          bytes(0xf4, 0xf4) + bytes(0x80, 0x8f) + c + c,
-                          G::lit("\\") + bytes("\"\\/bfnrt"),
-                          u + bytes("0123456789abcefABCEF") + hex() + hex() + hex(),
-                          u + bytes("dD") + bytes('0', '7') + hex() + hex(),
-                          u + bytes("dD") + bytes("89abAB") + hex() + hex() + u + bytes("dD") + bytes("cdefCDEF") +
-                              hex() + hex()});
-    return *char_;
+    return {G::bytes(plain),
+            bytes(0xc2, 0xdf) + c,
+            bytes(0xe0, 0xe0) + bytes(0xa0, 0xbf) + c,
+            bytes(0xe1, 0xec) + c + c,
+            bytes(0xed, 0xed) + bytes(0x80, 0x9f) + c,
+            bytes(0xee, 0xef) + c + c,
+            G::lit("\\") + bytes("\"\\/bfnrt"),
+            u + bytes("0123456789abcefABCEF") + hex() + hex() + hex(),
+            u + bytes("dD") + bytes('0', '7') + hex() + hex()};
   }
 
   Rule string() {
@@ -101,7 +112,9 @@ class JsonRules {
     const std::string name = "string{" + std::to_string(min) + "," + (max < 0 ? "" : std::to_string(max)) + "}";
     auto it = strings_.find(name);
     if (it != strings_.end()) return it->second;
-    const Rule r = make(name, {G::lit("\"") + repeat("char", G::ref(character()), min, max) + G::lit("\"")});
+    const bool bounded = min > 0 || max >= 0;
+    const Rule ch = bounded ? bmp_character() : character();
+    const Rule r = make(name, {G::lit("\"") + repeat(bounded ? "bmp-char" : "char", G::ref(ch), min, max) + G::lit("\"")});
     return strings_[name] = r;
   }
 
@@ -215,7 +228,7 @@ class JsonRules {
 
   GrammarBuilder& b_;
   int made_ = 0;
-  std::optional<Rule> ws_, char_, string_, integer_, number_, boolean_, null_, value_, object_, date_, time_;
+  std::optional<Rule> ws_, char_, bmp_char_, string_, integer_, number_, boolean_, null_, value_, object_, date_, time_;
   std::map<std::string, std::vector<Rule>> chains_;
   std::map<std::string, Rule> stars_, strings_;
 };

@@ -16,7 +16,9 @@
 //                 true or absent any JSON object.
 //   array         items (one schema), minItems, maxItems (each at most max_items_expansion);
 //                 uniqueItems false. prefixItems and uniqueItems true are refused.
-//   string        minLength, maxLength (in characters, at most max_items_expansion), format date
+//   string        minLength, maxLength (in characters, at most max_items_expansion; such a string is
+//                 written in the Basic Multilingual Plane only, where code points and JavaScript's
+//                 UTF-16 units count alike, so zod's .max() agrees), format date
 //                 (YYYY-MM-DD, a real day of the month; Feb 29 in leap years only), time and
 //                 date-time (RFC 3339, upper-case T and Z, fractions up to 9 digits, second 60
 //                 allowed), uuid. Other formats and pattern are refused.
