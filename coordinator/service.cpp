@@ -50,7 +50,7 @@ int GenerationService::heals() const {
   return heals_;
 }
 
-// After a failure: one heal attempt after another (each bounded by the executor), a second
+// After a failure: one heal attempt after another (each bounded by the executor), 250 ms
 // apart, until one works or the service stops. Then a fresh scheduler over empty slots.
 void GenerationService::heal_until_stopped(const Status& failure) {
   while (true) {
@@ -68,7 +68,7 @@ void GenerationService::heal_until_stopped(const Status& failure) {
       return;
     }
     failed_ = Status(failure.code(), failure.message() + "; healing: " + h.message());
-    cv_.wait_for(lock, std::chrono::seconds(1), [&] { return stop_; });
+    cv_.wait_for(lock, std::chrono::milliseconds(250), [&] { return stop_; });
   }
 }
 
