@@ -389,6 +389,24 @@ TEST_CASE("tokenizer: each kind of malformed tokenizer.json is named", "[tokeniz
         "special_tokens": {"<x>": {"id": "<x>", "ids": [6], "tokens": ["<x>"]}}})");
     expect_error(j, Code::kUnimplemented, {"post_processor.single"});
   }
+  // Found by fuzz_tokenizer_json: an id that is no token (or another token's) was put first by
+  // encode(text, true), and decode refused it.
+  SECTION("post-processor BOS id that is not its token's") {
+    json j = tiny_tokenizer();
+    j["post_processor"] = json::parse(R"({"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<x>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "special_tokens": {"<x>": {"id": "<x>", "ids": [48], "tokens": ["<x>"]}}})");
+    expect_error(j, Code::kInvalidArgument, {"post_processor.special_tokens[\"<x>\"].ids[0]", "48", "token 6"});
+    j["post_processor"]["special_tokens"]["<x>"]["ids"] = {1};
+    expect_error(j, Code::kInvalidArgument, {"post_processor.special_tokens[\"<x>\"].ids[0]", "token 6"});
+  }
+  SECTION("post-processor BOS that is no token") {
+    json j = tiny_tokenizer();
+    j["post_processor"] = json::parse(R"({"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [7], "tokens": ["<s>"]}}})");
+    expect_error(j, Code::kInvalidArgument, {"post_processor.special_tokens[\"<s>\"]", "not a token"});
+  }
   SECTION("unsupported pre-tokenizer") {
     json j = tiny_tokenizer();
     j["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", {{{"type", "Whitespace"}}}}};

@@ -15,9 +15,17 @@
 
 namespace shoal {
 
+// The fuzz build makes the cache small (tests/fuzz/CMakeLists.txt): a table of 1 MB set up for
+// every tokenizer loaded would take most of each input's time, and a small cache fills, so the
+// full cache's path runs too. A power of two.
+#ifndef SHOAL_PIECE_CACHE_CAPACITY
+#define SHOAL_PIECE_CACHE_CAPACITY (1 << 16)
+#endif
+
 class PieceCache {
  public:
-  static constexpr size_t kCapacity = 1 << 16;  // entries
+  static constexpr size_t kCapacity = SHOAL_PIECE_CACHE_CAPACITY;  // entries
+  static_assert(kCapacity > 0 && (kCapacity & (kCapacity - 1)) == 0, "a power of two");
   static constexpr size_t kMaxPiece = 255;      // longer pieces are not cached (as the reference)
   static constexpr size_t kMaxBytes = 16 << 20;  // entries' memory; the slots take 1 MB more
 

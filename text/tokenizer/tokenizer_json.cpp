@@ -282,6 +282,14 @@ Status load_post_processor(const JsonFile& f, const json* p, const std::string& 
     return f.unsupported(entry + ".ids", "a special token of " + std::to_string(ids->size()) + " ids");
   }
   SHOAL_RETURN_IF_ERROR(f.check_id(entry + ".ids[0]", (*ids)[0]));
+  // The id must be the named token's: encode puts it first and decode must take it back, and
+  // bos_token() names it. (An id that is no token would reach the model as one.)
+  const int32_t named = t.token_id(pieces[0]);
+  if (named < 0) return f.error(entry, json(pieces[0]).dump() + " is not a token of model.vocab or added_tokens");
+  if ((*ids)[0].get<int32_t>() != named) {
+    return f.error(entry + ".ids[0]", "id " + (*ids)[0].dump() + " for " + json(pieces[0]).dump() +
+                                          ", which is token " + std::to_string(named));
+  }
   t.post_bos_id_ = (*ids)[0].get<int32_t>();
   t.post_bos_token_ = pieces[0];
   return Status::ok_status();
