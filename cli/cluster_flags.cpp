@@ -92,6 +92,18 @@ StatusOr<std::unique_ptr<Cluster>> open_cluster_with_spares(ClusterFlags& flags,
   return open_cluster(flags, base);
 }
 
+StatusOr<ServingCluster> ServingCluster::open(const ClusterFlags& flags, const ClusterOptions& base) {
+  ServingCluster s;
+  if (!flags.nodes.empty()) {
+    SHOAL_ASSIGN_OR_RETURN(s.healing_, HealingCluster::start([f = flags, base]() mutable {
+                             return open_cluster_with_spares(f, base);
+                           }));
+  } else {
+    SHOAL_ASSIGN_OR_RETURN(s.fixed_, open_cluster(flags, base));
+  }
+  return s;
+}
+
 void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
   sub->add_option("--local-nodes", f.local_nodes, "Run N ranks as threads of this process")->check(CLI::Range(1, 256));
   sub->add_option("--nodes", f.nodes, "`shoal node` addresses HOST:PORT,... to run on (TCP)");

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "coordinator/cluster.h"
+#include "coordinator/healing_cluster.h"
 
 namespace shoal::cli {
 
@@ -35,6 +36,21 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& flags);
 
 // Starts the cluster the flags (or mpirun) ask for; base carries the model and cache sizes.
 StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& flags, ClusterOptions base);
+// What serve and batch run on: over --nodes a HealingCluster (a lost node is taken back, or a
+// spare takes its place), otherwise the cluster the flags ask for.
+class ServingCluster {
+ public:
+  static StatusOr<ServingCluster> open(const ClusterFlags& flags, const ClusterOptions& base);
+  Executor& executor() { return healing_ ? static_cast<Executor&>(*healing_) : *fixed_; }
+  bool heals() const { return healing_ != nullptr; }
+  int world_size() const { return healing_ ? healing_->current()->plan().world_size : fixed_->plan().world_size; }
+  Status shutdown() { return healing_ ? healing_->shutdown() : fixed_->shutdown(); }
+
+ private:
+  std::unique_ptr<HealingCluster> healing_;
+  std::unique_ptr<Cluster> fixed_;
+};
+
 // The same over --nodes for a HealingCluster: when it fails and spares are left, each node that
 // does not accept a connection within a second is replaced, for good, by the next spare
 // (`flags` keeps the replacement), and the cluster is opened again.

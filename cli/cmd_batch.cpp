@@ -12,7 +12,6 @@
 
 #include "cli/cluster_flags.h"
 #include "cli/commands.h"
-#include "coordinator/healing_cluster.h"
 #include "coordinator/cluster.h"
 #include "serve/batch/runner.h"
 
@@ -95,22 +94,13 @@ int run(const Options& o) {
   co.max_seq_len = o.max_seq_len;
   co.n_slots = o.slots;
   // Over TCP nodes the cluster heals: the run waits for a lost node (--heal-timeout) and goes on.
-  std::unique_ptr<HealingCluster> healing;
-  std::unique_ptr<Cluster> fixed;
-  if (!o.cluster.nodes.empty()) {
-    auto h = HealingCluster::start([flags = o.cluster, co]() mutable { return open_cluster_with_spares(flags, co); });
-    if (!h.ok()) return fail(h.status());
-    healing = std::move(h).value();
-  } else {
-    auto c = open_cluster(o.cluster, co);
-    if (!c.ok()) return fail(c.status());
-    fixed = std::move(c).value();
-  }
-  Executor& ex = healing ? static_cast<Executor&>(*healing) : *fixed;
+  auto cluster = ServingCluster::open(o.cluster, co);
+  if (!cluster.ok()) return fail(cluster.status());
+  Executor& ex = cluster->executor();
   (*tok)->set_vocab_limit(ex.config().vocab_size);
   install_signal_handlers();
   auto sum = r.run(ex, **tok, g_stop);
-  const Status down = healing ? healing->shutdown() : fixed->shutdown();
+  const Status down = cluster->shutdown();
   if (!sum.ok()) {
     const int rc = fail(sum.status());
     std::fprintf(stderr, "shoal batch: %s holds every record finished so far; run the same command again to resume\n",

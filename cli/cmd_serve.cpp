@@ -14,7 +14,6 @@
 
 #include "cli/cluster_flags.h"
 #include "cli/commands.h"
-#include "coordinator/healing_cluster.h"
 #include "serve/server.h"
 
 namespace shoal::cli {
@@ -119,20 +118,10 @@ int serve(const Options& o, bool host_given) {
   co.max_seq_len = o.max_seq_len;
   // Over TCP nodes the cluster heals: a lost node, restarted, is taken back without a restart
   // of the server (coordinator/healing_cluster.h). Other modes lose the whole job with a rank.
-  std::unique_ptr<HealingCluster> healing;
-  std::unique_ptr<Cluster> fixed;
-  if (!o.cluster.nodes.empty()) {
-    auto h = HealingCluster::start([flags = o.cluster, co]() mutable { return open_cluster_with_spares(flags, co); });
-    if (!h.ok()) return fail(h.status());
-    healing = std::move(h).value();
-  } else {
-    auto c = open_cluster(o.cluster, co);
-    if (!c.ok()) return fail(c.status());
-    fixed = std::move(c).value();
-  }
-  Executor& ex = healing ? static_cast<Executor&>(*healing) : *fixed;
-  const int world = healing ? healing->current()->plan().world_size : fixed->plan().world_size;
-  auto shutdown = [&] { return healing ? healing->shutdown() : fixed->shutdown(); };
+  auto cluster = ServingCluster::open(o.cluster, co);
+  if (!cluster.ok()) return fail(cluster.status());
+  Executor& ex = cluster->executor();
+  auto shutdown = [&] { return cluster->shutdown(); };
   (*tok)->set_vocab_limit(ex.config().vocab_size);
 
   server::ServerOptions so;
@@ -150,8 +139,8 @@ int serve(const Options& o, bool host_given) {
     return fail(srv.status());
   }
   std::fprintf(stderr, "shoal serve: model %s, %d rank(s), %lld KV slots of %lld positions%s%s\n", so.model_id.c_str(),
-               world, (long long)ex.n_slots(), (long long)ex.max_seq_len(), keys.empty() ? "" : ", API keys required",
-               healing ? ", heals a lost node" : "");
+               cluster->world_size(), (long long)ex.n_slots(), (long long)ex.max_seq_len(),
+               keys.empty() ? "" : ", API keys required", cluster->heals() ? ", heals a lost node" : "");
   std::printf("shoal serve: listening on http://%s:%u\n", (*srv)->host().c_str(), unsigned((*srv)->port()));
   std::fflush(stdout);
   signals.serving();

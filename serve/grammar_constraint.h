@@ -14,7 +14,7 @@ class GrammarConstraint : public TokenConstraint {
  public:
   explicit GrammarConstraint(std::shared_ptr<CompiledGrammar> g) : g_(g), m_(std::move(g)) {}
   void allowed(std::vector<uint64_t>& mask, bool& may_end) override {
-    mask = m_.allowed();
+    m_.allowed(mask);
     may_end = m_.accepting();
   }
   bool accept(int32_t token) override { return m_.accept_token(token); }

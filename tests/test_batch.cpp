@@ -556,91 +556,83 @@ TEST_CASE("batch: fatal errors exit 1 before the model loads and a second runner
   CHECK_THAT(r.err, Catch::Contains("no-model"));
 }
 
+namespace {
+
+// 120 requests (+ 3 bad lines) run once on local ranks for reference, then over two TCP nodes
+// with `heal_flags`; node 2 is killed once 30 records are out.
+struct NodeLoss {
+  static constexpr int kRequests = 120;
+  static constexpr size_t kLines = kRequests + 3;
+  TempDir dir;
+  std::string common, out;
+  std::map<std::string, json> ref;
+  std::vector<Node> nodes;
+  std::unique_ptr<Child> run;
+
+  explicit NodeLoss(const std::string& heal_flags) {
+    const std::string model = synth_model(dir);
+    { std::ofstream(dir / "in.jsonl") << make_input(kRequests); }
+    common = " --model " + model + " -i " + dir / "in.jsonl" + " --max-seq-len 128 --slots 8";
+    Run ref_run = run_batch(common + " --local-nodes 2 -o " + dir / "ref.jsonl", dir);
+    INFO(ref_run.err);
+    REQUIRE(exit_code(ref_run.status) == 0);
+    ref = read_results(dir / "ref.jsonl");
+    REQUIRE(ref.size() == kLines);
+
+    { std::ofstream(dir / "token") << "batch-test-token\n"; }
+    fs::permissions(dir / "token", fs::perms::owner_read | fs::perms::owner_write);
+    nodes.push_back(start_node(dir / "token", dir / "node1.err"));
+    nodes.push_back(start_node(dir / "token", dir / "node2.err"));
+    out = dir / "out.jsonl";
+    run = std::make_unique<Child>(kShoal + " batch" + common + " -o " + out + " --nodes " + nodes[0].address + "," +
+                                      nodes[1].address + " --token-file " + dir / "token " + heal_flags,
+                                  dir / "run.err");
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (std::chrono::steady_clock::now() < deadline && run->wait_exit(0ms) == -1 && count_lines(out) < 30)
+      std::this_thread::sleep_for(2ms);
+    nodes[1].child->kill(SIGKILL);
+  }
+};
+
+}  // namespace
+
 TEST_CASE("batch: a node lost mid-run with --heal-timeout 0 ends it with exit 1 naming the rank and the rerun completes",
           "[batch][failure]") {
-  TempDir dir;
-  const std::string model = synth_model(dir);
-  constexpr int kRequests = 120;
-  { std::ofstream(dir / "in.jsonl") << make_input(kRequests); }
-  const size_t kLines = kRequests + 3;
-  const std::string common = " --model " + model + " -i " + dir / "in.jsonl" + " --max-seq-len 128 --slots 8";
-  Run ref_run = run_batch(common + " --local-nodes 2 -o " + dir / "ref.jsonl", dir);
-  INFO(ref_run.err);
-  REQUIRE(exit_code(ref_run.status) == 0);
-  const auto ref = read_results(dir / "ref.jsonl");
-  REQUIRE(ref.size() == kLines);
-
-  { std::ofstream(dir / "token") << "batch-test-token\n"; }
-  fs::permissions(dir / "token", fs::perms::owner_read | fs::perms::owner_write);
-  std::vector<Node> nodes;
-  nodes.push_back(start_node(dir / "token", dir / "node1.err"));
-  nodes.push_back(start_node(dir / "token", dir / "node2.err"));
-  const std::string out = dir / "out.jsonl";
-  Child run(kShoal + " batch" + common + " -o " + out + " --nodes " + nodes[0].address + "," + nodes[1].address +
-                " --token-file " + dir / "token --heal-timeout 0",
-            dir / "run.err");
-  const auto deadline = std::chrono::steady_clock::now() + 60s;
-  while (std::chrono::steady_clock::now() < deadline && run.wait_exit(0ms) == -1 && count_lines(out) < 30)
-    std::this_thread::sleep_for(2ms);
-  nodes[1].child->kill(SIGKILL);
-  const int status = run.wait_exit(30s);
-  const std::string err = read_file(dir / "run.err");
+  NodeLoss loss("--heal-timeout 0");
+  const int status = loss.run->wait_exit(30s);
+  const std::string err = read_file(loss.dir / "run.err");
   INFO(err);
   REQUIRE(status != -1);
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 1);
   CHECK_THAT(err, Catch::Contains("rank 2") && Catch::Contains("run the same command again"));
-  const auto partial = read_results(out);  // whole lines, each key once
-  CHECK(partial.size() < kLines);
-  for (const auto& [key, r] : partial) CHECK(comparable(r) == comparable(ref.at(key)));
+  const auto partial = read_results(loss.out);  // whole lines, each key once
+  CHECK(partial.size() < NodeLoss::kLines);
+  for (const auto& [key, r] : partial) CHECK(comparable(r) == comparable(loss.ref.at(key)));
 
   // The rerun (here on local ranks: every placement gives the same tokens) completes it.
-  Run resumed = run_batch(common + " --local-nodes 2 -o " + out, dir);
+  Run resumed = run_batch(loss.common + " --local-nodes 2 -o " + loss.out, loss.dir);
   INFO(resumed.err);
   REQUIRE(exit_code(resumed.status) == 0);
-  check_same_results(ref, read_results(out));
+  check_same_results(loss.ref, read_results(loss.out));
 }
 
 TEST_CASE("batch: a node lost mid-run and restarted: the run waits, heals and ends with every line once, as uninterrupted",
           "[batch][failure][heal]") {
-  TempDir dir;
-  const std::string model = synth_model(dir);
-  constexpr int kRequests = 120;
-  { std::ofstream(dir / "in.jsonl") << make_input(kRequests); }
-  const size_t kLines = kRequests + 3;
-  const std::string common = " --model " + model + " -i " + dir / "in.jsonl" + " --max-seq-len 128 --slots 8";
-  Run ref_run = run_batch(common + " --local-nodes 2 -o " + dir / "ref.jsonl", dir);
-  INFO(ref_run.err);
-  REQUIRE(exit_code(ref_run.status) == 0);
-  const auto ref = read_results(dir / "ref.jsonl");
-  REQUIRE(ref.size() == kLines);
-
-  { std::ofstream(dir / "token") << "batch-test-token\n"; }
-  fs::permissions(dir / "token", fs::perms::owner_read | fs::perms::owner_write);
-  std::vector<Node> nodes;
-  nodes.push_back(start_node(dir / "token", dir / "node1.err"));
-  nodes.push_back(start_node(dir / "token", dir / "node2.err"));
-  const std::string out = dir / "out.jsonl";
-  Child run(kShoal + " batch" + common + " -o " + out + " --nodes " + nodes[0].address + "," + nodes[1].address +
-                " --token-file " + dir / "token --heal-timeout 120",
-            dir / "run.err");
-  const auto deadline = std::chrono::steady_clock::now() + 60s;
-  while (std::chrono::steady_clock::now() < deadline && run.wait_exit(0ms) == -1 && count_lines(out) < 30)
-    std::this_thread::sleep_for(2ms);
-  nodes[1].child->kill(SIGKILL);
-  CHECK(nodes[1].child->wait_exit(10s) != -1);
+  NodeLoss loss("--heal-timeout 120");
+  CHECK(loss.nodes[1].child->wait_exit(10s) != -1);
   // The run waits (it does not exit), then the node comes back at its address.
   std::this_thread::sleep_for(3s);
-  CHECK(run.wait_exit(0ms) == -1);
-  nodes[1] = start_node(dir / "token", dir / "node2b.err", nodes[1].address);
-  const int status = run.wait_exit(120s);
-  const std::string err = read_file(dir / "run.err");
+  CHECK(loss.run->wait_exit(0ms) == -1);
+  loss.nodes[1] = start_node(loss.dir / "token", loss.dir / "node2b.err", loss.nodes[1].address);
+  const int status = loss.run->wait_exit(120s);
+  const std::string err = read_file(loss.dir / "run.err");
   INFO(err);
   REQUIRE(status != -1);
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
   CHECK_THAT(err, Catch::Contains("a node was lost; waiting") && Catch::Contains("the cluster is back"));
-  check_same_results(ref, read_results(out));  // every line once, the same records
+  check_same_results(loss.ref, read_results(loss.out));  // every line once, the same records
 }
 
 // LoRA adapters chosen per line (docs/lora.md): tiny-v3-bf16 with the fixtures' adapters a and b.

@@ -964,11 +964,7 @@ TEST_CASE("serve: read timeouts close half-sent requests and bad HTTP is a 400",
 }
 
 TEST_CASE("serve: the official OpenAI Node client", "[server][serve][js]") {
-  const bool have_node = std::system("node --version > /dev/null 2>&1") == 0;
-  const bool have_openai = fs::exists(kJsDir + "/node_modules/openai/package.json");
-  INFO("node and tests/js/node_modules/openai are installed by scripts/setup (npm install --prefix tests/js)");
-  REQUIRE(have_node);
-  REQUIRE(have_openai);
+  require_js_clients({"openai"});
   const std::string mode = GENERATE(as<std::string>{}, "", "--local-nodes 3", "tcp");
   INFO("mode: " << mode);
   std::optional<TcpNodes> tcp;
@@ -990,11 +986,7 @@ TEST_CASE("serve: the official OpenAI Node client", "[server][serve][js]") {
 // R1-Distill-Qwen's tokenizer and chat template (tests/fixtures/tokenizer-r1-distill-qwen), served
 // on one process and over three ranks, answering the official client with the reasoning split.
 TEST_CASE("serve: a synthesized R1 distill (Qwen2) answers the OpenAI client, reasoning split", "[server][serve][js][dense]") {
-  const bool have_node = std::system("node --version > /dev/null 2>&1") == 0;
-  const bool have_openai = fs::exists(kJsDir + "/node_modules/openai/package.json");
-  INFO("node and tests/js/node_modules/openai are installed by scripts/setup (npm install --prefix tests/js)");
-  REQUIRE(have_node);
-  REQUIRE(have_openai);
+  require_js_clients({"openai"});
   TempDir dir;
   const std::string model = dir / "tiny-distill-qwen";
   int status = -1;
@@ -1022,11 +1014,7 @@ TEST_CASE("serve: a synthesized R1 distill (Qwen2) answers the OpenAI client, re
 // LoRA adapters chosen per request (docs/lora.md): tiny-v3-bf16 with the fixtures' adapters a and
 // b, the tokenizer of DeepSeek-V3 (whose first 1024 ids are the tiny model's vocabulary).
 TEST_CASE("serve: base and two LoRA adapters in one server, each request its own model's tokens and logprobs", "[server][serve][js][lora]") {
-  const bool have_node = std::system("node --version > /dev/null 2>&1") == 0;
-  const bool have_openai = fs::exists(kJsDir + "/node_modules/openai/package.json");
-  INFO("node and tests/js/node_modules/openai are installed by scripts/setup (npm install --prefix tests/js)");
-  REQUIRE(have_node);
-  REQUIRE(have_openai);
+  require_js_clients({"openai"});
   TempDir keys;
   write_file(keys / "keys", "sk-js-test\n");
   const std::string common = " --tokenizer " + fixture("tokenizer-deepseek-v3") + " --api-key-file " + keys / "keys";

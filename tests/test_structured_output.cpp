@@ -395,11 +395,7 @@ TEST_CASE("batch: each line its own schema; a bad schema or n > 1 is that line's
 
 TEST_CASE("serve: OpenAI's client, LangChain's ChatDeepSeek and the Vercel AI SDK drive tool loops and structured output",
           "[structured][tools][serve][js]") {
-  const bool have_node = std::system("node --version > /dev/null 2>&1") == 0;
-  INFO("node and tests/js/node_modules are installed by scripts/setup (npm install --prefix tests/js)");
-  REQUIRE(have_node);
-  for (const char* package : {"openai", "@langchain/deepseek", "ai", "@ai-sdk/openai-compatible", "zod"})
-    REQUIRE(fs::exists(kJsDir + "/node_modules/" + package + "/package.json"));
+  require_js_clients({"openai", "@langchain/deepseek", "ai", "@ai-sdk/openai-compatible", "zod"});
   const std::string mode = GENERATE(as<std::string>{}, "", "tcp");
   INFO("mode: " << mode);
   std::optional<TcpNodes> tcp;

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <chrono>
+#include <cstdlib>
+#include <initializer_list>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -30,6 +32,16 @@ using namespace std::chrono_literals;
 inline const std::string kShoal = SHOAL_BINARY;
 inline std::string fixture(const std::string& name) { return std::string(SHOAL_FIXTURES) + "/" + name; }
 inline const std::string kJsDir = std::string(SHOAL_FIXTURES) + "/../js";
+
+// node and the npm packages a JS client test needs (scripts/setup installs them into tests/js).
+inline void require_js_clients(std::initializer_list<const char*> packages) {
+  INFO("node and tests/js/node_modules are installed by scripts/setup (npm install --prefix tests/js)");
+  REQUIRE(std::system("node --version > /dev/null 2>&1") == 0);
+  for (const char* package : packages) {
+    INFO(package);
+    REQUIRE(fs::exists(kJsDir + "/node_modules/" + package + "/package.json"));
+  }
+}
 
 // A DeepSeek-V3-style config small enough for two cores: hidden 64, 2 layers (one dense, one
 // MoE with 8 experts in 4 groups), DeepSeek-V3's vocabulary.

@@ -293,4 +293,6 @@ const TokenMask& GrammarMatcher::allowed() {
   return mask_;
 }
 
+void GrammarMatcher::allowed(TokenMask& out) { c_->mask(state_, out); }
+
 }  // namespace shoal

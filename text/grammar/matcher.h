@@ -121,6 +121,7 @@ class GrammarMatcher {
   bool finished() const;
   // The tokens that may come next (stop tokens are the caller's: allow them when accepting()).
   const TokenMask& allowed();
+  void allowed(TokenMask& out);  // the same, into the caller's vector
   // The bytes that may come next (tests).
   ByteSet next_bytes() const;
 
