@@ -134,6 +134,14 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
                   "Hidden rows between ranks: f32 (default; the single process's logits bit for bit) or bf16 "
                   "(half the bytes, rounded at each hop; docs/distributed.md gives its measured deviation)")
       ->check(CLI::IsMember({"f32", "bf16"}));
+  sub->add_option("--kv-dtype", f.kv_dtype,
+                  "KV cache values: f32 (default; exact) or bf16 (half the memory, rounded once as stored; "
+                  "docs/serving.md gives its measured deviation)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  sub->add_option("--kv-memory", f.kv_memory,
+                  "Bytes of each rank's paged KV pool, e.g. 16GiB (docs/serving.md, \"The KV pool\"); 0: a fixed "
+                  "cache of --max-seq-len per sequence. Default: serve and batch a pool as large as 8 x 4096 float32 "
+                  "positions, other commands 0");
   sub->add_option("--step-timeout", f.step_timeout_s, "Seconds to wait for one step's result")->check(CLI::PositiveNumber);
   sub->add_option("--heartbeat-timeout", f.heartbeat_timeout_s, "Seconds of node silence that count as a failure")
       ->check(CLI::PositiveNumber);
@@ -159,8 +167,30 @@ static Status check_not_a_lone_srun_task() {
                           "`srun --mpi=pmix` (or mpirun inside the allocation), or run one task");
 }
 
+StatusOr<int64_t> parse_bytes(const std::string& text, const std::string& flag) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  std::string unit = end ? std::string(end) : "";
+  double scale = 1;
+  const std::vector<std::pair<std::string, double>> units = {
+      {"", 1}, {"B", 1}, {"K", 0x1p10}, {"KiB", 0x1p10}, {"KB", 1e3}, {"M", 0x1p20}, {"MiB", 0x1p20}, {"MB", 1e6},
+      {"G", 0x1p30}, {"GiB", 0x1p30}, {"GB", 1e9}, {"T", 0x1p40}, {"TiB", 0x1p40}, {"TB", 1e12}};
+  bool known = false;
+  for (const auto& [name, s] : units)
+    if (unit == name) known = true, scale = s;
+  if (text.empty() || end == text.c_str() || !known || !(v >= 0) || v * scale > 0x1p62)
+    return invalid_argument(flag + " '" + text + "' is not a size in bytes (e.g. 16GiB, 512MiB, 2e9)");
+  return int64_t(v * scale);
+}
+
 StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOptions o) {
   SHOAL_RETURN_IF_ERROR(check_not_a_lone_srun_task());
+  o.kv_dtype = f.kv_dtype == "bf16" ? DType::kBF16 : DType::kF32;
+  if (f.kv_memory.empty()) {
+    o.kv_memory = f.paged_by_default ? kDefaultKvMemory : 0;
+  } else {
+    SHOAL_ASSIGN_OR_RETURN(o.kv_memory, parse_bytes(f.kv_memory, "--kv-memory"));
+  }
   o.plan_file = f.plan;
   o.expert_scatter = f.expert_scatter;
   o.exact = f.exact;

@@ -23,7 +23,7 @@ namespace fs = std::filesystem;
 struct Options {
   std::string model, tokenizer, input, output, model_name;
   int64_t max_seq_len = 0;
-  int64_t slots = 16;
+  int64_t slots = 64;
   int64_t max_in_flight = 0;
   double drain_timeout_s = 10;
   double heal_timeout_s = 600;
@@ -134,7 +134,7 @@ void add_batch(CLI::App& app, int& rc) {
                   "Results: one record per line, appended as they finish; also the journal a rerun resumes from")
       ->required();
   sub->add_option("--tokenizer", o->tokenizer, "Folder with tokenizer.json, or a GGUF (default: --model)");
-  sub->add_option("--max-seq-len", o->max_seq_len, "KV cache positions per request (default: min(config, 4096))");
+  sub->add_option("--max-seq-len", o->max_seq_len, "Context: positions per request (default: the model's, as far as the KV pool holds)");
   sub->add_option("--slots", o->slots, "Requests generated at once (KV slots)")->check(CLI::Range(int64_t(1), int64_t(4096)));
   sub->add_option("--max-in-flight", o->max_in_flight, "Requests submitted ahead (default: 4 x --slots)")
       ->check(CLI::PositiveNumber);
@@ -150,6 +150,7 @@ void add_batch(CLI::App& app, int& rc) {
                   "Seconds between progress lines when stderr is not a terminal")
       ->check(CLI::PositiveNumber);
   add_cluster_flags(sub, o->cluster);
+  o->cluster.paged_by_default = true;  // the KV pool (docs/serving.md)
   sub->callback([o, &rc] { rc = run(*o); });
 }
 

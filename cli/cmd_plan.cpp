@@ -170,9 +170,9 @@ int plan(const Options& o) {
   fo.expert_scatter = o.expert_scatter;
   fo.context = o.context;
   fo.concurrency = o.concurrency;
-  if (o.kv_dtype != "f32" && o.kv_dtype != "bf16")
-    return fail(invalid_argument("--kv-dtype '" + o.kv_dtype + "' is not f32 or bf16"));
-  fo.kv_value_bytes = o.kv_dtype == "f32" ? 4 : 2;
+  const std::optional<DType> kv_dtype = parse_kv_dtype(o.kv_dtype);
+  if (!kv_dtype) return fail(invalid_argument("--kv-dtype '" + o.kv_dtype + "' is not f32 or bf16"));
+  fo.kv_dtype = *kv_dtype;
   if (o.wire_dtype != "f32" && o.wire_dtype != "bf16")
     return fail(invalid_argument("--wire-dtype '" + o.wire_dtype + "' is not f32 or bf16"));
   fo.wire_value_bytes = o.wire_dtype == "f32" ? 4 : 2;
@@ -270,7 +270,9 @@ void add_plan(CLI::App& app, int& rc) {
   sub->add_flag("--expert-scatter", o->expert_scatter, "Spread each layer's experts over all ranks");
   sub->add_option("--context", o->context, "KV cache positions per sequence")->check(CLI::PositiveNumber);
   sub->add_option("--concurrency", o->concurrency, "Sequences with a KV cache each")->check(CLI::PositiveNumber);
-  sub->add_option("--kv-dtype", o->kv_dtype, "KV cache dtype: f32 (as the runtime stores it) or bf16");
+  sub->add_option("--kv-dtype", o->kv_dtype,
+                  "KV cache dtype: f32 (default, as the runtime's) or bf16 (half the KV bytes; its logits deviate "
+                  "beyond the golden tolerance, docs/serving.md)");
   sub->add_option("--lora", o->lora,
                   "A LoRA adapter, NAME=DIR or DIR (repeatable): its A and B counted on the ranks that hold its modules");
   sub->add_option("--wire-dtype", o->wire_dtype, "Hidden rows between ranks: f32 (default) or bf16 (as `--wire-dtype` of the runtime)");

@@ -26,7 +26,7 @@ struct Options {
   std::string host = "127.0.0.1";
   int port = 8000;
   int64_t max_seq_len = 0;
-  int64_t slots = 8;
+  int64_t slots = 64;
   int64_t max_batch_tokens = 512;
   double generation_timeout_s = 900;
   double read_timeout_s = 30;
@@ -138,9 +138,12 @@ int serve(const Options& o, bool host_given) {
     (void)shutdown();
     return fail(srv.status());
   }
-  std::fprintf(stderr, "shoal serve: model %s, %d rank(s), %lld KV slots of %lld positions%s%s\n", so.model_id.c_str(),
-               cluster->world_size(), (long long)ex.n_slots(), (long long)ex.max_seq_len(),
-               keys.empty() ? "" : ", API keys required", cluster->heals() ? ", heals a lost node" : "");
+  const std::string kv = ex.kv_blocks() > 0 ? ", a KV pool of " + std::to_string(ex.kv_blocks() * kKvBlockTokens) +
+                                                  " positions (" + kv_dtype_name(ex.kv_dtype()) + ")"
+                                            : "";
+  std::fprintf(stderr, "shoal serve: model %s, %d rank(s), %lld sequences at once of up to %lld positions%s%s%s\n",
+               so.model_id.c_str(), cluster->world_size(), (long long)ex.n_slots(), (long long)ex.max_seq_len(),
+               kv.c_str(), keys.empty() ? "" : ", API keys required", cluster->heals() ? ", heals a lost node" : "");
   std::printf("shoal serve: listening on http://%s:%u\n", (*srv)->host().c_str(), unsigned((*srv)->port()));
   std::fflush(stdout);
   signals.serving();
@@ -161,9 +164,10 @@ void add_serve(CLI::App& app, int& rc) {
   CLI::Option* host = sub->add_option("--host", o->host, "Address to listen on (default 127.0.0.1)");
   sub->add_option("--port", o->port, "Port to listen on; 0: any free one (printed)")->check(CLI::Range(0, 65535));
   sub->add_option("--api-key-file", o->api_key_file, "File of API keys, one per line: /v1/* then need 'Authorization: Bearer KEY'");
-  sub->add_option("--max-seq-len", o->max_seq_len, "Context: KV positions per sequence (default: min(config, 4096))")
+  sub->add_option("--max-seq-len", o->max_seq_len, "Context: positions per sequence (default: the model's, as far as the KV pool holds)")
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("--slots", o->slots, "KV cache slots: sequences generated at once (default 8)")->check(CLI::Range(1, 4096));
+  sub->add_option("--slots", o->slots,
+                  "Sequences generated at once (default 64); with the paged KV pool each holds only the blocks it uses")->check(CLI::Range(1, 4096));
   sub->add_option("--tokenizer", o->tokenizer, "Folder with tokenizer.json, or a GGUF (default: --model)");
   sub->add_option("--served-model-name", o->served_model_name, "The model's name in the API (default: the folder's name)");
   sub->add_option("--max-batch-tokens", o->max_batch_tokens, "Tokens per micro-batch: prefill chunks + decodes (default 512)")
@@ -176,6 +180,7 @@ void add_serve(CLI::App& app, int& rc) {
       ->check(CLI::PositiveNumber);
   sub->add_option("--io-threads", o->io_threads, "HTTP threads (default 2)")->check(CLI::Range(1, 64));
   add_cluster_flags(sub, o->cluster);
+  o->cluster.paged_by_default = true;  // the KV pool (docs/serving.md)
   sub->callback([o, host, &rc] { rc = serve(*o, host->count() > 0); });
 }
 

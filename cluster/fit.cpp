@@ -196,7 +196,40 @@ double efficiency_for(const ClusterSpec& s, bool gpu, WeightFormat f) {
   return f == WeightFormat::kFp8 ? 0.61 : 0.77;
 }
 
+// The KV pools of the placed ranks and the cluster (FitResult's kv_* fields): what each rank
+// with attention layers has left on its device after total_bytes, in whole blocks of its layers.
+void kv_capacity(const ModelConfig& c, FitResult& res) {
+  const DType d = res.options.kv_dtype;
+  res.kv_bytes_per_token = kv_token_bytes(c, c.n_layers, d);
+  for (RankFit& r : res.ranks) {
+    if (r.layers.empty()) continue;
+    const int64_t layers = int64_t(r.layers.size());
+    const int64_t block = kv_block_bytes(c, layers, d);
+    r.kv_bytes_per_token = kv_token_bytes(c, layers, d);
+    r.kv_free_bytes = std::max<int64_t>(0, r.slot.capacity_bytes - r.total_bytes);
+    r.kv_free_tokens = r.kv_free_bytes / block * kKvBlockTokens;
+    r.kv_tokens = (r.kv_bytes + r.kv_free_bytes) / block * kKvBlockTokens;
+    const bool first = res.kv_rank < 0;
+    if (first || r.kv_tokens < res.kv_tokens) res.kv_tokens = r.kv_tokens, res.kv_rank = r.slot.rank;
+    res.kv_free_tokens = first ? r.kv_free_tokens : std::min(res.kv_free_tokens, r.kv_free_tokens);
+  }
+  for (int64_t ctx : kv_serve_contexts(c)) res.kv_serves.push_back({ctx, kv_sequences(res.kv_tokens, ctx)});
+}
+
 }  // namespace
+
+int64_t kv_sequences(int64_t tokens, int64_t context) {
+  return context < 1 ? 0 : tokens / (kv_blocks_for(context) * kKvBlockTokens);
+}
+
+std::vector<int64_t> kv_serve_contexts(const ModelConfig& c) {
+  const int64_t max = c.max_position_embeddings;
+  std::vector<int64_t> out;
+  for (int64_t ctx : {int64_t(4096), int64_t(32768), int64_t(131072)})
+    if (max <= 0 || ctx <= max) out.push_back(ctx);
+  if (max > 0 && std::find(out.begin(), out.end(), max) == out.end()) out.push_back(max);  // the largest: all are <= max
+  return out;
+}
 
 // "12.34 GB", "5.67 MB", "8.90 KB" (decimal units, as shoal inspect prints them).
 std::string gb(long double bytes) {
@@ -332,7 +365,8 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
   const UnitBytes bytes = stored ? *stored : unit_bytes_in(c, o.weights);
   res.weight_bytes = sum_bytes(bytes);
   res.mtp_weight_bytes = o.weights == WeightFormat::kGguf ? o.gguf_mtp_bytes : mtp_bytes_in(c, o.weights);
-  res.kv_bytes_per_layer = o.context * o.concurrency * c.kv_cache_width() * o.kv_value_bytes;
+  // The pool gives each sequence whole blocks: concurrency x ceil(context / 64) of them a layer.
+  res.kv_bytes_per_layer = o.concurrency * kv_blocks_for(o.context) * kv_block_bytes(c, 1, o.kv_dtype);
 
   const double act = activation_floats_per_token(c) * 4.0 * double(std::max(o.prefill_chunk, o.concurrency)) +
                      double(c.vocab_size) * 4.0 * double(o.concurrency);
@@ -392,6 +426,7 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
   res.ranks = std::move(best.ranks);
   res.expert_on_host = std::move(best.on_host);
   res.reasons = std::move(best.reasons);
+  kv_capacity(c, res);
   int64_t host_experts = 0, host_bytes = 0;
   std::vector<int> cpu_used;
   for (const RankFit& r : res.ranks) {

@@ -13,6 +13,7 @@
 #include "cluster/spec.h"
 #include "model/config.h"
 #include "model/inspect.h"
+#include "model/kv_layout.h"
 
 namespace shoal::cluster {
 
@@ -38,7 +39,9 @@ struct FitOptions {
   bool expert_scatter = false;  // spread each layer's experts over the ranks (default_plan)
   int64_t context = 4096;       // KV positions per sequence
   int64_t concurrency = 1;      // sequences with a KV cache each
-  int64_t kv_value_bytes = 4;   // float32 cache (MLA's latent, GQA's keys and values), as node/kv_cache.h stores it
+  // KV cache values (MLA's latent, GQA's keys and values): f32, the runtime's default, or bf16
+  // (half the bytes; it does not hold the golden tolerance, so the runtime does not default to it).
+  DType kv_dtype = DType::kF32;
   int64_t wire_value_bytes = 4; // hidden rows between ranks: 4 (--wire-dtype f32) or 2 (bf16)
   int64_t prefill_chunk = 512;  // tokens per prefill step, for the activation estimate
   bool suggest = true;          // on failure, try what would make it fit
@@ -69,6 +72,15 @@ struct RankFit {
   int64_t weight_bytes = 0, kv_bytes = 0, workspace_bytes = 0, total_bytes = 0;  // on the device
   int64_t host_experts = 0, host_weight_bytes = 0;
   std::vector<ExpertRange> host_ranges;
+  // The KV pool of a rank with attention layers (all 0 on the others): one position of its layers
+  // (kv_token_bytes), the device memory left over after total_bytes, the positions that holds, and
+  // the positions the reserved KV plus that hold; both in whole blocks of kKvBlockTokens.
+  int64_t kv_bytes_per_token = 0, kv_free_bytes = 0, kv_free_tokens = 0, kv_tokens = 0;
+};
+
+// How many sequences of `context` positions the cluster's KV pools hold at once.
+struct KvServes {
+  int64_t context = 0, sequences = 0;
 };
 
 struct Prediction {
@@ -91,7 +103,16 @@ struct FitResult {
   WeightFormat weights = WeightFormat::kFp8;
   FitOptions options;               // as asked, but expert_scatter false for a model without experts
   ParamCounts params;
-  int64_t weight_bytes = 0, mtp_weight_bytes = 0, kv_bytes_per_layer = 0;
+  int64_t weight_bytes = 0, mtp_weight_bytes = 0;
+  int64_t kv_bytes_per_layer = 0;     // reserved: concurrency sequences of context positions, in whole blocks
+  // The cluster's KV pool: a position of a sequence takes a slot on every rank with attention
+  // layers, so it holds the least of their kv_tokens (kv_free_tokens: of their leftover alone);
+  // kv_rank is that rank (-1 without one). kv_serves: sequences of 4K, 32K, 128K and the model's
+  // max_position_embeddings (none above it) that those tokens hold, each in whole blocks.
+  int64_t kv_bytes_per_token = 0;     // one position over all layers (kv_token_bytes)
+  int64_t kv_tokens = 0, kv_free_tokens = 0;
+  int kv_rank = -1;
+  std::vector<KvServes> kv_serves;
   Plan plan;
   std::vector<RankFit> ranks;
   std::vector<std::vector<bool>> expert_on_host;  // [layer][expert]: in host memory, not on the device
@@ -106,6 +127,13 @@ StatusOr<std::vector<RankSlot>> rank_slots(const ClusterSpec& s, const FitOption
 // `stored`: the unit bytes of a checkpoint in that format (else computed from the config).
 StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const FitOptions& o,
                              const UnitBytes* stored = nullptr);
+
+// Sequences of `context` positions that `tokens` positions of a KV pool hold, each sequence in
+// whole blocks of kKvBlockTokens.
+int64_t kv_sequences(int64_t tokens, int64_t context);
+// The contexts "serves" lists for a model: 4096, 32768, 131072, then max_position_embeddings when
+// it is another; none above max_position_embeddings (when the config gives it).
+std::vector<int64_t> kv_serve_contexts(const ModelConfig& c);
 
 // cluster/predict.cpp: the decode model of docs/plan.md over a placed plan.
 Prediction predict(const ModelConfig& c, const ClusterSpec& s, const FitResult& r, const UnitBytes& bytes);

@@ -26,7 +26,8 @@ std::string ranges(const std::vector<int64_t>& v) {
   return out.empty() ? "-" : out;
 }
 
-const char* kv_dtype(int64_t bytes) { return bytes == 4 ? "f32" : bytes == 2 ? "bf16" : "f8"; }
+// "4K", "160K", or the number when it is not a whole number of 1024s: a context of "serves".
+std::string context_name(int64_t ctx) { return ctx % 1024 == 0 ? std::to_string(ctx / 1024) + "K" : std::to_string(ctx); }
 
 }  // namespace
 
@@ -45,6 +46,10 @@ ordered_json fit_to_json(const FitResult& r, const ClusterSpec& s) {
                      {"experts", f.experts},
                      {"weight_bytes", f.weight_bytes},
                      {"kv_bytes", f.kv_bytes},
+                     {"kv_bytes_per_token", f.kv_bytes_per_token},
+                     {"kv_free_bytes", f.kv_free_bytes},
+                     {"kv_free_tokens", f.kv_free_tokens},
+                     {"kv_tokens", f.kv_tokens},
                      {"workspace_bytes", f.workspace_bytes},
                      {"total_bytes", f.total_bytes},
                      {"capacity_bytes", f.slot.capacity_bytes},
@@ -55,6 +60,8 @@ ordered_json fit_to_json(const FitResult& r, const ClusterSpec& s) {
                      {"bandwidth_gbs", f.slot.bandwidth_gbs},
                      {"efficiency", f.slot.efficiency}});
   }
+  ordered_json serves = ordered_json::array();
+  for (const KvServes& k : r.kv_serves) serves.push_back({{"context", k.context}, {"sequences", k.sequences}});
   const Prediction& p = r.prediction;
   ordered_json j = {
       {"fits", r.fits},
@@ -71,8 +78,14 @@ ordered_json fit_to_json(const FitResult& r, const ClusterSpec& s) {
       {"expert_scatter", o.expert_scatter},
       {"context", o.context},
       {"concurrency", o.concurrency},
-      {"kv_dtype", kv_dtype(o.kv_value_bytes)},
+      {"kv_dtype", kv_dtype_name(o.kv_dtype)},
       {"kv_bytes_per_layer", r.kv_bytes_per_layer},
+      {"kv_block_tokens", kKvBlockTokens},
+      {"kv_bytes_per_token", r.kv_bytes_per_token},
+      {"kv_tokens", r.kv_tokens},
+      {"kv_free_tokens", r.kv_free_tokens},
+      {"kv_rank", r.kv_rank},
+      {"serves", serves},
       {"world_size", r.ranks.size()},
       {"host_fraction", r.host_fraction},
       {"ranks", ranks},
@@ -104,7 +117,7 @@ std::string fit_text(const FitResult& r, const ClusterSpec& s) {
   if (r.mla) out << " (MTP layers " << gb(r.mtp_weight_bytes) << ")";
   out << (moe ? "" : "; no routed experts") << "\n";
   out << "KV cache: " << o.context << " positions x " << o.concurrency << " sequence(s), "
-      << kv_dtype(o.kv_value_bytes) << (r.mla ? " latent, " : " keys and values, ") << gb(r.kv_bytes_per_layer)
+      << kv_dtype_name(o.kv_dtype) << (r.mla ? " latent, " : " keys and values, ") << gb(r.kv_bytes_per_layer)
       << " per layer\n";
   out << (r.fits ? "fits" : "does not fit") << (o.gpu_only ? " on the GPUs alone" : "");
   if (r.spilled && r.fits) out << (moe ? ", with experts in host memory" : ", with layers on CPU ranks");
@@ -140,6 +153,28 @@ std::string fit_text(const FitResult& r, const ClusterSpec& s) {
     if (r.suggestions.empty()) out << "would fit: nothing tried here (more memory)\n";
     return out.str();
   }
+  // The KV pools: each attention rank's leftover in whole blocks of its layers; the cluster holds
+  // the least of them, since every position of a sequence takes a slot on each.
+  out << "\nKV cache pool (" << kv_dtype_name(o.kv_dtype) << ", blocks of " << kKvBlockTokens
+      << " positions; a position takes a slot on every rank below):\n"
+      << "rank  device  layers       per token   left over   free tokens   tokens in all\n";
+  for (const RankFit& f : r.ranks) {
+    if (f.layers.empty()) continue;
+    char line[256];
+    std::snprintf(line, sizeof line, "%-5d %-7s %-12s %-11s %-11s %-13lld %lld\n", f.slot.rank, f.slot.device.c_str(),
+                  ranges(f.layers).c_str(), gb(f.kv_bytes_per_token).c_str(), gb(f.kv_free_bytes).c_str(),
+                  (long long)f.kv_free_tokens, (long long)f.kv_tokens);
+    out << line;
+  }
+  out << "KV tokens: " << r.kv_tokens << " for the cluster (the least of the ranks above: rank " << r.kv_rank << "), "
+      << r.kv_tokens - r.kv_free_tokens << " reserved (--context " << o.context << " x --concurrency " << o.concurrency
+      << ") and " << r.kv_free_tokens << " in the leftover; " << gb(r.kv_bytes_per_token) << " a position over all "
+      << r.plan.attn.size() << " layers\n";
+  out << "serves: ";
+  for (size_t k = 0; k < r.kv_serves.size(); ++k)
+    out << (k ? ", " : "") << r.kv_serves[k].sequences << (k ? " of " : " sequences of ")
+        << context_name(r.kv_serves[k].context);
+  out << "\n";
   const Prediction& p = r.prediction;
   out << "\ntraffic per decoded token: " << fixed(p.hop_bytes_per_token, 0) << " B per pipeline hop x " << p.hops
       << " hops";

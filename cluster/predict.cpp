@@ -112,7 +112,7 @@ Prediction predict(const ModelConfig& c, const ClusterSpec& s, const FitResult& 
   Prediction p;
   const FitOptions& o = r.options;
   const Model m{c, s, r, bytes, double(c.dim) * double(o.wire_value_bytes) + kHeaderBytes,
-                double(o.context) * double(c.kv_cache_width()) * double(o.kv_value_bytes)};
+                double(o.context) * double(kv_token_bytes(c, 1, o.kv_dtype))};
   p.hop_bytes_per_token = m.hop_bytes;
   const Plan& plan = r.plan;
 

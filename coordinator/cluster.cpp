@@ -31,7 +31,9 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
   const ModelConfig& cfg = c->ck_->config();
   SHOAL_ASSIGN_OR_RETURN(c->loras_, load_loras(o.loras, cfg, o.merge_lora, o.merge_into));
   const int world = c->t_->size();
-  c->max_seq_len_ = o.max_seq_len > 0 ? o.max_seq_len : std::min(cfg.max_position_embeddings, kDefaultMaxSeqLen);
+  c->max_seq_len_ = o.max_seq_len > 0 ? o.max_seq_len
+                    : o.kv_memory != 0 ? cfg.max_position_embeddings  // a pool: as far as the model and the pool reach
+                                       : std::min(cfg.max_position_embeddings, kDefaultMaxSeqLen);
   if (!o.plan_file.empty()) {
     SHOAL_ASSIGN_OR_RETURN(c->plan_, cluster::read_plan_file(o.plan_file, cfg, world));
   } else {
@@ -41,6 +43,11 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
     po.expert_scatter = o.expert_scatter;
     SHOAL_ASSIGN_OR_RETURN(c->plan_, cluster::default_plan(cfg, bytes, world, po));
   }
+  int64_t most_layers = 0;  // the pool has as many blocks on every rank: the fullest rank sizes it
+  for (int r = 0; r < world; ++r)
+    most_layers = std::max<int64_t>(most_layers, std::count(c->plan_.attn.begin(), c->plan_.attn.end(), r));
+  SHOAL_ASSIGN_OR_RETURN(c->kv_blocks_, kv_pool_blocks(cfg, most_layers, o.kv_memory, o.kv_dtype));
+  if (c->kv_blocks_ > 0) c->max_seq_len_ = std::min(c->max_seq_len_, c->kv_blocks_ * kKvBlockTokens);
   c->loaded_.resize(size_t(world));
   c->last_heard_.assign(size_t(world), Clock::now());
   c->last_beat_.resize(size_t(world));
@@ -54,6 +61,8 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
     WorkerOptions wo;
     wo.n_slots = o.n_slots;
     wo.max_seq_len = c->max_seq_len_;
+    wo.kv_blocks = c->kv_blocks_;
+    wo.kv_dtype = o.kv_dtype;
     wo.attn_impl = o.attn_impl;
     wo.wire_dtype = o.wire_dtype;
     wo.lora = lora_views(c->loras_);
@@ -85,6 +94,8 @@ Status Cluster::hello_all() {
     h->set_weights_fingerprint(fp);
     h->set_n_slots(options_.n_slots);
     h->set_max_seq_len(max_seq_len_);
+    h->set_kv_blocks(kv_blocks_);
+    h->set_kv_dtype(options_.kv_dtype == DType::kBF16 ? 1 : 0);
     h->set_attn_impl(int32_t(options_.attn_impl));
     h->set_exact_numerics(options_.exact);
     h->set_wire_dtype(int32_t(options_.wire_dtype));
@@ -121,7 +132,7 @@ int64_t Cluster::pipeline_depth() const {
 StatusOr<uint64_t> Cluster::submit(const Batch& asked, const std::vector<int64_t>& rows, bool want_logits,
                                    const std::vector<RowSampler>& samplers) {
   const std::vector<std::string> adapters = adapter_names();
-  SHOAL_RETURN_IF_ERROR(check_batch(asked, config(), n_slots(), max_seq_len(), adapters));
+  SHOAL_RETURN_IF_ERROR(check_batch(asked, config(), n_slots(), max_seq_len(), adapters, kv_blocks()));
   const Batch batch = with_served_adapters(asked, adapters);
   if (!samplers.empty() && samplers.size() != rows.size())
     return invalid_argument(std::to_string(samplers.size()) + " samplers for " + std::to_string(rows.size()) + " rows");
@@ -136,6 +147,14 @@ StatusOr<uint64_t> Cluster::submit(const Batch& asked, const std::vector<int64_t
   }
   if (!batch.row_adapters().empty())
     for (const SeqRange& s : batch.seqs) mb.add_seq_adapter(s.adapter);
+  if (std::any_of(batch.seqs.begin(), batch.seqs.end(), [](const SeqRange& s) { return s.attn != AttnImpl::kAuto; }))
+    for (const SeqRange& s : batch.seqs) mb.add_seq_attn(int32_t(s.attn));
+  for (const TableEdit& e : batch.tables) {
+    mb.add_table_slot(e.slot);
+    mb.add_table_keep(e.keep);
+    mb.add_table_count(int32_t(e.blocks.size()));
+    mb.mutable_table_blocks()->Add(e.blocks.begin(), e.blocks.end());
+  }
   for (const SlotCopy& c : batch.copies) {
     mb.add_copy_from(c.from);
     mb.add_copy_to(c.to);

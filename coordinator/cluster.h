@@ -31,6 +31,9 @@ struct ClusterOptions {
   std::filesystem::path model_dir;
   int64_t n_slots = 1;
   int64_t max_seq_len = 0;  // 0: min(max_position_embeddings, 4096)
+  int64_t kv_memory = 0;    // bytes of each rank's paged KV pool (for the rank with the most layers); 0: static slots;
+                            // kDefaultKvMemory: as large as 8 x 4096 float32 positions
+  DType kv_dtype = DType::kF32;
   AttnImpl attn_impl = AttnImpl::kAuto;
   std::filesystem::path plan_file;  // empty: the default planner
   bool expert_scatter = false;      // default planner: spread experts over the ranks
@@ -56,6 +59,8 @@ class Cluster : public Executor {
   const ModelConfig& config() const override { return ck_->config(); }
   int64_t max_seq_len() const override { return max_seq_len_; }
   int64_t n_slots() const override { return options_.n_slots; }
+  int64_t kv_blocks() const override { return kv_blocks_; }
+  DType kv_dtype() const override { return options_.kv_dtype; }
   int64_t pipeline_depth() const override;
   std::vector<std::string> adapter_names() const override { return lora_names(loras_); }
   StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
@@ -86,6 +91,7 @@ class Cluster : public Executor {
   std::vector<std::unique_ptr<LoraAdapter>> loras_;
   cluster::Plan plan_;
   int64_t max_seq_len_ = 0;
+  int64_t kv_blocks_ = 0;
   std::vector<wire::Loaded> loaded_;
   std::unique_ptr<Worker> local_;  // rank 0's own units
   uint64_t next_id_ = 1;

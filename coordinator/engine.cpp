@@ -16,12 +16,28 @@ StatusOr<std::unique_ptr<Engine>> Engine::open(const std::filesystem::path& dir,
   SHOAL_ASSIGN_OR_RETURN(e->head_, load_head(*e->ck_));
   StageOptions so;
   so.n_slots = opts.n_slots;
-  so.max_seq_len = opts.max_seq_len > 0 ? opts.max_seq_len : std::min(c.max_position_embeddings, kDefaultMaxSeqLen);
+  so.max_seq_len = opts.max_seq_len > 0 ? opts.max_seq_len
+                   : opts.kv_memory != 0 ? c.max_position_embeddings  // a pool: as far as the model and the pool reach
+                                         : std::min(c.max_position_embeddings, kDefaultMaxSeqLen);
   so.attn_impl = opts.attn_impl;
+  so.kv_dtype = opts.kv_dtype;
+  SHOAL_ASSIGN_OR_RETURN(so.kv_blocks, kv_pool_blocks(c, c.n_layers, opts.kv_memory, opts.kv_dtype));
+  if (so.kv_blocks > 0) so.max_seq_len = std::min(so.max_seq_len, so.kv_blocks * kKvBlockTokens);  // what it can hold
   SHOAL_ASSIGN_OR_RETURN(e->loras_, load_loras(opts.loras, c, opts.merge_lora, opts.merge_into));
   so.lora = lora_views(e->loras_);
   SHOAL_ASSIGN_OR_RETURN(e->stage_, Stage::load(*e->ck_, so));
   return e;
+}
+
+StatusOr<int64_t> kv_pool_blocks(const ModelConfig& c, int64_t layers, int64_t bytes, DType dtype) {
+  if (bytes == kDefaultKvMemory) bytes = 8 * 4096 * kv_token_bytes(c, layers, DType::kF32);
+  if (bytes <= 0 || layers <= 0) return int64_t(0);
+  const int64_t block = kv_block_bytes(c, layers, dtype), blocks = bytes / block;
+  if (blocks < 1)
+    return invalid_argument("a KV pool of " + std::to_string(bytes) + " bytes cannot hold one block of " +
+                            std::to_string(kKvBlockTokens) + " positions (" + std::to_string(block) + " bytes in " +
+                            kv_dtype_name(dtype) + " over " + std::to_string(layers) + " layers)");
+  return blocks;
 }
 
 Batch with_served_adapters(const Batch& b, const std::vector<std::string>& adapter_names) {
@@ -32,7 +48,18 @@ Batch with_served_adapters(const Batch& b, const std::vector<std::string>& adapt
 }
 
 Status check_batch(const Batch& b, const ModelConfig& c, int64_t n_slots, int64_t max_seq_len,
-                   const std::vector<std::string>& adapter_names) {
+                   const std::vector<std::string>& adapter_names, int64_t kv_blocks) {
+  for (const TableEdit& e : b.tables) {
+    if (kv_blocks == 0) return invalid_argument("a KV block table edit, but the KV cache is not paged");
+    if (e.slot < 0 || e.slot >= n_slots || e.keep < 0 ||
+        e.keep + int64_t(e.blocks.size()) > kv_blocks_for(max_seq_len))
+      return invalid_argument("a KV block table edit (slot " + std::to_string(e.slot) + ", keep " +
+                              std::to_string(e.keep) + ", " + std::to_string(e.blocks.size()) + " blocks) does not fit " +
+                              std::to_string(n_slots) + " slots of " + std::to_string(max_seq_len) + " positions");
+    for (int32_t id : e.blocks)
+      if (id < 0 || id >= kv_blocks)
+        return invalid_argument("KV block " + std::to_string(id) + " is outside the pool of " + std::to_string(kv_blocks));
+  }
   for (size_t si = 0; si < b.seqs.size(); ++si) {
     const SeqRange& s = b.seqs[si];
     if (s.adapter < 0 || size_t(s.adapter) > adapter_names.size())
@@ -64,13 +91,13 @@ Status check_batch(const Batch& b, const ModelConfig& c, int64_t n_slots, int64_
 
 StatusOr<std::vector<float>> Engine::forward(const Batch& asked, const std::vector<int64_t>& logit_rows) {
   const std::vector<std::string> adapters = adapter_names();
-  SHOAL_RETURN_IF_ERROR(check_batch(asked, config(), n_slots(), max_seq_len(), adapters));
+  SHOAL_RETURN_IF_ERROR(check_batch(asked, config(), n_slots(), max_seq_len(), adapters, kv_blocks()));
   const Batch batch = with_served_adapters(asked, adapters);
   const ModelConfig& c = config();
   const int64_t n = batch.n_tokens(), dim = c.dim, m = int64_t(logit_rows.size());
   std::vector<float> x(static_cast<size_t>(n * dim));
   kernels::embedding(x.data(), batch.tokens.data(), embed_, n, ctx_);
-  stage_->forward(x.data(), batch);
+  SHOAL_RETURN_IF_ERROR(stage_->forward(x.data(), batch));
   if (m == 0) return std::vector<float>{};  // a prefill chunk that chooses no token
   std::vector<float> h(static_cast<size_t>(m * dim));
   for (int64_t r = 0; r < m; ++r) std::copy_n(x.data() + logit_rows[size_t(r)] * dim, dim, h.data() + r * dim);
@@ -135,6 +162,21 @@ StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vect
   r.prompt_logits.resize(size_t(B));
   r.ids.resize(size_t(B));
   r.step_logits.resize(size_t(B));
+  // A paged pool: each prompt its own blocks for all it will reach, given with its prefill.
+  std::vector<TableEdit> tables;
+  if (ex.kv_blocks() > 0) {
+    int32_t next = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t blocks = kv_blocks_for(std::min<int64_t>(int64_t(prompts[size_t(b)].size()) + steps, ex.max_seq_len()));
+      if (next + blocks > ex.kv_blocks())
+        return Status(Code::kResourceExhausted, std::to_string(B) + " prompts of up to " + std::to_string(steps) +
+                                                    " steps need more than the KV pool's " +
+                                                    std::to_string(ex.kv_blocks()) + " blocks");
+      TableEdit e{int32_t(b), 0, {}};
+      for (int64_t k = 0; k < blocks; ++k) e.blocks.push_back(next++);
+      tables.push_back(std::move(e));
+    }
+  }
   const int64_t G = std::clamp<int64_t>(ex.pipeline_depth(), 1, std::max<int64_t>(B, 1));
   std::map<uint64_t, InFlight> pending;
   auto submit = [&](InFlight f, const Batch& batch, const std::vector<int64_t>& rows, bool logits) -> Status {
@@ -148,6 +190,7 @@ StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vect
     Batch batch;
     std::vector<int64_t> rows;
     for (int64_t b = g * B / G; b < (g + 1) * B / G; ++b) {
+      if (!tables.empty()) batch.tables.push_back(tables[size_t(b)]);
       batch.add_sequence(int32_t(b), 0, prompts[size_t(b)], adapter_of(b));
       const SeqRange& s = batch.seqs.back();
       for (int64_t t = want_prompt_logits ? s.begin : s.begin + s.count - 1; t < s.begin + s.count; ++t) rows.push_back(t);

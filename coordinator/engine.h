@@ -17,6 +17,8 @@ namespace shoal {
 struct EngineOptions {
   int64_t n_slots = 1;       // sequences in flight
   int64_t max_seq_len = 0;   // 0: max_position_embeddings, capped at kDefaultMaxSeqLen
+  int64_t kv_memory = 0;     // bytes of a paged KV pool (node/kv_cache.h); 0: each slot its own max_seq_len
+  DType kv_dtype = DType::kF32;
   AttnImpl attn_impl = AttnImpl::kAuto;
   bool exact = false;  // GGUF block types: exact numerics (default fast; kernels::Numerics)
   std::vector<LoraSpec> loras;  // LoRA adapters served (docs/lora.md); one unnamed: every sequence's
@@ -33,6 +35,8 @@ class Engine : public Executor {
   const ModelConfig& config() const override { return ck_->config(); }
   int64_t max_seq_len() const override { return stage_->max_seq_len(); }
   int64_t n_slots() const override { return stage_->n_slots(); }
+  int64_t kv_blocks() const override { return stage_->cache().paged() ? stage_->cache().n_blocks() : 0; }
+  DType kv_dtype() const override { return stage_->cache().dtype(); }
   std::vector<std::string> adapter_names() const override { return lora_names(loras_); }
   // Runs the micro-batch at once; next_result() hands the results out in order.
   StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,

@@ -9,6 +9,7 @@
 #include "common/status.h"
 #include "model/batch.h"
 #include "model/config.h"
+#include "model/kv_layout.h"
 #include "node/sampling.h"
 
 namespace shoal {
@@ -26,6 +27,11 @@ class Executor {
   virtual const ModelConfig& config() const = 0;
   virtual int64_t max_seq_len() const = 0;
   virtual int64_t n_slots() const = 0;
+  // A paged KV pool's blocks of kKvBlockTokens positions (model/kv_layout.h), the same number on
+  // every rank: the scheduler then gives each slot its blocks (Batch::tables). 0: a static cache,
+  // each slot holding max_seq_len() positions of its own.
+  virtual int64_t kv_blocks() const { return 0; }
+  virtual DType kv_dtype() const { return DType::kF32; }
   // Micro-batches worth keeping in flight so every pipeline stage has work.
   virtual int64_t pipeline_depth() const { return 1; }
   // The LoRA adapters served, by id (names[k - 1] is adapter id k; docs/lora.md): a sequence picks
@@ -45,9 +51,17 @@ class Executor {
   virtual StatusOr<StepResult> next_result() = 0;
 };
 
+// A paged pool's default size: as many bytes as 8 slots of 4096 float32 positions (the static
+// cache's default) of the same layers.
+inline constexpr int64_t kDefaultKvMemory = -1;
+
+// Blocks of a paged KV pool of `bytes` for `layers` layers (0 bytes: 0, a static cache;
+// kDefaultKvMemory: the default size); an error when it could not hold one block.
+StatusOr<int64_t> kv_pool_blocks(const ModelConfig& c, int64_t layers, int64_t bytes, DType dtype);
+
 // Checks a batch against the vocabulary, the slots, the context and the adapters (shared by executors).
 Status check_batch(const Batch& b, const ModelConfig& c, int64_t n_slots, int64_t max_seq_len,
-                   const std::vector<std::string>& adapter_names = {});
+                   const std::vector<std::string>& adapter_names = {}, int64_t kv_blocks = 0);
 // The batch as the ranks run it: with one unnamed adapter, every sequence's adapter is 1.
 Batch with_served_adapters(const Batch& b, const std::vector<std::string>& adapter_names);
 

@@ -9,6 +9,8 @@ StatusOr<std::unique_ptr<HealingCluster>> HealingCluster::start(Open open) {
   h->config_ = first->config();
   h->max_seq_len_ = first->max_seq_len();
   h->n_slots_ = first->n_slots();
+  h->kv_blocks_ = first->kv_blocks();
+  h->kv_dtype_ = first->kv_dtype();
   h->depth_ = first->pipeline_depth();
   h->adapters_ = first->adapter_names();
   h->current_ = std::move(first);
@@ -46,7 +48,7 @@ Status HealingCluster::heal() {
     broken.reset();            // the connections close
   }
   SHOAL_ASSIGN_OR_RETURN(std::unique_ptr<Cluster> next, open_());
-  if (next->max_seq_len() != max_seq_len_ || next->n_slots() != n_slots_ || next->pipeline_depth() != depth_ ||
+  if (next->max_seq_len() != max_seq_len_ || next->n_slots() != n_slots_ || next->kv_blocks() != kv_blocks_ || next->pipeline_depth() != depth_ ||
       next->adapter_names() != adapters_ || next->config().vocab_size != config_.vocab_size ||
       next->config().n_layers != config_.n_layers) {
     (void)next->shutdown();

@@ -25,6 +25,8 @@ class HealingCluster : public Executor {
   const ModelConfig& config() const override { return config_; }
   int64_t max_seq_len() const override { return max_seq_len_; }
   int64_t n_slots() const override { return n_slots_; }
+  int64_t kv_blocks() const override { return kv_blocks_; }
+  DType kv_dtype() const override { return kv_dtype_; }
   int64_t pipeline_depth() const override { return depth_; }
   std::vector<std::string> adapter_names() const override { return adapters_; }
   StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
@@ -49,7 +51,8 @@ class HealingCluster : public Executor {
   mutable std::mutex mu_;
   std::shared_ptr<Cluster> current_;
   ModelConfig config_;
-  int64_t max_seq_len_ = 0, n_slots_ = 0, depth_ = 1;
+  int64_t max_seq_len_ = 0, n_slots_ = 0, depth_ = 1, kv_blocks_ = 0;
+  DType kv_dtype_ = DType::kF32;
   std::vector<std::string> adapters_;
   int heals_ = 0;
 };

@@ -3,6 +3,14 @@
 // it; each running sequence holds one KV slot; up to pipeline_depth() micro-batches are in flight
 // (a sequence in at most one), so every pipeline stage has work.
 //
+// With a paged KV pool (Executor::kv_blocks() > 0; docs/serving.md, "The KV pool") a slot holds
+// only the blocks its positions need: a request is admitted when its prompt's blocks are free,
+// takes one more block every kKvBlockTokens positions, and gives them back when it ends. When the
+// pool runs dry mid-generation the youngest sequence not in flight is preempted: its blocks go
+// back and it is computed again later, up to where it was, with the same attention path, so its
+// tokens are those of an uninterrupted run. Full prompt blocks stay cached after their request
+// ends and a later prompt with the same prefix reuses them (SchedulerOptions::prefix_cache).
+//
 // Tokens are chosen on the head rank: the argmax for requests without sampling parameters,
 // sample() with them (node/sampling.h; the micro-batch carries each row's parameters, seed and
 // step, and the history only when a penalty needs it). Stops: the request's stop ids (EOS),
@@ -17,6 +25,7 @@
 #include <vector>
 
 #include "coordinator/executor.h"
+#include "coordinator/kv_blocks.h"
 
 namespace shoal {
 
@@ -57,6 +66,7 @@ struct GenerationRequest {
 // One generated token, or the end of a request (token < 0 when it ends without one).
 struct TokenEvent {
   uint64_t request = 0;
+  int64_t cached_tokens = -1;  // on a request's first token: its prompt tokens found in the prefix cache
   int32_t token = -1;
   FinishReason finish = FinishReason::kNone;
   std::optional<float> logprob;     // when the request asked for logprobs
@@ -65,6 +75,14 @@ struct TokenEvent {
 
 struct SchedulerOptions {
   int64_t max_batch_tokens = 512;  // tokens per micro-batch (prefill chunks + decodes)
+  bool prefix_cache = true;        // paged pool: reuse cached blocks of earlier prompts
+};
+
+// What the paged pool has done (all zero with a static cache).
+struct KvStats {
+  int64_t blocks = 0, held = 0, cached = 0, available = 0;
+  int64_t prompt_tokens = 0, cached_prompt_tokens = 0;  // of admitted requests: all, found cached
+  int64_t preemptions = 0;
 };
 
 class Scheduler {
@@ -79,20 +97,39 @@ class Scheduler {
 
   // Submits what is ready, waits for one micro-batch, and returns its events (possibly none).
   StatusOr<std::vector<TokenEvent>> step();
-  bool idle() const { return waiting_.empty() && running_.empty(); }
-  size_t waiting() const { return waiting_.size(); }
+  bool idle() const { return waiting_.empty() && running_.empty() && preempted_.empty(); }
+  size_t waiting() const { return waiting_.size() + preempted_.size(); }
   size_t running() const { return running_.size(); }
+  KvStats kv_stats() const;
+  const KvBlockPool* pool() const { return pool_ ? &*pool_ : nullptr; }
 
  private:
   struct Sequence {
     GenerationRequest request;
     int32_t slot = -1;
-    int64_t prefilled = 0;          // prompt tokens already in the cache
+    int64_t cached = 0;             // positions in the cache: the prompt, then (after a preemption) outputs
     std::vector<int32_t> output;
     bool in_flight = false;
     bool cancelled = false;
+    uint64_t order = 0;             // admission order (the youngest is preempted first)
+    AttnImpl prompt_attn = AttnImpl::kAuto;  // its prompt's MLA path, fixed for every chunk
+    // Paged pool: its blocks in position order, how many the ranks know (sent), whether they must
+    // forget the slot's old table first, its prompt's full-block keys and how many are published.
+    std::vector<int32_t> blocks;
+    size_t sent = 0;
+    bool reset = true;
+    std::vector<BlockKey> keys;
+    size_t published = 0;
+    int64_t cached_tokens = -1;     // prompt tokens found cached at its (first) admission
   };
   bool can_admit(const GenerationRequest& r) const;
+  bool paged() const { return pool_.has_value(); }
+  bool admit_one(Sequence& s);          // paged: takes its blocks; false when the pool cannot
+  bool grow(uint64_t id, int64_t end);  // paged: blocks up to position `end`, preempting if needed
+  void preempt(uint64_t id);
+  void release_blocks(Sequence& s);
+  void publish_blocks(Sequence& s);
+  int32_t token_at(const Sequence& s, int64_t pos) const;
   struct Part {                      // a sequence's share of an in-flight micro-batch
     uint64_t request;
     int64_t tokens;
@@ -107,7 +144,11 @@ class Scheduler {
   Executor& ex_;
   SchedulerOptions options_;
   std::deque<GenerationRequest> waiting_;
+  std::deque<Sequence> preempted_;   // waiting to be computed again, oldest first
   std::map<uint64_t, Sequence> running_;
+  std::optional<KvBlockPool> pool_;
+  uint64_t next_order_ = 0;
+  int64_t prompt_tokens_ = 0, cached_prompt_tokens_ = 0, preemptions_ = 0;
   std::vector<int32_t> free_slots_;
   std::map<uint64_t, std::vector<Part>> in_flight_;  // micro-batch id -> parts
   std::vector<SlotCopy> pending_copies_;             // for the next micro-batch

@@ -4,6 +4,7 @@ namespace shoal {
 
 GenerationService::GenerationService(Executor& executor, SchedulerOptions options)
     : ex_(executor), options_(options), scheduler_(std::make_unique<Scheduler>(executor, options)) {
+  kv_stats_ = scheduler_->kv_stats();
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -62,6 +63,7 @@ void GenerationService::heal_until_stopped(const Status& failure) {
     std::unique_lock<std::mutex> lock(mu_);
     if (h.ok()) {
       scheduler_ = std::make_unique<Scheduler>(ex_, options_);
+      kv_stats_ = scheduler_->kv_stats();
       failed_ = Status();
       ++heals_;
       waiting_ = running_ = 0;
@@ -80,6 +82,11 @@ size_t GenerationService::waiting() const {
 size_t GenerationService::running() const {
   std::lock_guard<std::mutex> lock(mu_);
   return running_;
+}
+
+KvStats GenerationService::kv_stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return kv_stats_;
 }
 
 void GenerationService::loop() {
@@ -117,6 +124,7 @@ void GenerationService::loop() {
       }
       waiting_ = scheduler_->waiting();
       running_ = scheduler_->running();
+      kv_stats_ = scheduler_->kv_stats();
     }
     if (!events.ok()) {
       for (auto& [id, cb] : lost)

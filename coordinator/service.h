@@ -41,6 +41,7 @@ class GenerationService {
   int heals() const;
   size_t waiting() const;
   size_t running() const;
+  KvStats kv_stats() const;  // the paged KV pool's (as of the last step)
   Executor& executor() { return ex_; }
 
  private:
@@ -64,6 +65,7 @@ class GenerationService {
   Status failed_;
   int heals_ = 0;
   size_t waiting_ = 0, running_ = 0;
+  KvStats kv_stats_;
   bool stop_ = false;
   std::thread thread_;
 };

@@ -86,13 +86,19 @@ void rope(const RopeParams& p, const Context& ctx);
 // Shapes via strides so the same op serves MLA naive (per-head keys) and absorbed (shared latent
 // keys: k_head_stride = v_head_stride = 0). Keys are split in two parts that are both dotted
 // with their half of the query: (q_a·k_a + q_b·k_b), which is how MLA keeps nope and rope apart.
+//
+// The key and value operands may be a KV cache's rows as they are stored: in bf16 (kv_dtype;
+// widened exactly as they are read) and paged, key t then in block kv_blocks[t / kv_block_tokens]
+// at row t % kv_block_tokens, an operand's block b starting kv_block_stride * b elements past its
+// pointer. Neither changes an operation: a paged bf16 cache gives the bits of a contiguous float
+// one holding the same values.
 struct AttentionParams {
   float* out;           // [n_q, n_heads, dv] contiguous
   const float* q_a;     // [n_q, n_heads, da] with q_token_stride / q_head_stride
   const float* q_b;     // [n_q, n_heads, db] with q_b_token_stride / q_b_head_stride
-  const float* k_a;     // [n_kv, (n_heads,) da]
-  const float* k_b;     // [n_kv, (n_heads,) db]
-  const float* v;       // [n_kv, (n_heads,) dv]
+  const void* k_a;      // [n_kv, (n_heads,) da]   elements of kv_dtype
+  const void* k_b;      // [n_kv, (n_heads,) db]
+  const void* v;        // [n_kv, (n_heads,) dv]
   const int32_t* q_pos; // [n_q] absolute positions; key t is visible when t <= q_pos
   int64_t n_q, n_kv, n_heads, da, db, dv;
   int64_t q_token_stride, q_head_stride, q_b_token_stride, q_b_head_stride;
@@ -100,6 +106,9 @@ struct AttentionParams {
   int64_t v_token_stride, v_head_stride;
   float scale;
   int64_t kv_group = 1;  // query heads per key/value head: head h reads k/v head h / kv_group (GQA)
+  DType kv_dtype = DType::kF32;      // of k_a, k_b and v: kF32 or kBF16
+  const int32_t* kv_blocks = nullptr;  // paged operands: the block of each kv_block_tokens keys
+  int64_t kv_block_tokens = 0, kv_block_stride = 0;
 };
 void attention(const AttentionParams& p, const Context& ctx);
 

@@ -45,11 +45,8 @@ void gqa_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
   for (size_t si = 0; si < batch.seqs.size(); ++si) {
     const SeqRange& s = batch.seqs[si];
     const SeqKv& cache = kv[si];
-    for (int64_t t = s.begin; t < s.begin + s.count; ++t) {  // keys into kv, values into pe
-      SHOAL_CHECK_LT(int64_t(pos[t]), cache.capacity);
-      std::copy_n(k.data() + t * KV * hd, KV * hd, cache.kv + int64_t(pos[t]) * KV * hd);
-      std::copy_n(v.data() + t * KV * hd, KV * hd, cache.pe + int64_t(pos[t]) * KV * hd);
-    }
+    for (int64_t t = s.begin; t < s.begin + s.count; ++t)  // keys into kv, values into pe
+      cache.store(pos[t], k.data() + t * KV * hd, KV * hd, v.data() + t * KV * hd, KV * hd);
     kernels::AttentionParams p{};
     p.out = o.data() + s.begin * H * hd;
     p.q_a = p.q_b = q.data() + s.begin * H * hd;  // the whole head is one part: db = 0
@@ -59,6 +56,7 @@ void gqa_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
     p.k_a_token_stride = p.k_b_token_stride = KV * hd;
     p.k_a_head_stride = p.k_b_head_stride = hd;
     p.v = cache.pe; p.v_token_stride = KV * hd; p.v_head_stride = hd;
+    cache.describe(p);
     p.q_pos = pos + s.begin;
     p.n_q = s.count; p.n_kv = pos[s.begin + s.count - 1] + 1;
     p.n_heads = H; p.da = hd; p.db = 0; p.dv = hd;

@@ -7,7 +7,15 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/seq_kv.h"
+
 namespace shoal {
+
+// How MLA attends. kAbsorb folds kv_b_proj into the query and the output (model.py's default,
+// cheap for decode: the latent cache is read as is); kNaive expands the cached latents into
+// per-head keys and values (cheaper for long prefills); kAuto picks per sequence by cost.
+// The two round differently, so a token's bits depend on the path its sequence took.
+enum class AttnImpl : int8_t { kAuto, kNaive, kAbsorb };
 
 struct SeqRange {
   int64_t begin = 0;  // first token of this sequence in the batch
@@ -15,6 +23,9 @@ struct SeqRange {
   int32_t slot = 0;   // KV cache slot holding this sequence
   int32_t start_pos = 0;  // position of its first token here (tokens before it are cached)
   int32_t adapter = 0;    // its LoRA adapter id (model/lora.h); 0: the base model
+  // Its MLA path (kAuto: by its token count here). The scheduler fixes it per request, so that
+  // a token's bits do not depend on how its prompt was chunked, reused or recomputed.
+  AttnImpl attn = AttnImpl::kAuto;
 };
 
 // Positions [0, positions) of KV slot `from` copied into slot `to`, in every layer, before the
@@ -24,10 +35,19 @@ struct SlotCopy {
   int32_t positions = 0;
 };
 
+// A paged KV cache's block table of `slot` becomes its first `keep` blocks followed by `blocks`
+// (node/kv_cache.h), on every rank, before the micro-batch that carries the edit runs there.
+struct TableEdit {
+  int32_t slot = 0;
+  int32_t keep = 0;
+  std::vector<int32_t> blocks;
+};
+
 struct Batch {
   std::vector<int32_t> tokens;     // [n_tokens]
   std::vector<int32_t> positions;  // [n_tokens]
   std::vector<SeqRange> seqs;
+  std::vector<TableEdit> tables;   // applied before the copies and the tokens
   std::vector<SlotCopy> copies;    // applied layer by layer before the tokens
 
   int64_t n_tokens() const { return int64_t(tokens.size()); }
@@ -47,14 +67,6 @@ struct Batch {
     for (const SeqRange& s : seqs) std::fill_n(r.begin() + s.begin, s.count, s.adapter);
     return r;
   }
-};
-
-// The KV cache rows of one sequence in one layer: rows [0, capacity), row p for position p.
-// MLA keeps the latent and the roped key; GQA keeps the roped keys in `kv` and the values in `pe`.
-struct SeqKv {
-  float* kv = nullptr;  // [capacity, kv_lora_rank]  normalised latent c_kv  (GQA: keys [capacity, n_kv_heads * head_dim])
-  float* pe = nullptr;  // [capacity, qk_rope_head_dim]  roped k_pe          (GQA: values, same shape)
-  int64_t capacity = 0;
 };
 
 }  // namespace shoal

@@ -86,18 +86,23 @@ void attend_naive(float* o, const float* q, const AttnWeights& w, const SeqRange
                   const SeqKv& kv, const LayerContext& lc) {
   const ModelConfig& c = *lc.config;
   const int64_t H = c.n_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
-  const int64_t end = pos[s.count - 1] + 1, kvw = dn + dv;
+  const int64_t end = pos[s.count - 1] + 1, kvw = dn + dv, C = c.kv_lora_rank;
+  // The cached rows as float32, contiguous: the expansion's input (its product costs C * H *
+  // (dn + dv) per row, against C for this copy) and the roped keys beside it.
+  std::vector<float> latent(static_cast<size_t>(end * C)), k_pe(static_cast<size_t>(end * dr));
+  kv.load_kv(latent.data(), end, C);
+  kv.load_pe(k_pe.data(), end, dr);
   std::vector<float> kv_full(static_cast<size_t>(end * H * kvw));  // [end, H, dn + dv]
   const std::vector<int32_t> rows(static_cast<size_t>(s.adapter != 0 ? end : 0), s.adapter);  // every cached row
   if (!c.mla_split_kv_b) {
-    adapted_linear(kv_full.data(), kv.kv, w.wkv_b, w.lora.wkv_b, rows, end, lc.kernels);
+    adapted_linear(kv_full.data(), latent.data(), w.wkv_b, w.lora.wkv_b, rows, end, lc.kernels);
   } else {
     std::vector<float> part(static_cast<size_t>(end * std::max(dn, dv)));
     for (int64_t h = 0; h < H; ++h) {
-      expand_k_nope(part.data(), kv.kv, rows, end, w, h, c, lc.kernels);
+      expand_k_nope(part.data(), latent.data(), rows, end, w, h, c, lc.kernels);
       scatter_cols(kv_full.data(), part.data(), end, H * kvw, h * kvw, dn);
-      kernels::linear(part.data(), kv.kv, w_uv(w, h, c), end, lc.kernels);
-      add_lora(part.data(), kv.kv, lora_uv(w, h, c), rows, end, lc.kernels);
+      kernels::linear(part.data(), latent.data(), w_uv(w, h, c), end, lc.kernels);
+      add_lora(part.data(), latent.data(), lora_uv(w, h, c), rows, end, lc.kernels);
       scatter_cols(kv_full.data(), part.data(), end, H * kvw, h * kvw + dn, dv);
     }
   }
@@ -107,7 +112,7 @@ void attend_naive(float* o, const float* q, const AttnWeights& w, const SeqRange
   p.q_token_stride = p.q_b_token_stride = H * (dn + dr);
   p.q_head_stride = p.q_b_head_stride = dn + dr;
   p.k_a = kv_full.data(); p.k_a_token_stride = H * kvw; p.k_a_head_stride = kvw;
-  p.k_b = kv.pe; p.k_b_token_stride = dr; p.k_b_head_stride = 0;
+  p.k_b = k_pe.data(); p.k_b_token_stride = dr; p.k_b_head_stride = 0;
   p.v = kv_full.data() + dn; p.v_token_stride = H * kvw; p.v_head_stride = kvw;
   p.q_pos = pos;
   p.n_q = s.count; p.n_kv = end; p.n_heads = H; p.da = dn; p.db = dr; p.dv = dv;
@@ -158,6 +163,7 @@ void attend_absorbed(float* o, const float* q, const AttnWeights& w, const Batch
     p.k_a = kv[si].kv; p.k_a_token_stride = C; p.k_a_head_stride = 0;
     p.k_b = kv[si].pe; p.k_b_token_stride = dr; p.k_b_head_stride = 0;
     p.v = kv[si].kv; p.v_token_stride = C; p.v_head_stride = 0;
+    kv[si].describe(p);  // the cache's blocks and dtype, read where they are
     p.q_pos = pos + s.begin;
     p.n_q = s.count; p.n_kv = pos[s.begin + s.count - 1] + 1; p.n_heads = H; p.da = C; p.db = dr; p.dv = C;
     p.scale = lc.rope->softmax_scale;
@@ -178,13 +184,14 @@ void attend_absorbed(float* o, const float* q, const AttnWeights& w, const Batch
 
 // Naive costs end*(dn+dv)*C per head to expand the cache, absorbed costs about m*end*(2C-dn)
 // more in scores and context: expanding pays off once a sequence brings this many new tokens.
+
+}  // namespace
+
 bool use_naive(const ModelConfig& c, int64_t new_tokens, AttnImpl impl) {
   if (impl != AttnImpl::kAuto) return impl == AttnImpl::kNaive;
   const int64_t C = c.kv_lora_rank;
   return new_tokens * (2 * C - c.qk_nope_head_dim) > (c.qk_nope_head_dim + c.v_head_dim) * C;
 }
-
-}  // namespace
 
 namespace {
 
@@ -279,12 +286,9 @@ void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
   std::vector<size_t> absorbed;
   for (size_t si = 0; si < batch.seqs.size(); ++si) {
     const SeqRange& s = batch.seqs[si];
-    for (int64_t t = s.begin; t < s.begin + s.count; ++t) {
-      SHOAL_CHECK_LT(int64_t(pos[t]), kv[si].capacity);
-      std::copy_n(latent.data() + t * C, C, kv[si].kv + int64_t(pos[t]) * C);
-      std::copy_n(kv_a.data() + t * (C + dr) + C, dr, kv[si].pe + int64_t(pos[t]) * dr);
-    }
-    if (use_naive(c, s.count, lc.attn_impl)) {
+    for (int64_t t = s.begin; t < s.begin + s.count; ++t)
+      kv[si].store(pos[t], latent.data() + t * C, C, kv_a.data() + t * (C + dr) + C, dr);
+    if (use_naive(c, s.count, lc.attn_impl != AttnImpl::kAuto ? lc.attn_impl : s.attn)) {
       attend_naive(o.data() + s.begin * H * c.v_head_dim, q.data() + s.begin * H * qw, w, s, pos + s.begin, kv[si], lc);
     } else {
       absorbed.push_back(si);

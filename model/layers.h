@@ -15,11 +15,6 @@
 
 namespace shoal {
 
-// How MLA attends. kAbsorb folds kv_b_proj into the query and the output (model.py's default,
-// cheap for decode: the latent cache is read as is); kNaive expands the cached latents into
-// per-head keys and values (cheaper for long prefills); kAuto picks per sequence by cost.
-enum class AttnImpl { kAuto, kNaive, kAbsorb };
-
 struct LayerContext {
   const ModelConfig* config;
   const RopeTable* rope;
@@ -45,6 +40,10 @@ void add_lora_t(float* out, const float* x, const LoraTerms& l, RowAdapters rows
 
 // Multi-head latent attention. Writes this batch's latents into the cache rows of each sequence
 // (kv[s] is sequence s's cache for this layer) and attends over positions [0, pos].
+// Whether MLA expands the cache for `new_tokens` tokens of a sequence under `impl` (kAuto: by
+// cost). A sequence's SeqRange::attn, when set, decides under kAuto.
+bool use_naive(const ModelConfig& c, int64_t new_tokens, AttnImpl impl);
+
 void mla_forward(float* out, const float* h, const AttnWeights& w, const Batch& batch,
                  const std::vector<SeqKv>& kv, const LayerContext& lc);
 

@@ -91,6 +91,7 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   // What the units are: a later Hello asking for the same gets the same units back.
   std::string key = hello.plan_json() + "|" + std::to_string(rank) + "/" + std::to_string(t.size()) + "|" +
                     std::to_string(hello.n_slots()) + "|" + std::to_string(hello.max_seq_len()) + "|" +
+                    std::to_string(hello.kv_blocks()) + "|" + std::to_string(hello.kv_dtype()) + "|" +
                     std::to_string(hello.attn_impl()) + "|" + std::to_string(hello.wire_dtype()) + "|" +
                     std::to_string(hello.exact_numerics()) + "|" + std::to_string(hello.merge_lora()) + "|" +
                     std::to_string(hello.merge_into()) + "|" + dir.string() + "|" + *fingerprint;
@@ -106,6 +107,11 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   WorkerOptions wo;
   wo.n_slots = hello.n_slots();
   wo.max_seq_len = hello.max_seq_len();
+  if (hello.kv_blocks() < 0 || (hello.kv_dtype() != 0 && hello.kv_dtype() != 1))
+    return refuse(me + ": the coordinator asked for a KV pool of " + std::to_string(hello.kv_blocks()) +
+                  " blocks in dtype " + std::to_string(hello.kv_dtype()) + " (0 f32, 1 bf16)");
+  wo.kv_blocks = hello.kv_blocks();
+  wo.kv_dtype = hello.kv_dtype() == 1 ? DType::kBF16 : DType::kF32;
   wo.attn_impl = AttnImpl(hello.attn_impl());
   if (hello.wire_dtype() != 0 && hello.wire_dtype() != 1)
     return refuse(me + ": the coordinator asked for wire dtype " + std::to_string(hello.wire_dtype()) + " (0 f32, 1 bf16)");

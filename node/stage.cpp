@@ -8,7 +8,8 @@
 namespace shoal {
 Stage::Stage(const ModelConfig& c, const StageOptions& o, int64_t n_layers)
     : config_(c), rope_(make_rope_table(c)),
-      cache_(c, n_layers, o.n_slots, o.max_seq_len > 0 ? o.max_seq_len : c.max_position_embeddings) {
+      cache_(c, n_layers, o.n_slots, o.max_seq_len > 0 ? o.max_seq_len : c.max_position_embeddings, o.kv_blocks,
+             o.kv_dtype) {
   lc_ = {&config_, &rope_, o.attn_impl, o.kernels};
 }
 
@@ -26,14 +27,16 @@ StatusOr<std::unique_ptr<Stage>> Stage::load(Checkpoint& ck, const StageOptions&
   return s;
 }
 
-void Stage::forward(float* x, const Batch& batch) {
+Status Stage::forward(float* x, const Batch& batch) {
+  SHOAL_RETURN_IF_ERROR(cache_.prepare(batch));
   for (size_t i = 0; i < layers_.size(); ++i) {
     const LayerWeights& layer = layers_[i];
     for (const SlotCopy& c : batch.copies) cache_.copy(int64_t(i), c.from, c.to, c.positions);
     std::vector<SeqKv> kv;
     for (const SeqRange& s : batch.seqs) kv.push_back(cache_.view(int64_t(i), s.slot));
-    SHOAL_CHECK(block_forward(x, batch, layer, kv, lc_, local_experts(layer.experts, lc_)).ok());
+    SHOAL_RETURN_IF_ERROR(block_forward(x, batch, layer, kv, lc_, local_experts(layer.experts, lc_)));
   }
+  return {};
 }
 
 }  // namespace shoal

@@ -20,7 +20,8 @@ StatusOr<Batch> to_batch(const wire::MicroBatch& mb, const ModelConfig& c, int64
                          size_t n_adapters) {
   Batch b;
   if (mb.tokens_size() != mb.positions_size() || mb.seq_count_size() != mb.seq_slot_size() ||
-      (mb.seq_adapter_size() != 0 && mb.seq_adapter_size() != mb.seq_count_size()))
+      (mb.seq_adapter_size() != 0 && mb.seq_adapter_size() != mb.seq_count_size()) ||
+      (mb.seq_attn_size() != 0 && mb.seq_attn_size() != mb.seq_count_size()))
     return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": inconsistent sizes");
   b.tokens.assign(mb.tokens().begin(), mb.tokens().end());
   b.positions.assign(mb.positions().begin(), mb.positions().end());
@@ -46,7 +47,11 @@ StatusOr<Batch> to_batch(const wire::MicroBatch& mb, const ModelConfig& c, int64
       return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": sequence " + std::to_string(s) +
                               " asks for LoRA adapter " + std::to_string(adapter) + " but this rank serves " +
                               std::to_string(n_adapters));
-    b.seqs.push_back({begin, count, slot, b.positions[size_t(begin)], adapter});
+    const int32_t attn = mb.seq_attn_size() ? mb.seq_attn(s) : 0;
+    if (attn < 0 || attn > int32_t(AttnImpl::kAbsorb))
+      return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": sequence " + std::to_string(s) +
+                              " asks for attention path " + std::to_string(attn));
+    b.seqs.push_back({begin, count, slot, b.positions[size_t(begin)], adapter, AttnImpl(attn)});
     begin += count;
   }
   if (begin != b.n_tokens()) return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": stray tokens");
@@ -61,6 +66,21 @@ StatusOr<Batch> to_batch(const wire::MicroBatch& mb, const ModelConfig& c, int64
                               " to slot " + std::to_string(c.to) + " does not fit");
     b.copies.push_back(c);
   }
+  if (mb.table_slot_size() != mb.table_keep_size() || mb.table_slot_size() != mb.table_count_size())
+    return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": inconsistent KV block tables");
+  int64_t next_block = 0;
+  for (int i = 0; i < mb.table_slot_size(); ++i) {
+    const int32_t count = mb.table_count(i);
+    if (count < 0 || next_block + count > mb.table_blocks_size())
+      return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": KV block table " + std::to_string(i) +
+                              " lists more blocks than it carries");
+    TableEdit e{mb.table_slot(i), mb.table_keep(i), {}};
+    e.blocks.assign(mb.table_blocks().begin() + next_block, mb.table_blocks().begin() + next_block + count);
+    next_block += count;
+    b.tables.push_back(std::move(e));
+  }
+  if (next_block != mb.table_blocks_size())
+    return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": stray KV block ids");
   for (int64_t r : mb.logit_rows())
     if (r < 0 || r >= b.n_tokens())
       return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": logit row " + std::to_string(r) +
@@ -103,7 +123,8 @@ StatusOr<std::unique_ptr<Worker>> Worker::load(Checkpoint& ck, const cluster::Pl
     w->weight_bytes_ += bytes;
   }
   if (!w->layers_.empty())
-    w->cache_ = std::make_unique<KvCache>(c, int64_t(w->layers_.size()), o.n_slots, o.max_seq_len);
+    w->cache_ = std::make_unique<KvCache>(c, int64_t(w->layers_.size()), o.n_slots, o.max_seq_len, o.kv_blocks,
+                                          o.kv_dtype);
   return w;
 }
 
@@ -216,6 +237,10 @@ Status Worker::advance(const std::vector<std::byte>& payload) {
   } else if (next > L || !wire::decode_rows(mb.hidden(), size_t(n * dim), x, options_.wire_dtype)) {
     return invalid_argument("micro-batch " + std::to_string(mb.id()) + ": layer " + std::to_string(next) +
                             " or hidden size " + std::to_string(mb.hidden().size()) + " B is wrong");
+  }
+  if (next < L && plan_.attn[size_t(next)] == rank_) {
+    if (!cache_) return internal_error("micro-batch " + std::to_string(mb.id()) + " came to a rank without a KV cache");
+    SHOAL_RETURN_IF_ERROR(cache_->prepare(b));  // once per visit: the edits are the same at every layer
   }
   while (next < L && plan_.attn[size_t(next)] == rank_) {
     SHOAL_RETURN_IF_ERROR(layer_forward(x.data(), b, next, mb.id()));

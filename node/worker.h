@@ -29,6 +29,8 @@ namespace shoal {
 struct WorkerOptions {
   int64_t n_slots = 1;
   int64_t max_seq_len = 4096;
+  int64_t kv_blocks = 0;         // paged KV pool (node/kv_cache.h); 0: static slots
+  DType kv_dtype = DType::kF32;
   AttnImpl attn_impl = AttnImpl::kAuto;
   // How long the pipeline waits for an expert owner's answer (a gone peer fails at once).
   std::chrono::milliseconds peer_timeout{120000};

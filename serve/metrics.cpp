@@ -118,6 +118,20 @@ std::string Metrics::render(const Gauges& g) const {
   gauge(out, "shoal_requests_running", "Requests holding a KV slot (prefilling or decoding).", double(g.running));
   gauge(out, "shoal_kv_slots_total", "KV cache slots (sequences at once).", double(g.slots_total));
   gauge(out, "shoal_kv_slots_in_use", "KV cache slots held by running requests.", double(g.slots_in_use));
+  gauge(out, "shoal_kv_blocks_total", "Blocks of 64 positions in the paged KV pool (0: a fixed cache per slot).",
+        double(g.kv_blocks));
+  gauge(out, "shoal_kv_blocks_held", "KV blocks held by running requests.", double(g.kv_blocks_held));
+  gauge(out, "shoal_kv_blocks_cached", "KV blocks that keep a prompt prefix for reuse (held or not).",
+        double(g.kv_blocks_cached));
+  header(out, "shoal_kv_prompt_tokens_total", "Prompt tokens of admitted requests, and those found in the prefix cache.",
+         "counter");
+  line(out, "shoal_kv_prompt_tokens_total", "kind=\"all\"", double(g.prompt_tokens_admitted));
+  line(out, "shoal_kv_prompt_tokens_total", "kind=\"cached\"", double(g.prompt_tokens_cached));
+  gauge(out, "shoal_kv_prefix_hit_ratio", "Share of admitted prompt tokens found in the prefix cache.",
+        g.prompt_tokens_admitted ? double(g.prompt_tokens_cached) / double(g.prompt_tokens_admitted) : 0.0);
+  header(out, "shoal_kv_preemptions_total", "Requests preempted because the KV pool ran out (computed again later).",
+         "counter");
+  line(out, "shoal_kv_preemptions_total", "", double(g.preemptions));
   gauge(out, "shoal_healthy", "1 while the executor works, 0 once a rank failed.", g.healthy ? 1 : 0);
   header(out, "shoal_rank_rss_bytes", "Resident memory of each rank's process (latest heartbeat).", "gauge");
   for (const auto& r : g.ranks) line(out, "shoal_rank_rss_bytes", "rank=\"" + std::to_string(r.rank) + "\"", double(r.rss_bytes));

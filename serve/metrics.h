@@ -30,6 +30,10 @@ struct Gauges {
   int64_t waiting = 0, running = 0;
   int64_t slots_total = 0, slots_in_use = 0;
   bool healthy = true;
+  // The paged KV pool (docs/serving.md): blocks in all, held by requests, cached for reuse
+  // (held or not); prompt tokens admitted and found cached; preemptions.
+  int64_t kv_blocks = 0, kv_blocks_held = 0, kv_blocks_cached = 0;
+  int64_t prompt_tokens_admitted = 0, prompt_tokens_cached = 0, preemptions = 0;
   struct Rank {
     int rank = 0;
     int64_t rss_bytes = 0;

@@ -699,7 +699,8 @@ TextStream::Delta TextStream::finish() {
 json usage_json(const Usage& u) {
   return {{"prompt_tokens", u.prompt_tokens},
           {"completion_tokens", u.completion_tokens},
-          {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+          {"total_tokens", u.prompt_tokens + u.completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens}}}};
 }
 
 uint64_t random_u64() {
@@ -817,6 +818,7 @@ Completion::Completion(const Tokenizer& tok, const Prepared& p, const Completion
 TextStream::Delta Completion::push(const TokenEvent& e) {
   TextStream::Delta d;
   if (!finish_.empty()) return d;
+  if (e.cached_tokens >= 0) usage_.cached_tokens = e.cached_tokens;
   if (e.token >= 0) {
     ++usage_.completion_tokens;
     const bool stop_id = std::find(stop_ids_.begin(), stop_ids_.end(), e.token) != stop_ids_.end();

@@ -144,6 +144,7 @@ class TextStream {
 struct Usage {
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
+  int64_t cached_tokens = 0;  // prompt tokens found in the KV prefix cache (prompt_tokens_details)
 };
 
 // The "logprobs" object of a choice, from the generated tokens' logprobs. Chat:

@@ -312,6 +312,10 @@ std::pair<int, json> Server::Impl::health() {
             {"waiting", int64_t(service->waiting())},
             {"running", running},
             {"heals", service->heals()}};
+  if (const KvStats kv = service->kv_stats(); kv.blocks > 0)
+    j["kv_pool"] = {{"block_positions", kKvBlockTokens}, {"blocks", kv.blocks},   {"held", kv.held},
+                    {"cached", kv.cached},                {"available", kv.available}, {"preemptions", kv.preemptions},
+                    {"dtype", kv_dtype_name(ex.kv_dtype())}};
   const std::shared_ptr<Cluster> cluster = cluster_now ? cluster_now() : nullptr;
   if (!cluster) {
     j["ranks"] = 1;
@@ -359,6 +363,13 @@ Gauges Server::Impl::gauges() {
   g.slots_total = ex.n_slots();
   g.slots_in_use = g.running;
   g.healthy = service->health().ok();
+  const KvStats kv = service->kv_stats();
+  g.kv_blocks = kv.blocks;
+  g.kv_blocks_held = kv.held;
+  g.kv_blocks_cached = kv.cached;
+  g.prompt_tokens_admitted = kv.prompt_tokens;
+  g.prompt_tokens_cached = kv.cached_prompt_tokens;
+  g.preemptions = kv.preemptions;
   if (const std::shared_ptr<Cluster> cluster = cluster_now ? cluster_now() : nullptr) {
     const auto beats = cluster->rank_stats();
     for (size_t r = 0; r < beats.size(); ++r) {
@@ -647,6 +658,7 @@ net::awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, const Req
   // Usage: the prompt once, every choice's completion tokens.
   Usage usage;
   usage.prompt_tokens = choices[0].answer.usage().prompt_tokens;
+  usage.cached_tokens = choices[0].answer.usage().cached_tokens;
   for (const Choice& c : choices) usage.completion_tokens += c.answer.usage().completion_tokens;
   metrics.tokens(usage.prompt_tokens, usage.completion_tokens);
   metrics.request_duration(seconds_between(t0, Clock::now()));

@@ -540,6 +540,9 @@ TEST_CASE("plan's expert exchange bytes follow the combine tree and --wire-dtype
   const CliRun bad = shoal_cli("plan --model '" + kBenchConfig.string() + "' --local-nodes 2 --wire-dtype f16");
   CHECK(bad.rc != 0);
   CHECK_THAT(bad.err, Catch::Contains("--wire-dtype") && Catch::Contains("f16"));
+  const CliRun kv = shoal_cli("plan --model '" + kBenchConfig.string() + "' --local-nodes 2 --kv-dtype f16");
+  CHECK(kv.rc != 0);
+  CHECK_THAT(kv.err, Catch::Contains("--kv-dtype 'f16' is not f32 or bf16"));
 }
 
 // ---- the library ----------------------------------------------------------------------------
@@ -554,6 +557,7 @@ TEST_CASE("fit_plan: a long context that does not fit says which context does, a
   o.gpu_only = true;
   o.context = 65536;
   o.concurrency = 64;
+  o.kv_dtype = DType::kF32;  // the default, as the runtime's: the halving to bf16 is checked below
   auto r = fit_plan(c, *spec, o);
   REQUIRE(r.ok());
   REQUIRE_FALSE(r->fits);
@@ -571,7 +575,7 @@ TEST_CASE("fit_plan: a long context that does not fit says which context does, a
   CHECK(shorter->fits);
   o.context = ctx * 2;  // the suggestion is the longest halving that fits
   CHECK_FALSE(fit_plan(c, *spec, o)->fits);
-  o.kv_value_bytes = 2;  // a bf16 cache holds twice the context in the same bytes
+  o.kv_dtype = DType::kBF16;  // a bf16 cache holds twice the context in the same bytes
   auto bf16 = fit_plan(c, *spec, o);
   REQUIRE(bf16.ok());
   CHECK(bf16->kv_bytes_per_layer == shorter->kv_bytes_per_layer);
@@ -607,4 +611,234 @@ TEST_CASE("fit_plan: CPU ranks, --gpu-only without GPUs, and the plan matches th
   o.gpu_only = false;
   o.context = 0;
   CHECK_THAT(fit_plan(c, *spec, o).status().message(), Contains("--context 0 is not positive"));
+}
+
+// ---- the KV cache pool (issue 18) --------------------------------------------------------------
+
+namespace {
+
+// One position of `layers` layers of a DeepSeek (MLA) config, from its config.json alone: the
+// latent and the roped key, `value_bytes` each.
+int64_t mla_position_bytes(const json& config, int64_t layers, int64_t value_bytes) {
+  return layers * (config["kv_lora_rank"].get<int64_t>() + config["qk_rope_head_dim"].get<int64_t>()) * value_bytes;
+}
+
+int64_t round_up_64(int64_t n) { return (n + 63) / 64 * 64; }
+
+// A plan's KV figures (--json) against a count of its own: each rank with attention layers
+// holds, besides the reserve of `concurrency` sequences of `context` positions (whole blocks of
+// 64 positions each), whole blocks of 64 positions of its layers in capacity - total; the cluster
+// the least of those ranks; "serves" as many sequences of each context as fit, each in whole blocks.
+void check_kv_pool(const json& j, const json& config, int64_t value_bytes) {
+  const int64_t reserved = j["concurrency"].get<int64_t>() * round_up_64(j["context"].get<int64_t>());
+  CHECK(j["kv_dtype"] == (value_bytes == 2 ? "bf16" : "f32"));
+  CHECK(j["kv_block_tokens"] == 64);
+  CHECK(j["kv_bytes_per_layer"].get<int64_t>() == mla_position_bytes(config, 1, value_bytes) * reserved);
+  CHECK(j["kv_bytes_per_token"].get<int64_t>() ==
+        mla_position_bytes(config, config["num_hidden_layers"].get<int64_t>(), value_bytes));
+  int64_t least = -1, least_free = -1, least_rank = -1, attention_ranks = 0;
+  for (const json& r : j["ranks"]) {
+    INFO("rank " << r["rank"] << ": " << r.dump());
+    const int64_t layers = int64_t(r["layers"].size());
+    if (layers == 0) {  // no attention, no KV pool
+      CHECK(r["kv_bytes_per_token"] == 0);
+      CHECK(r["kv_free_tokens"] == 0);
+      CHECK(r["kv_tokens"] == 0);
+      continue;
+    }
+    ++attention_ranks;
+    const int64_t position = mla_position_bytes(config, layers, value_bytes);
+    const int64_t free = r["capacity_bytes"].get<int64_t>() - r["total_bytes"].get<int64_t>();
+    REQUIRE(free >= 0);
+    const int64_t free_tokens = free / (64 * position) * 64;
+    CHECK(r["kv_bytes"].get<int64_t>() == layers * j["kv_bytes_per_layer"].get<int64_t>());
+    CHECK(r["kv_bytes_per_token"].get<int64_t>() == position);
+    CHECK(r["kv_free_bytes"].get<int64_t>() == free);
+    CHECK(r["kv_free_tokens"].get<int64_t>() == free_tokens);
+    CHECK(r["kv_tokens"].get<int64_t>() == reserved + free_tokens);
+    // What the leftover holds beyond its whole blocks is less than one block.
+    CHECK(free - free_tokens * position < 64 * position);
+    if (least < 0 || reserved + free_tokens < least) least = reserved + free_tokens, least_rank = r["rank"];
+    least_free = least_free < 0 ? free_tokens : std::min(least_free, free_tokens);
+  }
+  REQUIRE(attention_ranks > 0);
+  CHECK(j["kv_tokens"].get<int64_t>() == least);
+  CHECK(j["kv_free_tokens"].get<int64_t>() == least_free);
+  CHECK(j["kv_rank"].get<int64_t>() == least_rank);
+  std::vector<int64_t> contexts;
+  const int64_t max = config["max_position_embeddings"].get<int64_t>();
+  for (int64_t ctx : {4096, 32768, 131072})
+    if (ctx <= max) contexts.push_back(ctx);
+  if (contexts.back() != max) contexts.push_back(max);
+  REQUIRE(j["serves"].size() == contexts.size());
+  for (size_t k = 0; k < contexts.size(); ++k) {
+    CHECK(j["serves"][k]["context"].get<int64_t>() == contexts[k]);
+    CHECK(j["serves"][k]["sequences"].get<int64_t>() == least / round_up_64(contexts[k]));
+  }
+}
+
+// The "serves" line of the text report, written from the JSON's figures.
+std::string serves_line(const json& j) {
+  std::string line = "serves: ";
+  for (size_t k = 0; k < j["serves"].size(); ++k)
+    line += (k ? ", " : "") + std::to_string(j["serves"][k]["sequences"].get<int64_t>()) +
+            (k ? " of " : " sequences of ") + std::to_string(j["serves"][k]["context"].get<int64_t>() / 1024) + "K";
+  return line + "\n";
+}
+
+}  // namespace
+
+TEST_CASE("kv_serve_contexts: 4K, 32K, 128K and the model's maximum, none above it", "[cluster_plan][kv]") {
+  ModelConfig c;
+  c.max_position_embeddings = 163840;  // DeepSeek-V3
+  CHECK(kv_serve_contexts(c) == std::vector<int64_t>{4096, 32768, 131072, 163840});
+  c.max_position_embeddings = 131072;  // the R1 distills
+  CHECK(kv_serve_contexts(c) == std::vector<int64_t>{4096, 32768, 131072});
+  c.max_position_embeddings = 100000;
+  CHECK(kv_serve_contexts(c) == std::vector<int64_t>{4096, 32768, 100000});
+  c.max_position_embeddings = 2048;
+  CHECK(kv_serve_contexts(c) == std::vector<int64_t>{2048});
+  c.max_position_embeddings = 0;  // not given: the three
+  CHECK(kv_serve_contexts(c) == std::vector<int64_t>{4096, 32768, 131072});
+  // Each sequence takes whole blocks of 64 positions.
+  CHECK(kv_sequences(640, 64) == 10);
+  CHECK(kv_sequences(640, 65) == 5);
+  CHECK(kv_sequences(640, 100) == 5);
+  CHECK(kv_sequences(639, 64) == 9);
+  CHECK(kv_sequences(4096 * 3 - 64, 4096) == 2);
+}
+
+TEST_CASE("fit_plan: one rank's KV pool is its leftover in whole blocks, plus the reserve in whole blocks",
+          "[cluster_plan][kv][library]") {
+  const ModelConfig c = config_of(kBenchConfig);
+  const json config = json::parse(read_file(kBenchConfig));
+  auto spec_of = [](long double bytes) {
+    json s = {{"nodes", {{{"name", "a"}, {"ram_gib", double(bytes / (int64_t(1) << 30))}, {"link_gbps", 10}}}}};
+    auto spec = spec_from_json(s, "");
+    REQUIRE(spec.ok());
+    return *spec;
+  };
+  FitOptions o;
+  o.weights = WeightFormat::kBf16;
+  o.context = 1000;  // 16 blocks: 1024 positions a sequence
+  o.concurrency = 3;
+  CHECK(o.kv_dtype == DType::kF32);  // the default, as the runtime's
+  o.kv_dtype = DType::kBF16;         // asked for: 2 bytes a value
+  auto big = fit_plan(c, spec_of(64.0L * (int64_t(1) << 30)), o);
+  REQUIRE(big.ok());
+  REQUIRE(big->fits);
+  REQUIRE(big->ranks.size() == 1);
+  const int64_t total = big->ranks[0].total_bytes;
+  const int64_t position = 8 * (512 + 64) * 2;  // 8 layers of latent and roped key, bf16: 9,216 bytes
+  const int64_t block = 64 * position;
+  CHECK(big->kv_bytes_per_layer == 3 * 1024 * (512 + 64) * 2);
+  CHECK(big->ranks[0].kv_bytes == 8 * big->kv_bytes_per_layer);
+  CHECK(big->ranks[0].kv_bytes_per_token == position);
+  CHECK(big->kv_bytes_per_token == position);
+
+  // 200 blocks and one byte short of the 201st: 200 blocks.
+  auto r = fit_plan(c, spec_of(total + 201.0L * block - 1), o);
+  REQUIRE(r.ok());
+  REQUIRE(r->fits);
+  CHECK(r->ranks[0].total_bytes == total);  // what the rank holds does not depend on its leftover
+  CHECK(r->ranks[0].kv_free_bytes == 201 * block - 1);
+  CHECK(r->ranks[0].kv_free_tokens == 200 * 64);
+  CHECK(r->ranks[0].kv_tokens == 3 * 1024 + 200 * 64);
+  CHECK(r->kv_tokens == 3 * 1024 + 200 * 64);  // 15,872
+  CHECK(r->kv_free_tokens == 200 * 64);
+  CHECK(r->kv_rank == 0);
+  REQUIRE(r->kv_serves.size() == 4);
+  CHECK(r->kv_serves[0].context == 4096);
+  CHECK(r->kv_serves[0].sequences == 3);  // 15,872 / 4,096
+  CHECK(r->kv_serves[1].sequences == 0);
+  CHECK(r->kv_serves[3].context == 163840);
+  // The 201st block whole.
+  r = fit_plan(c, spec_of(total + 201.0L * block), o);
+  REQUIRE(r.ok());
+  CHECK(r->ranks[0].kv_free_tokens == 201 * 64);
+  CHECK(r->kv_tokens == 3 * 1024 + 201 * 64);
+  // The same through the JSON report.
+  check_kv_pool(fit_to_json(*r, spec_of(total + 201.0L * block)), config, 2);
+}
+
+TEST_CASE("fit_plan: the cluster's KV pool is the least of its attention ranks'", "[cluster_plan][kv][library]") {
+  const ModelConfig c = config_of(kBenchConfig);
+  const json config = json::parse(read_file(kBenchConfig));
+  json s = {{"nodes",
+             {{{"name", "a"}, {"ram_gib", 3}, {"link_gbps", 10}},
+              {{"name", "b"}, {"ram_gib", 4}, {"link_gbps", 10}},
+              {{"name", "c"}, {"ram_gib", 6}, {"link_gbps", 10}}}}};
+  auto spec = spec_from_json(s, "");
+  REQUIRE(spec.ok());
+  FitOptions o;
+  o.weights = WeightFormat::kBf16;
+  o.context = 100;  // 2 blocks a sequence
+  o.concurrency = 5;
+  auto r = fit_plan(c, *spec, o);
+  REQUIRE(r.ok());
+  REQUIRE(r->fits);
+  const json j = fit_to_json(*r, *spec);
+  check_kv_pool(j, config, 4);  // f32, the default
+  // The ranks' pools differ, and the cluster's is the smallest, not the sum or the largest.
+  std::set<int64_t> tokens;
+  for (const RankFit& f : r->ranks)
+    if (!f.layers.empty()) tokens.insert(f.kv_tokens);
+  REQUIRE(tokens.size() > 1);
+  CHECK(r->kv_tokens == *tokens.begin());
+  CHECK(r->kv_tokens - r->kv_free_tokens == 5 * 128);  // the reserve, in whole blocks
+  // The text report says the same.
+  const std::string text = fit_text(*r, *spec);
+  CHECK_THAT(text, Contains("KV cache pool (f32, blocks of 64 positions") &&
+                       Contains("KV tokens: " + std::to_string(r->kv_tokens) + " for the cluster") &&
+                       Contains("rank " + std::to_string(r->kv_rank) + ")") && Contains(serves_line(j)));
+}
+
+TEST_CASE("DeepSeek-V3 on the pools of docs/plan.md: KV bytes per position, tokens per rank and for the cluster",
+          "[cluster_plan][kv][671b]") {
+  const json config = json::parse(read_file(kConfig671b));
+  const json pool24 = nodes_like(12, {24, 24}, 128);
+
+  // 24 GPUs of 24 GiB holding q4_k: f32 by default (as the runtime's), 61 x 576 x 4 = 140,544
+  // bytes a position.
+  const PlanRun q4 = plan_cli(pool24, "--gpu-only --weights q4_k");
+  REQUIRE(q4.rc == 0);
+  check_kv_pool(q4.j, config, 4);
+  CHECK(q4.j["kv_bytes_per_token"] == 140544);
+  CHECK(q4.j["serves"].size() == 4);  // 4K, 32K, 128K and the config's 160K
+  CHECK(q4.j["serves"][0]["sequences"] > 0);
+  // A bf16 cache: half the bytes a position, about twice the positions.
+  const PlanRun q4_bf16 = plan_cli(pool24, "--gpu-only --weights q4_k --kv-dtype bf16");
+  REQUIRE(q4_bf16.rc == 0);
+  check_kv_pool(q4_bf16.j, config, 2);
+  CHECK(q4_bf16.j["kv_bytes_per_token"] == 70272);
+  CHECK(q4.j["kv_tokens"].get<int64_t>() < q4_bf16.j["kv_tokens"].get<int64_t>() / 2 + 4096);
+  // A longer reserve is part of the pool, not on top of it.
+  const PlanRun long_ctx = plan_cli(pool24, "--gpu-only --weights q4_k --context 32768 --concurrency 4");
+  REQUIRE(long_ctx.rc == 0);
+  check_kv_pool(long_ctx.j, config, 4);
+  CHECK(long_ctx.j["kv_tokens"].get<int64_t>() - long_ctx.j["kv_free_tokens"].get<int64_t>() == 4 * 32768);
+  CHECK(long_ctx.j["serves"][1]["sequences"] >= 4);
+
+  // FP8 with experts in host memory: the GPUs are filled with experts, little is left for KV.
+  const PlanRun spilled = plan_cli(pool24, "--weights fp8");
+  REQUIRE(spilled.rc == 0);
+  check_kv_pool(spilled.j, config, 4);
+  CHECK(spilled.j["kv_tokens"].get<int64_t>() < q4.j["kv_tokens"].get<int64_t>());
+
+  // 96 GPUs of 80 GiB: ranks with no layers (the embedding's, the head's, the idle ones) keep no KV.
+  const PlanRun big = plan_cli(nodes_like(12, {80, 80, 80, 80, 80, 80, 80, 80}, 512), "--gpu-only --weights fp8");
+  REQUIRE(big.rc == 0);
+  check_kv_pool(big.j, config, 4);
+  CHECK(big.j["ranks"][0]["layers"].empty());
+
+  // The text form: the per-rank table, the cluster's tokens and the serves line.
+  TempDir tmp;
+  write_file(tmp.path / "c.json", pool24.dump());
+  const CliRun text = shoal_cli("plan --model '" + kConfig671b.string() + "' --cluster '" +
+                                (tmp.path / "c.json").string() + "' --gpu-only --weights q4_k");
+  REQUIRE(text.rc == 0);
+  CHECK_THAT(text.out, Contains("KV cache: 4096 positions x 1 sequence(s), f32 latent") &&
+                           Contains("KV cache pool (f32, blocks of 64 positions") &&
+                           Contains("KV tokens: " + std::to_string(q4.j["kv_tokens"].get<int64_t>()) + " for the cluster") &&
+                           Contains("140.54 KB a position over all 61 layers") && Contains(serves_line(q4.j)));
 }

@@ -159,6 +159,7 @@ PlanRun plan_cli(const fs::path& model, const json& spec, const std::string& arg
 struct Asked {
   std::string format = "bf16";
   int64_t context = 4096, concurrency = 1;
+  int64_t kv_value_bytes = 4;  // --kv-dtype's default, f32 (as the runtime's)
 };
 
 // Every rank of a plan that fits holds what the config says its layers, embedding and head
@@ -169,7 +170,7 @@ void check_ranks(const json& j, const Dense& d, const Asked& a, const std::vecto
                  const Bytes* given = nullptr) {
   REQUIRE(j["fits"] == true);
   const Bytes b = given ? *given : unit_bytes_of(d, a.format);
-  const int64_t kv_layer = a.context * a.concurrency * d.kv_floats() * 4;
+  const int64_t kv_layer = a.context * a.concurrency * d.kv_floats() * a.kv_value_bytes;
   CHECK(j["kv_bytes_per_layer"].get<int64_t>() == kv_layer);
   CHECK(j["placed_weight_bytes"].get<int64_t>() == b.embed + d.layers * b.layer + b.head);
   CHECK(j["mtp_weight_bytes"] == 0);
@@ -505,7 +506,7 @@ TEST_CASE("plan of a dense model: the decode prediction is the bytes a token rea
   const Bytes b = unit_bytes_of(d, "bf16");
   const double rate = 1000e9 * 0.7;
   const double weight_s = (double(d.layers * b.layer + b.head) + double(b.embed) / double(d.vocab)) / rate;
-  const double kv_s = double(d.layers) * 8192.0 * double(d.kv_floats()) * 4.0 / rate;
+  const double kv_s = double(d.layers) * 8192.0 * double(d.kv_floats()) * 4.0 / rate;  // f32, the default
   const json& ms = r.j["prediction"]["one_sequence_ms"];
   CHECK(ms["weights"].get<double>() == Approx(weight_s * 1e3).epsilon(1e-9));
   CHECK(ms["kv_cache"].get<double>() == Approx(kv_s * 1e3).epsilon(1e-9));

@@ -812,6 +812,71 @@ TEST_CASE("attention matches a naive softmax reference", "[kernels][attention]")
   }
 }
 
+// The KV pool (node/kv_cache.h) hands attention its rows where they are: in blocks of 64 in any
+// order, and in bf16. Neither may change a bit: the same values, contiguous in float32, are the
+// reference. Absorbed MLA (one latent for every head) and per-head keys with GQA groups.
+TEST_CASE("attention over a paged bf16 cache gives the contiguous float cache's bits", "[kernels][attention][kv]") {
+  for (const Context& ctx : backends()) {
+    for (bool shared : {true, false}) {
+      for (DType dtype : {DType::kF32, DType::kBF16}) {
+        INFO(backend_name(ctx) << (shared ? " shared latent keys " : " per-head keys ") << dtype_name(dtype));
+        const int64_t H = 4, da = shared ? 48 : 24, db = 16, dv = shared ? da : 20, n_kv = 300, bt = 64;
+        const int64_t n_q = 5, kv_group = shared ? 1 : 2;
+        const int64_t ka_w = shared ? da : H / kv_group * (da + dv);
+        std::vector<float> kv = random_vec(size_t(n_kv * ka_w), 41, -2.0f, 2.0f), pe = random_vec(size_t(n_kv * db), 42, -2.0f, 2.0f);
+        for (float& x : kv) x = bf16_to_float(float_to_bf16(x));  // values a bf16 cache holds exactly
+        for (float& x : pe) x = bf16_to_float(float_to_bf16(x));
+        const auto q = random_vec(size_t(n_q * H * (da + db)), 43, -2.0f, 2.0f);
+        const std::vector<int32_t> q_pos = {0, 63, 64, 200, 299};
+        auto params = [&](float* out) {
+          kernels::AttentionParams p{};
+          p.out = out;
+          p.q_a = q.data(); p.q_token_stride = H * (da + db); p.q_head_stride = da + db;
+          p.q_b = q.data() + da; p.q_b_token_stride = H * (da + db); p.q_b_head_stride = da + db;
+          p.k_a_token_stride = p.v_token_stride = ka_w;
+          p.k_a_head_stride = p.v_head_stride = shared ? 0 : da + dv;
+          p.k_b_token_stride = db; p.k_b_head_stride = 0;
+          p.kv_group = kv_group;
+          p.q_pos = q_pos.data();
+          p.n_q = n_q; p.n_kv = n_kv; p.n_heads = H; p.da = da; p.db = db; p.dv = dv;
+          p.scale = 0.29f;
+          return p;
+        };
+        std::vector<float> want(size_t(n_q * H * dv)), got(want.size(), NAN);
+        kernels::AttentionParams p = params(want.data());
+        p.k_a = kv.data(); p.v = kv.data() + (shared ? 0 : da); p.k_b = pe.data();
+        kernels::attention(p, ctx);
+        // The same rows in blocks of 64 (each [64, ka_w] then [64, db]), blocks shuffled in a pool of 9.
+        const int64_t n_blocks = 9, block = bt * (ka_w + db), per = (n_kv + bt - 1) / bt;
+        std::vector<int32_t> table(static_cast<size_t>(n_blocks), 0);
+        std::iota(table.begin(), table.end(), 0);
+        std::shuffle(table.begin(), table.end(), std::mt19937(5));
+        table.resize(size_t(per));
+        std::vector<float> pool_f(size_t(n_blocks * block), 1e4f);  // rows outside the table would show
+        std::vector<uint16_t> pool_h(pool_f.size(), float_to_bf16(1e4f));
+        for (int64_t t = 0; t < n_kv; ++t) {
+          const int64_t at = table[size_t(t / bt)] * block + (t % bt) * ka_w, at_pe = table[size_t(t / bt)] * block + bt * ka_w + (t % bt) * db;
+          for (int64_t i = 0; i < ka_w; ++i) pool_f[size_t(at + i)] = kv[size_t(t * ka_w + i)];
+          for (int64_t i = 0; i < db; ++i) pool_f[size_t(at_pe + i)] = pe[size_t(t * db + i)];
+        }
+        for (size_t i = 0; i < pool_f.size(); ++i) pool_h[i] = float_to_bf16(pool_f[i]);
+        p = params(got.data());
+        p.kv_dtype = dtype;
+        p.kv_blocks = table.data();
+        p.kv_block_tokens = bt;
+        p.kv_block_stride = block;
+        if (dtype == DType::kF32) {
+          p.k_a = pool_f.data(); p.v = pool_f.data() + (shared ? 0 : da); p.k_b = pool_f.data() + bt * ka_w;
+        } else {
+          p.k_a = pool_h.data(); p.v = pool_h.data() + (shared ? 0 : da); p.k_b = pool_h.data() + bt * ka_w;
+        }
+        kernels::attention(p, ctx);
+        CHECK(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0);
+      }
+    }
+  }
+}
+
 TEST_CASE("attention: a query at position p ignores keys after p", "[kernels][attention]") {
   // Same queries against two caches that differ only after position 3: outputs for q_pos <= 3
   // must be identical, the one at q_pos 5 must differ.

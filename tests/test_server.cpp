@@ -16,6 +16,7 @@
 #include <regex>
 #include <thread>
 
+#include "model/kv_layout.h"
 #include "serve/metrics.h"
 #include "serve/openai.h"
 #include "support/files.h"
@@ -896,6 +897,52 @@ TEST_CASE("serve: 16 concurrent streams equal the same requests one at a time", 
   const auto v = s.metrics();
   CHECK(v.at("shoal_requests_running") == 0);
   CHECK(v.at("shoal_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}") == 2 * n);
+}
+
+TEST_CASE("serve: the paged KV pool: its limit in /v1/models and 400s, prefix reuse in usage and /metrics", "[server][serve][kv]") {
+  auto cfg = shoal::load_config(models().v3);
+  REQUIRE(cfg.ok());
+  const int64_t blocks = 12;  // 768 positions, far below the model's maximum
+  Server s(models().v3, "--kv-memory " + std::to_string(blocks * shoal::kv_block_bytes(*cfg, cfg->n_layers, shoal::DType::kF32)));
+  const Reply m = s.get("/v1/models");
+  REQUIRE(m.status == 200);
+  CHECK(m.j()["data"][0]["max_model_len"] == blocks * shoal::kKvBlockTokens);
+  const json h = s.get("/health").j();
+  CHECK(h["kv_pool"]["blocks"] == blocks);
+  CHECK(h["kv_pool"]["dtype"] == "f32");
+  CHECK(h["max_seq_len"] == blocks * shoal::kKvBlockTokens);
+  // Longer than the pool could ever hold: a 400 naming the limit.
+  std::string big;
+  for (int i = 0; i < 400; ++i) big += "word" + std::to_string(i) + " ";
+  Reply r = s.post("/v1/chat/completions", chat_body("tiny-chat", big, 8));
+  CHECK(r.status == 400);
+  CHECK_THAT(r.body, Catch::Contains("maximum context length is 768 tokens"));
+  // One long system prompt, asked twice: the second finds its full blocks cached.
+  std::string system;
+  for (int i = 0; i < 60; ++i) system += "rule " + std::to_string(i) + ": be brief. ";
+  auto ask = [&](const std::string& question) {
+    json b = chat_body("tiny-chat", question, 12);
+    b["messages"].insert(b["messages"].begin(), json{{"role", "system"}, {"content", system}});
+    b["ignore_eos"] = true;
+    const Reply a = s.post("/v1/chat/completions", b);
+    REQUIRE(a.status == 200);
+    return a.j();
+  };
+  const json first = ask("What is 2 + 2?"), again = ask("What is 2 + 2?"), other = ask("Name a colour.");
+  const int64_t prompt = first["usage"]["prompt_tokens"];
+  REQUIRE(prompt > 2 * shoal::kKvBlockTokens);
+  CHECK(first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0);
+  const int64_t cached = again["usage"]["prompt_tokens_details"]["cached_tokens"];
+  CHECK(cached == (prompt - 1) / shoal::kKvBlockTokens * shoal::kKvBlockTokens);  // every full block but the last token's
+  CHECK(other["usage"]["prompt_tokens_details"]["cached_tokens"].get<int64_t>() >= 2 * shoal::kKvBlockTokens);
+  CHECK(again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]);  // reuse changes nothing
+  const auto v = s.metrics();
+  CHECK(v.at("shoal_kv_blocks_total") == blocks);
+  CHECK(v.at("shoal_kv_blocks_held") == 0);
+  CHECK(v.at("shoal_kv_blocks_cached") >= 2);
+  CHECK(v.at("shoal_kv_prompt_tokens_total{kind=\"cached\"}") ==
+        cached + other["usage"]["prompt_tokens_details"]["cached_tokens"].get<int64_t>());
+  CHECK(v.at("shoal_kv_prefix_hit_ratio") > 0.3);
 }
 
 TEST_CASE("serve: a client that goes away mid-stream is cancelled at once and the server keeps serving",

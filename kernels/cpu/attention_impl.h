@@ -16,19 +16,35 @@
 namespace shoal::kernels::cpu {
 namespace {
 
+// A cache element widened to float: float as it is, bf16 exactly (its code is the float's high half).
+inline F32x16 widen16(const float* p) { return load16(p); }
+inline F32x16 widen16(const uint16_t* p) { return bf16x16(p); }
+inline float widen1(float x) { return x; }
+inline float widen1(uint16_t x) { return bf16_one(x); }
+
+// Row t of a key or value operand (with its head offset), contiguous or paged.
+template <typename E>
+inline const E* kv_row(const void* base, const AttentionParams& p, int64_t t, int64_t token_stride, int64_t head_off) {
+  const int64_t at = p.kv_blocks ? int64_t(p.kv_blocks[t / p.kv_block_tokens]) * p.kv_block_stride +
+                                       (t % p.kv_block_tokens) * token_stride
+                                 : t * token_stride;
+  return static_cast<const E*>(base) + at + head_off;
+}
+
 // Dots of q[n] with k0..k3[n], each in the canonical order.
-inline void dot4(float* out, const float* q, const float* const k[4], int64_t n) {
+template <typename E>
+inline void dot4(float* out, const float* q, const E* const k[4], int64_t n) {
   F32x16 acc[4] = {zero16(), zero16(), zero16(), zero16()};
   int64_t c = 0;
   for (; c + 16 <= n; c += 16) {
     const F32x16 qv = load16(q + c);
-    for (int j = 0; j < 4; ++j) acc[j] = fma16(load16(k[j] + c), qv, acc[j]);
+    for (int j = 0; j < 4; ++j) acc[j] = fma16(widen16(k[j] + c), qv, acc[j]);
   }
   for (int j = 0; j < 4; ++j) {
     if (c < n) {
       float l[16];
       lanes16(l, acc[j]);
-      for (int64_t i = c; i < n; ++i) l[i % 16] = fma1(k[j][i], q[i], l[i % 16]);
+      for (int64_t i = c; i < n; ++i) l[i % 16] = fma1(widen1(k[j][i]), q[i], l[i % 16]);
       acc[j] = load16(l);
     }
     out[j] = reduce16(acc[j]);
@@ -38,8 +54,10 @@ inline void dot4(float* out, const float* q, const float* const k[4], int64_t n)
 
 // Work items are (head, block of up to 16 queries); keys and values are visited in blocks of 64
 // for all the block's queries, so each key is read from memory once per block, not per query.
-// Each query's operations are the same, in the same order, as when it is alone.
-inline void attention_variant(const AttentionParams& p) {
+// Each query's operations are the same, in the same order, as when it is alone, and the same
+// whatever the keys' storage (E: float or bf16 codes; contiguous or paged).
+template <typename E>
+inline void attention_typed(const AttentionParams& p) {
   constexpr int64_t kQueries = 16, kKeys = 64;
   const int64_t blocks = (p.n_q + kQueries - 1) / kQueries, work = blocks * p.n_heads;
 #pragma omp parallel if (work > 1 && !omp_in_parallel())
@@ -65,12 +83,12 @@ inline void attention_variant(const AttentionParams& p) {
           const float* qb = p.q_b + i * p.q_b_token_stride + h * p.q_b_head_stride;
           float* sc = scores + (i - i0) * row;
           for (int64_t t0 = b0; t0 < b1; t0 += 4) {
-            const float* ka[4];
-            const float* kb[4];
+            const E* ka[4];
+            const E* kb[4];
             for (int j = 0; j < 4; ++j) {
               const int64_t t = t0 + j < vis ? t0 + j : vis - 1;  // past the end: recompute the last
-              ka[j] = p.k_a + t * p.k_a_token_stride + kvh * p.k_a_head_stride;
-              kb[j] = p.k_b + t * p.k_b_token_stride + kvh * p.k_b_head_stride;
+              ka[j] = kv_row<E>(p.k_a, p, t, p.k_a_token_stride, kvh * p.k_a_head_stride);
+              kb[j] = kv_row<E>(p.k_b, p, t, p.k_b_token_stride, kvh * p.k_b_head_stride);
             }
             float sa[4], sb[4];
             dot4(sa, qa, ka, p.da);
@@ -99,15 +117,20 @@ inline void attention_variant(const AttentionParams& p) {
           float* o = p.out + (i * p.n_heads + h) * p.dv;
           for (int64_t t = b0; t < b1; ++t) {
             const float pt = sc[t] / sum[i - i0];
-            const float* v = p.v + t * p.v_token_stride + kvh * p.v_head_stride;
+            const E* v = kv_row<E>(p.v, p, t, p.v_token_stride, kvh * p.v_head_stride);
             const F32x16 ps = splat16(pt);
-            for (int64_t d = 0; d < vec; d += 16) store16(o + d, fma16(ps, load16(v + d), load16(o + d)));
-            for (int64_t d = vec; d < p.dv; ++d) o[d] = fma1(pt, v[d], o[d]);
+            for (int64_t d = 0; d < vec; d += 16) store16(o + d, fma16(ps, widen16(v + d), load16(o + d)));
+            for (int64_t d = vec; d < p.dv; ++d) o[d] = fma1(pt, widen1(v[d]), o[d]);
           }
         }
       }
     }
   }
+}
+
+inline void attention_variant(const AttentionParams& p) {
+  if (p.kv_dtype == DType::kBF16) return attention_typed<uint16_t>(p);
+  attention_typed<float>(p);
 }
 
 }  // namespace
