@@ -12,7 +12,10 @@ namespace {
 
 constexpr int64_t kGiB = int64_t(1) << 30;
 constexpr int64_t kGpuOverhead = kGiB;      // CUDA context, library workspaces, allocator slack
-constexpr int64_t kCpuOverhead = kGiB / 2;  // the process, its threads and message buffers
+// The process, its threads and message buffers: measured 25-65 MB per rank beside its KV and
+// weights (`shoal serve` under mpirun -np 2, and alone: docs/performance.md, "The KV pool"),
+// 0.17 GB with a 512-token prefill's activations on the bench model; a quarter GiB leaves room.
+constexpr int64_t kCpuOverhead = kGiB / 4;
 constexpr int64_t kPlanShareScale = 1 << 20;  // budgets given to default_plan as shares (see attempt)
 
 int64_t sum_bytes(const UnitBytes& b) {

@@ -688,3 +688,36 @@ TEST_CASE("batch: each line's model picks its LoRA adapter and gets that model's
     for (const char* m : {"`tiny-v3-bf16`", "`a`", "`b`"}) CHECK_THAT(msg, Catch::Contains(m));
   }
 }
+
+TEST_CASE("batch: lines that repeat a long prefix find it cached, and their answers are those of a run without reuse", "[batch][kv]") {
+  TempDir dir;
+  const std::string base = std::string(SHOAL_FIXTURES) + "/tiny-v3-bf16";
+  std::vector<int32_t> fewshot;  // a long shared block, then each line's own question
+  for (int i = 0; i < 200; ++i) fewshot.push_back(int32_t(2 + (i * 37) % 900));
+  std::string in;
+  for (int q = 0; q < 6; ++q) {
+    std::vector<int32_t> prompt = fewshot;
+    for (int k = 0; k < 5 + q; ++k) prompt.push_back(int32_t(100 + q * 11 + k));
+    in += json{{"custom_id", "q" + std::to_string(q)}, {"method", "POST"}, {"url", "/v1/completions"},
+               {"body", {{"prompt", prompt}, {"max_tokens", 8}, {"temperature", 0}, {"ignore_eos", true}}}}
+              .dump() + "\n";
+  }
+  shoal::test::write_file(dir / "in.jsonl", in);
+  const std::string common = " --model " + base + " --tokenizer " + kTokenizer + " -i " + dir / "in.jsonl";
+  // --slots 1: one line after another, so each finds the blocks the ones before it left.
+  Run reuse = run_batch(common + " --slots 1 -o " + dir / "reuse.out", dir);
+  INFO(reuse.err);
+  REQUIRE(reuse.status == 0);
+  Run fixed = run_batch(common + " --slots 1 --kv-memory 0 -o " + dir / "fixed.out", dir);  // no pool: no reuse
+  INFO(fixed.err);
+  REQUIRE(fixed.status == 0);
+  const auto a = read_results(dir / "reuse.out"), b = read_results(dir / "fixed.out");
+  for (int q = 0; q < 6; ++q) {
+    const std::string id = "q" + std::to_string(q);
+    INFO(id);
+    const json& body = a.at(id)["response"]["body"];
+    CHECK(body["choices"][0]["text"] == b.at(id)["response"]["body"]["choices"][0]["text"]);
+    CHECK(b.at(id)["response"]["body"]["usage"]["prompt_tokens_details"]["cached_tokens"] == 0);
+    CHECK(body["usage"]["prompt_tokens_details"]["cached_tokens"] == (q == 0 ? 0 : 192));  // 3 full blocks of 64
+  }
+}
