@@ -135,9 +135,9 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
                   "(half the bytes, rounded at each hop; docs/distributed.md gives its measured deviation)")
       ->check(CLI::IsMember({"f32", "bf16"}));
   sub->add_option("--kv-dtype", f.kv_dtype,
-                  "KV cache values: f32 (default; exact) or bf16 (half the memory, rounded once as stored; "
-                  "docs/serving.md gives its measured deviation)")
-      ->check(CLI::IsMember({"f32", "bf16"}));
+                  "KV cache values: f32 (default; exact), bf16 (half the memory, rounded once as stored) or fp8 "
+                  "(e4m3 with a scale per row: about a quarter; docs/serving.md gives both deviations)")
+      ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
   sub->add_option("--kv-memory", f.kv_memory,
                   "Bytes of each rank's paged KV pool, e.g. 16GiB (docs/serving.md, \"The KV pool\"); 0: a fixed "
                   "cache of --max-seq-len per sequence. Default: serve and batch a pool as large as 8 x 4096 float32 "
@@ -185,7 +185,7 @@ StatusOr<int64_t> parse_bytes(const std::string& text, const std::string& flag) 
 
 StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOptions o) {
   SHOAL_RETURN_IF_ERROR(check_not_a_lone_srun_task());
-  o.kv_dtype = f.kv_dtype == "bf16" ? DType::kBF16 : DType::kF32;
+  o.kv_dtype = *parse_kv_dtype(f.kv_dtype);
   if (f.kv_memory.empty()) {
     o.kv_memory = f.paged_by_default ? kDefaultKvMemory : 0;
   } else {

@@ -171,7 +171,7 @@ int plan(const Options& o) {
   fo.context = o.context;
   fo.concurrency = o.concurrency;
   const std::optional<DType> kv_dtype = parse_kv_dtype(o.kv_dtype);
-  if (!kv_dtype) return fail(invalid_argument("--kv-dtype '" + o.kv_dtype + "' is not f32 or bf16"));
+  if (!kv_dtype) return fail(invalid_argument("--kv-dtype '" + o.kv_dtype + "' is not f32, bf16 or fp8"));
   fo.kv_dtype = *kv_dtype;
   if (o.wire_dtype != "f32" && o.wire_dtype != "bf16")
     return fail(invalid_argument("--wire-dtype '" + o.wire_dtype + "' is not f32 or bf16"));
@@ -271,8 +271,8 @@ void add_plan(CLI::App& app, int& rc) {
   sub->add_option("--context", o->context, "KV cache positions per sequence")->check(CLI::PositiveNumber);
   sub->add_option("--concurrency", o->concurrency, "Sequences with a KV cache each")->check(CLI::PositiveNumber);
   sub->add_option("--kv-dtype", o->kv_dtype,
-                  "KV cache dtype: f32 (default, as the runtime's) or bf16 (half the KV bytes; its logits deviate "
-                  "beyond the golden tolerance, docs/serving.md)");
+                  "KV cache dtype: f32 (default, as the runtime's), bf16 (half the KV bytes) or fp8 (e4m3 with a "
+                  "scale per row, about a quarter); both deviate beyond the golden tolerance, docs/serving.md");
   sub->add_option("--lora", o->lora,
                   "A LoRA adapter, NAME=DIR or DIR (repeatable): its A and B counted on the ranks that hold its modules");
   sub->add_option("--wire-dtype", o->wire_dtype, "Hidden rows between ranks: f32 (default) or bf16 (as `--wire-dtype` of the runtime)");

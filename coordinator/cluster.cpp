@@ -95,7 +95,7 @@ Status Cluster::hello_all() {
     h->set_n_slots(options_.n_slots);
     h->set_max_seq_len(max_seq_len_);
     h->set_kv_blocks(kv_blocks_);
-    h->set_kv_dtype(options_.kv_dtype == DType::kBF16 ? 1 : 0);
+    h->set_kv_dtype(options_.kv_dtype == DType::kBF16 ? 1 : options_.kv_dtype == DType::kF8E4M3 ? 2 : 0);
     h->set_attn_impl(int32_t(options_.attn_impl));
     h->set_exact_numerics(options_.exact);
     h->set_wire_dtype(int32_t(options_.wire_dtype));

@@ -87,7 +87,8 @@ void rope(const RopeParams& p, const Context& ctx) {
 void attention(const AttentionParams& p, const Context& ctx) {
   SHOAL_CHECK(p.n_kv >= 0 && p.n_q >= 0 && p.dv > 0);
   for (int64_t i = 0; i < p.n_q; ++i) SHOAL_CHECK(p.q_pos[i] >= 0);
-  SHOAL_CHECK(p.kv_dtype == DType::kF32 || p.kv_dtype == DType::kBF16);
+  SHOAL_CHECK(p.kv_dtype == DType::kF32 || p.kv_dtype == DType::kBF16 ||
+              (p.kv_dtype == DType::kF8E4M3 && p.kv_scales != nullptr));
   SHOAL_CHECK(p.kv_blocks == nullptr || p.kv_block_tokens > 0);
   SHOAL_DISPATCH(attention, p, ctx);
 }

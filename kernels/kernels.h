@@ -91,7 +91,9 @@ void rope(const RopeParams& p, const Context& ctx);
 // widened exactly as they are read) and paged, key t then in block kv_blocks[t / kv_block_tokens]
 // at row t % kv_block_tokens, an operand's block b starting kv_block_stride * b elements past its
 // pointer. Neither changes an operation: a paged bf16 cache gives the bits of a contiguous float
-// one holding the same values.
+// one holding the same values. In fp8 (e4m3) each row of each part has a float32 scale: the
+// scales of row t are kv_scales[2t], [2t + 1] (paged: kv_scales[b * kv_scale_block_stride +
+// 2 (t % kv_block_tokens)] ...), the operand reading part k_a_part, k_b_part or v_part of them.
 struct AttentionParams {
   float* out;           // [n_q, n_heads, dv] contiguous
   const float* q_a;     // [n_q, n_heads, da] with q_token_stride / q_head_stride
@@ -106,9 +108,12 @@ struct AttentionParams {
   int64_t v_token_stride, v_head_stride;
   float scale;
   int64_t kv_group = 1;  // query heads per key/value head: head h reads k/v head h / kv_group (GQA)
-  DType kv_dtype = DType::kF32;      // of k_a, k_b and v: kF32 or kBF16
+  DType kv_dtype = DType::kF32;      // of k_a, k_b and v: kF32, kBF16 or kF8E4M3 (with kv_scales)
   const int32_t* kv_blocks = nullptr;  // paged operands: the block of each kv_block_tokens keys
   int64_t kv_block_tokens = 0, kv_block_stride = 0;
+  const float* kv_scales = nullptr;    // fp8: two per row
+  int64_t kv_scale_block_stride = 0;
+  int8_t k_a_part = 0, k_b_part = 1, v_part = 0;  // which of a row's two scales each operand takes
 };
 void attention(const AttentionParams& p, const Context& ctx);
 

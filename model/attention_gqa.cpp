@@ -57,6 +57,8 @@ void gqa_forward(float* out, const float* h, const AttnWeights& w, const Batch& 
     p.k_a_head_stride = p.k_b_head_stride = hd;
     p.v = cache.pe; p.v_token_stride = KV * hd; p.v_head_stride = hd;
     cache.describe(p);
+    p.k_b_part = 0;  // db = 0: unread
+    p.v_part = 1;    // fp8: the values' scales
     p.q_pos = pos + s.begin;
     p.n_q = s.count; p.n_kv = pos[s.begin + s.count - 1] + 1;
     p.n_heads = H; p.da = hd; p.db = 0; p.dv = hd;

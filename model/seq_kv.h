@@ -1,5 +1,5 @@
 // The KV cache rows of one sequence in one layer, as the layers read and write them: row p for
-// position p, in float32 or bf16, contiguous or in blocks (node/kv_cache.h, model/kv_layout.h).
+// position p, in float32, bf16 or fp8 (e4m3, each row with its own scale), contiguous or in blocks (node/kv_cache.h, model/kv_layout.h).
 // MLA keeps the latent in `kv` and the roped key in `pe`; GQA keeps the roped keys in `kv` and
 // the values in `pe`.
 #pragma once
@@ -20,10 +20,17 @@ struct SeqKv {
   // elements past kv (and past pe). nullptr: contiguous rows.
   const int32_t* blocks = nullptr;
   int64_t block_tokens = 0, block_stride = 0;
+  // fp8: two scales per row (kv's, pe's), row p's at scales[2p] (paged: block b's rows from
+  // scales + b * scale_block_stride).
+  float* scales = nullptr;
+  int64_t scale_block_stride = 0;
 
   // Element offset of row p of a part whose rows are `width` elements.
   int64_t row_offset(int64_t p, int64_t width) const {
     return blocks ? int64_t(blocks[p / block_tokens]) * block_stride + (p % block_tokens) * width : p * width;
+  }
+  float* row_scales(int64_t p) const {
+    return scales + (blocks ? int64_t(blocks[p / block_tokens]) * scale_block_stride + (p % block_tokens) * 2 : p * 2);
   }
   // Stores position p's rows (rounded to the cache dtype).
   void store(int64_t p, const float* kv_row, int64_t kv_width, const float* pe_row, int64_t pe_width) const;
@@ -32,8 +39,6 @@ struct SeqKv {
   void load_pe(float* out, int64_t end, int64_t width) const;
   // The attention's key/value storage: dtype and paging (its k_a, k_b, v point into this cache).
   void describe(kernels::AttentionParams& p) const;
-  const void* kv_at(int64_t offset) const;  // kv + offset elements
-  const void* pe_at(int64_t offset) const;
 };
 
 }  // namespace shoal

@@ -11,10 +11,10 @@ KvCache::KvCache(const ModelConfig& c, int64_t n_layers, int64_t n_slots, int64_
                  DType dtype)
     : n_layers_(n_layers), capacity_(capacity), n_blocks_(n_blocks > 0 ? n_blocks : n_slots * kv_blocks_for(capacity)),
       kv_width_(c.uses_mla() ? c.kv_lora_rank : c.n_kv_heads * c.head_dim), pe_width_(c.kv_cache_width() - kv_width_),
-      paged_(n_blocks > 0), dtype_(dtype), block_elems_(kKvBlockTokens * c.kv_cache_width()),
+      paged_(n_blocks > 0), dtype_(dtype), block_bytes_(kv_block_bytes(c, 1, dtype)),
       tables_(static_cast<size_t>(n_slots)) {
-  SHOAL_CHECK(dtype == DType::kF32 || dtype == DType::kBF16);
-  const int64_t bytes = n_layers_ * n_blocks_ * block_elems_ * kv_value_bytes(dtype_);
+  SHOAL_CHECK(dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF8E4M3);
+  const int64_t bytes = n_layers_ * n_blocks_ * block_bytes_;
   data_.assign(static_cast<size_t>((bytes + 3) / 4), 0u);
   if (!paged_) {
     const int64_t per = kv_blocks_for(capacity_);
@@ -64,7 +64,7 @@ SeqKv KvCache::view(int64_t layer, int32_t slot) {
   SHOAL_CHECK(slot >= 0 && slot < n_slots());
   const auto& t = tables_[size_t(slot)];
   const int64_t value = kv_value_bytes(dtype_);
-  char* base = reinterpret_cast<char*>(data_.data()) + layer * n_blocks_ * block_elems_ * value;
+  char* base = reinterpret_cast<char*>(data_.data()) + layer * n_blocks_ * block_bytes_;
   SeqKv v;
   v.kv = base;
   v.pe = base + kKvBlockTokens * kv_width_ * value;
@@ -72,7 +72,11 @@ SeqKv KvCache::view(int64_t layer, int32_t slot) {
   v.dtype = dtype_;
   v.blocks = t.data();
   v.block_tokens = kKvBlockTokens;
-  v.block_stride = block_elems_;
+  v.block_stride = block_bytes_ / value;
+  if (dtype_ == DType::kF8E4M3) {  // the rows' scales after the block's codes
+    v.scales = reinterpret_cast<float*>(base + kKvBlockTokens * (kv_width_ + pe_width_) * value);
+    v.scale_block_stride = block_bytes_ / int64_t(sizeof(float));
+  }
   return v;
 }
 
@@ -85,6 +89,7 @@ void KvCache::copy(int64_t layer, int32_t from, int32_t to, int64_t positions) {
                 static_cast<const char*>(a.kv) + a.row_offset(p, kv_width_) * value, size_t(kv_width_ * value));
     std::memcpy(static_cast<char*>(b.pe) + b.row_offset(p, pe_width_) * value,
                 static_cast<const char*>(a.pe) + a.row_offset(p, pe_width_) * value, size_t(pe_width_ * value));
+    if (a.scales) std::copy_n(a.row_scales(p), 2, b.row_scales(p));
   }
 }
 

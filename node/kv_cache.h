@@ -1,5 +1,5 @@
 // The KV cache of the layers a stage hosts: one pool of blocks of kKvBlockTokens positions
-// (model/kv_layout.h) in float32 or bf16, and a block table per sequence slot saying which blocks
+// (model/kv_layout.h) in float32, bf16 or fp8, and a block table per sequence slot saying which blocks
 // hold its positions (docs/serving.md, "The KV pool").
 //
 // Two ways to use it. Static: each slot owns ceil(capacity / kKvBlockTokens) blocks from the
@@ -43,9 +43,9 @@ class KvCache {
   int64_t n_layers_, capacity_, n_blocks_, kv_width_, pe_width_;
   bool paged_;
   DType dtype_;
-  int64_t block_elems_;  // elements of one block in one layer
+  int64_t block_bytes_;  // of one block in one layer
   std::vector<std::vector<int32_t>> tables_;  // per slot
-  std::vector<uint32_t> data_;  // [n_layers, n_blocks, kKvBlockTokens * (kv_width + pe_width)] elements
+  std::vector<uint32_t> data_;  // [n_layers, n_blocks, block_bytes_]
 };
 
 }  // namespace shoal

@@ -107,11 +107,11 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   WorkerOptions wo;
   wo.n_slots = hello.n_slots();
   wo.max_seq_len = hello.max_seq_len();
-  if (hello.kv_blocks() < 0 || (hello.kv_dtype() != 0 && hello.kv_dtype() != 1))
+  if (hello.kv_blocks() < 0 || hello.kv_dtype() < 0 || hello.kv_dtype() > 2)
     return refuse(me + ": the coordinator asked for a KV pool of " + std::to_string(hello.kv_blocks()) +
-                  " blocks in dtype " + std::to_string(hello.kv_dtype()) + " (0 f32, 1 bf16)");
+                  " blocks in dtype " + std::to_string(hello.kv_dtype()) + " (0 f32, 1 bf16, 2 fp8)");
   wo.kv_blocks = hello.kv_blocks();
-  wo.kv_dtype = hello.kv_dtype() == 1 ? DType::kBF16 : DType::kF32;
+  wo.kv_dtype = hello.kv_dtype() == 1 ? DType::kBF16 : hello.kv_dtype() == 2 ? DType::kF8E4M3 : DType::kF32;
   wo.attn_impl = AttnImpl(hello.attn_impl());
   if (hello.wire_dtype() != 0 && hello.wire_dtype() != 1)
     return refuse(me + ": the coordinator asked for wire dtype " + std::to_string(hello.wire_dtype()) + " (0 f32, 1 bf16)");

@@ -877,6 +877,78 @@ TEST_CASE("attention over a paged bf16 cache gives the contiguous float cache's 
   }
 }
 
+// fp8 (e4m3) rows with a scale each: paged or contiguous, the same bits; and close to the float
+// cache of the values they round (the scale folds into each dot and each value's weight).
+TEST_CASE("attention over an fp8 cache: paged as contiguous, near the float cache", "[kernels][attention][kv]") {
+  for (const Context& ctx : backends()) {
+    const int64_t H = 4, da = 48, db = 16, dv = da, n_kv = 200, bt = 64, n_q = 3;
+    const std::vector<float> kv = random_vec(size_t(n_kv * da), 51, -2.0f, 2.0f), pe = random_vec(size_t(n_kv * db), 52, -3.0f, 3.0f);
+    const auto q = random_vec(size_t(n_q * H * (da + db)), 53, -2.0f, 2.0f);
+    const std::vector<int32_t> q_pos = {10, 150, 199};
+    // Contiguous fp8: codes [n_kv, da] and [n_kv, db], scales [n_kv, 2].
+    std::vector<uint8_t> kc(kv.size()), pc(pe.size());
+    std::vector<float> scales(size_t(n_kv * 2));
+    auto quantize = [](const float* x, int64_t n, uint8_t* codes, float* scale) {
+      float amax = 0;
+      for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+      *scale = amax / 448.0f;
+      for (int64_t i = 0; i < n; ++i) codes[i] = float_to_fp8_e4m3(x[i] / *scale);
+    };
+    for (int64_t t = 0; t < n_kv; ++t) {
+      quantize(kv.data() + t * da, da, kc.data() + t * da, &scales[size_t(2 * t)]);
+      quantize(pe.data() + t * db, db, pc.data() + t * db, &scales[size_t(2 * t + 1)]);
+    }
+    auto params = [&](float* out) {
+      kernels::AttentionParams p{};
+      p.out = out;
+      p.q_a = q.data(); p.q_token_stride = H * (da + db); p.q_head_stride = da + db;
+      p.q_b = q.data() + da; p.q_b_token_stride = H * (da + db); p.q_b_head_stride = da + db;
+      p.k_a_token_stride = p.v_token_stride = da;
+      p.k_b_token_stride = db;
+      p.q_pos = q_pos.data();
+      p.n_q = n_q; p.n_kv = n_kv; p.n_heads = H; p.da = da; p.db = db; p.dv = dv;
+      p.scale = 0.21f;
+      return p;
+    };
+    std::vector<float> contiguous(size_t(n_q * H * dv)), paged(contiguous.size(), NAN), exact(contiguous.size());
+    kernels::AttentionParams p = params(contiguous.data());
+    p.kv_dtype = DType::kF8E4M3;
+    p.k_a = kc.data(); p.v = kc.data(); p.k_b = pc.data(); p.kv_scales = scales.data();
+    kernels::attention(p, ctx);
+    // Paged: blocks of 64 rows [64 x da codes][64 x db codes][64 x 2 scales], shuffled.
+    const int64_t block = bt * (da + db + 8), n_blocks = 6, per = (n_kv + bt - 1) / bt;
+    std::vector<int32_t> table(static_cast<size_t>(n_blocks), 0);
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), std::mt19937(9));
+    table.resize(size_t(per));
+    std::vector<uint32_t> words(size_t(n_blocks * block / 4), 0x7f7f7f7fu);
+    uint8_t* pool = reinterpret_cast<uint8_t*>(words.data());
+    for (int64_t t = 0; t < n_kv; ++t) {
+      uint8_t* b = pool + table[size_t(t / bt)] * block;
+      std::copy_n(kc.data() + t * da, da, b + (t % bt) * da);
+      std::copy_n(pc.data() + t * db, db, b + bt * da + (t % bt) * db);
+      std::copy_n(&scales[size_t(2 * t)], 2, reinterpret_cast<float*>(b + bt * (da + db)) + (t % bt) * 2);
+    }
+    p = params(paged.data());
+    p.kv_dtype = DType::kF8E4M3;
+    p.k_a = pool; p.v = pool; p.k_b = pool + bt * da;
+    p.kv_blocks = table.data(); p.kv_block_tokens = bt; p.kv_block_stride = block;
+    p.kv_scales = reinterpret_cast<const float*>(pool + bt * (da + db));
+    p.kv_scale_block_stride = block / 4;
+    kernels::attention(p, ctx);
+    INFO(backend_name(ctx));
+    CHECK(std::memcmp(paged.data(), contiguous.data(), paged.size() * sizeof(float)) == 0);
+    // The float cache of the unrounded values: fp8's 3 mantissa bits keep the outputs near.
+    p = params(exact.data());
+    p.k_a = kv.data(); p.v = kv.data(); p.k_b = pe.data();
+    kernels::attention(p, ctx);
+    double worst = 0;
+    for (size_t i = 0; i < exact.size(); ++i) worst = std::max(worst, double(std::fabs(exact[i] - contiguous[i])));
+    CHECK(worst < 0.25);
+    CHECK(worst > 1e-4);  // it does round
+  }
+}
+
 TEST_CASE("attention: a query at position p ignores keys after p", "[kernels][attention]") {
   // Same queries against two caches that differ only after position 3: outputs for q_pos <= 3
   // must be identical, the one at q_pos 5 must differ.

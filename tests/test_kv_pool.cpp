@@ -275,8 +275,8 @@ TEST_CASE("paged, preempted and prefix-reusing runs give the static cache's toke
     }
   };
   for (int ranks : {0, 3}) {
-    for (DType dtype : {DType::kF32, DType::kBF16}) {
-      if (dtype == DType::kBF16 && ranks == 3) continue;
+    for (DType dtype : {DType::kF32, DType::kBF16, DType::kF8E4M3}) {
+      if (dtype != DType::kF32 && ranks == 3) continue;
       for (bool reuse : {false, true}) {
         INFO("ranks " << ranks << ", " << kv_dtype_name(dtype) << (reuse ? ", prefix reuse" : ", no reuse"));
         // 14 blocks of 64 positions for 8 slots of prompts of 153-286 positions: the pool runs dry.
@@ -318,13 +318,13 @@ TEST_CASE("paged, preempted and prefix-reusing runs give the static cache's toke
         const auto got = serve_all(*ex, requests, reuse, &stats);
         if (dtype == DType::kF32) {
           check_all(got);
-        } else {  // bf16: the same with or without reuse and preemption, against its own first run
-          static std::map<uint64_t, Outcome> bf16_first;
-          if (bf16_first.empty()) bf16_first = got;
+        } else {  // bf16, fp8: the same with or without reuse and preemption, against their own first run
+          static std::map<DType, std::map<uint64_t, Outcome>> first;
+          if (first[dtype].empty()) first[dtype] = got;
           for (const auto& r : requests) {
             INFO("request " << r.id);
-            CHECK(got.at(r.id).ids == bf16_first[r.id].ids);
-            CHECK(same_bits(got.at(r.id).logprobs, bf16_first[r.id].logprobs));
+            CHECK(got.at(r.id).ids == first[dtype][r.id].ids);
+            CHECK(same_bits(got.at(r.id).logprobs, first[dtype][r.id].logprobs));
           }
         }
         CHECK(stats.preemptions > 0);

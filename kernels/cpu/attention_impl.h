@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <type_traits>
 
 #include "kernels/cpu/simd.h"
 #include "kernels/kernels.h"
@@ -17,10 +18,26 @@ namespace shoal::kernels::cpu {
 namespace {
 
 // A cache element widened to float: float as it is, bf16 exactly (its code is the float's high half).
+// fp8 codes widen to their value times 2^-8 (the row's scale times 2^8 is applied to the dot).
 inline F32x16 widen16(const float* p) { return load16(p); }
 inline F32x16 widen16(const uint16_t* p) { return bf16x16(p); }
+inline F32x16 widen16(const uint8_t* p) { return e4m3x16_scaled(p); }
 inline float widen1(float x) { return x; }
 inline float widen1(uint16_t x) { return bf16_one(x); }
+inline float widen1(uint8_t x) { return e4m3_scaled_one(x); }
+
+// fp8: the factor of row t's part `part` (its scale times 2^8); 1 for float and bf16.
+template <typename E>
+inline float row_factor(const AttentionParams& p, int64_t t, int part) {
+  if constexpr (!std::is_same_v<E, uint8_t>) {
+    return 1.0f;
+  } else {
+    const int64_t at = p.kv_blocks ? int64_t(p.kv_blocks[t / p.kv_block_tokens]) * p.kv_scale_block_stride +
+                                         (t % p.kv_block_tokens) * 2
+                                   : t * 2;
+    return p.kv_scales[at + part] * 256.0f;
+  }
+}
 
 // Row t of a key or value operand (with its head offset), contiguous or paged.
 template <typename E>
@@ -93,6 +110,11 @@ inline void attention_typed(const AttentionParams& p) {
             float sa[4], sb[4];
             dot4(sa, qa, ka, p.da);
             dot4(sb, qb, kb, p.db);
+            if constexpr (std::is_same_v<E, uint8_t>)
+              for (int j = 0; j < 4 && t0 + j < vis; ++j) {
+                sa[j] *= row_factor<E>(p, t0 + j, p.k_a_part);
+                sb[j] *= row_factor<E>(p, t0 + j, p.k_b_part);
+              }
             for (int j = 0; j < 4 && t0 + j < vis; ++j) {
               const float s = (sa[j] + sb[j]) * p.scale;
               sc[t0 + j] = s;
@@ -116,7 +138,7 @@ inline void attention_typed(const AttentionParams& p) {
           const float* sc = scores + (i - i0) * row;
           float* o = p.out + (i * p.n_heads + h) * p.dv;
           for (int64_t t = b0; t < b1; ++t) {
-            const float pt = sc[t] / sum[i - i0];
+            const float pt = sc[t] / sum[i - i0] * row_factor<E>(p, t, p.v_part);
             const E* v = kv_row<E>(p.v, p, t, p.v_token_stride, kvh * p.v_head_stride);
             const F32x16 ps = splat16(pt);
             for (int64_t d = 0; d < vec; d += 16) store16(o + d, fma16(ps, widen16(v + d), load16(o + d)));
@@ -130,6 +152,7 @@ inline void attention_typed(const AttentionParams& p) {
 
 inline void attention_variant(const AttentionParams& p) {
   if (p.kv_dtype == DType::kBF16) return attention_typed<uint16_t>(p);
+  if (p.kv_dtype == DType::kF8E4M3) return attention_typed<uint8_t>(p);
   attention_typed<float>(p);
 }
 
