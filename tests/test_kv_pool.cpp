@@ -12,6 +12,7 @@
 #include "coordinator/engine.h"
 #include "coordinator/local_cluster.h"
 #include "coordinator/scheduler.h"
+#include "support/process.h"
 
 using namespace shoal;
 
@@ -336,5 +337,64 @@ TEST_CASE("paged, preempted and prefix-reusing runs give the static cache's toke
         }
       }
     }
+  }
+}
+
+TEST_CASE("bad KV inputs: a pool too small, bad table edits, positions past a sequence's blocks, bad flags", "[kv][errors]") {
+  auto cfg = load_config(kModel);
+  REQUIRE(cfg.ok());
+  auto small = kv_pool_blocks(*cfg, cfg->n_layers, 1000, DType::kF32);
+  REQUIRE(!small.ok());
+  CHECK_THAT(small.status().message(), Catch::Contains("1000 bytes") && Catch::Contains("one block of 64 positions"));
+
+  EngineOptions eo;
+  eo.n_slots = 2;
+  eo.kv_memory = 4 * kv_block_bytes(*cfg, cfg->n_layers, DType::kF32);  // 4 blocks
+  auto e = Engine::open(kModel, eo);
+  REQUIRE(e.ok());
+  REQUIRE((*e)->kv_blocks() == 4);
+  CHECK((*e)->max_seq_len() == 4 * kKvBlockTokens);  // what the pool can hold, under the model's 512
+  auto forward = [&](const Batch& b) { return (*e)->forward(b, {b.n_tokens() - 1}); };
+  Batch b;
+  b.add_sequence(0, 0, {1, 2, 3});
+  b.tables.push_back({0, 0, {7}});  // no block 7
+  auto r = forward(b);
+  REQUIRE(!r.ok());
+  CHECK_THAT(r.status().message(), Catch::Contains("KV block 7") && Catch::Contains("pool of 4"));
+  b.tables = {{5, 0, {1}}};  // no slot 5
+  r = forward(b);
+  REQUIRE(!r.ok());
+  CHECK_THAT(r.status().message(), Catch::Contains("slot 5"));
+  b.tables.clear();  // slot 0 has no blocks yet
+  r = forward(b);
+  REQUIRE(!r.ok());
+  CHECK(r.status().code() == Code::kResourceExhausted);
+  CHECK_THAT(r.status().message(), Catch::Contains("slot 0 reaches position 2") && Catch::Contains("hold 0 positions"));
+  b.tables = {{0, 0, {2}}};
+  CHECK(forward(b).ok());  // now it has one
+  Batch more;
+  more.add_sequence(0, 3, std::vector<int32_t>(70, 5));  // positions 3..72: past its one block
+  r = forward(more);
+  REQUIRE(!r.ok());
+  CHECK_THAT(r.status().message(), Catch::Contains("reaches position 72") && Catch::Contains("hold 64 positions"));
+
+  EngineOptions fixed;  // a static cache takes no edits
+  auto f = Engine::open(kModel, fixed);
+  REQUIRE(f.ok());
+  b.tables = {{0, 0, {0}}};
+  auto rf = (*f)->forward(b, {2});
+  REQUIRE(!rf.ok());
+  CHECK_THAT(rf.status().message(), Catch::Contains("not paged"));
+
+  // The flags, through the binary: a size that is not one, a dtype that is not offered.
+  for (const std::string& flags : {"--kv-memory 12QB", "--kv-memory -5", "--kv-dtype fp16", "--kv-memory 100"}) {
+    INFO(flags);
+    int status = -1;
+    const std::string out = shoal::test::run_command(std::string(SHOAL_BINARY) + " run --model " + kModel +
+                                                         " --ids '0 1 2' --max-tokens 2 " + flags + " 2>&1",
+                                                     &status);
+    INFO(out);
+    CHECK(status != 0);
+    CHECK_THAT(out, Catch::Contains("--kv-") || Catch::Contains("KV pool of 100 bytes"));
   }
 }
