@@ -542,7 +542,7 @@ TEST_CASE("plan's expert exchange bytes follow the combine tree and --wire-dtype
   CHECK_THAT(bad.err, Catch::Contains("--wire-dtype") && Catch::Contains("f16"));
   const CliRun kv = shoal_cli("plan --model '" + kBenchConfig.string() + "' --local-nodes 2 --kv-dtype f16");
   CHECK(kv.rc != 0);
-  CHECK_THAT(kv.err, Catch::Contains("--kv-dtype 'f16' is not f32 or bf16"));
+  CHECK_THAT(kv.err, Catch::Contains("--kv-dtype 'f16' is not f32, bf16 or fp8"));
 }
 
 // ---- the library ----------------------------------------------------------------------------
