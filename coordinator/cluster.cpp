@@ -45,7 +45,7 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
   }
   int64_t most_layers = 0;  // the pool has as many blocks on every rank: the fullest rank sizes it
   for (int r = 0; r < world; ++r)
-    most_layers = std::max<int64_t>(most_layers, std::count(c->plan_.attn.begin(), c->plan_.attn.end(), r));
+    most_layers = std::max<int64_t>(most_layers, int64_t(c->plan_.attn_layers(r).size()));
   SHOAL_ASSIGN_OR_RETURN(c->kv_blocks_, kv_pool_blocks(cfg, most_layers, o.kv_memory, o.kv_dtype));
   if (c->kv_blocks_ > 0) c->max_seq_len_ = std::min(c->max_seq_len_, c->kv_blocks_ * kKvBlockTokens);
   c->loaded_.resize(size_t(world));

@@ -41,10 +41,21 @@ double worst_excess(const std::vector<float>& got, const json& want, const Toler
   return worst;
 }
 
+// Each prompt's logits and greedy ids over `steps` steps, on an engine with `eo` (one slot per prompt).
+GreedyResult run_prompts(const std::string& dir, EngineOptions eo, const std::vector<std::vector<int32_t>>& prompts,
+                         int64_t steps) {
+  eo.n_slots = int64_t(prompts.size());
+  auto engine = Engine::open(dir, eo);
+  REQUIRE(engine.ok());
+  auto r = generate_greedy(**engine, prompts, steps, true, true);
+  REQUIRE(r.ok());
+  return std::move(*r);
+}
+
 // The model at `model` (a fixture folder or a file in one) against the golden of `golden_dir`,
 // with the LoRA adapter fixture `lora` applied when given.
 void check_fixture(const std::string& model, const std::string& golden_dir, AttnImpl impl, const std::string& lora = "",
-                   bool merge_lora = false, DType kv_dtype = DType::kF32) {
+                   bool merge_lora = false) {
   const std::string name = model;
   const std::string dir = std::string(SHOAL_FIXTURES) + "/" + model;
   const json golden = read_json(std::string(SHOAL_FIXTURES) + "/" + golden_dir + "/golden.json");
@@ -53,16 +64,12 @@ void check_fixture(const std::string& model, const std::string& golden_dir, Attn
   for (const json& c : golden["cases"]) {
     const auto prompts = c["prompt_ids"].get<std::vector<std::vector<int32_t>>>();
     EngineOptions eo;
-    eo.n_slots = int64_t(prompts.size());
     eo.attn_impl = impl;
     eo.exact = true;  // GGUF: the golden is the exact function of the dequantized weights
     if (!lora.empty()) eo.loras = {{"", std::string(SHOAL_FIXTURES) + "/" + lora}};
     eo.merge_lora = merge_lora;
-    eo.kv_dtype = kv_dtype;
-    auto engine = Engine::open(dir, eo);
-    REQUIRE(engine.ok());
-    auto r = generate_greedy(**engine, prompts, steps, true, true);
-    REQUIRE(r.ok());
+    const GreedyResult g = run_prompts(dir, eo, prompts, steps);
+    const GreedyResult* r = &g;
     for (size_t b = 0; b < prompts.size(); ++b) {
       INFO(name << " case " << c["name"].get<std::string>() << " sequence " << b);
       CHECK(r->ids[b] == c["greedy_ids"][b].get<std::vector<int32_t>>());
@@ -123,13 +130,10 @@ KvDeviation kv_deviation(const std::string& model, AttnImpl impl, DType kv_dtype
   for (const json& c : golden["cases"]) {
     const auto prompts = c["prompt_ids"].get<std::vector<std::vector<int32_t>>>();
     EngineOptions eo;
-    eo.n_slots = int64_t(prompts.size());
     eo.attn_impl = impl;
     eo.kv_dtype = kv_dtype;
-    auto engine = Engine::open(dir, eo);
-    REQUIRE(engine.ok());
-    auto r = generate_greedy(**engine, prompts, steps, true, true);
-    REQUIRE(r.ok());
+    const GreedyResult g = run_prompts(dir, eo, prompts, steps);
+    const GreedyResult* r = &g;
     for (size_t b = 0; b < prompts.size(); ++b) {
       for (size_t p = 0; p < prompts[b].size(); ++p) compare(r->prompt_logits[b][p], c["prompt_logits"][b][p]);
       for (int64_t k = 0; k < steps; ++k) compare(r->step_logits[b][size_t(k)], c["greedy_logits"][b][size_t(k)]);

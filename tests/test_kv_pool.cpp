@@ -292,7 +292,7 @@ TEST_CASE("paged, preempted and prefix-reusing runs give the static cache's toke
           REQUIRE(c.ok());
           layers = 0;
           for (int r = 0; r < ranks; ++r)
-            layers = std::max<int64_t>(layers, std::count((*c)->plan().attn.begin(), (*c)->plan().attn.end(), r));
+            layers = std::max<int64_t>(layers, int64_t((*c)->plan().attn_layers(r).size()));
         }
         const int64_t bytes = 14 * kv_block_bytes(cfg, layers, dtype);
         std::unique_ptr<Executor> ex;
@@ -387,7 +387,7 @@ TEST_CASE("bad KV inputs: a pool too small, bad table edits, positions past a se
   CHECK_THAT(rf.status().message(), Catch::Contains("not paged"));
 
   // The flags, through the binary: a size that is not one, a dtype that is not offered.
-  for (const std::string& flags : {"--kv-memory 12QB", "--kv-memory -5", "--kv-dtype fp16", "--kv-memory 100"}) {
+  for (const char* flags : {"--kv-memory 12QB", "--kv-memory -5", "--kv-dtype fp16", "--kv-memory 100"}) {
     INFO(flags);
     int status = -1;
     const std::string out = shoal::test::run_command(std::string(SHOAL_BINARY) + " run --model " + kModel +
