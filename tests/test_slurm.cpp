@@ -467,9 +467,20 @@ class LocalSlurm {
   bool started_ = false;
 };
 
+// The job's state as squeue prints it, "" once the job has ended (not listed, or already purged:
+// "Invalid job id"). A failed squeue (slurmctld busy on a loaded machine) is asked again, never
+// taken for "ended": that once let a running job look finished.
 std::string job_state(const std::string& job) {
-  int status = -1;
-  return trim(run_command("timeout 10 squeue -h -j " + job + " -o %T 2>/dev/null", &status));
+  std::string out;
+  for (int attempt = 0; attempt < 20; ++attempt) {
+    int status = -1;
+    out = trim(run_command("timeout 10 squeue -h -j " + job + " -o %T 2>&1", &status));
+    if (exit_code(status) == 0) return out;
+    if (out.find("Invalid job id") != std::string::npos) return "";
+    std::this_thread::sleep_for(500ms);
+  }
+  FAIL("squeue -j " << job << " kept failing: " << out);
+  return out;
 }
 
 // Waits until `done` or the deadline; false at the deadline.
