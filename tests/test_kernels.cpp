@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include <omp.h>
 #include <sys/wait.h>
 
 #include <nlohmann/json.hpp>
@@ -798,6 +799,10 @@ TEST_CASE("attention matches a naive softmax reference", "[kernels][attention]")
       run_attention_case(ctx, {1, 700, 2, 32, 16, 32, true, {699}}, 5);
       run_attention_case(ctx, {1, 300, 2, 32, 16, 32, false, {250}}, 6);
     }
+    SECTION("contexts over several chunks of 4096 keys, split over the sequence and folded") {
+      run_attention_case(ctx, {1, 9000, 3, 72, 16, 72, true, {8999}}, 12);
+      run_attention_case(ctx, {4, 8300, 2, 16, 8, 20, false, {127, 128, 4096, 8299}}, 13);
+    }
     SECTION("positions beyond n_kv see every key") {
       run_attention_case(ctx, {2, 10, 2, 8, 4, 8, true, {25, 3}}, 7);
     }
@@ -808,6 +813,54 @@ TEST_CASE("attention matches a naive softmax reference", "[kernels][attention]")
       run_attention_case(ctx, {6, 6, 4, 16, 0, 16, false, {0, 1, 2, 3, 4, 5}, 2}, 9);
       run_attention_case(ctx, {2, 90, 8, 32, 0, 32, false, {70, 89}, 8}, 10);
       run_attention_case(ctx, {3, 40, 6, 24, 0, 24, false, {37, 38, 39}, 3}, 11);
+    }
+  }
+}
+
+// Long contexts are split over the sequence (segments of 128 keys folded into chunks of 4096,
+// decode's chunks on different threads) and still give the bits of one thread walking the keys:
+// whatever the threads, the queries beside, segment and chunk boundaries, odd heads and widths.
+TEST_CASE("attention: split over a long sequence, the same bits whatever the threads and the queries beside",
+          "[kernels][attention][batch-invariance][kv]") {
+  for (const Context& ctx : backends()) {
+    for (bool shared : {true, false}) {
+      const int64_t H = 5, da = shared ? 72 : 24, db = 8, dv = shared ? da : 20, n_kv = 9000;
+      const int64_t ka_w = shared ? da : H * (da + dv);
+      const auto kv = random_vec(size_t(n_kv * ka_w), 71, -2.0f, 2.0f), pe = random_vec(size_t(n_kv * db), 72, -2.0f, 2.0f);
+      const auto q = random_vec(size_t(24 * H * (da + db)), 73, -2.0f, 2.0f);
+      std::vector<int32_t> pos = {0, 127, 128, 4095, 4096, 8191, 8192};
+      for (int32_t t = 8983; t < 9000; ++t) pos.push_back(t);
+      const int64_t n_q = int64_t(pos.size());
+      auto run = [&](int64_t first, int64_t count, int threads) {
+        std::vector<float> out(size_t(count * H * dv), NAN);
+        kernels::AttentionParams p{};
+        p.out = out.data();
+        p.q_a = q.data() + first * H * (da + db); p.q_token_stride = H * (da + db); p.q_head_stride = da + db;
+        p.q_b = p.q_a + da; p.q_b_token_stride = H * (da + db); p.q_b_head_stride = da + db;
+        p.k_a = kv.data(); p.k_a_token_stride = ka_w; p.k_a_head_stride = shared ? 0 : da + dv;
+        p.v = kv.data() + (shared ? 0 : da); p.v_token_stride = ka_w; p.v_head_stride = shared ? 0 : da + dv;
+        p.k_b = pe.data(); p.k_b_token_stride = db;
+        p.q_pos = pos.data() + first;
+        p.n_q = count; p.n_kv = n_kv; p.n_heads = H; p.da = da; p.db = db; p.dv = dv;
+        p.scale = 0.11f;
+        const int before = omp_get_max_threads();
+        omp_set_num_threads(threads);
+        kernels::attention(p, ctx);
+        omp_set_num_threads(before);
+        return out;
+      };
+      INFO(backend_name(ctx) << (shared ? " shared latent keys" : " per-head keys"));
+      const auto want = run(0, n_q, 1);  // one thread, every chunk in order
+      for (int threads : {2, 3, 8}) {
+        INFO(threads << " threads");
+        CHECK(run(0, n_q, threads) == want);
+        int differ = 0;
+        for (int64_t i = 0; i < n_q; ++i) {  // alone: decode's schedule, chunks in parallel
+          const auto one = run(i, 1, threads);
+          for (int64_t k = 0; k < H * dv; ++k) differ += one[size_t(k)] != want[size_t(i * H * dv + k)];
+        }
+        CHECK(differ == 0);
+      }
     }
   }
 }

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <algorithm>
 #include <type_traits>
 
 #include "kernels/cpu/simd.h"
@@ -48,6 +49,18 @@ inline const E* kv_row(const void* base, const AttentionParams& p, int64_t t, in
   return static_cast<const E*>(base) + at + head_off;
 }
 
+// A dot's end: the elements [c, n) past the last 16 into their lanes, then the fixed tree.
+template <typename E>
+inline float finish_dot(F32x16 acc, const float* q, const E* k, int64_t c, int64_t n) {
+  if (c < n) {
+    float l[16];
+    lanes16(l, acc);
+    for (int64_t i = c; i < n; ++i) l[i % 16] = fma1(widen1(k[i]), q[i], l[i % 16]);
+    acc = load16(l);
+  }
+  return reduce16(acc);
+}
+
 // Dots of q[n] with k0..k3[n], each in the canonical order.
 template <typename E>
 inline void dot4(float* out, const float* q, const E* const k[4], int64_t n) {
@@ -57,94 +70,365 @@ inline void dot4(float* out, const float* q, const E* const k[4], int64_t n) {
     const F32x16 qv = load16(q + c);
     for (int j = 0; j < 4; ++j) acc[j] = fma16(widen16(k[j] + c), qv, acc[j]);
   }
-  for (int j = 0; j < 4; ++j) {
-    if (c < n) {
-      float l[16];
-      lanes16(l, acc[j]);
-      for (int64_t i = c; i < n; ++i) l[i % 16] = fma1(widen1(k[j][i]), q[i], l[i % 16]);
-      acc[j] = load16(l);
+  for (int j = 0; j < 4; ++j) out[j] = finish_dot(acc[j], q, k[j], c, n);
+}
+
+// Pairs computed together on the same rows: as many as the vector registers hold accumulators
+// for (4 x 4 dot chains in 32 registers; 2 x 4 where a 16-lane vector is two registers of 16).
+// How many go together changes no bit: every chain is the one it would be alone.
+#if defined(__AVX512F__)
+constexpr int kTilePairs = 4;
+#else
+constexpr int kTilePairs = 2;
+#endif
+
+// Dots of P queries with the same four rows (each the bits of dot4).
+template <int P, typename E>
+inline void dot_tile(float (*out)[4], const float* const* q, const E* const k[4], int64_t n) {
+  F32x16 acc[P][4];
+  for (int u = 0; u < P; ++u)
+    for (int j = 0; j < 4; ++j) acc[u][j] = zero16();
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    F32x16 kv[4];
+    for (int j = 0; j < 4; ++j) kv[j] = widen16(k[j] + c);
+    for (int u = 0; u < P; ++u) {
+      const F32x16 qv = load16(q[u] + c);
+      for (int j = 0; j < 4; ++j) acc[u][j] = fma16(kv[j], qv, acc[u][j]);
     }
-    out[j] = reduce16(acc[j]);
+  }
+  for (int u = 0; u < P; ++u)
+    for (int j = 0; j < 4; ++j) out[u][j] = finish_dot(acc[u][j], q[u], k[j], c, n);
+}
+
+// o[u][0, 64) += sum over keys t in [t0, t1) of w[u][t] v_t[0, 64), t ascending, for P sums that
+// read the same value rows (v_rows[t - b0] + off).
+template <int P, typename E>
+inline void values_tile(float* const* o, const float* const* w, const E* const* v_rows, int64_t off, int64_t b0,
+                        int64_t t0, int64_t t1) {
+  F32x16 a[P][4];
+  for (int u = 0; u < P; ++u)
+    for (int k = 0; k < 4; ++k) a[u][k] = load16(o[u] + 16 * k);
+  for (int64_t t = t0; t < t1; ++t) {
+    const E* v = v_rows[t - b0] + off;
+    const F32x16 v0 = widen16(v), v1 = widen16(v + 16), v2 = widen16(v + 32), v3 = widen16(v + 48);
+    for (int u = 0; u < P; ++u) {
+      const F32x16 ps = splat16(w[u][t]);
+      a[u][0] = fma16(ps, v0, a[u][0]);
+      a[u][1] = fma16(ps, v1, a[u][1]);
+      a[u][2] = fma16(ps, v2, a[u][2]);
+      a[u][3] = fma16(ps, v3, a[u][3]);
+    }
+  }
+  for (int u = 0; u < P; ++u)
+    for (int k = 0; k < 4; ++k) store16(o[u] + 16 * k, a[u][k]);
+}
+
+// The canonical order of one query's attention (what every schedule below computes, bit for
+// bit, whatever the batch, the chunking or the threads):
+// - keys in segments of kSegmentKeys (absolute positions [k * 128, (k + 1) * 128)); within a
+//   segment, the score of each key (the dot above, times the scale), the segment's largest m,
+//   e_t = exp(score - m), l = their sum in ascending order, and o = the sum over ascending keys of
+//   fma(e_t / l * row factor, v_t, o): the segment's softmax-weighted values;
+// - segments folded in ascending order into chunks of kChunkKeys, and chunks folded in ascending
+//   order into the result, each fold of (M, L, O) with (m, l, o) being
+//   M' = max(M, m), a = L exp(M - M'), b = l exp(m - M'), L' = a + b, O' = fma(b / L', o, O a / L').
+// A context of at most 128 keys is one segment: its softmax is taken whole, as a single pass
+// would. Long contexts split over the sequence (decode's queries in parallel over chunks) and
+// still give the bits of one thread walking the keys in order.
+constexpr int64_t kSegmentKeys = 128, kChunkKeys = 4096, kBlockQueries = 16, kSubKeys = 16;
+
+// The softmax state of one (query, head): (m, l) and dv values elsewhere. l == 0: nothing yet.
+struct SoftmaxState {
+  float m = -INFINITY, l = 0.0f;
+};
+
+// Folds (m, l, o) into (M, L, O) by the rule above; into an empty state it copies.
+inline void fold(SoftmaxState& into, float* out_o, const SoftmaxState& part, const float* o, int64_t dv) {
+  if (part.l == 0.0f) return;
+  if (into.l == 0.0f) {
+    into = part;
+    for (int64_t d = 0; d < dv; ++d) out_o[d] = o[d];
+    return;
+  }
+  const float m = part.m > into.m ? part.m : into.m;
+  const float a = into.l * expf(into.m - m), b = part.l * expf(part.m - m), l = a + b;
+  const float wa = a / l, wb = b / l;
+  const int64_t vec = dv / 16 * 16;
+  const F32x16 va = splat16(wa), vb = splat16(wb);
+  for (int64_t d = 0; d < vec; d += 16) store16(out_o + d, fma16(vb, load16(o + d), mul16(load16(out_o + d), va)));
+  for (int64_t d = vec; d < dv; ++d) out_o[d] = fma1(wb, o[d], out_o[d] * wa);
+  into.m = m;
+  into.l = l;
+}
+
+// One work item's queries [i0, i1) x heads [h0, h1): "pairs" j = (h - h0) * nq + (i - i0).
+struct Pairs {
+  int64_t i0, i1, h0, h1;
+  int64_t nq() const { return i1 - i0; }
+  int64_t count() const { return (h1 - h0) * nq(); }
+  int64_t head(int64_t j) const { return h0 + j / nq(); }
+  int64_t query(int64_t j) const { return i0 + j % nq(); }
+};
+
+// Scratch of one item: a segment's scores and partial values, its chunk's state and values.
+struct PairScratch {
+  float* scores;  // [pairs, kSegmentKeys]
+  float* seg_o;   // [pairs, dv]
+  float* chunk_o; // [pairs, dv]
+  SoftmaxState seg[kBlockQueries * 32], chunk[kBlockQueries * 32];
+};
+
+// Segment [s0, s0 + kSegmentKeys) for the item's pairs: scores, softmax, weighted values into
+// seg_o / seg (pairs that see no key of it get l = 0).
+template <typename E>
+inline void attend_segment(const AttentionParams& p, const Pairs& w, const int64_t* visible, int64_t s0,
+                           PairScratch& x) {
+  const int64_t n = w.count(), dv = p.dv;
+  for (int64_t j = 0; j < n; ++j) x.seg[j] = SoftmaxState{};
+  const int64_t s1 = s0 + kSegmentKeys;
+  // Each sub-block's rows (of key head 0; a head adds its offset), found once for every pair.
+  const E* ka_rows[kSubKeys];
+  const E* kb_rows[kSubKeys];
+  const E* v_rows[kSubKeys];
+  auto find_rows = [&](int64_t b0, bool keys) {
+    for (int64_t t = b0; t < b0 + kSubKeys && t < p.n_kv; ++t) {
+      if (keys) {
+        ka_rows[t - b0] = kv_row<E>(p.k_a, p, t, p.k_a_token_stride, 0);
+        kb_rows[t - b0] = kv_row<E>(p.k_b, p, t, p.k_b_token_stride, 0);
+      } else {
+        v_rows[t - b0] = kv_row<E>(p.v, p, t, p.v_token_stride, 0);
+      }
+    }
+  };
+  // Scores, sub-block by sub-block of keys so that a sub-block's rows serve every pair from L1;
+  // pairs that read the same rows go in tiles of up to kTilePairs.
+  auto kv_head = [&](int64_t j) { return w.head(j) / p.kv_group; };
+  // Pairs read the same rows when their key heads match or every head reads the same rows
+  // (MLA's absorbed heads: head strides 0).
+  const bool keys_shared = p.k_a_head_stride == 0 && p.k_b_head_stride == 0, values_shared = p.v_head_stride == 0;
+  auto vis_of = [&](int64_t j) { return visible[w.query(j) - w.i0]; };
+  auto group_at = [&](int64_t j, bool shared) {  // pairs from j on that read j's rows, at most a tile
+    int64_t g = 1;
+    while (g < kTilePairs && j + g < n && (shared || kv_head(j + g) == kv_head(j))) ++g;
+    return g;
+  };
+  for (int64_t b0 = s0; b0 < s1; b0 += kSubKeys) {
+    find_rows(b0, true);
+    for (int64_t j = 0; j < n;) {
+      const int64_t g = group_at(j, keys_shared), kvh = kv_head(j);
+      int64_t vis = 0;  // rows for the longest; each pair keeps its own
+      for (int64_t u = 0; u < g; ++u) vis = vis_of(j + u) > vis ? vis_of(j + u) : vis;
+      if (b0 >= vis) {
+        j += g;
+        continue;
+      }
+      const int64_t b1 = b0 + kSubKeys < vis ? b0 + kSubKeys : vis;
+      const float* qa[kTilePairs];
+      const float* qb[kTilePairs];
+      for (int64_t u = 0; u < g; ++u) {
+        const int64_t i = w.query(j + u), h = w.head(j + u);
+        qa[u] = p.q_a + i * p.q_token_stride + h * p.q_head_stride;
+        qb[u] = p.q_b + i * p.q_b_token_stride + h * p.q_b_head_stride;
+      }
+      for (int64_t t0 = b0; t0 < b1; t0 += 4) {
+        const E* ka[4];
+        const E* kb[4];
+        for (int k = 0; k < 4; ++k) {
+          const int64_t t = t0 + k < vis ? t0 + k : vis - 1;  // past the end: recompute the last
+          ka[k] = ka_rows[t - b0] + kvh * p.k_a_head_stride;
+          kb[k] = kb_rows[t - b0] + kvh * p.k_b_head_stride;
+        }
+        float sa[kTilePairs][4], sb[kTilePairs][4];
+        for (int64_t u = 0; u < g;) {  // the group in tiles of kTilePairs, 2 and 1
+          const int64_t left = g - u;
+          if (kTilePairs >= 4 && left >= 4) {
+            dot_tile<kTilePairs >= 4 ? 4 : 1>(sa + u, qa + u, ka, p.da);
+            dot_tile<kTilePairs >= 4 ? 4 : 1>(sb + u, qb + u, kb, p.db);
+            u += kTilePairs >= 4 ? 4 : 1;
+          } else if (left >= 2) {
+            dot_tile<2>(sa + u, qa + u, ka, p.da);
+            dot_tile<2>(sb + u, qb + u, kb, p.db);
+            u += 2;
+          } else {
+            dot_tile<1>(sa + u, qa + u, ka, p.da);
+            dot_tile<1>(sb + u, qb + u, kb, p.db);
+            u += 1;
+          }
+        }
+        for (int64_t u = 0; u < g; ++u) {
+          const int64_t vis_u = vis_of(j + u);
+          float* sc = x.scores + (j + u) * kSegmentKeys - s0;
+          float& mx = x.seg[j + u].m;
+          for (int k = 0; k < 4 && t0 + k < vis_u; ++k) {
+            if constexpr (std::is_same_v<E, uint8_t>) {
+              sa[u][k] *= row_factor<E>(p, t0 + k, p.k_a_part);
+              sb[u][k] *= row_factor<E>(p, t0 + k, p.k_b_part);
+            }
+            const float sk = (sa[u][k] + sb[u][k]) * p.scale;
+            sc[t0 + k] = sk;
+            mx = sk > mx ? sk : mx;
+          }
+        }
+      }
+      j += g;
+    }
+  }
+  // The softmax of the segment; each score becomes its key's weight.
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t vis = visible[w.query(j) - w.i0], end = s1 < vis ? s1 : vis;
+    if (s0 >= end) continue;
+    float* sc = x.scores + j * kSegmentKeys - s0;
+    const float m = x.seg[j].m;
+    float total = 0.0f;
+    for (int64_t t = s0; t < end; ++t) total += (sc[t] = expf(sc[t] - m));
+    x.seg[j].l = total;
+    for (int64_t t = s0; t < end; ++t) sc[t] = sc[t] / total * row_factor<E>(p, t, p.v_part);
+    float* o = x.seg_o + j * dv;
+    for (int64_t d = 0; d < dv; ++d) o[d] = 0.0f;
+  }
+  // Weighted values: per sub-block of keys and 64 dimensions, every pair's sums stay in registers
+  // while the sub-block's values stay in L1. Each sum still takes its keys in ascending order.
+  const int64_t vec64 = dv / 64 * 64, vec = dv / 16 * 16;
+  for (int64_t b0 = s0; b0 < s1; b0 += kSubKeys) {
+    if (b0 >= p.n_kv) break;
+    find_rows(b0, false);
+    for (int64_t d = 0; d < vec64; d += 64)
+      for (int64_t j = 0; j < n;) {
+        const int64_t g = group_at(j, values_shared), off = kv_head(j) * p.v_head_stride + d;
+        float* o[kTilePairs];
+        const float* wt[kTilePairs];
+        int64_t end[kTilePairs], common = b0 + kSubKeys;
+        for (int64_t u = 0; u < g; ++u) {
+          o[u] = x.seg_o + (j + u) * dv + d;
+          wt[u] = x.scores + (j + u) * kSegmentKeys - s0;
+          const int64_t vis = vis_of(j + u);
+          end[u] = b0 + kSubKeys < vis ? b0 + kSubKeys : vis;
+          common = end[u] < common ? end[u] : common;
+        }
+        if (common < b0) common = b0;
+        // The keys every pair of the group sees, in tiles; then each pair's own last keys.
+        for (int64_t u = 0; u < g;) {
+          const int64_t left = g - u;
+          if (kTilePairs >= 4 && left >= 4) {
+            values_tile<kTilePairs >= 4 ? 4 : 1>(o + u, wt + u, v_rows, off, b0, b0, common);
+            u += kTilePairs >= 4 ? 4 : 1;
+          } else if (left >= 2) {
+            values_tile<2>(o + u, wt + u, v_rows, off, b0, b0, common);
+            u += 2;
+          } else {
+            values_tile<1>(o + u, wt + u, v_rows, off, b0, b0, common);
+            u += 1;
+          }
+        }
+        for (int64_t u = 0; u < g; ++u)
+          if (end[u] > common) values_tile<1>(o + u, wt + u, v_rows, off, b0, common, end[u]);
+        j += g;
+      }
+    if (vec64 == dv) continue;
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t i = w.query(j), vis = visible[i - w.i0], kvh = w.head(j) / p.kv_group;
+      if (b0 >= vis) continue;
+      const int64_t b1 = b0 + kSubKeys < vis ? b0 + kSubKeys : vis;
+      const float* sc = x.scores + j * kSegmentKeys - s0;
+      float* o = x.seg_o + j * dv;
+      for (int64_t t = b0; t < b1; ++t) {
+        const E* v = v_rows[t - b0] + kvh * p.v_head_stride;
+        const F32x16 ps = splat16(sc[t]);
+        for (int64_t d = vec64; d < vec; d += 16) store16(o + d, fma16(ps, widen16(v + d), load16(o + d)));
+        for (int64_t d = vec; d < dv; ++d) o[d] = fma1(sc[t], widen1(v[d]), o[d]);
+      }
+    }
   }
 }
 
+// The item's pairs over chunk [c0, c0 + kChunkKeys): its segments folded in order into
+// chunk_o / chunk.
+template <typename E>
+inline void attend_chunk(const AttentionParams& p, const Pairs& w, const int64_t* visible, int64_t most, int64_t c0,
+                         PairScratch& x) {
+  const int64_t n = w.count(), dv = p.dv;
+  for (int64_t j = 0; j < n; ++j) x.chunk[j] = SoftmaxState{};
+  const int64_t c1 = c0 + kChunkKeys < most ? c0 + kChunkKeys : most;
+  for (int64_t s0 = c0; s0 < c1; s0 += kSegmentKeys) {
+    attend_segment<E>(p, w, visible, s0, x);
+    for (int64_t j = 0; j < n; ++j) fold(x.chunk[j], x.chunk_o + j * dv, x.seg[j], x.seg_o + j * dv, dv);
+  }
+}
 
-// Work items are (head, block of up to 16 queries); keys and values are visited in blocks of 64
-// for all the block's queries, so each key is read from memory once per block, not per query.
-// Each query's operations are the same, in the same order, as when it is alone, and the same
-// whatever the keys' storage (E: float or bf16 codes; contiguous or paged).
+// Work items are (block of up to 16 queries, group of heads) and, for decode's few queries over
+// a long context, chunks of the keys too (folded after, in order). A group's heads share each
+// key's read (MLA's absorbed heads all read the same latent rows).
 template <typename E>
 inline void attention_typed(const AttentionParams& p) {
-  constexpr int64_t kQueries = 16, kKeys = 64;
-  const int64_t blocks = (p.n_q + kQueries - 1) / kQueries, work = blocks * p.n_heads;
-#pragma omp parallel if (work > 1 && !omp_in_parallel())
+  const int64_t H = p.n_heads, dv = p.dv;
+  const int64_t blocks = (p.n_q + kBlockQueries - 1) / kBlockQueries;
+  const int64_t nq_block = p.n_q < kBlockQueries ? p.n_q : kBlockQueries;
+  const int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int64_t chunks = (p.n_kv + kChunkKeys - 1) / kChunkKeys;
+  int64_t group = 32 / nq_block < H ? 32 / nq_block : H;
+  if (group < 1) group = 1;
+  auto groups = [&] { return (H + group - 1) / group; };
+  while (group > 1 && blocks * groups() < threads) group = (group + 1) / 2;
+  const bool split = chunks > 1 && blocks * groups() < 2 * threads;  // decode: chunks in parallel too
+  const int64_t items = blocks * groups() * (split ? chunks : 1);
+  // split: every (chunk, query, head)'s state and values, folded in order after the items.
+  static thread_local AlignedBuffer split_buffer;
+  float* split_o = split ? split_buffer.get(chunks * p.n_q * H * (dv + 2)) : nullptr;
+  auto split_at = [&](int64_t c, int64_t i, int64_t h) { return split_o + ((c * p.n_q + i) * H + h) * (dv + 2); };
+#pragma omp parallel if (items > 1 && !omp_in_parallel())
   {
     static thread_local AlignedBuffer buffer;
-    const int64_t row = p.n_kv + 4;
-    float* scores = buffer.get(kQueries * row);
+    const int64_t pairs = group * nq_block;
+    float* base = buffer.get(pairs * (kSegmentKeys + 3 * dv));
+    PairScratch x{base, base + pairs * kSegmentKeys, base + pairs * (kSegmentKeys + dv), {}, {}};
+    float* total_o = base + pairs * (kSegmentKeys + 2 * dv);
+    SoftmaxState total[kBlockQueries * 32];
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t w = 0; w < work; ++w) {
-      const int64_t h = w % p.n_heads, i0 = (w / p.n_heads) * kQueries, kvh = h / p.kv_group;
-      const int64_t i1 = p.n_q < i0 + kQueries ? p.n_q : i0 + kQueries;
-      int64_t visible[kQueries], most = 0;
-      float max_score[kQueries], sum[kQueries];
-      for (int64_t i = i0; i < i1; ++i) {
-        visible[i - i0] = p.n_kv < int64_t(p.q_pos[i]) + 1 ? p.n_kv : int64_t(p.q_pos[i]) + 1;
-        most = visible[i - i0] > most ? visible[i - i0] : most;
-        max_score[i - i0] = -INFINITY;
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t c = split ? it % chunks : 0, rest = split ? it / chunks : it;
+      const int64_t g = rest % groups(), b = rest / groups();
+      Pairs w{b * kBlockQueries, (b + 1) * kBlockQueries < p.n_q ? (b + 1) * kBlockQueries : p.n_q, g * group,
+              (g + 1) * group < H ? (g + 1) * group : H};
+      int64_t visible[kBlockQueries], most = 0;
+      for (int64_t i = w.i0; i < w.i1; ++i) {
+        visible[i - w.i0] = p.n_kv < int64_t(p.q_pos[i]) + 1 ? p.n_kv : int64_t(p.q_pos[i]) + 1;
+        most = visible[i - w.i0] > most ? visible[i - w.i0] : most;
       }
-      for (int64_t b0 = 0; b0 < most; b0 += kKeys) {
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t vis = visible[i - i0], b1 = b0 + kKeys < vis ? b0 + kKeys : vis;
-          const float* qa = p.q_a + i * p.q_token_stride + h * p.q_head_stride;
-          const float* qb = p.q_b + i * p.q_b_token_stride + h * p.q_b_head_stride;
-          float* sc = scores + (i - i0) * row;
-          for (int64_t t0 = b0; t0 < b1; t0 += 4) {
-            const E* ka[4];
-            const E* kb[4];
-            for (int j = 0; j < 4; ++j) {
-              const int64_t t = t0 + j < vis ? t0 + j : vis - 1;  // past the end: recompute the last
-              ka[j] = kv_row<E>(p.k_a, p, t, p.k_a_token_stride, kvh * p.k_a_head_stride);
-              kb[j] = kv_row<E>(p.k_b, p, t, p.k_b_token_stride, kvh * p.k_b_head_stride);
-            }
-            float sa[4], sb[4];
-            dot4(sa, qa, ka, p.da);
-            dot4(sb, qb, kb, p.db);
-            if constexpr (std::is_same_v<E, uint8_t>)
-              for (int j = 0; j < 4 && t0 + j < vis; ++j) {
-                sa[j] *= row_factor<E>(p, t0 + j, p.k_a_part);
-                sb[j] *= row_factor<E>(p, t0 + j, p.k_b_part);
-              }
-            for (int j = 0; j < 4 && t0 + j < vis; ++j) {
-              const float s = (sa[j] + sb[j]) * p.scale;
-              sc[t0 + j] = s;
-              max_score[i - i0] = s > max_score[i - i0] ? s : max_score[i - i0];
-            }
-          }
+      const int64_t n = w.count();
+      if (split) {
+        if (c * kChunkKeys < most) attend_chunk<E>(p, w, visible, most, c * kChunkKeys, x);
+        else for (int64_t j = 0; j < n; ++j) x.chunk[j] = SoftmaxState{};
+        for (int64_t j = 0; j < n; ++j) {
+          float* at = split_at(c, w.query(j), w.head(j));
+          at[0] = x.chunk[j].m;
+          at[1] = x.chunk[j].l;
+          if (x.chunk[j].l != 0.0f) std::copy_n(x.chunk_o + j * dv, dv, at + 2);
         }
+        continue;
       }
-      const int64_t vec = p.dv / 16 * 16;
-      for (int64_t i = i0; i < i1; ++i) {
-        float* sc = scores + (i - i0) * row;
-        float total = 0.0f;
-        for (int64_t t = 0; t < visible[i - i0]; ++t) total += (sc[t] = expf(sc[t] - max_score[i - i0]));
-        sum[i - i0] = total;
-        float* o = p.out + (i * p.n_heads + h) * p.dv;
-        for (int64_t d = 0; d < p.dv; ++d) o[d] = 0.0f;
+      for (int64_t j = 0; j < n; ++j) total[j] = SoftmaxState{};
+      for (int64_t c0 = 0; c0 < most; c0 += kChunkKeys) {
+        attend_chunk<E>(p, w, visible, most, c0, x);
+        for (int64_t j = 0; j < n; ++j) fold(total[j], total_o + j * dv, x.chunk[j], x.chunk_o + j * dv, dv);
       }
-      for (int64_t b0 = 0; b0 < most; b0 += kKeys) {
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t vis = visible[i - i0], b1 = b0 + kKeys < vis ? b0 + kKeys : vis;
-          const float* sc = scores + (i - i0) * row;
-          float* o = p.out + (i * p.n_heads + h) * p.dv;
-          for (int64_t t = b0; t < b1; ++t) {
-            const float pt = sc[t] / sum[i - i0] * row_factor<E>(p, t, p.v_part);
-            const E* v = kv_row<E>(p.v, p, t, p.v_token_stride, kvh * p.v_head_stride);
-            const F32x16 ps = splat16(pt);
-            for (int64_t d = 0; d < vec; d += 16) store16(o + d, fma16(ps, widen16(v + d), load16(o + d)));
-            for (int64_t d = vec; d < p.dv; ++d) o[d] = fma1(pt, widen1(v[d]), o[d]);
-          }
+      for (int64_t j = 0; j < n; ++j) {
+        float* out = p.out + (w.query(j) * H + w.head(j)) * dv;
+        if (total[j].l == 0.0f) std::fill_n(out, dv, 0.0f);  // no key visible
+        else std::copy_n(total_o + j * dv, dv, out);
+      }
+    }
+    if (split) {
+#pragma omp for schedule(static)
+      for (int64_t ih = 0; ih < p.n_q * H; ++ih) {
+        const int64_t i = ih / H, h = ih % H;
+        float* out = p.out + ih * dv;
+        SoftmaxState st;
+        for (int64_t c = 0; c < chunks; ++c) {
+          const float* at = split_at(c, i, h);
+          fold(st, out, SoftmaxState{at[0], at[1]}, at + 2, dv);
         }
+        if (st.l == 0.0f) std::fill_n(out, dv, 0.0f);
       }
     }
   }
