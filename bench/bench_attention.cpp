@@ -6,8 +6,9 @@
 // of bench/configs/kv-long.json (8 heads, 256, 32). The step reads every cached row once at best:
 // bytes = positions x (kv_lora_rank + rope) x element size (+ fp8's two scales per row). Caches
 // cycle through 2 GiB so that no call finds its rows in the CPU's caches. Prints the time per
-// call (median of 3 passes), the cache bytes read per second, and that as a fraction of the
-// measured read bandwidth.
+// call (median of 3 passes), the cache bytes read per second as a fraction of the measured read
+// bandwidth, and the multiply-adds per second as a fraction of the float32 FMA peak (at 128
+// heads a step is compute-bound: 2 x 128 x (2 x 512 + 64) flops per cached position).
 #include <omp.h>
 
 #include <algorithm>
@@ -88,7 +89,7 @@ Cache make_cache(int64_t n, const Shape& s, DType dt, std::mt19937& rng) {
   return c;
 }
 
-double run(const Shape& s, int64_t n, DType dt, double bw) {
+double run(const Shape& s, int64_t n, DType dt, double bw, double peak) {
   std::mt19937 rng(7);
   const int64_t es = kv_value_bytes(dt), row_bytes = (s.C + s.dr) * es + (dt == DType::kF8E4M3 ? 8 : 0);
   const int64_t bytes = n * row_bytes;
@@ -136,8 +137,11 @@ double run(const Shape& s, int64_t n, DType dt, double bw) {
   }
   std::sort(passes.begin(), passes.end());
   const double t = passes[1], gbs = double(bytes) / t / 1e9;
-  std::printf("| %s | %s | %lld | %d | %.3f ms | %.1f GB/s | %.2f |\n", s.name, kv_dtype_name(dt),
-              static_cast<long long>(n), omp_get_max_threads(), t * 1e3, gbs, gbs / bw);
+  // Multiply-adds per call: every head dots every row (C + dr) and sums C of its values.
+  const double gflops = 2.0 * double(s.heads) * double(n) * double(2 * s.C + s.dr) / t / 1e9;
+  std::printf("| %s | %s | %lld | %d | %.3f ms | %.1f GB/s | %.2f | %.0f GFLOP/s | %.2f |\n", s.name,
+              kv_dtype_name(dt), static_cast<long long>(n), omp_get_max_threads(), t * 1e3, gbs, gbs / bw, gflops,
+              gflops / peak);
   return t;
 }
 
@@ -158,15 +162,17 @@ int main(int argc, char** argv) {
     }
   }
   const Shape s = shape == "kv-long" ? Shape{"kv-long", 8, 256, 32} : Shape{"671b", 128, 512, 64};
-  const double bw = bench::read_bandwidth_gbs();
-  std::printf("read bandwidth %.1f GB/s, %d threads\n", bw, omp_get_max_threads());
-  std::printf("| shape | cache | positions | threads | per call | cache read | fraction |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+  const double bw = bench::read_bandwidth_gbs(), peak = kernels::measure_fma_peak_gflops();
+  std::printf("read bandwidth %.1f GB/s, float32 FMA peak %.0f GFLOP/s, %d threads, %s\n", bw, peak,
+              omp_get_max_threads(), kernels::cpu_variant().c_str());
+  std::printf("| shape | cache | positions | threads | per call | cache read | of bandwidth | compute | of FMA peak |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   for (const auto& d : dtypes) {
     const auto dt = parse_kv_dtype(d);
     if (!dt) {
       std::fprintf(stderr, "bench_attention: unknown cache dtype '%s' (f32, bf16 or fp8)\n", d.c_str());
       return 2;
     }
-    for (int64_t n : contexts) run(s, n, *dt, bw);
+    for (int64_t n : contexts) run(s, n, *dt, bw, peak);
   }
 }

@@ -136,7 +136,7 @@ inline void values_tile(float* const* o, const float* const* w, const E* const* 
 // A context of at most 128 keys is one segment: its softmax is taken whole, as a single pass
 // would. Long contexts split over the sequence (decode's queries in parallel over chunks) and
 // still give the bits of one thread walking the keys in order.
-constexpr int64_t kSegmentKeys = 128, kChunkKeys = 4096, kBlockQueries = 16, kSubKeys = 16;
+constexpr int64_t kSegmentKeys = 128, kChunkKeys = 4096, kBlockQueries = 16, kSubKeys = 16, kMaxPairs = 128;
 
 // The softmax state of one (query, head): (m, l) and dv values elsewhere. l == 0: nothing yet.
 struct SoftmaxState {
@@ -176,7 +176,7 @@ struct PairScratch {
   float* scores;  // [pairs, kSegmentKeys]
   float* seg_o;   // [pairs, dv]
   float* chunk_o; // [pairs, dv]
-  SoftmaxState seg[kBlockQueries * 32], chunk[kBlockQueries * 32];
+  SoftmaxState seg[kMaxPairs], chunk[kMaxPairs];
 };
 
 // Segment [s0, s0 + kSegmentKeys) for the item's pairs: scores, softmax, weighted values into
@@ -213,8 +213,18 @@ inline void attend_segment(const AttentionParams& p, const Pairs& w, const int64
     while (g < kTilePairs && j + g < n && (shared || kv_head(j + g) == kv_head(j))) ++g;
     return g;
   };
+  // The next sub-block's rows (of key head 0) are asked for while this one is computed.
+  auto prefetch_rows = [&](int64_t b0) {
+    for (int64_t t = b0; t < b0 + kSubKeys && t < p.n_kv; ++t) {
+      const char* a = reinterpret_cast<const char*>(kv_row<E>(p.k_a, p, t, p.k_a_token_stride, 0));
+      const char* b = reinterpret_cast<const char*>(kv_row<E>(p.k_b, p, t, p.k_b_token_stride, 0));
+      for (int64_t c = 0; c < p.da * int64_t(sizeof(E)); c += 64) __builtin_prefetch(a + c);
+      for (int64_t c = 0; c < p.db * int64_t(sizeof(E)); c += 64) __builtin_prefetch(b + c);
+    }
+  };
   for (int64_t b0 = s0; b0 < s1; b0 += kSubKeys) {
     find_rows(b0, true);
+    prefetch_rows(b0 + kSubKeys);
     for (int64_t j = 0; j < n;) {
       const int64_t g = group_at(j, keys_shared), kvh = kv_head(j);
       int64_t vis = 0;  // rows for the longest; each pair keeps its own
@@ -366,11 +376,15 @@ inline void attention_typed(const AttentionParams& p) {
   const int64_t nq_block = p.n_q < kBlockQueries ? p.n_q : kBlockQueries;
   const int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   const int64_t chunks = (p.n_kv + kChunkKeys - 1) / kChunkKeys;
-  int64_t group = 32 / nq_block < H ? 32 / nq_block : H;
+  // Heads per item: decode's few queries take many heads (each row read once for up to 128 of
+  // them); prefill's 16 queries already share each row, and keep their scratch in L2.
+  const int64_t pairs_budget = nq_block <= 2 ? kMaxPairs : 32;
+  int64_t group = pairs_budget / nq_block < H ? pairs_budget / nq_block : H;
   if (group < 1) group = 1;
   auto groups = [&] { return (H + group - 1) / group; };
-  while (group > 1 && blocks * groups() < threads) group = (group + 1) / 2;
-  const bool split = chunks > 1 && blocks * groups() < 2 * threads;  // decode: chunks in parallel too
+  // Too few items for the threads: a long context splits over its chunks, a short one its heads.
+  const bool split = chunks > 1 && blocks * groups() < 2 * threads;
+  while (!split && group > 1 && blocks * groups() < threads) group = (group + 1) / 2;
   const int64_t items = blocks * groups() * (split ? chunks : 1);
   // split: every (chunk, query, head)'s state and values, folded in order after the items.
   static thread_local AlignedBuffer split_buffer;
@@ -383,7 +397,7 @@ inline void attention_typed(const AttentionParams& p) {
     float* base = buffer.get(pairs * (kSegmentKeys + 3 * dv));
     PairScratch x{base, base + pairs * kSegmentKeys, base + pairs * (kSegmentKeys + dv), {}, {}};
     float* total_o = base + pairs * (kSegmentKeys + 2 * dv);
-    SoftmaxState total[kBlockQueries * 32];
+    SoftmaxState total[kMaxPairs];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t c = split ? it % chunks : 0, rest = split ? it / chunks : it;
