@@ -865,6 +865,45 @@ TEST_CASE("attention: split over a long sequence, the same bits whatever the thr
   }
 }
 
+// Attention is compiled once per CPU variant (kernels/cpu/attention_impl.h): the vector widths,
+// tiles and four-at-once reductions differ, the bits may not (a cluster mixes CPUs).
+TEST_CASE("attention gives the same bits on every CPU variant", "[kernels][attention][variants]") {
+  const auto saved = kernels::cpu::active_variant();
+  INFO("variants this CPU runs: " << kernels::cpu_variants_supported());
+  for (bool shared : {true, false})
+    for (int64_t da : {64, 72}) {  // whole 16-lane dots (reduced four at once) and a tail
+      const int64_t H = 6, db = 16, dv = shared ? da : 40, n_kv = 5000, ka_w = shared ? da : H * (da + dv);
+      const auto kv = random_vec(size_t(n_kv * ka_w), 81, -2.0f, 2.0f), pe = random_vec(size_t(n_kv * db), 82, -2.0f, 2.0f);
+      const auto q = random_vec(size_t(3 * H * (da + db)), 83, -2.0f, 2.0f);
+      const std::vector<int32_t> pos = {130, 4999, 4999};
+      auto run = [&](int64_t n_q) {
+        std::vector<float> out(size_t(n_q * H * dv), NAN);
+        kernels::AttentionParams p{};
+        p.out = out.data();
+        p.q_a = q.data(); p.q_token_stride = H * (da + db); p.q_head_stride = da + db;
+        p.q_b = q.data() + da; p.q_b_token_stride = H * (da + db); p.q_b_head_stride = da + db;
+        p.k_a = kv.data(); p.k_a_token_stride = ka_w; p.k_a_head_stride = shared ? 0 : da + dv;
+        p.v = kv.data() + (shared ? 0 : da); p.v_token_stride = ka_w; p.v_head_stride = shared ? 0 : da + dv;
+        p.k_b = pe.data(); p.k_b_token_stride = db;
+        p.q_pos = pos.data() + (3 - n_q);
+        p.n_q = n_q; p.n_kv = n_kv; p.n_heads = H; p.da = da; p.db = db; p.dv = dv;
+        p.scale = 0.13f;
+        kernels::attention(p, Context{});
+        return out;
+      };
+      kernels::cpu::set_variant(kernels::cpu::Variant::kBaseline);
+      const auto want3 = run(3), want1 = run(1);
+      for (auto v : kernels::cpu::supported_variants()) {
+        kernels::cpu::set_variant(v);
+        INFO("variant " << kernels::cpu::variant_name(v) << (shared ? " shared keys" : " per-head keys") << " da " << da);
+        const auto got3 = run(3), got1 = run(1);
+        CHECK(std::memcmp(got3.data(), want3.data(), want3.size() * sizeof(float)) == 0);
+        CHECK(std::memcmp(got1.data(), want1.data(), want1.size() * sizeof(float)) == 0);
+      }
+    }
+  kernels::cpu::set_variant(saved);
+}
+
 // The KV pool (node/kv_cache.h) hands attention its rows where they are: in blocks of 64 in any
 // order, and in bf16. Neither may change a bit: the same values, contiguous in float32, are the
 // reference. Absorbed MLA (one latent for every head) and per-head keys with GQA groups.

@@ -61,18 +61,6 @@ inline float finish_dot(F32x16 acc, const float* q, const E* k, int64_t c, int64
   return reduce16(acc);
 }
 
-// Dots of q[n] with k0..k3[n], each in the canonical order.
-template <typename E>
-inline void dot4(float* out, const float* q, const E* const k[4], int64_t n) {
-  F32x16 acc[4] = {zero16(), zero16(), zero16(), zero16()};
-  int64_t c = 0;
-  for (; c + 16 <= n; c += 16) {
-    const F32x16 qv = load16(q + c);
-    for (int j = 0; j < 4; ++j) acc[j] = fma16(widen16(k[j] + c), qv, acc[j]);
-  }
-  for (int j = 0; j < 4; ++j) out[j] = finish_dot(acc[j], q, k[j], c, n);
-}
-
 // Pairs computed together on the same rows: as many as the vector registers hold accumulators
 // for (4 x 4 dot chains in 32 registers; 2 x 4 where a 16-lane vector is two registers of 16).
 // How many go together changes no bit: every chain is the one it would be alone.
@@ -82,7 +70,7 @@ constexpr int kTilePairs = 4;
 constexpr int kTilePairs = 2;
 #endif
 
-// Dots of P queries with the same four rows (each the bits of dot4).
+// Dots of P queries with the same four rows, each in the canonical order (its own chain).
 template <int P, typename E>
 inline void dot_tile(float (*out)[4], const float* const* q, const E* const k[4], int64_t n) {
   F32x16 acc[P][4];
@@ -96,6 +84,10 @@ inline void dot_tile(float (*out)[4], const float* const* q, const E* const k[4]
       const F32x16 qv = load16(q[u] + c);
       for (int j = 0; j < 4; ++j) acc[u][j] = fma16(kv[j], qv, acc[u][j]);
     }
+  }
+  if (c == n) {  // no elements past the last 16: the four keys' trees side by side
+    for (int u = 0; u < P; ++u) reduce16x4(out[u], acc[u][0], acc[u][1], acc[u][2], acc[u][3]);
+    return;
   }
   for (int u = 0; u < P; ++u)
     for (int j = 0; j < 4; ++j) out[u][j] = finish_dot(acc[u][j], q[u], k[j], c, n);
@@ -187,6 +179,14 @@ inline void attend_segment(const AttentionParams& p, const Pairs& w, const int64
   const int64_t n = w.count(), dv = p.dv;
   for (int64_t j = 0; j < n; ++j) x.seg[j] = SoftmaxState{};
   const int64_t s1 = s0 + kSegmentKeys;
+  // fp8: each key's three row factors, found once per segment for every pair.
+  float fa[kSegmentKeys], fb[kSegmentKeys], fv[kSegmentKeys];
+  if constexpr (std::is_same_v<E, uint8_t>)
+    for (int64_t t = s0; t < s1 && t < p.n_kv; ++t) {
+      fa[t - s0] = row_factor<E>(p, t, p.k_a_part);
+      fb[t - s0] = row_factor<E>(p, t, p.k_b_part);
+      fv[t - s0] = row_factor<E>(p, t, p.v_part);
+    }
   // Each sub-block's rows (of key head 0; a head adds its offset), found once for every pair.
   const E* ka_rows[kSubKeys];
   const E* kb_rows[kSubKeys];
@@ -272,8 +272,8 @@ inline void attend_segment(const AttentionParams& p, const Pairs& w, const int64
           float& mx = x.seg[j + u].m;
           for (int k = 0; k < 4 && t0 + k < vis_u; ++k) {
             if constexpr (std::is_same_v<E, uint8_t>) {
-              sa[u][k] *= row_factor<E>(p, t0 + k, p.k_a_part);
-              sb[u][k] *= row_factor<E>(p, t0 + k, p.k_b_part);
+              sa[u][k] *= fa[t0 + k - s0];
+              sb[u][k] *= fb[t0 + k - s0];
             }
             const float sk = (sa[u][k] + sb[u][k]) * p.scale;
             sc[t0 + k] = sk;
@@ -293,7 +293,10 @@ inline void attend_segment(const AttentionParams& p, const Pairs& w, const int64
     float total = 0.0f;
     for (int64_t t = s0; t < end; ++t) total += (sc[t] = expf(sc[t] - m));
     x.seg[j].l = total;
-    for (int64_t t = s0; t < end; ++t) sc[t] = sc[t] / total * row_factor<E>(p, t, p.v_part);
+    if constexpr (std::is_same_v<E, uint8_t>)
+      for (int64_t t = s0; t < end; ++t) sc[t] = sc[t] / total * fv[t - s0];
+    else
+      for (int64_t t = s0; t < end; ++t) sc[t] = sc[t] / total * 1.0f;  // as row_factor's 1 for float and bf16
     float* o = x.seg_o + j * dv;
     for (int64_t d = 0; d < dv; ++d) o[d] = 0.0f;
   }

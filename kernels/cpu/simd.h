@@ -220,5 +220,40 @@ inline float reduce16(F32x16 acc) {
 }
 #endif
 
+// Four reductions at once, each the same pairs in the same tree as reduce16 (so the same bits):
+// the +8 step per vector, then the +4, +2 and +1 steps of the four packed side by side.
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
+inline void reduce16x4(float out[4], F32x16 a, F32x16 b, F32x16 c, F32x16 d) {
+#if defined(__AVX512F__)
+  auto half = [](F32x16 x) {
+    return _mm256_add_ps(_mm512_castps512_ps256(x.v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x.v), 1)));
+  };
+#else
+  auto half = [](F32x16 x) { return _mm256_add_ps(x.lo, x.hi); };
+#endif
+  const __m256 a8 = half(a), b8 = half(b), c8 = half(c), d8 = half(d);                   // i + i+8
+  const __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a8, b8, 0x20), _mm256_permute2f128_ps(a8, b8, 0x31));
+  const __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c8, d8, 0x20), _mm256_permute2f128_ps(c8, d8, 0x31));
+  // ab = [a i+i+4 (4) | b (4)], cd likewise                                              // i + i+4
+  const __m256 s2 = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));     // i + i+2
+  // s2 = [a0 a1 c0 c1 | b0 b1 d0 d1]
+  const __m256 s1 = _mm256_add_ps(s2, _mm256_shuffle_ps(s2, s2, _MM_SHUFFLE(2, 3, 0, 1)));  // 0 + 1
+  alignas(32) float r[8];
+  _mm256_store_ps(r, s1);
+  out[0] = r[0];
+  out[1] = r[4];
+  out[2] = r[2];
+  out[3] = r[6];
+}
+#else
+inline void reduce16x4(float out[4], F32x16 a, F32x16 b, F32x16 c, F32x16 d) {
+  out[0] = reduce16(a);
+  out[1] = reduce16(b);
+  out[2] = reduce16(c);
+  out[3] = reduce16(d);
+}
+#endif
+
 }  // namespace
 }  // namespace shoal::kernels::cpu
