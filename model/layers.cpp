@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <memory>
 
 #include "common/check.h"
 #include "model/expert_combine.h"
@@ -89,21 +90,24 @@ void attend_naive(float* o, const float* q, const AttnWeights& w, const SeqRange
   const int64_t end = pos[s.count - 1] + 1, kvw = dn + dv, C = c.kv_lora_rank;
   // The cached rows as float32, contiguous: the expansion's input (its product costs C * H *
   // (dn + dv) per row, against C for this copy) and the roped keys beside it.
-  std::vector<float> latent(static_cast<size_t>(end * C)), k_pe(static_cast<size_t>(end * dr));
-  kv.load_kv(latent.data(), end, C);
-  kv.load_pe(k_pe.data(), end, dr);
-  std::vector<float> kv_full(static_cast<size_t>(end * H * kvw));  // [end, H, dn + dv]
+  // Every element of these is written before it is read: no zeroing pass over them (at long
+  // contexts kv_full is tens of MB per chunk and layer).
+  auto latent = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(end * C));
+  auto k_pe = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(end * dr));
+  kv.load_kv(latent.get(), end, C);
+  kv.load_pe(k_pe.get(), end, dr);
+  auto kv_full = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(end * H * kvw));  // [end, H, dn + dv]
   const std::vector<int32_t> rows(static_cast<size_t>(s.adapter != 0 ? end : 0), s.adapter);  // every cached row
   if (!c.mla_split_kv_b) {
-    adapted_linear(kv_full.data(), latent.data(), w.wkv_b, w.lora.wkv_b, rows, end, lc.kernels);
+    adapted_linear(kv_full.get(), latent.get(), w.wkv_b, w.lora.wkv_b, rows, end, lc.kernels);
   } else {
-    std::vector<float> part(static_cast<size_t>(end * std::max(dn, dv)));
+    auto part = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(end * std::max(dn, dv)));
     for (int64_t h = 0; h < H; ++h) {
-      expand_k_nope(part.data(), latent.data(), rows, end, w, h, c, lc.kernels);
-      scatter_cols(kv_full.data(), part.data(), end, H * kvw, h * kvw, dn);
-      kernels::linear(part.data(), latent.data(), w_uv(w, h, c), end, lc.kernels);
-      add_lora(part.data(), latent.data(), lora_uv(w, h, c), rows, end, lc.kernels);
-      scatter_cols(kv_full.data(), part.data(), end, H * kvw, h * kvw + dn, dv);
+      expand_k_nope(part.get(), latent.get(), rows, end, w, h, c, lc.kernels);
+      scatter_cols(kv_full.get(), part.get(), end, H * kvw, h * kvw, dn);
+      kernels::linear(part.get(), latent.get(), w_uv(w, h, c), end, lc.kernels);
+      add_lora(part.get(), latent.get(), lora_uv(w, h, c), rows, end, lc.kernels);
+      scatter_cols(kv_full.get(), part.get(), end, H * kvw, h * kvw + dn, dv);
     }
   }
   kernels::AttentionParams p{};
@@ -111,9 +115,9 @@ void attend_naive(float* o, const float* q, const AttnWeights& w, const SeqRange
   p.q_a = q; p.q_b = q + dn;
   p.q_token_stride = p.q_b_token_stride = H * (dn + dr);
   p.q_head_stride = p.q_b_head_stride = dn + dr;
-  p.k_a = kv_full.data(); p.k_a_token_stride = H * kvw; p.k_a_head_stride = kvw;
-  p.k_b = k_pe.data(); p.k_b_token_stride = dr; p.k_b_head_stride = 0;
-  p.v = kv_full.data() + dn; p.v_token_stride = H * kvw; p.v_head_stride = kvw;
+  p.k_a = kv_full.get(); p.k_a_token_stride = H * kvw; p.k_a_head_stride = kvw;
+  p.k_b = k_pe.get(); p.k_b_token_stride = dr; p.k_b_head_stride = 0;
+  p.v = kv_full.get() + dn; p.v_token_stride = H * kvw; p.v_head_stride = kvw;
   p.q_pos = pos;
   p.n_q = s.count; p.n_kv = end; p.n_heads = H; p.da = dn; p.db = dr; p.dv = dv;
   p.scale = lc.rope->softmax_scale;
