@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/args.h"
 #include "bench/membw.h"
 #include "kernels/kernels.h"
 #include "model/kv_layout.h"
@@ -31,30 +32,6 @@ struct Shape {
   const char* name;
   int64_t heads, C, dr;
 };
-
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> v;
-  size_t at = 0;
-  while (at < s.size()) {
-    const size_t comma = s.find(',', at);
-    v.push_back(std::stoll(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at)));
-    if (comma == std::string::npos) break;
-    at = comma + 1;
-  }
-  return v;
-}
-
-std::vector<std::string> parse_words(const std::string& s) {
-  std::vector<std::string> v;
-  size_t at = 0;
-  while (at <= s.size()) {
-    const size_t comma = s.find(',', at);
-    v.push_back(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
-    if (comma == std::string::npos) break;
-    at = comma + 1;
-  }
-  return v;
-}
 
 // One paged cache of n positions laid out as the pool does (model/kv_layout.h): each block holds
 // kKvBlockTokens latent rows then as many rope rows; the blocks in an order a pool hands out.
@@ -89,7 +66,7 @@ Cache make_cache(int64_t n, const Shape& s, DType dt, std::mt19937& rng) {
   return c;
 }
 
-double run(const Shape& s, int64_t n, DType dt, double bw, double peak) {
+void run(const Shape& s, int64_t n, DType dt, double bw, double peak) {
   std::mt19937 rng(7);
   const int64_t es = kv_value_bytes(dt), row_bytes = (s.C + s.dr) * es + (dt == DType::kF8E4M3 ? 8 : 0);
   const int64_t bytes = n * row_bytes;
@@ -142,7 +119,6 @@ double run(const Shape& s, int64_t n, DType dt, double bw, double peak) {
   std::printf("| %s | %s | %lld | %d | %.3f ms | %.1f GB/s | %.2f | %.0f GFLOP/s | %.2f |\n", s.name,
               kv_dtype_name(dt), static_cast<long long>(n), omp_get_max_threads(), t * 1e3, gbs, gbs / bw, gflops,
               gflops / peak);
-  return t;
 }
 
 }  // namespace
@@ -153,8 +129,10 @@ int main(int argc, char** argv) {
   std::string shape = "671b";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
-    if (a == "--contexts") contexts = parse_list(v);
-    else if (a == "--dtypes") dtypes = parse_words(v);
+    if (a == "--contexts") {
+      contexts.clear();
+      for (const auto& c : bench::split_commas(v)) contexts.push_back(std::stoll(c));
+    } else if (a == "--dtypes") dtypes = bench::split_commas(v);
     else if (a == "--shape") shape = v;
     else {
       std::fprintf(stderr, "usage: bench_attention [--contexts N,N] [--dtypes f32,bf16,fp8] [--shape 671b|kv-long]\n");

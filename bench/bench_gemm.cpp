@@ -7,10 +7,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "bench/args.h"
 #include "bench/weights.h"
 #include "kernels/kernels.h"
 #include "kernels/system.h"
@@ -31,10 +31,9 @@ int main(int argc, char** argv) {
               kernels::cpu_variant().c_str(), omp_get_max_threads());
   std::vector<float> x(static_cast<size_t>(n * cols)), out(static_cast<size_t>(n * rows));
   for (size_t i = 0; i < x.size(); ++i) x[i] = float((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
-  std::stringstream ss(dtypes_arg);
   struct Result { std::string dtype; double s; };
   std::vector<Result> results;
-  for (std::string name; std::getline(ss, name, ',');) {
+  for (const std::string& name : bench::split_commas(dtypes_arg)) {
     const auto dt = dtype_from_name(name);
     if (!dt) return std::fprintf(stderr, "bench_gemm: unknown dtype %s\n", name.c_str()), 2;
     const bench::BenchWeights w = bench::make_weights(*dt, rows, cols, 1);

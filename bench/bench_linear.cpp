@@ -9,25 +9,16 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "bench/args.h"
 #include "bench/membw.h"
 #include "bench/weights.h"
 #include "kernels/kernels.h"
 #include "kernels/system.h"
 
 using namespace shoal;
-
-namespace {
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');) out.push_back(item);
-  return out;
-}
-}  // namespace
 
 int main(int argc, char** argv) {
   std::string tokens_arg = "1,4", dtypes_arg = "F32,BF16,F16,F8_E4M3";
@@ -46,7 +37,7 @@ int main(int argc, char** argv) {
               before.gbs, before.threads, before.kernel, kernels::cpu_variant().c_str(), omp_get_max_threads());
   std::vector<std::string> lines;
   double ceiling = before.gbs;
-  for (const std::string& name : split(dtypes_arg)) {
+  for (const std::string& name : bench::split_commas(dtypes_arg)) {
     std::optional<DType> dt;
     for (const auto& info : kDTypes)
       if (info.name == name) dt = info.dtype;
@@ -63,7 +54,7 @@ int main(int argc, char** argv) {
       return m;
     };
     kernels::Context ctx;
-    for (const std::string& tk : split(tokens_arg)) {
+    for (const std::string& tk : bench::split_commas(tokens_arg)) {
       const int64_t n = std::stoll(tk);
       std::vector<float> x(static_cast<size_t>(n * cols)), out(static_cast<size_t>(n * rows));
       for (size_t i = 0; i < x.size(); ++i) x[i] = float((i * 2654435761u) % 2001) / 1000.0f - 1.0f;

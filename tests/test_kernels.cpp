@@ -781,6 +781,26 @@ void run_attention_case(const Context& ctx, const AttnCase& C, uint32_t seed) {
     }
 }
 
+// Attention of n_q queries [n_q, H, da + db] (each head's q_a then q_b) over one sequence: with
+// `shared` every head reads the same rows as keys and values (absorbed MLA: head strides 0),
+// otherwise head h reads [k | v] at h * (da + dv) of rows ka_w wide; roped keys [n_kv, db]. The
+// caller points k_a, v and k_b at its rows (contiguous or paged).
+kernels::AttentionParams attention_over(float* out, const float* q, const int32_t* q_pos, int64_t n_q, int64_t n_kv,
+                                        int64_t H, int64_t da, int64_t db, int64_t dv, bool shared, int64_t ka_w,
+                                        float scale) {
+  kernels::AttentionParams p{};
+  p.out = out;
+  p.q_a = q; p.q_token_stride = H * (da + db); p.q_head_stride = da + db;
+  p.q_b = q + da; p.q_b_token_stride = H * (da + db); p.q_b_head_stride = da + db;
+  p.k_a_token_stride = p.v_token_stride = ka_w;
+  p.k_a_head_stride = p.v_head_stride = shared ? 0 : da + dv;
+  p.k_b_token_stride = db; p.k_b_head_stride = 0;
+  p.q_pos = q_pos;
+  p.n_q = n_q; p.n_kv = n_kv; p.n_heads = H; p.da = da; p.db = db; p.dv = dv;
+  p.scale = scale;
+  return p;
+}
+
 }  // namespace
 
 TEST_CASE("attention matches a naive softmax reference", "[kernels][attention]") {
@@ -833,16 +853,9 @@ TEST_CASE("attention: split over a long sequence, the same bits whatever the thr
       const int64_t n_q = int64_t(pos.size());
       auto run = [&](int64_t first, int64_t count, int threads) {
         std::vector<float> out(size_t(count * H * dv), NAN);
-        kernels::AttentionParams p{};
-        p.out = out.data();
-        p.q_a = q.data() + first * H * (da + db); p.q_token_stride = H * (da + db); p.q_head_stride = da + db;
-        p.q_b = p.q_a + da; p.q_b_token_stride = H * (da + db); p.q_b_head_stride = da + db;
-        p.k_a = kv.data(); p.k_a_token_stride = ka_w; p.k_a_head_stride = shared ? 0 : da + dv;
-        p.v = kv.data() + (shared ? 0 : da); p.v_token_stride = ka_w; p.v_head_stride = shared ? 0 : da + dv;
-        p.k_b = pe.data(); p.k_b_token_stride = db;
-        p.q_pos = pos.data() + first;
-        p.n_q = count; p.n_kv = n_kv; p.n_heads = H; p.da = da; p.db = db; p.dv = dv;
-        p.scale = 0.11f;
+        kernels::AttentionParams p = attention_over(out.data(), q.data() + first * H * (da + db), pos.data() + first,
+                                                    count, n_kv, H, da, db, dv, shared, ka_w, 0.11f);
+        p.k_a = kv.data(); p.v = kv.data() + (shared ? 0 : da); p.k_b = pe.data();
         const int before = omp_get_max_threads();
         omp_set_num_threads(threads);
         kernels::attention(p, ctx);
@@ -878,16 +891,9 @@ TEST_CASE("attention gives the same bits on every CPU variant", "[kernels][atten
       const std::vector<int32_t> pos = {130, 4999, 4999};
       auto run = [&](int64_t n_q) {
         std::vector<float> out(size_t(n_q * H * dv), NAN);
-        kernels::AttentionParams p{};
-        p.out = out.data();
-        p.q_a = q.data(); p.q_token_stride = H * (da + db); p.q_head_stride = da + db;
-        p.q_b = q.data() + da; p.q_b_token_stride = H * (da + db); p.q_b_head_stride = da + db;
-        p.k_a = kv.data(); p.k_a_token_stride = ka_w; p.k_a_head_stride = shared ? 0 : da + dv;
-        p.v = kv.data() + (shared ? 0 : da); p.v_token_stride = ka_w; p.v_head_stride = shared ? 0 : da + dv;
-        p.k_b = pe.data(); p.k_b_token_stride = db;
-        p.q_pos = pos.data() + (3 - n_q);
-        p.n_q = n_q; p.n_kv = n_kv; p.n_heads = H; p.da = da; p.db = db; p.dv = dv;
-        p.scale = 0.13f;
+        kernels::AttentionParams p =
+            attention_over(out.data(), q.data(), pos.data() + (3 - n_q), n_q, n_kv, H, da, db, dv, shared, ka_w, 0.13f);
+        p.k_a = kv.data(); p.v = kv.data() + (shared ? 0 : da); p.k_b = pe.data();
         kernels::attention(p, Context{});
         return out;
       };
@@ -921,17 +927,8 @@ TEST_CASE("attention over a paged bf16 cache gives the contiguous float cache's 
         const auto q = random_vec(size_t(n_q * H * (da + db)), 43, -2.0f, 2.0f);
         const std::vector<int32_t> q_pos = {0, 63, 64, 200, 299};
         auto params = [&](float* out) {
-          kernels::AttentionParams p{};
-          p.out = out;
-          p.q_a = q.data(); p.q_token_stride = H * (da + db); p.q_head_stride = da + db;
-          p.q_b = q.data() + da; p.q_b_token_stride = H * (da + db); p.q_b_head_stride = da + db;
-          p.k_a_token_stride = p.v_token_stride = ka_w;
-          p.k_a_head_stride = p.v_head_stride = shared ? 0 : da + dv;
-          p.k_b_token_stride = db; p.k_b_head_stride = 0;
+          kernels::AttentionParams p = attention_over(out, q.data(), q_pos.data(), n_q, n_kv, H, da, db, dv, shared, ka_w, 0.29f);
           p.kv_group = kv_group;
-          p.q_pos = q_pos.data();
-          p.n_q = n_q; p.n_kv = n_kv; p.n_heads = H; p.da = da; p.db = db; p.dv = dv;
-          p.scale = 0.29f;
           return p;
         };
         std::vector<float> want(size_t(n_q * H * dv)), got(want.size(), NAN);
@@ -991,16 +988,7 @@ TEST_CASE("attention over an fp8 cache: paged as contiguous, near the float cach
       quantize(pe.data() + t * db, db, pc.data() + t * db, &scales[size_t(2 * t + 1)]);
     }
     auto params = [&](float* out) {
-      kernels::AttentionParams p{};
-      p.out = out;
-      p.q_a = q.data(); p.q_token_stride = H * (da + db); p.q_head_stride = da + db;
-      p.q_b = q.data() + da; p.q_b_token_stride = H * (da + db); p.q_b_head_stride = da + db;
-      p.k_a_token_stride = p.v_token_stride = da;
-      p.k_b_token_stride = db;
-      p.q_pos = q_pos.data();
-      p.n_q = n_q; p.n_kv = n_kv; p.n_heads = H; p.da = da; p.db = db; p.dv = dv;
-      p.scale = 0.21f;
-      return p;
+      return attention_over(out, q.data(), q_pos.data(), n_q, n_kv, H, da, db, dv, true, da, 0.21f);
     };
     std::vector<float> contiguous(size_t(n_q * H * dv)), paged(contiguous.size(), NAN), exact(contiguous.size());
     kernels::AttentionParams p = params(contiguous.data());

@@ -27,17 +27,12 @@ inline float widen1(float x) { return x; }
 inline float widen1(uint16_t x) { return bf16_one(x); }
 inline float widen1(uint8_t x) { return e4m3_scaled_one(x); }
 
-// fp8: the factor of row t's part `part` (its scale times 2^8); 1 for float and bf16.
-template <typename E>
-inline float row_factor(const AttentionParams& p, int64_t t, int part) {
-  if constexpr (!std::is_same_v<E, uint8_t>) {
-    return 1.0f;
-  } else {
-    const int64_t at = p.kv_blocks ? int64_t(p.kv_blocks[t / p.kv_block_tokens]) * p.kv_scale_block_stride +
-                                         (t % p.kv_block_tokens) * 2
-                                   : t * 2;
-    return p.kv_scales[at + part] * 256.0f;
-  }
+// fp8: the factor of row t's part `part` (its scale times 2^8).
+inline float fp8_row_factor(const AttentionParams& p, int64_t t, int part) {
+  const int64_t at = p.kv_blocks ? int64_t(p.kv_blocks[t / p.kv_block_tokens]) * p.kv_scale_block_stride +
+                                       (t % p.kv_block_tokens) * 2
+                                 : t * 2;
+  return p.kv_scales[at + part] * 256.0f;
 }
 
 // Row t of a key or value operand (with its head offset), contiguous or paged.
@@ -69,6 +64,27 @@ constexpr int kTilePairs = 4;
 #else
 constexpr int kTilePairs = 2;
 #endif
+
+// Calls f(std::integral_constant<int, P>, u) for the pairs [u, u + P) of a group of g, in tiles
+// of kTilePairs, then 2 and 1.
+template <typename F>
+inline void in_tiles(int64_t g, F&& f) {
+  for (int64_t u = 0; u < g;) {
+    if constexpr (kTilePairs >= 4)
+      if (g - u >= 4) {
+        f(std::integral_constant<int, 4>{}, u);
+        u += 4;
+        continue;
+      }
+    if (g - u >= 2) {
+      f(std::integral_constant<int, 2>{}, u);
+      u += 2;
+    } else {
+      f(std::integral_constant<int, 1>{}, u);
+      u += 1;
+    }
+  }
+}
 
 // Dots of P queries with the same four rows, each in the canonical order (its own chain).
 template <int P, typename E>
@@ -180,12 +196,13 @@ inline void attend_segment(const AttentionParams& p, const Pairs& w, const int64
   for (int64_t j = 0; j < n; ++j) x.seg[j] = SoftmaxState{};
   const int64_t s1 = s0 + kSegmentKeys;
   // fp8: each key's three row factors, found once per segment for every pair.
+  constexpr bool fp8 = std::is_same_v<E, uint8_t>;
   float fa[kSegmentKeys], fb[kSegmentKeys], fv[kSegmentKeys];
-  if constexpr (std::is_same_v<E, uint8_t>)
+  if constexpr (fp8)
     for (int64_t t = s0; t < s1 && t < p.n_kv; ++t) {
-      fa[t - s0] = row_factor<E>(p, t, p.k_a_part);
-      fb[t - s0] = row_factor<E>(p, t, p.k_b_part);
-      fv[t - s0] = row_factor<E>(p, t, p.v_part);
+      fa[t - s0] = fp8_row_factor(p, t, p.k_a_part);
+      fb[t - s0] = fp8_row_factor(p, t, p.k_b_part);
+      fv[t - s0] = fp8_row_factor(p, t, p.v_part);
     }
   // Each sub-block's rows (of key head 0; a head adds its offset), found once for every pair.
   const E* ka_rows[kSubKeys];
@@ -250,28 +267,16 @@ inline void attend_segment(const AttentionParams& p, const Pairs& w, const int64
           kb[k] = kb_rows[t - b0] + kvh * p.k_b_head_stride;
         }
         float sa[kTilePairs][4], sb[kTilePairs][4];
-        for (int64_t u = 0; u < g;) {  // the group in tiles of kTilePairs, 2 and 1
-          const int64_t left = g - u;
-          if (kTilePairs >= 4 && left >= 4) {
-            dot_tile<kTilePairs >= 4 ? 4 : 1>(sa + u, qa + u, ka, p.da);
-            dot_tile<kTilePairs >= 4 ? 4 : 1>(sb + u, qb + u, kb, p.db);
-            u += kTilePairs >= 4 ? 4 : 1;
-          } else if (left >= 2) {
-            dot_tile<2>(sa + u, qa + u, ka, p.da);
-            dot_tile<2>(sb + u, qb + u, kb, p.db);
-            u += 2;
-          } else {
-            dot_tile<1>(sa + u, qa + u, ka, p.da);
-            dot_tile<1>(sb + u, qb + u, kb, p.db);
-            u += 1;
-          }
-        }
+        in_tiles(g, [&](auto tile, int64_t u) {
+          dot_tile<decltype(tile)::value>(sa + u, qa + u, ka, p.da);
+          dot_tile<decltype(tile)::value>(sb + u, qb + u, kb, p.db);
+        });
         for (int64_t u = 0; u < g; ++u) {
           const int64_t vis_u = vis_of(j + u);
           float* sc = x.scores + (j + u) * kSegmentKeys - s0;
           float& mx = x.seg[j + u].m;
           for (int k = 0; k < 4 && t0 + k < vis_u; ++k) {
-            if constexpr (std::is_same_v<E, uint8_t>) {
+            if constexpr (fp8) {
               sa[u][k] *= fa[t0 + k - s0];
               sb[u][k] *= fb[t0 + k - s0];
             }
@@ -286,17 +291,14 @@ inline void attend_segment(const AttentionParams& p, const Pairs& w, const int64
   }
   // The softmax of the segment; each score becomes its key's weight.
   for (int64_t j = 0; j < n; ++j) {
-    const int64_t vis = visible[w.query(j) - w.i0], end = s1 < vis ? s1 : vis;
+    const int64_t vis = vis_of(j), end = s1 < vis ? s1 : vis;
     if (s0 >= end) continue;
     float* sc = x.scores + j * kSegmentKeys - s0;
     const float m = x.seg[j].m;
     float total = 0.0f;
     for (int64_t t = s0; t < end; ++t) total += (sc[t] = expf(sc[t] - m));
     x.seg[j].l = total;
-    if constexpr (std::is_same_v<E, uint8_t>)
-      for (int64_t t = s0; t < end; ++t) sc[t] = sc[t] / total * fv[t - s0];
-    else
-      for (int64_t t = s0; t < end; ++t) sc[t] = sc[t] / total * 1.0f;  // as row_factor's 1 for float and bf16
+    for (int64_t t = s0; t < end; ++t) sc[t] = sc[t] / total * (fp8 ? fv[t - s0] : 1.0f);
     float* o = x.seg_o + j * dv;
     for (int64_t d = 0; d < dv; ++d) o[d] = 0.0f;
   }
@@ -321,26 +323,16 @@ inline void attend_segment(const AttentionParams& p, const Pairs& w, const int64
         }
         if (common < b0) common = b0;
         // The keys every pair of the group sees, in tiles; then each pair's own last keys.
-        for (int64_t u = 0; u < g;) {
-          const int64_t left = g - u;
-          if (kTilePairs >= 4 && left >= 4) {
-            values_tile<kTilePairs >= 4 ? 4 : 1>(o + u, wt + u, v_rows, off, b0, b0, common);
-            u += kTilePairs >= 4 ? 4 : 1;
-          } else if (left >= 2) {
-            values_tile<2>(o + u, wt + u, v_rows, off, b0, b0, common);
-            u += 2;
-          } else {
-            values_tile<1>(o + u, wt + u, v_rows, off, b0, b0, common);
-            u += 1;
-          }
-        }
+        in_tiles(g, [&](auto tile, int64_t u) {
+          values_tile<decltype(tile)::value>(o + u, wt + u, v_rows, off, b0, b0, common);
+        });
         for (int64_t u = 0; u < g; ++u)
           if (end[u] > common) values_tile<1>(o + u, wt + u, v_rows, off, b0, common, end[u]);
         j += g;
       }
     if (vec64 == dv) continue;
     for (int64_t j = 0; j < n; ++j) {
-      const int64_t i = w.query(j), vis = visible[i - w.i0], kvh = w.head(j) / p.kv_group;
+      const int64_t vis = vis_of(j), kvh = kv_head(j);
       if (b0 >= vis) continue;
       const int64_t b1 = b0 + kSubKeys < vis ? b0 + kSubKeys : vis;
       const float* sc = x.scores + j * kSegmentKeys - s0;
