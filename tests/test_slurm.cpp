@@ -672,8 +672,21 @@ TEST_CASE("slurm: the generated script runs shoal batch with 2 tasks on a real S
     INFO(out);
     REQUIRE(exit_code(status) == 0);
     const auto t0 = std::chrono::steady_clock::now();
-    const bool done = wait_for([&] { return job_state(job).empty(); }, 150s);
+    // The states squeue gave on the way, and Slurm's record as the job left squeue: what a
+    // failure below needs to say (once, under load, the job left without a second run).
+    std::string states, record;
+    const bool done = wait_for(
+        [&] {
+          const std::string st = job_state(job);
+          const std::string shown = st.empty() ? "(gone)" : st;
+          if (states.size() < shown.size() || states.compare(states.size() - shown.size(), shown.size(), shown) != 0)
+            states += " " + shown;
+          if (st.empty()) record = run_command("timeout 10 scontrol show job " + job + " 2>&1", &status);
+          return st.empty();
+        },
+        150s);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    INFO("states after StartTime=now:" << states << "\nscontrol show job " << job << ":\n" << record);
     INFO(logs("requeue"));
     REQUIRE(done);
     CHECK_THAT(logs("requeue"), Catch::Contains("(restart 1)") && Catch::Contains("resuming: ") &&
