@@ -46,7 +46,16 @@ class Renderer {
   StatusOr<Value> eval(const Expr& e);
   StatusOr<Args> eval_args(const Expr& e, size_t first);
   StatusOr<Value> apply_filter_expr(const Expr& f, const Value& subject);
-  StatusOr<Value> eval_compare(const Expr& e);
+  // One per kind of expression, never inlined into eval: a level of nesting costs a small frame.
+  [[gnu::noinline]] StatusOr<Value> eval_sequence(const Expr& e);
+  [[gnu::noinline]] StatusOr<Value> eval_dict(const Expr& e);
+  [[gnu::noinline]] StatusOr<Value> eval_access(const Expr& e);
+  [[gnu::noinline]] StatusOr<Value> eval_call(const Expr& e);
+  [[gnu::noinline]] StatusOr<Value> eval_filter_or_test(const Expr& e);
+  [[gnu::noinline]] StatusOr<Value> eval_unary(const Expr& e);
+  [[gnu::noinline]] StatusOr<Value> eval_binary(const Expr& e);
+  [[gnu::noinline]] StatusOr<Value> eval_compare(const Expr& e);
+  [[gnu::noinline]] StatusOr<Value> eval_cond(const Expr& e);
 
   std::shared_ptr<Scope> scope_;
   int macro_depth_ = 0;
