@@ -4,6 +4,7 @@
 #include <set>
 
 #include "comm/wire/wire_io.h"
+#include "common/trace.h"
 #include "coordinator/engine.h"
 #include "node/sampling_wire.h"
 #include "node/session.h"
@@ -164,17 +165,22 @@ StatusOr<uint64_t> Cluster::submit(const Batch& asked, const std::vector<int64_t
   mb.set_want_logits(want_logits);
   for (const RowSampler& s : samplers) to_wire(s, *mb.add_sampling());
   mb.set_next_layer(-1);
+  trace::set_thread(0, "coordinator");
+  trace::Span span("submit", int64_t(id), plan_.embed);
   SHOAL_RETURN_IF_ERROR(wire::send(*t_, plan_.embed, wire::kHidden, mb, Clock::now() + options_.step_timeout));
   in_flight_[id] = {want_logits, !samplers.empty()};
   return id;
 }
 
 StatusOr<StepResult> Cluster::next_result() {
-  const auto deadline = Clock::now() + options_.step_timeout;
+  const auto waiting = Clock::now();
+  const auto deadline = waiting + options_.step_timeout;
   while (true) {
     auto m = t_->recv(comm::kAnySource, wire::kResult, std::min(deadline, Clock::now() + kPoll));
     if (m.ok()) {
       SHOAL_ASSIGN_OR_RETURN(wire::Result r, wire::parse<wire::Result>(*t_, *m));
+      trace::set_thread(0, "coordinator");
+      trace::record("waiting for a result", waiting, Clock::now(), int64_t(r.id()), m->src);
       if (!r.error().empty()) return internal_error(r.error());
       auto it = in_flight_.find(r.id());
       if (it == in_flight_.end()) return internal_error(t_->peer_name(m->src) + " sent a result for an unknown micro-batch");
@@ -251,6 +257,7 @@ Status Cluster::shutdown() {
   stopping_ = true;
   if (heartbeats_.joinable()) heartbeats_.join();
   if (after_shutdown_) after_shutdown_();
+  trace::write();
   return s;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "comm/wire/wire_io.h"
+#include "common/trace.h"
 #include "node/block.h"
 #include "node/sampling_wire.h"
 #include "node/units.h"
@@ -169,6 +170,7 @@ Status Worker::stop() {
   stopping_ = true;
   if (pipeline_.joinable()) pipeline_.join();
   if (experts_thread_.joinable()) experts_thread_.join();
+  trace::write();
   return error();
 }
 
@@ -193,13 +195,18 @@ void Worker::record(const Status& s) {
 }
 
 void Worker::pipeline_loop() {
+  trace::set_thread(rank_, "pipeline");
+  auto idle_since = Clock::now();
   while (!stopping_) {
     auto m = t_->recv(comm::kAnySource, wire::kHidden, Clock::now() + kPoll);
     if (!m.ok()) {
       if (is_poll_timeout(m.status())) continue;
       return record(m.status());
     }
-    if (Status s = advance(m->payload); !s.ok()) {
+    trace::record("waiting for a micro-batch", idle_since, Clock::now(), -1, m->src);
+    Status s = advance(m->payload);
+    idle_since = Clock::now();
+    if (!s.ok()) {
       if (s.code() == Code::kUnavailable || s.code() == Code::kDeadlineExceeded) return record(s);
       // A bad micro-batch fails that batch only: tell the coordinator.
       wire::Result r;
@@ -211,6 +218,7 @@ void Worker::pipeline_loop() {
 }
 
 void Worker::expert_loop() {
+  trace::set_thread(rank_, "experts");
   while (!stopping_) {
     auto m = t_->recv(comm::kAnySource, wire::kExpertRequest, Clock::now() + kPoll);
     if (!m.ok()) {
@@ -232,6 +240,7 @@ Status Worker::advance(const std::vector<std::byte>& payload) {
   if (next < 0) {
     if (!embed_) return internal_error("micro-batch " + std::to_string(mb.id()) + " came to unembedded");
     x.resize(static_cast<size_t>(n * dim));
+    trace::Span span("embed", int64_t(mb.id()));
     kernels::embedding(x.data(), b.tokens.data(), *embed_, n, lc_.kernels);
     next = 0;
   } else if (next > L || !wire::decode_rows(mb.hidden(), size_t(n * dim), x, options_.wire_dtype)) {
@@ -243,12 +252,14 @@ Status Worker::advance(const std::vector<std::byte>& payload) {
     SHOAL_RETURN_IF_ERROR(cache_->prepare(b));  // once per visit: the edits are the same at every layer
   }
   while (next < L && plan_.attn[size_t(next)] == rank_) {
+    trace::Span span("layer", int64_t(mb.id()), -1, int(next));
     SHOAL_RETURN_IF_ERROR(layer_forward(x.data(), b, next, mb.id()));
     ++next;
   }
   const std::vector<int64_t> rows(mb.logit_rows().begin(), mb.logit_rows().end());
   if (next == L && plan_.head == rank_) return head(x.data(), b, rows, mb);
   const int dst = next < L ? plan_.attn[size_t(next)] : plan_.head;
+  trace::Span span("send", int64_t(mb.id()), dst);
   mb.set_next_layer(int32_t(next));
   mb.set_hidden(wire::encode_rows(x.data(), x.size(), options_.wire_dtype));
   return send(dst, wire::kHidden, mb, n);
@@ -312,6 +323,7 @@ Status Worker::routed_experts(float* routed, const float* h, RowAdapters adapter
   std::vector<float> local_partials;
   if (!local_rows.empty()) {
     std::vector<float> y(local_rows.size() * size_t(dim));
+    trace::Span span("experts here", int64_t(batch_id), -1, int(layer));
     run_expert_pairs(y.data(), h, adapters, local_rows, local_experts, experts_.at(layer), lc_);
     local_partials.resize(y.size());  // at most one partial per expert
     std::vector<std::pair<int64_t, CombineNode>> made;  // token, node of each partial
@@ -335,7 +347,9 @@ Status Worker::routed_experts(float* routed, const float* h, RowAdapters adapter
   }
   std::map<int, std::vector<float>> replies;
   for (auto& [o, rows] : request_rows) {
+    const auto waiting = Clock::now();
     SHOAL_ASSIGN_OR_RETURN(wire::ExpertReply reply, wire::recv<wire::ExpertReply>(*t_, o, wire::kExpertReply, deadline));
+    trace::record("waiting for experts", waiting, Clock::now(), int64_t(batch_id), o, int(layer));
     if (!reply.error().empty()) return internal_error(t_->peer_name(o) + ": " + reply.error());
     // The partials the owner must have sent: per row, its maximal nodes holding the row's experts.
     std::vector<std::pair<int64_t, CombineNode>> want;
@@ -365,6 +379,7 @@ Status Worker::routed_experts(float* routed, const float* h, RowAdapters adapter
 // per maximal combine node of this rank that holds some of the row's experts.
 Status Worker::serve_expert_request(const comm::Message& m) {
   SHOAL_ASSIGN_OR_RETURN(wire::ExpertRequest r, wire::parse<wire::ExpertRequest>(*t_, m));
+  trace::Span span("serving experts", int64_t(r.batch_id()), m.src, r.layer());
   const int64_t dim = config_.dim;
   wire::ExpertReply reply;
   reply.set_batch_id(r.batch_id());
@@ -416,6 +431,7 @@ Status Worker::serve_expert_request(const comm::Message& m) {
 
 Status Worker::head(const float* x, const Batch& b, const std::vector<int64_t>& rows, const wire::MicroBatch& mb) {
   const int64_t dim = config_.dim, V = config_.vocab_size, m = int64_t(rows.size());
+  trace::Span span("head", int64_t(mb.id()));
   std::vector<RowSampler> samplers;
   if (mb.sampling_size() != 0 && mb.sampling_size() != m)
     return invalid_argument("micro-batch " + std::to_string(mb.id()) + " has " + std::to_string(mb.sampling_size()) +

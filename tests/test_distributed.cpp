@@ -7,8 +7,10 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 #include <thread>
 
 #include "cluster/plan.h"
@@ -118,6 +120,63 @@ TEST_CASE("shoal logits is the same over --local-nodes and plans", "[distributed
         check_same(want, got);
       }
     }
+  }
+}
+
+// SHOAL_TRACE: the timeline holds, for every micro-batch, its embedding, each layer once on one
+// rank, in order, and the head, between the coordinator's submit and the result's arrival.
+TEST_CASE("SHOAL_TRACE writes a timeline of every rank's steps, in order", "[distributed][trace]") {
+  TempDir dir;
+  const json want = logits(kShoal + " logits --model " + fixture("tiny-v3-bf16") + kIds);
+  const json got = logits("SHOAL_TRACE=" + dir.path.string() + " " + kShoal + " logits --model " +
+                          fixture("tiny-v3-bf16") + kIds + " --local-nodes 2");
+  check_same(want, got);  // tracing changes nothing
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir.path)) files.push_back(e.path());
+  REQUIRE(files.size() == 1);  // one process
+  const json trace = json::parse(read_file(files[0]));
+  struct Span {
+    std::string name;
+    int rank;
+    int64_t start, end;
+  };
+  std::map<int64_t, std::vector<Span>> by_batch;  // micro-batch id -> its spans
+  std::set<std::pair<int, std::string>> rows;
+  for (const json& e : trace["traceEvents"]) {
+    if (e["ph"] != "X") continue;
+    rows.insert({e["pid"].get<int>(), e["tid"].get<std::string>()});
+    const int64_t id = e["args"]["micro_batch"];
+    if (id >= 0)
+      by_batch[id].push_back({e["name"], e["pid"], e["ts"], e["ts"].get<int64_t>() + e["dur"].get<int64_t>()});
+  }
+  CHECK(rows.count({0, "coordinator"}));
+  CHECK(rows.count({0, "pipeline"}));
+  CHECK(rows.count({1, "pipeline"}));
+  REQUIRE(by_batch.size() >= 2);  // two prompts' prefill, then the greedy steps
+  const int n_layers = 4;        // tiny-v3-bf16
+  for (const auto& [id, spans] : by_batch) {
+    INFO("micro-batch " << id);
+    auto find = [&](const std::string& name) {
+      std::vector<const Span*> out;
+      for (const Span& s : spans)
+        if (s.name == name || s.name.rfind(name + " (", 0) == 0) out.push_back(&s);
+      return out;
+    };
+    const auto submit = find("submit"), embed = find("embed"), head = find("head"), result = find("waiting for a result");
+    REQUIRE(submit.size() == 1);
+    REQUIRE(embed.size() == 1);
+    REQUIRE(head.size() == 1);
+    REQUIRE(result.size() == 1);
+    CHECK(submit[0]->start <= embed[0]->start);
+    int64_t previous_end = embed[0]->end;
+    for (int l = 0; l < n_layers; ++l) {
+      const auto layer = find("layer " + std::to_string(l));
+      REQUIRE(layer.size() == 1);
+      CHECK(layer[0]->start >= previous_end);
+      previous_end = layer[0]->end;
+    }
+    CHECK(head[0]->start >= previous_end);
+    CHECK(result[0]->end >= head[0]->end);
   }
 }
 
