@@ -528,15 +528,19 @@ StatusOr<Plan> default_plan(const ModelConfig& c, const UnitBytes& bytes, int wo
   p.attn.assign(size_t(L), ranks.front());
   p.experts.resize(size_t(L));
 
-  std::vector<long double> fixed(k, 0.0L);  // bytes placed before the pipeline split
-  if (scatter) scatter_experts(c, bytes, ranks, shares, p, fixed);
-  fixed.front() += (long double)bytes.embed;
-  fixed.back() += (long double)bytes.head;
+  std::vector<long double> experts_held(k, 0.0L);  // bytes placed before the pipeline split
+  if (scatter) scatter_experts(c, bytes, ranks, shares, p, experts_held);
   std::vector<long double> weight(static_cast<size_t>(L));
   for (int64_t i = 0; i < L; ++i)
     weight[size_t(i)] = (long double)(scatter ? bytes.attn[size_t(i)] : layer_bytes(bytes, size_t(i)));
-
   const bool nonempty = !scatter && L >= int64_t(k);
+
+  // With budgets (memory), the split balances the bytes each rank holds. Without, it balances
+  // each rank's work per token: the embedding's table is memory, not work (a token reads one row
+  // of it), and next to attention blocks alone (expert scatter) it is large.
+  std::vector<long double> fixed = experts_held;
+  if (budgets) fixed.front() += (long double)bytes.embed;
+  fixed.back() += (long double)bytes.head;
   const std::vector<int64_t> end = split_layers(weight, fixed, budget, nonempty);
   int64_t i = 0;
   for (size_t r = 0; r < k; ++r)

@@ -78,8 +78,9 @@ struct PlannerOptions {
   bool expert_scatter = false;         // spread each MoE layer's experts over all `ranks`
 };
 
-// The default planner: contiguous layer ranges per rank in proportion to the budgets (embed on
-// the first rank of `ranks`, head on the last); with expert_scatter, each MoE layer's routed
+// The default planner: contiguous layer ranges per rank (embed on the first rank of `ranks`,
+// head on the last): with budgets, the bytes each rank holds in proportion to them; without,
+// each rank's work per token balanced (the embedding's table counts as memory only). With expert_scatter, each MoE layer's routed
 // experts spread over `ranks` in whole expert groups (n_group) per rank, so group-limited
 // routing reaches at most topk_group ranks per token (a model without MoE layers, e.g. Qwen2 or
 // Llama, gets the pipeline either way). Fails with the numbers per rank when budgets are given
