@@ -535,11 +535,13 @@ StatusOr<Plan> default_plan(const ModelConfig& c, const UnitBytes& bytes, int wo
     weight[size_t(i)] = (long double)(scatter ? bytes.attn[size_t(i)] : layer_bytes(bytes, size_t(i)));
   const bool nonempty = !scatter && L >= int64_t(k);
 
-  // With budgets (memory), the split balances the bytes each rank holds. Without, it balances
-  // each rank's work per token: the embedding's table is memory, not work (a token reads one row
-  // of it), and next to attention blocks alone (expert scatter) it is large.
+  // The split balances the bytes each rank holds, except that expert scatter without budgets
+  // balances the attention blocks' work per token: there the embedding's table, which a token
+  // reads one row of, is as large as several blocks and would leave its rank idle. A pipeline's
+  // layers keep the bytes: their work per token depends on how many of their experts a step
+  // reads, which the planner does not know (docs/plan.md).
   std::vector<long double> fixed = experts_held;
-  if (budgets) fixed.front() += (long double)bytes.embed;
+  if (budgets || !scatter) fixed.front() += (long double)bytes.embed;
   fixed.back() += (long double)bytes.head;
   const std::vector<int64_t> end = split_layers(weight, fixed, budget, nonempty);
   int64_t i = 0;

@@ -79,11 +79,12 @@ struct PlannerOptions {
 };
 
 // The default planner: contiguous layer ranges per rank (embed on the first rank of `ranks`,
-// head on the last): with budgets, the bytes each rank holds in proportion to them; without,
-// each rank's work per token balanced (the embedding's table counts as memory only). With expert_scatter, each MoE layer's routed
-// experts spread over `ranks` in whole expert groups (n_group) per rank, so group-limited
-// routing reaches at most topk_group ranks per token (a model without MoE layers, e.g. Qwen2 or
-// Llama, gets the pipeline either way). Fails with the numbers per rank when budgets are given
+// head on the last), the bytes each rank holds in proportion to the budgets (equal shares when
+// none are given). With expert_scatter, each MoE layer's routed experts spread over `ranks` in
+// whole expert groups (n_group) per rank, so group-limited routing reaches at most topk_group
+// ranks per token; the attention blocks then follow, and without budgets they balance the work
+// per token (the embedding's table counts as memory only). A model without MoE layers (Qwen2,
+// Llama) gets the pipeline either way. Fails with the numbers per rank when budgets are given
 // and the model does not fit.
 StatusOr<Plan> default_plan(const ModelConfig& c, const UnitBytes& bytes, int world_size,
                             const PlannerOptions& options);
