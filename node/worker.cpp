@@ -431,7 +431,7 @@ Status Worker::serve_expert_request(const comm::Message& m) {
 
 Status Worker::head(const float* x, const Batch& b, const std::vector<int64_t>& rows, const wire::MicroBatch& mb) {
   const int64_t dim = config_.dim, V = config_.vocab_size, m = int64_t(rows.size());
-  trace::Span span("head", int64_t(mb.id()));
+  const auto started = Clock::now();  // the head's span ends before the Result goes out
   std::vector<RowSampler> samplers;
   if (mb.sampling_size() != 0 && mb.sampling_size() != m)
     return invalid_argument("micro-batch " + std::to_string(mb.id()) + " has " + std::to_string(mb.sampling_size()) +
@@ -453,6 +453,7 @@ Status Worker::head(const float* x, const Batch& b, const std::vector<int64_t>& 
   for (const SampleResult& p : picks) result.add_ids(p.id);
   logprobs_to_wire(picks, result);
   if (mb.want_logits()) result.set_logits(wire::float_bytes(logits.data(), logits.size()));
+  trace::record("head", started, Clock::now(), int64_t(mb.id()));
   return send(0, wire::kResult, result, m);
 }
 
