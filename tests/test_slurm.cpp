@@ -508,6 +508,20 @@ bool socket_left(const std::string& prefix) {
   return false;
 }
 
+// A slurmstepd of the job still running (its title is "slurmstepd: [JOB.STEP]"), or a step
+// socket of it left in the spool (NODE_JOB.STEP): the previous run of a requeued job has not
+// finished tearing down.
+bool stepd_left(const std::string& job, const std::string& spool) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    std::ifstream in(e.path() / "cmdline");
+    std::string cmdline;
+    std::getline(in, cmdline, '\0');
+    if (cmdline.rfind("slurmstepd: [" + job + ".", 0) == 0) return true;
+  }
+  return socket_left(spool + "/" + hostname() + "_" + job + ".");
+}
+
 std::string submit(const std::string& script) {
   int status = -1;
   const std::string out = run_command("timeout 30 sbatch --parsable " + script + " 2>&1", &status);
@@ -668,6 +682,9 @@ TEST_CASE("slurm: the generated script runs shoal batch with 2 tasks on a real S
     // cannot bind its PMIx socket until it has (with Slurm's own delay it always has).
     const std::string sockets = "/run/shoal-slurm-test/spool/" + hostname() + "/stepd.slurm.pmix." + job + ".";
     CHECK(wait_for([&] { return !socket_left(sockets); }, 60s));
+    // Nor may the new run start while the old run's batch step still tears down: launched on top
+    // of it, the second run failed at once (exit 1, no output; seen under load in CI).
+    CHECK(wait_for([&] { return !stepd_left(job, "/run/shoal-slurm-test/spool/" + hostname()); }, 60s));
     out = run_command("timeout 10 scontrol update JobId=" + job + " StartTime=now 2>&1", &status);
     INFO(out);
     REQUIRE(exit_code(status) == 0);
