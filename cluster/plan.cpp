@@ -528,21 +528,20 @@ StatusOr<Plan> default_plan(const ModelConfig& c, const UnitBytes& bytes, int wo
   p.attn.assign(size_t(L), ranks.front());
   p.experts.resize(size_t(L));
 
-  std::vector<long double> experts_held(k, 0.0L);  // bytes placed before the pipeline split
-  if (scatter) scatter_experts(c, bytes, ranks, shares, p, experts_held);
-  std::vector<long double> weight(static_cast<size_t>(L));
-  for (int64_t i = 0; i < L; ++i)
-    weight[size_t(i)] = (long double)(scatter ? bytes.attn[size_t(i)] : layer_bytes(bytes, size_t(i)));
-  const bool nonempty = !scatter && L >= int64_t(k);
-
+  std::vector<long double> fixed(k, 0.0L);  // bytes placed before the pipeline split
+  if (scatter) scatter_experts(c, bytes, ranks, shares, p, fixed);
   // The split balances the bytes each rank holds, except that expert scatter without budgets
   // balances the attention blocks' work per token: there the embedding's table, which a token
   // reads one row of, is as large as several blocks and would leave its rank idle. A pipeline's
   // layers keep the bytes: their work per token depends on how many of their experts a step
   // reads, which the planner does not know (docs/plan.md).
-  std::vector<long double> fixed = experts_held;
   if (budgets || !scatter) fixed.front() += (long double)bytes.embed;
   fixed.back() += (long double)bytes.head;
+  std::vector<long double> weight(static_cast<size_t>(L));
+  for (int64_t i = 0; i < L; ++i)
+    weight[size_t(i)] = (long double)(scatter ? bytes.attn[size_t(i)] : layer_bytes(bytes, size_t(i)));
+
+  const bool nonempty = !scatter && L >= int64_t(k);
   const std::vector<int64_t> end = split_layers(weight, fixed, budget, nonempty);
   int64_t i = 0;
   for (size_t r = 0; r < k; ++r)

@@ -4,7 +4,7 @@
 // DIR/shoal-<host>-<pid>.json by trace::write(), which the runtime calls when a session ends.
 // Each rank is a "process" of the timeline and each thread ("pipeline", "experts",
 // "coordinator") a row; timestamps are CLOCK_MONOTONIC microseconds, so the files of processes
-// on one machine line up. Unset: a span costs one branch.
+// on one machine line up. Unset: a span costs one branch (a direct record() its clock reads).
 #pragma once
 
 #include <chrono>

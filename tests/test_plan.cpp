@@ -569,9 +569,8 @@ TEST_CASE("default_plan pipeline: covers every unit, contiguous, the best split,
       for (int r = 0; r < world; ++r) loads.push_back(rank_weight_bytes(p, b, r));
       CHECK(loads == split_loads(b, ends));
       double best = 1e300;
-      for_each_split(c.n_layers, size_t(world), c.n_layers >= world, [&](const std::vector<int64_t>& e) {
-        best = std::min(best, max_ratio(split_loads(b, e), equal));
-      });
+      for_each_split(c.n_layers, size_t(world), c.n_layers >= world,
+                     [&](const std::vector<int64_t>& e) { best = std::min(best, max_ratio(split_loads(b, e), equal)); });
       CHECK(max_ratio(loads, equal) == best);
     }
   }
