@@ -114,6 +114,10 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
   sub->add_option("--token-file", f.token_file, "File with the cluster token the nodes were started with");
   sub->add_option("--plan", f.plan, "Placement plan file (JSON, docs/distributed.md); default: planned here");
   sub->add_flag("--expert-scatter", f.expert_scatter, "Default plan: spread each layer's experts over the ranks");
+  sub->add_flag("--no-mmap", f.no_mmap,
+                "Copy each rank's weights into its own memory (transparent huge pages) instead of reading them "
+                "through the mapped files: faster on virtual machines that back file pages with small pages "
+                "(docs/performance.md, \"Mapped or copied weights\"); ranks of one machine no longer share pages");
   sub->add_flag("--exact", f.exact,
                 "GGUF: dequantize weights exactly against float32 activations (default for GGUF: fast, "
                 "activations quantized per block and integer dot products, as llama.cpp)");
@@ -194,6 +198,7 @@ StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOp
   o.plan_file = f.plan;
   o.expert_scatter = f.expert_scatter;
   o.exact = f.exact;
+  o.copy_weights = f.no_mmap;
   o.wire_dtype = f.wire_dtype == "bf16" ? wire::WireDtype::kBF16 : wire::WireDtype::kF32;
   SHOAL_ASSIGN_OR_RETURN(o.loras, parse_lora_specs(f.merge_lora.empty() ? f.lora : std::vector<std::string>{f.merge_lora}));
   o.merge_lora = !f.merge_lora.empty();

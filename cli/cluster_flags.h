@@ -23,6 +23,7 @@ struct ClusterFlags {
   std::string plan;
   bool expert_scatter = false;
   bool exact = false;
+  bool no_mmap = false;
   std::string wire_dtype = "f32";
   std::vector<std::string> lora;  // LoRA adapters: NAME=DIR each, or one DIR for every sequence
   std::string merge_lora;         // one adapter folded into the weights at load

@@ -67,6 +67,7 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
     wo.attn_impl = o.attn_impl;
     wo.wire_dtype = o.wire_dtype;
     wo.lora = lora_views(c->loras_);
+    c->ck_->set_copy_weights(o.copy_weights);
     SHOAL_ASSIGN_OR_RETURN(c->local_, Worker::load(*c->ck_, c->plan_, 0, wo));
     wire::Loaded& l = c->loaded_[0];
     l.set_ok(true);
@@ -99,6 +100,7 @@ Status Cluster::hello_all() {
     h->set_kv_dtype(options_.kv_dtype == DType::kBF16 ? 1 : options_.kv_dtype == DType::kF8E4M3 ? 2 : 0);
     h->set_attn_impl(int32_t(options_.attn_impl));
     h->set_exact_numerics(options_.exact);
+    h->set_copy_weights(options_.copy_weights);
     h->set_wire_dtype(int32_t(options_.wire_dtype));
     h->set_merge_lora(options_.merge_lora);
     h->set_merge_into(int32_t(options_.merge_into));

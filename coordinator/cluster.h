@@ -38,6 +38,7 @@ struct ClusterOptions {
   std::filesystem::path plan_file;  // empty: the default planner
   bool expert_scatter = false;      // default planner: spread experts over the ranks
   bool exact = false;               // GGUF block types: exact numerics (default fast; kernels::Numerics)
+  bool copy_weights = false;        // --no-mmap: every rank copies its units into anonymous memory
   wire::WireDtype wire_dtype = wire::WireDtype::kF32;  // hidden rows between ranks (--wire-dtype)
   std::vector<LoraSpec> loras;      // LoRA adapters served (--lora); each rank reads its own modules
   bool merge_lora = false;          // --merge-lora: the one adapter folded into the weights at load

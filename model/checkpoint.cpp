@@ -89,6 +89,13 @@ std::vector<std::string> Checkpoint::names() const {
 }
 
 StatusOr<TensorRef> Checkpoint::tensor(const std::string& name) {
+  SHOAL_ASSIGN_OR_RETURN(TensorRef t, mapped_tensor(name));
+  if (!copy_weights_) return t;
+  SHOAL_ASSIGN_OR_RETURN(t.data, copies_.get(name, t.data, size_t(t.info->end - t.info->begin)));
+  return t;
+}
+
+StatusOr<TensorRef> Checkpoint::mapped_tensor(const std::string& name) {
   if (gguf_) {
     auto g = gguf_tensors_.find(name);
     if (g == gguf_tensors_.end()) return not_found("tensor '" + name + "' is not in the GGUF model " + dir_.string());
@@ -105,7 +112,7 @@ StatusOr<TensorRef> Checkpoint::tensor(const std::string& name) {
 StatusOr<int64_t> Checkpoint::prefault(const std::string& name) {
   SHOAL_ASSIGN_OR_RETURN(TensorRef t, tensor(name));
   const int64_t bytes = int64_t(t.info->end - t.info->begin);
-  if (bytes == 0) return bytes;
+  if (bytes == 0 || copy_weights_) return bytes;  // a copy is resident once made
   const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
   const uintptr_t begin = uintptr_t(t.data) & ~(page - 1);
   const uintptr_t end = uintptr_t(t.data) + uintptr_t(bytes);

@@ -2,7 +2,8 @@
 // its shards, or a single *.safetensors file), or a GGUF model (a .gguf file, part 1 of a split
 // one, or a folder holding one; model/gguf_checkpoint.h maps it onto the same names). Shards are
 // opened (memory-mapped) only when a tensor in them is first asked for; tensors are returned as
-// views into the mapping.
+// views into the mapping, or, with set_copy_weights (`--no-mmap`), into a copy in anonymous
+// memory made when the tensor is first asked for.
 #pragma once
 
 #include <filesystem>
@@ -17,6 +18,7 @@
 #include "model/config.h"
 #include "model/gguf_checkpoint.h"
 #include "model/safetensors.h"
+#include "model/weight_copies.h"
 
 namespace shoal {
 
@@ -42,6 +44,9 @@ class Checkpoint {
   std::vector<std::string> names() const;
 
   StatusOr<TensorRef> tensor(const std::string& name);
+  // The view into the file mapping even with copy_weights: for reading a few bytes of a tensor
+  // this process may not host (the fingerprints of other ranks' units).
+  StatusOr<TensorRef> mapped_tensor(const std::string& name);
   // A weight matrix [rows, cols], checked against the expected shape; F8_E4M3 weights come with
   // their `_scale_inv` block scales, checked too.
   StatusOr<kernels::Matrix> matrix(const std::string& name, int64_t rows, int64_t cols);
@@ -49,8 +54,14 @@ class Checkpoint {
   StatusOr<kernels::Matrix> vector(const std::string& name, int64_t n);
 
   // Reads a tensor's bytes into this process's page tables now (madvise MADV_POPULATE_READ on
-  // its pages), so later use neither faults nor reads around it. Returns its byte size.
+  // its pages; with copy_weights, the copy), so later use neither faults nor reads around it.
+  // Returns its byte size.
   StatusOr<int64_t> prefault(const std::string& name);
+
+  // `--no-mmap`: every tensor asked for from now on is served from a copy in this process's
+  // anonymous memory (transparent huge pages) instead of the file mapping (model/weight_copies.h).
+  void set_copy_weights(bool on) { copy_weights_ = on; }
+  bool copy_weights() const { return copy_weights_; }
 
   // Tensor headers of every shard (opens all shards, reads no data): for inspect.
   StatusOr<std::vector<TensorInfo>> all_tensor_infos();
@@ -67,6 +78,8 @@ class Checkpoint {
   std::unique_ptr<GgufModel> gguf_;
   kernels::Numerics numerics_ = kernels::Numerics::kExact;
   std::map<std::string, GgufView> gguf_tensors_;  // Hugging Face name -> view
+  bool copy_weights_ = false;
+  WeightCopies copies_;
 };
 
 }  // namespace shoal

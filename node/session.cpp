@@ -93,7 +93,7 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
                     std::to_string(hello.n_slots()) + "|" + std::to_string(hello.max_seq_len()) + "|" +
                     std::to_string(hello.kv_blocks()) + "|" + std::to_string(hello.kv_dtype()) + "|" +
                     std::to_string(hello.attn_impl()) + "|" + std::to_string(hello.wire_dtype()) + "|" +
-                    std::to_string(hello.exact_numerics()) + "|" + std::to_string(hello.merge_lora()) + "|" +
+                    std::to_string(hello.exact_numerics()) + "|" + std::to_string(hello.copy_weights()) + "|" + std::to_string(hello.merge_lora()) + "|" +
                     std::to_string(hello.merge_into()) + "|" + dir.string() + "|" + *fingerprint;
   for (const wire::LoraSpec& spec : hello.adapters()) key += "|" + spec.name() + "=" + spec.dir() + "#" + spec.fingerprint();
   if (st.worker && st.worker_key == key) {
@@ -104,6 +104,11 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   }
   st.worker.reset();  // another shape: its memory goes before the new units load
   st.worker_key.clear();
+  if (st.ck->copy_weights()) {  // the last units' copies go with them
+    st.ck.reset();
+    if (Status s = open_checkpoint(st, dir); !s.ok()) return refuse(me + ": " + s.to_string());
+  }
+  st.ck->set_copy_weights(hello.copy_weights());
   WorkerOptions wo;
   wo.n_slots = hello.n_slots();
   wo.max_seq_len = hello.max_seq_len();

@@ -61,7 +61,7 @@ StatusOr<std::string> weights_fingerprint(Checkpoint& ck, const std::vector<std:
   constexpr uint64_t kSample = 4096;
   std::vector<TensorRef> refs;
   for (const std::string& name : names) {
-    SHOAL_ASSIGN_OR_RETURN(TensorRef t, ck.tensor(name));
+    SHOAL_ASSIGN_OR_RETURN(TensorRef t, ck.mapped_tensor(name));  // a sample: never a copy
     refs.push_back(t);
   }
   return sha256_hex([&](const auto& add) {

@@ -15,6 +15,7 @@
 
 #include "cluster/plan.h"
 #include "model/checkpoint.h"
+#include "node/units.h"
 #include "support/files.h"
 #include "support/process.h"
 
@@ -490,6 +491,55 @@ TEST_CASE("each of 4 ranks holds only its share of the weights", "[distributed][
     for (int64_t e : bytes->experts[i]) all += e;
   }
   CHECK(total == all);  // every unit has one owner: the shares add up to the model
+}
+
+// --no-mmap: each rank serves its units from copies in its own memory. The bits are those of the
+// mapped files (safetensors BF16 and FP8, a split GGUF; one process, threads, TCP nodes), and a
+// node keeps almost nothing of the files mapped: only the pages a tensor shares with a neighbour.
+TEST_CASE("--no-mmap copies each rank's units into its own memory and changes no bit", "[distributed][memory][tcp]") {
+  TempDir dir;
+  write_file(dir / "token", "no-mmap-token\n");
+  std::vector<Node> nodes;
+  nodes.push_back(start_node(dir / "token"));
+  nodes.push_back(start_node(dir / "token"));
+  const std::string tcp = " --nodes " + node_list(nodes) + " --token-file " + (dir / "token");
+  for (const std::string name : {"tiny-v3-bf16", "tiny-v3-fp8", "gguf-a-q4_k_m-split"}) {
+    const std::string base = kShoal + " logits --model " + fixture(name) + kIds;
+    const json want = logits(base);
+    for (const std::string mode : std::vector<std::string>{" --no-mmap", " --local-nodes 3 --expert-scatter --no-mmap", tcp + " --no-mmap",
+                                   tcp + " --expert-scatter --no-mmap"}) {
+      INFO(name << mode);
+      check_same(want, logits(base + mode));
+    }
+  }
+  // The nodes, after a session of the synthesized model with its experts scattered: each holds at
+  // least its share in memory, and of the files only the edges of its tensors' pages.
+  const std::string& model = synth_model();
+  int status = -1;
+  const std::string out = run_command("timeout 120 " + kShoal + " run --model " + model +
+                                          " --ids \"1 2 3 4\" --max-tokens 4 --max-seq-len 64 --expert-scatter --no-mmap" +
+                                          tcp + " 2>&1", &status);
+  INFO(out);
+  REQUIRE(status == 0);
+  auto ck = shoal::Checkpoint::open(model);
+  REQUIRE(ck.ok());
+  auto bytes = shoal::cluster::unit_bytes(**ck);
+  REQUIRE(bytes.ok());
+  shoal::cluster::PlannerOptions po;
+  po.ranks = {1, 2};
+  po.expert_scatter = true;
+  auto plan = shoal::cluster::default_plan((*ck)->config(), *bytes, 3, po);
+  REQUIRE(plan.ok());
+  for (int r = 1; r <= 2; ++r) {
+    const pid_t pid = nodes[size_t(r - 1)].child->pid();
+    const int64_t share = shoal::cluster::rank_weight_bytes(*plan, *bytes, r);
+    const int64_t resident = proc_status_kb(pid, "VmRSS") * 1024, mapped = checkpoint_rss(pid);
+    const int64_t tensors = int64_t(shoal::hosted_tensors(**ck, *plan, r).size());
+    INFO("rank " << r << ": share " << share << " B, resident " << resident << " B, of the files " << mapped << " B");
+    CHECK(share > (int64_t{64} << 20));  // far more than the edges below
+    CHECK(resident >= share);
+    CHECK(mapped <= 2 * 4096 * tensors + (int64_t{1} << 20));  // two partial pages a tensor, the headers
+  }
 }
 
 TEST_CASE("kill -9 of a TCP node while shoal run streams ends the run within 10 s, naming it",
