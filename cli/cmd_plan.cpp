@@ -28,7 +28,7 @@ struct Options {
   bool slurm = false, json = false, gpu_only = false, expert_scatter = false;
   int local_nodes = 0;
   double ram_gib = -1, link_gbps = 0, ram_bandwidth_gbs = 0;
-  int64_t context = 4096, concurrency = 1;
+  int64_t context = 4096, concurrency = 1, max_batch_tokens = 512;
   std::vector<std::string> bandwidth;
   std::vector<std::string> lora;  // --lora NAME=DIR or DIR, repeatable
 };
@@ -170,6 +170,7 @@ int plan(const Options& o) {
   fo.expert_scatter = o.expert_scatter;
   fo.context = o.context;
   fo.concurrency = o.concurrency;
+  fo.prefill_chunk = o.max_batch_tokens;
   const std::optional<DType> kv_dtype = parse_kv_dtype(o.kv_dtype);
   if (!kv_dtype) return fail(invalid_argument("--kv-dtype '" + o.kv_dtype + "' is not f32, bf16 or fp8"));
   fo.kv_dtype = *kv_dtype;
@@ -270,6 +271,10 @@ void add_plan(CLI::App& app, int& rc) {
   sub->add_flag("--expert-scatter", o->expert_scatter, "Spread each layer's experts over all ranks");
   sub->add_option("--context", o->context, "KV cache positions per sequence")->check(CLI::PositiveNumber);
   sub->add_option("--concurrency", o->concurrency, "Sequences with a KV cache each")->check(CLI::PositiveNumber);
+  sub->add_option("--max-batch-tokens", o->max_batch_tokens,
+                  "Tokens of the largest prefill step (as serve's --max-batch-tokens; default 512): sizes the "
+                  "activations in each rank's workspace")
+      ->check(CLI::PositiveNumber);
   sub->add_option("--kv-dtype", o->kv_dtype,
                   "KV cache dtype: f32 (default, as the runtime's), bf16 (half the KV bytes) or fp8 (e4m3 with a "
                   "scale per row, about a quarter); both deviate beyond the golden tolerance, docs/serving.md");

@@ -12,10 +12,11 @@ namespace {
 
 constexpr int64_t kGiB = int64_t(1) << 30;
 constexpr int64_t kGpuOverhead = kGiB;      // CUDA context, library workspaces, allocator slack
-// The process, its threads and message buffers: measured 25-65 MB per rank beside its KV and
-// weights (`shoal serve` under mpirun -np 2, and alone: docs/performance.md, "The KV pool"),
-// 0.17 GB with a 512-token prefill's activations on the bench model; a quarter GiB leaves room.
-constexpr int64_t kCpuOverhead = kGiB / 4;
+// The process, its threads and message buffers beside its weights, KV and activations: measured
+// 25-65 MB per rank (`shoal serve` alone and under mpirun -np 2; docs/performance.md, "The KV
+// pool"), 32-39 MB for each rank of the real-size 671B layer and 71 MB for a coordinator that
+// hosts nothing (bench/real-layer). A prediction, not a reserve: `ram_gib` is what shoal may use.
+constexpr int64_t kCpuOverhead = int64_t(64) << 20;
 constexpr int64_t kPlanShareScale = 1 << 20;  // budgets given to default_plan as shares (see attempt)
 
 int64_t sum_bytes(const UnitBytes& b) {

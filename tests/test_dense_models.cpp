@@ -192,7 +192,7 @@ void check_ranks(const json& j, const Dense& d, const Asked& a, const std::vecto
     CHECK(r["weight_bytes"].get<int64_t>() == weights);
     CHECK(r["kv_bytes"].get<int64_t>() == int64_t(layers.size()) * kv_layer);
     const bool used = embed || head || !layers.empty();
-    const int64_t workspace = used ? int64_t(act) + (gpu ? kGiB : kGiB / 4) : 0;
+    const int64_t workspace = used ? int64_t(act) + (gpu ? kGiB : (int64_t{64} << 20)) : 0;
     CHECK(r["workspace_bytes"].get<int64_t>() == workspace);
     CHECK(r["total_bytes"].get<int64_t>() == weights + int64_t(layers.size()) * kv_layer + workspace);
     CHECK(r["capacity_bytes"].get<int64_t>() == std::llround(capacity_gib[k] * double(kGiB)));
