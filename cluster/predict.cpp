@@ -1,12 +1,15 @@
 // The decode model of docs/plan.md ("Predicted tokens/s"): decode streams every weight it
 // uses once per step from the memory that holds it, at the device's bandwidth times the
 // kernels' efficiency; routed experts are used with probability 1 - (1 - k/E)^b by a step of b
-// tokens (uniform routing); the KV cache (MLA's latent, GQA's keys and values) is read in full at
+// tokens (uniform routing), and a layer whose experts live on several ranks waits for the
+// slowest of them under routings drawn that way; the KV cache (MLA's latent, GQA's keys and values) is read in full at
 // the end of the context; each message costs the link's latency plus its bytes over the link's
 // speed. A dense model (Qwen2, Llama) has no expert term: every layer is read in full.
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <numeric>
+#include <random>
 
 #include "cluster/fit.h"
 #include "model/expert_combine.h"
@@ -51,6 +54,79 @@ double reach_probability(const ModelConfig& c, double n) {
   return 1 - std::max(0.0, miss);
 }
 
+int64_t owners_count(const std::vector<int>& owners, int q) { return std::count(owners.begin(), owners.end(), q); }
+
+// How long a layer waits for its routed experts in a step of b tokens: the slowest expert rank,
+// its own experts' bytes plus, for another rank, the rows there and the partial sums back. The
+// routing is drawn as the model states it (uniform: under group-limited routing topk_group of the
+// groups, then k of their experts), kRoutingDraws times with a fixed seed, and the wait is the
+// mean over draws of the maximum over ranks, not the maximum of their means: a token's experts
+// seldom split evenly (on dist-2048 over two ranks, 6 experts split 3/3 in about a third of
+// tokens, and the layer waits for the larger share).
+struct ExpertWait {
+  double seconds = 0, link_s = 0;
+};
+
+ExpertWait expert_wait(const Model& m, int64_t layer, int a, double b, const std::map<int, std::vector<CombineNode>>& nodes) {
+  const ModelConfig& c = m.c;
+  const auto& owners = m.r.plan.experts[size_t(layer)];
+  const auto& bytes = m.bytes.experts[size_t(layer)];
+  const auto& on_host = m.r.expert_on_host[size_t(layer)];
+  const int64_t E = int64_t(owners.size()), k = std::min<int64_t>(c.n_activated_experts, E);
+  const bool grouped = c.n_expert_groups > 1 && c.topk_method != TopkMethod::kGreedy && E % c.n_expert_groups == 0;
+  const int64_t G = grouped ? c.n_expert_groups : 1, per_group = E / G;
+  const int64_t pick = grouped ? std::min(c.n_limited_groups, G) : 1;
+  const int64_t tokens = std::max<int64_t>(1, std::llround(b));
+  const int draws = int(std::clamp<int64_t>(8192 / tokens, 32, 512));
+  std::mt19937_64 rng(0x5eed0000u + uint64_t(layer));
+  std::vector<int32_t> groups(static_cast<size_t>(G)), candidates;
+  std::vector<char> used(static_cast<size_t>(E));
+  std::map<int, double> rows, partials;
+  ExpertWait sum;
+  for (int d = 0; d < draws; ++d) {
+    std::fill(used.begin(), used.end(), 0);
+    rows.clear();
+    partials.clear();
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::iota(groups.begin(), groups.end(), 0);
+      for (int64_t g = 0; g < pick; ++g) std::swap(groups[size_t(g)], groups[size_t(g + int64_t(rng() % uint64_t(G - g)))]);
+      candidates.clear();
+      for (int64_t g = 0; g < pick; ++g)
+        for (int64_t e = 0; e < per_group; ++e) candidates.push_back(int32_t(groups[size_t(g)] * per_group + e));
+      const int64_t n = int64_t(candidates.size()), take = std::min(k, n);
+      for (int64_t j = 0; j < take; ++j) std::swap(candidates[size_t(j)], candidates[size_t(j + int64_t(rng() % uint64_t(n - j)))]);
+      for (const auto& [q, qn] : nodes) {
+        if (q == a) continue;
+        bool reached = false;
+        for (const CombineNode& node : qn) {
+          bool in = false;
+          for (int64_t j = 0; j < take; ++j) in = in || node.contains(candidates[size_t(j)]);
+          partials[q] += in ? 1 : 0;
+          reached = reached || in;
+        }
+        rows[q] += reached ? 1 : 0;
+      }
+      for (int64_t j = 0; j < take; ++j) used[size_t(candidates[size_t(j)])] = 1;
+    }
+    double worst = 0, worst_link = 0;
+    for (const auto& [q, qn] : nodes) {
+      double d_bytes = 0, h_bytes = 0;
+      for (int64_t e = 0; e < E; ++e)
+        if (used[size_t(e)] && owners[size_t(e)] == q) (on_host[size_t(e)] ? h_bytes : d_bytes) += double(bytes[size_t(e)]);
+      const double t = d_bytes / m.device_rate(q) + (h_bytes > 0 ? h_bytes / m.host_rate(q) : 0);
+      const double link = q == a || rows[q] == 0 ? 0
+                          : m.message(a, q, rows[q] * m.hop_bytes) + m.message(q, a, partials[q] * m.hop_bytes);
+      if (t + link > worst) {
+        worst = t + link;
+        worst_link = link;
+      }
+    }
+    sum.seconds += worst;
+    sum.link_s += worst_link;
+  }
+  return {sum.seconds / draws, sum.link_s / draws};
+}
+
 // Where one step of b tokens spends its time in layer i, and what each memory streams.
 struct LayerCost {
   double seconds = 0, weight_s = 0, kv_s = 0, link_s = 0, expert_bytes = 0;
@@ -67,40 +143,30 @@ LayerCost layer_cost(const Model& m, int64_t i, double b, Memories& mem) {
   out.weight_s = double(m.bytes.attn[size_t(i)]) / m.device_rate(a);
   out.kv_s = b * m.kv_read / m.device_rate(a);
   mem[{sa.node, sa.gpu}] += out.weight_s + out.kv_s;
-  double experts_s = 0;
   const auto& owners = m.r.plan.experts[size_t(i)];
   if (!owners.empty()) {
     const double E = double(c.n_routed_experts), k = double(c.n_activated_experts);
     const double used = 1 - std::pow(1 - k / E, b);  // an expert's chance of serving a step of b tokens
-    std::map<int, double> dev, host, count;
     const std::map<int, std::vector<CombineNode>> nodes = maximal_nodes_by_owner(owners);
+    std::map<int, double> dev, host;
     for (size_t e = 0; e < owners.size(); ++e) {
       const double n = double(m.bytes.experts[size_t(i)][e]) * used;
       (m.r.expert_on_host[size_t(i)][e] ? host : dev)[owners[e]] += n;
-      count[owners[e]] += 1;
     }
-    for (const auto& [q, n] : count) {
+    for (const auto& [q, n] : nodes) {  // what each memory streams: expectations add up
       const RankSlot& sq = m.slot(q);
-      const double d = dev[q] / m.device_rate(q), h = host[q] / m.host_rate(q);
-      mem[{sq.node, sq.gpu}] += d;
-      mem[{sq.node, -1}] += sq.gpu >= 0 ? h : 0;
-      double t = d + h, link = 0;
-      if (q != a) {
-        // The token's row goes to q when one of its k experts is there; q answers one partial sum
-        // per maximal combine node of its experts that the token reaches (model/expert_combine.h).
-        const double reach = reach_probability(c, n);
-        double partials = 0;
-        for (const CombineNode& node : nodes.at(q)) partials += reach_probability(c, double(node.size));
-        const double per_token = (reach + partials) * m.hop_bytes;
-        out.expert_bytes += per_token;
-        link = m.message(a, q, b * reach * m.hop_bytes) + m.message(q, a, b * partials * m.hop_bytes);
-      }
-      if (t + link > experts_s) {
-        experts_s = t + link;
-        out.link_s = link;
-      }
+      mem[{sq.node, sq.gpu}] += dev[q] / m.device_rate(q);
+      mem[{sq.node, -1}] += sq.gpu >= 0 ? host[q] / m.host_rate(q) : 0;
+      if (q == a) continue;
+      // The token's row goes to q when one of its k experts is there; q answers one partial sum
+      // per maximal combine node of its experts that the token reaches (model/expert_combine.h).
+      double partials = 0;
+      for (const CombineNode& node : n) partials += reach_probability(c, double(node.size));
+      out.expert_bytes += (reach_probability(c, double(owners_count(owners, q))) + partials) * m.hop_bytes;
     }
-    out.weight_s += experts_s - out.link_s;
+    const ExpertWait w = expert_wait(m, i, a, b, nodes);
+    out.weight_s += w.seconds - w.link_s;
+    out.link_s = w.link_s;
   }
   out.seconds = out.weight_s + out.kv_s + out.link_s;
   return out;

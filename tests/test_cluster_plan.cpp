@@ -509,6 +509,40 @@ TEST_CASE("this machine with --local-nodes 2: the prediction is the bytes a toke
   CHECK(full < predicted * 1.05);
 }
 
+// Expert scatter: a layer waits for the rank with the larger share of the token's experts. On
+// dist-2048 over two ranks of 4 groups each (6 experts of 64, top 4 of 8 groups), the larger share
+// averages E[max(X, 6 - X)]: the groups a token picks on the first rank, j, are hypergeometric
+// (8 groups, 4 there, 4 drawn), its experts there X | j hypergeometric (32 candidates, 8j there,
+// 6 drawn). With links that cost nothing, one sequence's weight time in the pipeline (every
+// expert of a layer on one rank: 6 experts' bytes) exceeds the scatter's (the larger share) by
+// 7 MoE layers x (6 - E[max]) experts' bytes; the attention, embedding row and head are alike.
+TEST_CASE("expert scatter: a layer waits for the larger share of the token's experts", "[cluster_plan][predict]") {
+  const ModelConfig c = config_of(kBenchConfig);
+  const json spec = {{"nodes", {{{"name", "a"}, {"ram_gib", 16}, {"link_gbps", 1e6}, {"latency_us", 0}, {"ram_bandwidth_gbs", 60}},
+                                {{"name", "b"}, {"ram_gib", 16}, {"link_gbps", 1e6}, {"latency_us", 0}, {"ram_bandwidth_gbs", 60}}}}};
+  const PlanRun pipe = plan_cli(spec, "--context 1 --weights bf16", kBenchConfig);
+  const PlanRun scatter = plan_cli(spec, "--context 1 --weights bf16 --expert-scatter", kBenchConfig);
+  REQUIRE(pipe.rc == 0);
+  REQUIRE(scatter.rc == 0);
+  auto choose = [](int n, int k) {
+    double r = 1;
+    for (int i = 1; i <= k; ++i) r = r * double(n - k + i) / double(i);
+    return k < 0 || k > n ? 0.0 : r;
+  };
+  double larger = 0;  // E[max(X, 6 - X)]
+  for (int j = 0; j <= 4; ++j) {
+    const double pj = choose(4, j) * choose(4, 4 - j) / choose(8, 4);
+    for (int x = 0; x <= 6; ++x) larger += pj * choose(8 * j, x) * choose(32 - 8 * j, 6 - x) / choose(32, 6) * std::max(x, 6 - x);
+  }
+  CHECK(larger == Approx(4.2).margin(0.2));  // against 3 experts for an even split
+  const double expert_ms = 3.0 * double(c.dim) * double(c.moe_inter_dim) * 2 / (60 * 0.77 * 1e9) * 1e3;
+  const double moe_layers = double(c.n_layers - c.n_dense_layers);
+  const double want = moe_layers * (6 - larger) * expert_ms;  // what scatter saves over one rank
+  const double got = pipe.j["prediction"]["one_sequence_ms"]["weights"].get<double>() -
+                     scatter.j["prediction"]["one_sequence_ms"]["weights"].get<double>();
+  CHECK(got == Approx(want).epsilon(0.05));
+}
+
 // The expert exchange as the runtime does it (docs/distributed.md): per MoE layer and token, the
 // row once to the other rank when one of its experts is there, and one partial sum back per
 // maximal combine node reached; the whole groups of --expert-scatter on 2 ranks are one node each.
