@@ -98,6 +98,13 @@ Node start_node(const std::string& token_file, const std::string& extra = "", co
   return n;
 }
 
+// n `shoal node`s admitting the cluster token in token_file.
+std::vector<Node> start_nodes(int n, const std::string& token_file, const std::string& extra = "") {
+  std::vector<Node> nodes;
+  for (int i = 0; i < n; ++i) nodes.push_back(start_node(token_file, extra));
+  return nodes;
+}
+
 std::string node_list(const std::vector<Node>& nodes) {
   std::string s;
   for (const Node& n : nodes) s += (s.empty() ? "" : ",") + n.address();
@@ -186,9 +193,7 @@ TEST_CASE("SHOAL_TRACE writes a timeline of every rank's steps, in order", "[dis
 TEST_CASE("a GGUF gives the same bits over every transport and placement, fast and exact", "[distributed][gguf][mpi][tcp]") {
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");
-  std::vector<Node> nodes;
-  nodes.push_back(start_node(dir / "token"));
-  nodes.push_back(start_node(dir / "token"));
+  std::vector<Node> nodes = start_nodes(2, dir / "token");
   for (const std::string numerics : {"", " --exact"}) {
     const std::string base = kShoal + " logits --model " + fixture("gguf-a-q4_k_m-split") + kIds + numerics;
     const json want = logits(base);
@@ -210,9 +215,7 @@ TEST_CASE("dense distills give the same bits over every transport, alone or batc
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");
   for (const std::string name : {"tiny-qwen2", "tiny-qwen2-tied", "tiny-llama3", "gguf-tiny-dense/tiny-llama3-q8_0.gguf"}) {
-    std::vector<Node> nodes;
-    nodes.push_back(start_node(dir / "token", "--model " + fixture(name)));
-    nodes.push_back(start_node(dir / "token", "--model " + fixture(name)));
+    std::vector<Node> nodes = start_nodes(2, dir / "token", "--model " + fixture(name));
     const std::string base = kShoal + " logits --model " + fixture(name) + kIds;
     const json want = logits(base);
     std::vector<std::string> runs = {base + " --local-nodes 3", base + " --local-nodes 2",
@@ -236,9 +239,7 @@ TEST_CASE("dense distills give the same bits over every transport, alone or batc
 TEST_CASE("bf16 on the wire (--wire-dtype) halves the bytes, agrees over transports with one plan and stays near f32", "[distributed][wire][mpi][tcp]") {
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");
-  std::vector<Node> nodes;
-  nodes.push_back(start_node(dir / "token"));
-  nodes.push_back(start_node(dir / "token"));
+  std::vector<Node> nodes = start_nodes(2, dir / "token");
   for (const std::string name : {"tiny-v3-bf16", "tiny-llama3"}) {
     INFO(name);
     const std::string base = kShoal + " logits --model " + fixture(name) + kIds + " --expert-scatter --wire-dtype bf16";
@@ -273,9 +274,7 @@ TEST_CASE("bf16 on the wire (--wire-dtype) halves the bytes, agrees over transpo
 TEST_CASE("a LoRA adapter (--lora) gives the same bits over threads, scattered experts, mpirun and TCP nodes", "[distributed][lora][mpi][tcp]") {
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");
-  std::vector<Node> nodes;
-  nodes.push_back(start_node(dir / "token"));
-  nodes.push_back(start_node(dir / "token"));
+  std::vector<Node> nodes = start_nodes(2, dir / "token");
   const std::string base = kShoal + " logits --model " + fixture("tiny-v3-bf16") + kIds + " --lora " + fixture("lora-tiny-v3-a");
   const json want = logits(base);
   const json plain = logits(kShoal + " logits --model " + fixture("tiny-v3-bf16") + kIds);
@@ -351,9 +350,7 @@ TEST_CASE("TCP nodes: same logits, wrong token, build and weights refused, nodes
   TempDir dir;
   write_file(dir / "token", "cluster-token-1\n");
   write_file(dir / "wrong", "cluster-token-2\n");
-  std::vector<Node> nodes;
-  nodes.push_back(start_node(dir / "token"));
-  nodes.push_back(start_node(dir / "token"));
+  std::vector<Node> nodes = start_nodes(2, dir / "token");
   const std::string bf16 = " logits --model " + fixture("tiny-v3-bf16") + kIds;
   const json want = logits(kShoal + bf16);
   const std::string remote = " --nodes " + node_list(nodes) + " --token-file ";
@@ -452,8 +449,7 @@ TEST_CASE("each of 4 ranks holds only its share of the weights", "[distributed][
   const std::string& model = synth_model();
   TempDir dir;
   write_file(dir / "token", "memory-test-token\n");
-  std::vector<Node> nodes;
-  for (int i = 0; i < 4; ++i) nodes.push_back(start_node(dir / "token"));
+  std::vector<Node> nodes = start_nodes(4, dir / "token");
   int status = -1;
   const std::string out = run_command("timeout 120 " + kShoal + " run --model " + model +
                                           " --ids \"1 2 3 4 5 6 7 8\" --max-tokens 8 --max-seq-len 256 --nodes " +
@@ -496,12 +492,10 @@ TEST_CASE("each of 4 ranks holds only its share of the weights", "[distributed][
 // --no-mmap: each rank serves its units from copies in its own memory. The bits are those of the
 // mapped files (safetensors BF16 and FP8, a split GGUF; one process, threads, TCP nodes), and a
 // node keeps almost nothing of the files mapped: only the pages a tensor shares with a neighbour.
-TEST_CASE("--no-mmap copies each rank's units into its own memory and changes no bit", "[distributed][memory][tcp]") {
+TEST_CASE("copied weights (--no-mmap): each rank's units in its own memory, and no bit changes", "[distributed][memory][tcp]") {
   TempDir dir;
   write_file(dir / "token", "no-mmap-token\n");
-  std::vector<Node> nodes;
-  nodes.push_back(start_node(dir / "token"));
-  nodes.push_back(start_node(dir / "token"));
+  std::vector<Node> nodes = start_nodes(2, dir / "token");
   const std::string tcp = " --nodes " + node_list(nodes) + " --token-file " + (dir / "token");
   for (const std::string name : {"tiny-v3-bf16", "tiny-v3-fp8", "gguf-a-q4_k_m-split"}) {
     const std::string base = kShoal + " logits --model " + fixture(name) + kIds;
@@ -547,9 +541,7 @@ TEST_CASE("kill -9 of a TCP node while shoal run streams ends the run within 10 
   const std::string& model = synth_model();
   TempDir dir;
   write_file(dir / "token", "failure-test-token\n");
-  std::vector<Node> nodes;
-  nodes.push_back(start_node(dir / "token"));
-  nodes.push_back(start_node(dir / "token"));
+  std::vector<Node> nodes = start_nodes(2, dir / "token");
   const auto run_ptr = start_streaming_run(model, nodes, dir);
   Child& run = *run_ptr;
   nodes[1].child->kill(SIGKILL);
@@ -609,9 +601,7 @@ TEST_CASE("a TCP node that stops answering (SIGSTOP) fails the run by its heartb
   const std::string& model = synth_model();
   TempDir dir;
   write_file(dir / "token", "silence-test-token\n");
-  std::vector<Node> nodes;
-  nodes.push_back(start_node(dir / "token"));
-  nodes.push_back(start_node(dir / "token"));
+  std::vector<Node> nodes = start_nodes(2, dir / "token");
   const auto run_ptr = start_streaming_run(model, nodes, dir, "--heartbeat-timeout 2");
   Child& run = *run_ptr;
   nodes[0].child->kill(SIGSTOP);  // alive, connection open, silent
