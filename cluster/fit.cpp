@@ -323,6 +323,7 @@ StatusOr<std::vector<RankSlot>> rank_slots(const ClusterSpec& s, const FitOption
       r.efficiency = efficiency_for(s, true, o.weights);
       r.host_bandwidth_gbs = ram_bw;
       r.host_efficiency = cpu_eff;
+      r.cpu_gflops = n.cpu_gflops / double(n.gpus.size());
       out.push_back(r);
     }
     if (!n.gpus.empty()) continue;
@@ -334,6 +335,7 @@ StatusOr<std::vector<RankSlot>> rank_slots(const ClusterSpec& s, const FitOption
       r.capacity_bytes = ram / n.cpu_ranks;
       r.bandwidth_gbs = r.host_bandwidth_gbs = ram_bw;
       r.efficiency = r.host_efficiency = cpu_eff;
+      r.cpu_gflops = n.cpu_gflops / double(n.cpu_ranks);
       out.push_back(r);
     }
   }

@@ -58,6 +58,7 @@ struct RankSlot {
   int64_t host_capacity_bytes = 0;  // GPU ranks: their share of the node's host memory for experts
   double bandwidth_gbs = 0, efficiency = 0;            // the device
   double host_bandwidth_gbs = 0, host_efficiency = 0;  // the node's host memory
+  double cpu_gflops = 0;  // its share of the node's float32 FMA peak (spec cpu_gflops); 0: not modeled
 };
 
 struct ExpertRange {

@@ -19,6 +19,9 @@ namespace {
 
 constexpr double kHeaderBytes = 12;  // token id, position and framing per row (docs/performance.md)
 constexpr double kResultBytes = 16;  // the head's token id back to rank 0
+// The fraction of the float32 FMA peak shoal's CPU kernels reach once a matrix serves several
+// tokens: bench_gemm 0.49-0.55 (prefill), bench_linear 0.49-0.66 at 8-32 tokens (docs/performance.md).
+constexpr double kCpuComputeEfficiency = 0.5;
 
 struct Model {
   const ModelConfig& c;
@@ -29,8 +32,20 @@ struct Model {
 
   const RankSlot& slot(int rank) const { return r.ranks[size_t(rank)].slot; }
   static double rate(double gbs, double eff) { return gbs * eff * 1e9; }
+  double bytes_per_param;  // the model's stored bytes over its parameters
   double device_rate(int rank) const { return rate(slot(rank).bandwidth_gbs, slot(rank).efficiency); }
   double host_rate(int rank) const { return rate(slot(rank).host_bandwidth_gbs, slot(rank).host_efficiency); }
+
+  // Seconds for rank q's kernels to apply `n` weight bytes (from its device, or from host memory)
+  // to `uses` token rows in all (a matrix that serves 8 tokens of a step: n bytes, 8n uses): the
+  // bytes streamed, or, on a CPU whose FMA peak the spec gives, the multiply-adds if slower.
+  double apply(int q, double n, double uses, bool host = false) const {
+    const double streaming = n > 0 ? n / (host ? host_rate(q) : device_rate(q)) : 0;
+    const RankSlot& sq = slot(q);
+    if ((sq.gpu >= 0 && !host) || sq.cpu_gflops <= 0) return streaming;
+    const double flops = 2 * uses / bytes_per_param;
+    return std::max(streaming, flops / (sq.cpu_gflops * kCpuComputeEfficiency * 1e9));
+  }
 
   // Seconds for one message of `n` bytes from rank a to rank b.
   double message(int a, int b, double n) const {
@@ -81,12 +96,13 @@ ExpertWait expert_wait(const Model& m, int64_t layer, int a, double b, const std
   std::mt19937_64 rng(0x5eed0000u + uint64_t(layer));
   std::vector<int32_t> groups(static_cast<size_t>(G)), candidates;
   std::vector<char> used(static_cast<size_t>(E));
-  std::map<int, double> rows, partials;
+  std::map<int, double> rows, partials, uses;
   ExpertWait sum;
   for (int d = 0; d < draws; ++d) {
     std::fill(used.begin(), used.end(), 0);
     rows.clear();
     partials.clear();
+    uses.clear();
     for (int64_t t = 0; t < tokens; ++t) {
       std::iota(groups.begin(), groups.end(), 0);
       for (int64_t g = 0; g < pick; ++g) std::swap(groups[size_t(g)], groups[size_t(g + int64_t(rng() % uint64_t(G - g)))]);
@@ -106,14 +122,19 @@ ExpertWait expert_wait(const Model& m, int64_t layer, int a, double b, const std
         }
         rows[q] += reached ? 1 : 0;
       }
-      for (int64_t j = 0; j < take; ++j) used[size_t(candidates[size_t(j)])] = 1;
+      for (int64_t j = 0; j < take; ++j) {
+        const int32_t e = candidates[size_t(j)];
+        used[size_t(e)] = 1;
+        uses[owners[size_t(e)]] += double(bytes[size_t(e)]);  // this token's rows through expert e
+      }
     }
     double worst = 0, worst_link = 0;
     for (const auto& [q, qn] : nodes) {
       double d_bytes = 0, h_bytes = 0;
       for (int64_t e = 0; e < E; ++e)
         if (used[size_t(e)] && owners[size_t(e)] == q) (on_host[size_t(e)] ? h_bytes : d_bytes) += double(bytes[size_t(e)]);
-      const double t = d_bytes / m.device_rate(q) + (h_bytes > 0 ? h_bytes / m.host_rate(q) : 0);
+      const double all = d_bytes + h_bytes, u = uses[q];  // the uses split as the bytes do
+      const double t = all <= 0 ? 0 : m.apply(q, d_bytes, u * d_bytes / all) + m.apply(q, h_bytes, u * h_bytes / all, true);
       const double link = q == a || rows[q] == 0 ? 0
                           : m.message(a, q, rows[q] * m.hop_bytes) + m.message(q, a, partials[q] * m.hop_bytes);
       if (t + link > worst) {
@@ -140,9 +161,10 @@ LayerCost layer_cost(const Model& m, int64_t i, double b, Memories& mem) {
   const int a = m.r.plan.attn[size_t(i)];
   const RankSlot& sa = m.slot(a);
   LayerCost out;
-  out.weight_s = double(m.bytes.attn[size_t(i)]) / m.device_rate(a);
+  const double attn = double(m.bytes.attn[size_t(i)]);
+  out.weight_s = m.apply(a, attn, b * attn);
   out.kv_s = b * m.kv_read / m.device_rate(a);
-  mem[{sa.node, sa.gpu}] += out.weight_s + out.kv_s;
+  mem[{sa.node, sa.gpu}] += attn / m.device_rate(a) + out.kv_s;
   const auto& owners = m.r.plan.experts[size_t(i)];
   if (!owners.empty()) {
     const double E = double(c.n_routed_experts), k = double(c.n_activated_experts);
@@ -178,7 +200,8 @@ Prediction predict(const ModelConfig& c, const ClusterSpec& s, const FitResult& 
   Prediction p;
   const FitOptions& o = r.options;
   const Model m{c, s, r, bytes, double(c.dim) * double(o.wire_value_bytes) + kHeaderBytes,
-                double(o.context) * double(kv_token_bytes(c, 1, o.kv_dtype))};
+                double(o.context) * double(kv_token_bytes(c, 1, o.kv_dtype)),
+                r.params.total > 0 && r.weight_bytes > 0 ? double(r.weight_bytes) / double(r.params.total) : 2.0};
   p.hop_bytes_per_token = m.hop_bytes;
   const Plan& plan = r.plan;
 
@@ -201,10 +224,10 @@ Prediction predict(const ModelConfig& c, const ClusterSpec& s, const FitResult& 
   auto step = [&](double b, std::vector<double>& stage_s, Memories& mem, Prediction* detail) {
     stage_s.assign(stage_rank.size(), 0);
     const double embed_s = b * double(bytes.embed) / double(std::max<int64_t>(1, c.vocab_size)) / m.device_rate(plan.embed);
-    const double head_s = double(bytes.head) / m.device_rate(plan.head);
+    const double head_s = m.apply(plan.head, double(bytes.head), b * double(bytes.head));
     stage_s.front() += embed_s;
     stage_s.back() += head_s;
-    mem[{m.slot(plan.head).node, m.slot(plan.head).gpu}] += head_s;
+    mem[{m.slot(plan.head).node, m.slot(plan.head).gpu}] += double(bytes.head) / m.device_rate(plan.head);
     if (detail) detail->weight_ms += (embed_s + head_s) * 1e3;
     for (int64_t i = 0; i < c.n_layers; ++i) {
       const LayerCost lc = layer_cost(m, i, b, mem);

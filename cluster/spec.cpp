@@ -65,7 +65,7 @@ Status read_node(const json& n, const std::string& where, const std::string& at,
   if (!n.is_object()) return spec_error(where, at + " is a " + std::string(n.type_name()) + ", not an object");
   SHOAL_RETURN_IF_ERROR(check_fields(n, where, at,
                                      {"name", "gpus_gib", "gpu_kind", "gpu_bandwidth_gbs", "ram_gib", "link_gbps",
-                                      "latency_us", "cpu_kind", "ram_bandwidth_gbs", "cpu_ranks", "local_gbps",
+                                      "latency_us", "cpu_kind", "ram_bandwidth_gbs", "cpu_gflops", "cpu_ranks", "local_gbps",
                                       "local_latency_us"}));
   for (const char* key : {"name", "ram_gib", "link_gbps"})
     if (!n.contains(key)) return spec_error(where, at + "." + key + " is missing");
@@ -112,6 +112,9 @@ Status read_node(const json& n, const std::string& where, const std::string& at,
   if (n.contains("ram_bandwidth_gbs")) {
     SHOAL_ASSIGN_OR_RETURN(node.ram_bandwidth_gbs,
                            read_number(n.at("ram_bandwidth_gbs"), where, at + ".ram_bandwidth_gbs", true));
+  }
+  if (n.contains("cpu_gflops")) {
+    SHOAL_ASSIGN_OR_RETURN(node.cpu_gflops, read_number(n.at("cpu_gflops"), where, at + ".cpu_gflops", true));
   }
   if (n.contains("local_gbps")) {
     SHOAL_ASSIGN_OR_RETURN(node.local_gbps, read_number(n.at("local_gbps"), where, at + ".local_gbps", true));

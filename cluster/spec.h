@@ -31,6 +31,7 @@ struct NodeSpec {
   double latency_us = 50;           // one message to another node
   std::string cpu_kind = "cpu";     // key of the bandwidth table for host memory
   double ram_bandwidth_gbs = 0;     // 0: from the table by cpu_kind
+  double cpu_gflops = 0;            // float32 FMA peak of the cores shoal uses, GFLOP/s; 0: compute not modeled
   int cpu_ranks = 1;                // ranks a CPU node runs (e.g. one per socket, --local-nodes)
   double local_gbps = 80;           // between ranks of this node
   double local_latency_us = 20;

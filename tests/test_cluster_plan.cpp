@@ -509,6 +509,23 @@ TEST_CASE("this machine with --local-nodes 2: the prediction is the bytes a toke
   CHECK(full < predicted * 1.05);
 }
 
+// A CPU node whose FMA peak the spec gives (cpu_gflops): a step takes the longer of streaming its
+// weights and their multiply-adds at half that peak. At 1 GFLOP/s every matrix is compute-bound,
+// so one token takes 2 x its active parameters (the embedding row aside) over 0.5 GFLOP/s.
+TEST_CASE("cpu_gflops: on a slow enough CPU a token takes its multiply-adds' time", "[cluster_plan][predict]") {
+  const ModelConfig c = config_of(kBenchConfig);
+  const json spec = {{"nodes", {{{"name", "a"}, {"ram_gib", 16}, {"link_gbps", 1e6}, {"latency_us", 0},
+                                 {"ram_bandwidth_gbs", 60}, {"cpu_gflops", 1}}}}};
+  const PlanRun r = plan_cli(spec, "--context 1 --weights bf16", kBenchConfig);
+  REQUIRE(r.rc == 0);
+  const double seconds = 2.0 * double(count_params(c).active) / 0.5e9;
+  CHECK(r.j["prediction"]["one_sequence_tokens_per_s"].get<double>() == Approx(1 / seconds).epsilon(0.02));
+  // Without it, the same node is memory-bound: far faster.
+  const json fast = {{"nodes", {{{"name", "a"}, {"ram_gib", 16}, {"link_gbps", 1e6}, {"latency_us", 0}, {"ram_bandwidth_gbs", 60}}}}};
+  CHECK(plan_cli(fast, "--context 1 --weights bf16", kBenchConfig).j["prediction"]["one_sequence_tokens_per_s"].get<double>() >
+        50 / seconds);
+}
+
 // Expert scatter: a layer waits for the rank with the larger share of the token's experts. On
 // dist-2048 over two ranks of 4 groups each (6 experts of 64, top 4 of 8 groups), the larger share
 // averages E[max(X, 6 - X)]: the groups a token picks on the first rank, j, are hypergeometric
