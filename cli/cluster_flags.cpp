@@ -143,7 +143,8 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
                   "(e4m3 with a scale per row: about a quarter; docs/serving.md gives both deviations)")
       ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
   sub->add_option("--kv-memory", f.kv_memory,
-                  "Bytes of each rank's paged KV pool, e.g. 16GiB (docs/serving.md, \"The KV pool\"); 0: a fixed "
+                  "Bytes of each rank's paged KV pool, e.g. 16GiB, or a share of the memory each host has left after "
+                  "weights and workspace, e.g. 90% or 0.9 (docs/serving.md, \"The KV pool\"); 0: a fixed "
                   "cache of --max-seq-len per sequence. Default: serve and batch a pool as large as 8 x 4096 float32 "
                   "positions, other commands 0");
   sub->add_option("--step-timeout", f.step_timeout_s, "Seconds to wait for one step's result")->check(CLI::PositiveNumber);
@@ -187,13 +188,29 @@ StatusOr<int64_t> parse_bytes(const std::string& text, const std::string& flag) 
   return int64_t(v * scale);
 }
 
+StatusOr<KvMemory> parse_kv_memory(const std::string& text) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  const bool percent = end && end != text.c_str() && std::string(end) == "%";
+  if (percent || (end && end != text.c_str() && *end == '\0' && v > 0 && v < 1)) {
+    const double f = percent ? v / 100 : v;
+    if (!(f > 0 && f <= 1))
+      return invalid_argument("--kv-memory '" + text + "': a share of the memory left must be above 0% and at most 100%");
+    return KvMemory{0, f};
+  }
+  SHOAL_ASSIGN_OR_RETURN(int64_t bytes, parse_bytes(text, "--kv-memory"));
+  return KvMemory{bytes, 0};
+}
+
 StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& f, ClusterOptions o) {
   SHOAL_RETURN_IF_ERROR(check_not_a_lone_srun_task());
   o.kv_dtype = *parse_kv_dtype(f.kv_dtype);
   if (f.kv_memory.empty()) {
     o.kv_memory = f.paged_by_default ? kDefaultKvMemory : 0;
   } else {
-    SHOAL_ASSIGN_OR_RETURN(o.kv_memory, parse_bytes(f.kv_memory, "--kv-memory"));
+    SHOAL_ASSIGN_OR_RETURN(KvMemory m, parse_kv_memory(f.kv_memory));
+    o.kv_memory = m.bytes;
+    o.kv_memory_fraction = m.fraction;
   }
   o.plan_file = f.plan;
   o.expert_scatter = f.expert_scatter;

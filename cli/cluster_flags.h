@@ -30,7 +30,7 @@ struct ClusterFlags {
   std::string merge_into = "f32"; // where: f32 copies or the stored dtype
   bool one_model = false;         // the command runs one model (logits, run): one --lora, for every sequence
   std::string kv_dtype = "f32";   // the KV cache's values: f32 or bf16
-  std::string kv_memory;          // a paged KV pool of this many bytes per rank ("16GiB"); "0": one static
+  std::string kv_memory;          // a paged KV pool of this many bytes per rank ("16GiB") or a share ("90%"); "0": one static
                                   // cache per slot; empty: the command's default
   bool paged_by_default = false;  // serve, batch: empty --kv-memory is a pool as large as 8 x 4096 f32 positions
   double step_timeout_s = 600;
@@ -41,6 +41,14 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& flags);
 
 // "16GiB", "512M", "2e9", "1.5TB": bytes (K/M/G/T and KiB.. binary, KB.. decimal). An error names the text.
 StatusOr<int64_t> parse_bytes(const std::string& text, const std::string& flag);
+
+// --kv-memory: "16GiB" (bytes, as parse_bytes) or a share of what each host has left, "90%" or
+// "0.9" (a bare number below 1). An error names the text.
+struct KvMemory {
+  int64_t bytes = 0;
+  double fraction = 0;
+};
+StatusOr<KvMemory> parse_kv_memory(const std::string& text);
 
 // Starts the cluster the flags (or mpirun) ask for; base carries the model and cache sizes.
 StatusOr<std::unique_ptr<Cluster>> open_cluster(const ClusterFlags& flags, ClusterOptions base);

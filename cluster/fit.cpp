@@ -63,6 +63,12 @@ double activation_floats_per_token(const ModelConfig& c) {
                 c.n_heads * (c.v_head_dim + c.kv_lora_rank) + 2 * mlp);
 }
 
+// A prefill step's activations and `concurrency` rows of float32 logits.
+int64_t activation_bytes(const ModelConfig& c, int64_t prefill_chunk, int64_t concurrency) {
+  return int64_t(activation_floats_per_token(c) * 4.0 * double(std::max(prefill_chunk, concurrency)) +
+                 double(c.vocab_size) * 4.0 * double(concurrency));
+}
+
 bool has_experts(const ModelConfig& c) {
   for (int64_t i = 0; i < c.n_layers; ++i)
     if (c.is_moe_layer(i)) return true;
@@ -222,6 +228,10 @@ void kv_capacity(const ModelConfig& c, FitResult& res) {
 
 }  // namespace
 
+int64_t cpu_workspace_bytes(const ModelConfig& c, int64_t prefill_chunk, int64_t concurrency) {
+  return activation_bytes(c, prefill_chunk, concurrency) + kCpuOverhead;
+}
+
 int64_t kv_sequences(int64_t tokens, int64_t context) {
   return context < 1 ? 0 : tokens / (kv_blocks_for(context) * kKvBlockTokens);
 }
@@ -374,12 +384,11 @@ StatusOr<FitResult> fit_plan(const ModelConfig& c, const ClusterSpec& s, const F
   // The pool gives each sequence whole blocks: concurrency x ceil(context / 64) of them a layer.
   res.kv_bytes_per_layer = o.concurrency * kv_blocks_for(o.context) * kv_block_bytes(c, 1, o.kv_dtype);
 
-  const double act = activation_floats_per_token(c) * 4.0 * double(std::max(o.prefill_chunk, o.concurrency)) +
-                     double(c.vocab_size) * 4.0 * double(o.concurrency);
+  const int64_t act = activation_bytes(c, o.prefill_chunk, o.concurrency);
   std::vector<int64_t> workspace;
   std::vector<size_t> gpu_ranks, cpu_ranks;
   for (size_t i = 0; i < slots.size(); ++i) {
-    workspace.push_back(int64_t(act) + (slots[i].gpu >= 0 ? kGpuOverhead : kCpuOverhead));
+    workspace.push_back(act + (slots[i].gpu >= 0 ? kGpuOverhead : kCpuOverhead));
     const int64_t budget = slots[i].capacity_bytes - workspace.back();
     if (budget <= 0) {
       res.warnings.push_back("rank " + std::to_string(i) + " (" + slots[i].device + " of node '" +

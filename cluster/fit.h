@@ -29,6 +29,10 @@ const char* format_name(WeightFormat f);
 // "12.34 GB", "5.67 MB", "8.90 KB": decimal units, as shoal inspect prints them.
 std::string gb(long double bytes);
 
+// What a CPU rank needs beside its weights and KV cache (docs/plan.md, "Workspace"): the process
+// and a prefill step of max(prefill_chunk, concurrency) tokens' activations and logits.
+int64_t cpu_workspace_bytes(const ModelConfig& c, int64_t prefill_chunk, int64_t concurrency);
+
 // Bytes of every unit (and of the MTP layers, which no unit holds) in that format.
 UnitBytes unit_bytes_in(const ModelConfig& c, WeightFormat f);
 int64_t mtp_bytes_in(const ModelConfig& c, WeightFormat f);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 
+#include "cluster/fit.h"
 #include "comm/wire/wire_io.h"
 #include "common/trace.h"
 #include "coordinator/engine.h"
@@ -16,6 +17,9 @@ namespace {
 
 using comm::Clock;
 constexpr std::chrono::milliseconds kPoll{250};
+// The workspace a fraction of memory leaves for: a prefill step of the scheduler's default
+// --max-batch-tokens (coordinator/scheduler.h), as shoal plan counts it.
+constexpr int64_t kWorkspaceTokens = 512;
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -32,9 +36,10 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
   const ModelConfig& cfg = c->ck_->config();
   SHOAL_ASSIGN_OR_RETURN(c->loras_, load_loras(o.loras, cfg, o.merge_lora, o.merge_into));
   const int world = c->t_->size();
+  const bool by_fraction = o.kv_memory_fraction > 0;
   c->max_seq_len_ = o.max_seq_len > 0 ? o.max_seq_len
-                    : o.kv_memory != 0 ? cfg.max_position_embeddings  // a pool: as far as the model and the pool reach
-                                       : std::min(cfg.max_position_embeddings, kDefaultMaxSeqLen);
+                    : o.kv_memory != 0 || by_fraction ? cfg.max_position_embeddings  // a pool: as far as the model and the pool reach
+                                                      : std::min(cfg.max_position_embeddings, kDefaultMaxSeqLen);
   if (!o.plan_file.empty()) {
     SHOAL_ASSIGN_OR_RETURN(c->plan_, cluster::read_plan_file(o.plan_file, cfg, world));
   } else {
@@ -47,7 +52,9 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
   int64_t most_layers = 0;  // the pool has as many blocks on every rank: the fullest rank sizes it
   for (int r = 0; r < world; ++r)
     most_layers = std::max<int64_t>(most_layers, int64_t(c->plan_.attn_layers(r).size()));
-  SHOAL_ASSIGN_OR_RETURN(c->kv_blocks_, kv_pool_blocks(cfg, most_layers, o.kv_memory, o.kv_dtype));
+  if (!by_fraction) {  // else sized once every rank has loaded (size_pool_by_fraction)
+    SHOAL_ASSIGN_OR_RETURN(c->kv_blocks_, kv_pool_blocks(cfg, most_layers, o.kv_memory, o.kv_dtype));
+  }
   if (c->kv_blocks_ > 0) c->max_seq_len_ = std::min(c->max_seq_len_, c->kv_blocks_ * kKvBlockTokens);
   c->loaded_.resize(size_t(world));
   c->last_heard_.assign(size_t(world), Clock::now());
@@ -63,6 +70,7 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
     wo.n_slots = o.n_slots;
     wo.max_seq_len = c->max_seq_len_;
     wo.kv_blocks = c->kv_blocks_;
+    wo.kv_deferred = by_fraction;
     wo.kv_dtype = o.kv_dtype;
     wo.attn_impl = o.attn_impl;
     wo.wire_dtype = o.wire_dtype;
@@ -73,10 +81,53 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::start(std::unique_ptr<comm::Transpor
     l.set_ok(true);
     l.set_host(host_name());
     l.set_weight_bytes(c->local_->weight_bytes());
-    l.set_kv_bytes(c->local_->kv_bytes());
+    l.set_memory_capacity_bytes(memory_capacity_bytes());
+  }
+  if (by_fraction) SHOAL_RETURN_IF_ERROR(c->size_pool_by_fraction());
+  if (c->local_) {
+    c->loaded_[0].set_kv_bytes(c->local_->kv_bytes());
     c->local_->start(*c->t_);
   }
   return c;
+}
+
+// --kv-memory as a fraction: every rank has loaded and said its host's memory; the pool is the
+// most blocks every host holds (kv_pool_blocks_of_fraction), sent to each node as a KvPool.
+Status Cluster::size_pool_by_fraction() {
+  const int world = t_->size();
+  const ModelConfig& cfg = ck_->config();
+  std::vector<KvRoom> rooms;
+  for (int r = 0; r < world; ++r) {
+    KvRoom room;
+    room.rank = r;
+    room.host = r == 0 ? host_name() : loaded_[size_t(r)].host();
+    room.capacity_bytes = r == 0 ? memory_capacity_bytes() : loaded_[size_t(r)].memory_capacity_bytes();
+    room.weight_bytes = r == 0 ? (local_ ? local_->weight_bytes() : 0) : loaded_[size_t(r)].weight_bytes();
+    room.workspace_bytes = cluster::cpu_workspace_bytes(cfg, kWorkspaceTokens, options_.n_slots);
+    room.layers = int64_t(plan_.attn_layers(r).size());
+    rooms.push_back(room);
+  }
+  SHOAL_ASSIGN_OR_RETURN(kv_blocks_, kv_pool_blocks_of_fraction(cfg, rooms, options_.kv_memory_fraction, options_.kv_dtype));
+  if (kv_blocks_ < 1) return internal_error("no rank hosts an attention layer: nothing to size a KV pool for");
+  max_seq_len_ = std::min(max_seq_len_, kv_blocks_ * kKvBlockTokens);
+  const auto deadline = Clock::now() + std::chrono::seconds(30) + options_.load_timeout / 10;
+  wire::Control ctl;
+  ctl.mutable_kv_pool()->set_blocks(kv_blocks_);
+  ctl.mutable_kv_pool()->set_max_seq_len(max_seq_len_);
+  for (int r = 1; r < world; ++r) SHOAL_RETURN_IF_ERROR(wire::send(*t_, r, wire::kControl, ctl, deadline));
+  Status first;
+  for (int r = 1; r < world; ++r) {
+    auto reply = wire::recv<wire::Control>(*t_, r, wire::kControl, deadline);
+    Status s = reply.ok() ? Status{} : reply.status();
+    if (s.ok() && !reply->has_loaded()) s = internal_error(t_->peer_name(r) + " answered the KvPool with something else");
+    if (s.ok() && !reply->loaded().ok())
+      s = Status(Code::kInvalidArgument, t_->peer_name(r) + " refused the KV pool: " + reply->loaded().error());
+    if (s.ok()) loaded_[size_t(r)] = reply->loaded();
+    if (!s.ok() && first.ok()) first = s;
+  }
+  SHOAL_RETURN_IF_ERROR(first);
+  if (local_) local_->make_kv_pool(kv_blocks_, max_seq_len_);
+  return {};
 }
 
 Cluster::~Cluster() { (void)shutdown(); }
@@ -97,6 +148,7 @@ Status Cluster::hello_all() {
     h->set_n_slots(options_.n_slots);
     h->set_max_seq_len(max_seq_len_);
     h->set_kv_blocks(kv_blocks_);
+    h->set_kv_memory_fraction(options_.kv_memory_fraction);
     h->set_kv_dtype(options_.kv_dtype == DType::kBF16 ? 1 : options_.kv_dtype == DType::kF8E4M3 ? 2 : 0);
     h->set_attn_impl(int32_t(options_.attn_impl));
     h->set_exact_numerics(options_.exact);

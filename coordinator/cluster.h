@@ -33,6 +33,8 @@ struct ClusterOptions {
   int64_t max_seq_len = 0;  // 0: min(max_position_embeddings, 4096)
   int64_t kv_memory = 0;    // bytes of each rank's paged KV pool (for the rank with the most layers); 0: static slots;
                             // kDefaultKvMemory: as large as 8 x 4096 float32 positions
+  double kv_memory_fraction = 0;  // > 0 (at most 1): the pool instead that share of what each host has left
+                                  // after weights and workspace (kv_pool_blocks_of_fraction); kv_memory unused
   DType kv_dtype = DType::kF32;
   AttnImpl attn_impl = AttnImpl::kAuto;
   std::filesystem::path plan_file;  // empty: the default planner
@@ -83,6 +85,7 @@ class Cluster : public Executor {
  private:
   Cluster() = default;
   Status hello_all();
+  Status size_pool_by_fraction();
   void heartbeat_loop();
   Status silent_rank() const;
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <map>
 
 namespace shoal {
@@ -38,6 +39,45 @@ StatusOr<int64_t> kv_pool_blocks(const ModelConfig& c, int64_t layers, int64_t b
                             std::to_string(kKvBlockTokens) + " positions (" + std::to_string(block) + " bytes in " +
                             kv_dtype_name(dtype) + " over " + std::to_string(layers) + " layers)");
   return blocks;
+}
+
+StatusOr<int64_t> kv_pool_blocks_of_fraction(const ModelConfig& c, const std::vector<KvRoom>& ranks, double fraction,
+                                             DType dtype) {
+  if (!(fraction > 0 && fraction <= 1)) return invalid_argument("a KV pool's fraction of memory must be in (0, 1]");
+  struct Host {
+    int64_t capacity = 0, used = 0, block_bytes = 0;
+    std::string ranks;
+  };
+  std::map<std::string, Host> hosts;
+  for (const KvRoom& r : ranks) {
+    Host& h = hosts[r.host];
+    h.capacity = std::max(h.capacity, r.capacity_bytes);
+    h.used += r.weight_bytes + r.workspace_bytes;
+    if (r.layers > 0) h.block_bytes += kv_block_bytes(c, r.layers, dtype);
+    h.ranks += (h.ranks.empty() ? "" : ", ") + std::to_string(r.rank);
+  }
+  auto gib = [](int64_t b) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f GiB", double(b) / double(int64_t(1) << 30));
+    return std::string(buf);
+  };
+  char pct[32];
+  std::snprintf(pct, sizeof pct, "%g%%", fraction * 100);
+  int64_t blocks = -1;
+  for (const auto& [name, h] : hosts) {
+    if (h.block_bytes == 0) continue;  // no attention layers there
+    const std::string where = "host " + name + " (rank" + (h.ranks.find(',') != std::string::npos ? "s " : " ") + h.ranks +
+                              ") has " + gib(h.capacity) + " of memory, " + gib(h.used) + " of it for weights and workspace";
+    const int64_t room = h.capacity - h.used;
+    if (room <= 0) return invalid_argument("--kv-memory as a fraction: " + where + ": no room left for a KV pool");
+    const int64_t here = int64_t(fraction * double(room)) / h.block_bytes;
+    if (here < 1)
+      return invalid_argument("--kv-memory as a fraction: " + where + "; " + pct + " of the " +
+                              gib(room) + " left cannot hold one block of " + std::to_string(kKvBlockTokens) +
+                              " positions (" + std::to_string(h.block_bytes) + " bytes over its ranks' layers)");
+    blocks = blocks < 0 ? here : std::min(blocks, here);
+  }
+  return blocks < 0 ? int64_t(0) : blocks;
 }
 
 Batch with_served_adapters(const Batch& b, const std::vector<std::string>& adapter_names) {

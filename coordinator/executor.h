@@ -59,6 +59,22 @@ inline constexpr int64_t kDefaultKvMemory = -1;
 // kDefaultKvMemory: the default size); an error when it could not hold one block.
 StatusOr<int64_t> kv_pool_blocks(const ModelConfig& c, int64_t layers, int64_t bytes, DType dtype);
 
+// --kv-memory as a fraction f (0 < f <= 1) of what each host has left (docs/serving.md, "The KV
+// pool"): one rank's part of the sum. Ranks on one host (the same `host`) share its memory.
+struct KvRoom {
+  int rank = 0;
+  std::string host;
+  int64_t capacity_bytes = 0;   // the host's memory (memory_capacity_bytes() there)
+  int64_t weight_bytes = 0;     // its units
+  int64_t workspace_bytes = 0;  // cluster::cpu_workspace_bytes
+  int64_t layers = 0;           // attention layers: their KV rows are in the pool
+};
+// The most blocks each rank can hold with every host's pools within f x (capacity - weights -
+// workspace of its ranks): the least over hosts of that over the host's bytes per block. An error
+// names a host with no room left or too little for one block.
+StatusOr<int64_t> kv_pool_blocks_of_fraction(const ModelConfig& c, const std::vector<KvRoom>& ranks, double fraction,
+                                             DType dtype);
+
 // Checks a batch against the vocabulary, the slots, the context and the adapters (shared by executors).
 Status check_batch(const Batch& b, const ModelConfig& c, int64_t n_slots, int64_t max_seq_len,
                    const std::vector<std::string>& adapter_names = {}, int64_t kv_blocks = 0);

@@ -44,7 +44,7 @@ std::string build_id() {
 }
 
 static StatusOr<SessionEnd> run_session(comm::Transport& t, NodeState& st, wire::Control& reply,
-                                        Clock::time_point answer_deadline);
+                                        Clock::time_point answer_deadline, bool pool_by_fraction);
 
 StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   const int rank = t.rank();
@@ -88,19 +88,25 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
     return refuse("the weights differ: " + me + " has " + dir.string() + " (fingerprint " + fingerprint->substr(0, 16) +
                   "), the coordinator (" + hello.coordinator_host() + ") has " + hello.model_dir() + " (fingerprint " +
                   hello.weights_fingerprint().substr(0, 16) + ")");
+  const double fraction = hello.kv_memory_fraction();
+  if (!(fraction >= 0 && fraction <= 1))
+    return refuse(me + ": the coordinator asked for a KV pool of " + std::to_string(fraction) +
+                  " of the memory (a fraction in (0, 1])");
+  const bool pool_by_fraction = fraction > 0;
   // What the units are: a later Hello asking for the same gets the same units back.
   std::string key = hello.plan_json() + "|" + std::to_string(rank) + "/" + std::to_string(t.size()) + "|" +
                     std::to_string(hello.n_slots()) + "|" + std::to_string(hello.max_seq_len()) + "|" +
                     std::to_string(hello.kv_blocks()) + "|" + std::to_string(hello.kv_dtype()) + "|" +
                     std::to_string(hello.attn_impl()) + "|" + std::to_string(hello.wire_dtype()) + "|" +
                     std::to_string(hello.exact_numerics()) + "|" + std::to_string(hello.copy_weights()) + "|" + std::to_string(hello.merge_lora()) + "|" +
-                    std::to_string(hello.merge_into()) + "|" + dir.string() + "|" + *fingerprint;
+                    std::to_string(hello.merge_into()) + "|" + std::to_string(hello.kv_memory_fraction()) + "|" +
+                    dir.string() + "|" + *fingerprint;
   for (const wire::LoraSpec& spec : hello.adapters()) key += "|" + spec.name() + "=" + spec.dir() + "#" + spec.fingerprint();
   if (st.worker && st.worker_key == key) {
     st.worker->reset();
     ++st.sessions_reused;
     std::fprintf(stderr, "shoal node: the coordinator asks for the units of the last session: kept, not loaded again\n");
-    return run_session(t, st, reply, answer_deadline);
+    return run_session(t, st, reply, answer_deadline, pool_by_fraction);
   }
   st.worker.reset();  // another shape: its memory goes before the new units load
   st.worker_key.clear();
@@ -116,6 +122,7 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
     return refuse(me + ": the coordinator asked for a KV pool of " + std::to_string(hello.kv_blocks()) +
                   " blocks in dtype " + std::to_string(hello.kv_dtype()) + " (0 f32, 1 bf16, 2 fp8)");
   wo.kv_blocks = hello.kv_blocks();
+  wo.kv_deferred = pool_by_fraction;  // sized by the coordinator once every rank has loaded
   wo.kv_dtype = hello.kv_dtype() == 1 ? DType::kBF16 : hello.kv_dtype() == 2 ? DType::kF8E4M3 : DType::kF32;
   wo.attn_impl = AttnImpl(hello.attn_impl());
   if (hello.wire_dtype() != 0 && hello.wire_dtype() != 1)
@@ -147,12 +154,12 @@ StatusOr<SessionEnd> serve_session(comm::Transport& t, NodeState& st) {
   if (!worker.ok()) return refuse(me + ": " + worker.status().to_string());
   st.worker = std::move(worker).value();
   st.worker_key = key;
-  return run_session(t, st, reply, answer_deadline);
+  return run_session(t, st, reply, answer_deadline, pool_by_fraction);
 }
 
 // Answers the Hello with what is loaded, runs the worker, and beats until the session ends.
 static StatusOr<SessionEnd> run_session(comm::Transport& t, NodeState& st, wire::Control& reply,
-                                        Clock::time_point answer_deadline) {
+                                        Clock::time_point answer_deadline, bool pool_by_fraction) {
   Worker& worker = *st.worker;
   wire::Loaded* loaded = reply.mutable_loaded();
   loaded->set_ok(true);
@@ -160,7 +167,29 @@ static StatusOr<SessionEnd> run_session(comm::Transport& t, NodeState& st, wire:
   loaded->set_kv_bytes(worker.kv_bytes());
   loaded->set_mapped_bytes(resident_checkpoint_bytes());
   loaded->set_rss_bytes(resident_bytes());
+  const int64_t capacity = memory_capacity_bytes();
+  loaded->set_memory_capacity_bytes(capacity);
   SHOAL_RETURN_IF_ERROR(wire::send(t, 0, wire::kControl, reply, answer_deadline));
+  if (pool_by_fraction) {  // the coordinator sizes the pool once every rank has loaded: wait as for a Hello
+    SHOAL_ASSIGN_OR_RETURN(wire::Control ctl, wire::recv<wire::Control>(t, 0, wire::kControl, Clock::now() + st.hello_timeout));
+    if (ctl.has_shutdown()) return SessionEnd{ctl.shutdown().exit_process()};
+    if (!ctl.has_kv_pool()) return internal_error(t.peer_name(0) + " answered Loaded with something other than a KvPool");
+    const wire::KvPool& pool = ctl.kv_pool();
+    // Only what this node's memory could hold: a bad number is refused, not allocated.
+    if (pool.blocks() < 1 || pool.max_seq_len() < 1 || pool.max_seq_len() > pool.blocks() * kKvBlockTokens ||
+        pool.blocks() > capacity / std::max<int64_t>(worker.kv_block_bytes(), 1)) {
+      loaded->set_ok(false);
+      loaded->set_error("rank " + std::to_string(t.rank()) + " (" + host_name() + "): a KV pool of " +
+                        std::to_string(pool.blocks()) + " blocks for sequences of " + std::to_string(pool.max_seq_len()) +
+                        " positions does not fit its memory of " + std::to_string(capacity) + " bytes");
+      (void)wire::send(t, 0, wire::kControl, reply, Clock::now() + std::chrono::seconds(30));
+      return invalid_argument(loaded->error());
+    }
+    worker.make_kv_pool(pool.blocks(), pool.max_seq_len());
+    loaded->set_kv_bytes(worker.kv_bytes());
+    loaded->set_rss_bytes(resident_bytes());
+    SHOAL_RETURN_IF_ERROR(wire::send(t, 0, wire::kControl, reply, Clock::now() + std::chrono::seconds(30)));
+  }
 
   worker.start(t);
   wire::Heartbeat beat;

@@ -1,9 +1,11 @@
 #include "node/units.h"
 
 #include <openssl/evp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -118,6 +120,37 @@ int64_t resident_checkpoint_bytes() {
     }
   }
   return total;
+}
+
+// A limit file's value in bytes; -1 when absent, unreadable or "max".
+static int64_t limit_in(const std::string& path) {
+  std::ifstream in(path);
+  std::string word;
+  if (!(in >> word) || word == "max") return -1;
+  char* end = nullptr;
+  const long long v = std::strtoll(word.c_str(), &end, 10);
+  return end != word.c_str() && *end == '\0' && v > 0 ? int64_t(v) : -1;
+}
+
+int64_t memory_capacity_bytes() {
+  if (const char* test = std::getenv("SHOAL_TEST_MEMORY_BYTES"); test && *test) return std::atoll(test);
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  int64_t cap = pages > 0 && page > 0 ? int64_t(pages) * int64_t(page) : 0;
+  auto lower = [&](int64_t limit) {
+    if (limit > 0 && (cap == 0 || limit < cap)) cap = limit;
+  };
+  std::ifstream groups("/proc/self/cgroup");
+  std::string line;
+  while (std::getline(groups, line)) {
+    if (line.rfind("0::", 0) == 0) {  // cgroup v2: this group's memory.max and each parent's
+      for (std::string dir = line.substr(3); !dir.empty(); dir = dir.substr(0, dir.rfind('/'))) {
+        lower(limit_in("/sys/fs/cgroup" + dir + "/memory.max"));
+        if (dir == "/") break;
+      }
+    }
+  }
+  lower(limit_in("/sys/fs/cgroup/memory/memory.limit_in_bytes"));  // cgroup v1 (unlimited: a huge number)
+  return cap;
 }
 
 }  // namespace shoal

@@ -28,4 +28,9 @@ StatusOr<std::string> lora_fingerprint(const LoraAdapter& lora, const std::vecto
 int64_t resident_bytes();
 int64_t resident_checkpoint_bytes();
 
+// The memory this process may use: MemTotal, or the limit of its cgroup (v2 memory.max up the
+// hierarchy, v1 memory.limit_in_bytes) when lower; what --kv-memory's fractions are of. The
+// environment variable SHOAL_TEST_MEMORY_BYTES replaces it (tests of the sizing).
+int64_t memory_capacity_bytes();
+
 }  // namespace shoal

@@ -123,10 +123,24 @@ StatusOr<std::unique_ptr<Worker>> Worker::load(Checkpoint& ck, const cluster::Pl
     SHOAL_ASSIGN_OR_RETURN(int64_t bytes, ck.prefault(name));
     w->weight_bytes_ += bytes;
   }
-  if (!w->layers_.empty())
+  if (!w->layers_.empty() && !o.kv_deferred)
     w->cache_ = std::make_unique<KvCache>(c, int64_t(w->layers_.size()), o.n_slots, o.max_seq_len, o.kv_blocks,
                                           o.kv_dtype);
   return w;
+}
+
+int64_t Worker::kv_block_bytes() const {
+  return layers_.empty() ? 0 : shoal::kv_block_bytes(config_, int64_t(layers_.size()), options_.kv_dtype);
+}
+
+void Worker::make_kv_pool(int64_t blocks, int64_t max_seq_len) {
+  if (cache_ && cache_->paged() && cache_->n_blocks() == blocks && options_.max_seq_len == max_seq_len) return;
+  options_.kv_blocks = blocks;
+  options_.max_seq_len = max_seq_len;
+  cache_.reset();  // the old pool's memory goes first
+  if (!layers_.empty())
+    cache_ = std::make_unique<KvCache>(config_, int64_t(layers_.size()), options_.n_slots, max_seq_len, blocks,
+                                       options_.kv_dtype);
 }
 
 Status Worker::send(int dst, uint32_t tag, const google::protobuf::MessageLite& m, int64_t tokens) {

@@ -30,6 +30,7 @@ struct WorkerOptions {
   int64_t n_slots = 1;
   int64_t max_seq_len = 4096;
   int64_t kv_blocks = 0;         // paged KV pool (node/kv_cache.h); 0: static slots
+  bool kv_deferred = false;      // no KV cache until make_kv_pool (--kv-memory as a fraction)
   DType kv_dtype = DType::kF32;
   AttnImpl attn_impl = AttnImpl::kAuto;
   // How long the pipeline waits for an expert owner's answer (a gone peer fails at once).
@@ -60,6 +61,12 @@ class Worker {
   // Traffic this rank sent since start() (counted as sent, payload bytes).
   wire::WorkerStats stats() const;
   int64_t kv_bytes() const { return cache_ ? cache_->bytes() : 0; }
+  int64_t kv_blocks() const { return cache_ ? cache_->n_blocks() : 0; }
+  // One block of 64 positions over this rank's attention layers (0 without any).
+  int64_t kv_block_bytes() const;
+  // Before start(): a paged pool of `blocks` for this rank's layers in place of the cache it has
+  // (none, with kv_deferred; kept when it is that pool already), sequences of up to max_seq_len positions.
+  void make_kv_pool(int64_t blocks, int64_t max_seq_len);
 
  private:
   Worker(const ModelConfig& c, const cluster::Plan& plan, int rank, const WorkerOptions& o);

@@ -343,7 +343,8 @@ std::pair<int, json> Server::Impl::health() {
                       {"weight_bytes", l[r].weight_bytes()},
                       {"mapped_bytes", l[r].mapped_bytes()},
                       {"kv_bytes", l[r].kv_bytes()},
-                      {"rss_bytes", l[r].rss_bytes()}});
+                      {"rss_bytes", l[r].rss_bytes()},
+                      {"memory_capacity_bytes", l[r].memory_capacity_bytes()}});
   j["loaded"] = loaded;
   json stats = json::array();
   const auto beats = cluster->rank_stats();

@@ -6,9 +6,11 @@
 #include <deque>
 #include <map>
 #include <random>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
+#include "cluster/fit.h"
 #include "coordinator/engine.h"
 #include "coordinator/local_cluster.h"
 #include "coordinator/scheduler.h"
@@ -340,6 +342,115 @@ TEST_CASE("paged, preempted and prefix-reusing runs give the static cache's toke
   }
 }
 
+TEST_CASE("--kv-memory as a share: one host's ranks share its memory, the host with least room sizes the pool", "[kv]") {
+  auto cfg = load_config(kModel);
+  REQUIRE(cfg.ok());
+  // tiny-v3: a position of one layer is the latent (32) and the roped key (16) in float32, 192 bytes;
+  // a block of 64 positions over 2 layers 24,576 bytes (24 KiB).
+  REQUIRE((cfg->kv_lora_rank + cfg->qk_rope_head_dim) * 4 == 192);
+  const int64_t MiB = int64_t(1) << 20, GiB = int64_t(1) << 30;
+  auto room = [](int rank, std::string host, int64_t cap, int64_t weights, int64_t layers) {
+    KvRoom r;
+    r.rank = rank;
+    r.host = std::move(host);
+    r.capacity_bytes = cap;
+    r.weight_bytes = weights;
+    r.workspace_bytes = 100 * (int64_t(1) << 20);
+    r.layers = layers;
+    return r;
+  };
+  // Host a: 8 GiB, the coordinator (no layers) and rank 1 (1 GiB, 2 layers): 8 GiB - 1 GiB - 200 MiB
+  // = 6968 MiB left, half of it 3484 MiB = 148,650.7 blocks of 24 KiB. Host b: 4 GiB, rank 2
+  // (3 GiB, 2 layers): 924 MiB left, half 462 MiB = 19,712 blocks exactly. The pool: the least, 19,712.
+  std::vector<KvRoom> two_hosts = {room(0, "a", 8 * GiB, 0, 0), room(1, "a", 8 * GiB, GiB, 2), room(2, "b", 4 * GiB, 3 * GiB, 2)};
+  auto blocks = kv_pool_blocks_of_fraction(*cfg, two_hosts, 0.5, DType::kF32);
+  REQUIRE(blocks.ok());
+  CHECK(*blocks == 19712);
+  // bf16 halves a block: twice the blocks.
+  blocks = kv_pool_blocks_of_fraction(*cfg, two_hosts, 0.5, DType::kBF16);
+  REQUIRE(blocks.ok());
+  CHECK(*blocks == 2 * 19712);
+  // All three on host a (8 GiB): 8 GiB - 4 GiB - 300 MiB = 3796 MiB left, half 1898 MiB, over
+  // blocks of 4 layers (48 KiB): 40,490.7 -> 40,490, not what each rank would get alone.
+  std::vector<KvRoom> one_host = two_hosts;
+  one_host[2].host = "a";
+  one_host[2].capacity_bytes = 8 * GiB;
+  blocks = kv_pool_blocks_of_fraction(*cfg, one_host, 0.5, DType::kF32);
+  REQUIRE(blocks.ok());
+  CHECK(*blocks == 40490);
+  // No room on host b: weights over its memory.
+  std::vector<KvRoom> full = two_hosts;
+  full[2].weight_bytes = 4 * GiB;
+  auto err = kv_pool_blocks_of_fraction(*cfg, full, 0.9, DType::kF32);
+  REQUIRE(!err.ok());
+  CHECK_THAT(err.status().message(), Catch::Contains("host b (rank 2)") && Catch::Contains("no room left"));
+  // Room, but not for one block: 10,000 bytes left on b.
+  full[2].weight_bytes = 4 * GiB - 100 * MiB - 10000;
+  err = kv_pool_blocks_of_fraction(*cfg, full, 1.0, DType::kF32);
+  REQUIRE(!err.ok());
+  CHECK_THAT(err.status().message(), Catch::Contains("host b (rank 2)") && Catch::Contains("100% of the") &&
+                                         Catch::Contains("cannot hold one block of 64 positions (24576 bytes"));
+  for (double bad : {0.0, -0.5, 1.5}) CHECK(!kv_pool_blocks_of_fraction(*cfg, two_hosts, bad, DType::kF32).ok());
+}
+
+TEST_CASE("--kv-memory as a share over local ranks: the pool the memory allows, every token the static cache's", "[kv][model]") {
+  const auto requests = shared_prefix_requests();
+  std::map<uint64_t, Outcome> want;
+  for (const auto& r : requests) {
+    EngineOptions eo;
+    eo.n_slots = 1;
+    eo.max_seq_len = 512;
+    auto e = Engine::open(kModel, eo);
+    REQUIRE(e.ok());
+    want[r.id] = serve_all(**e, {r}, false)[r.id];
+  }
+  auto cfg = load_config(kModel);
+  REQUIRE(cfg.ok());
+  const int64_t slots = 8;
+  const int64_t workspace = cluster::cpu_workspace_bytes(*cfg, 512, slots);  // per rank, as shoal plan counts it
+  const int64_t block = 64 * cfg->n_layers * (cfg->kv_lora_rank + cfg->qk_rope_head_dim) * 4;  // all layers, one host
+  for (int ranks : {1, 3}) {
+    INFO(ranks << " rank(s) on this host");
+    ClusterOptions probe;  // the weights each rank loads
+    probe.model_dir = kModel;
+    auto p = start_local_cluster(ranks, probe);
+    REQUIRE(p.ok());
+    int64_t weights = 0;
+    for (const auto& l : (*p)->loaded()) weights += l.weight_bytes();
+    p->reset();
+    // A host whose memory leaves room for 14.5 blocks at half: the pool takes 14 (the pool runs dry).
+    const int64_t cap = weights + ranks * workspace + 29 * block;
+    ::setenv("SHOAL_TEST_MEMORY_BYTES", std::to_string(cap).c_str(), 1);
+    ClusterOptions co;
+    co.model_dir = kModel;
+    co.n_slots = slots;
+    co.kv_memory_fraction = 0.5;
+    auto c = start_local_cluster(ranks, co);
+    ::unsetenv("SHOAL_TEST_MEMORY_BYTES");
+    REQUIRE(c.ok());
+    CHECK((*c)->kv_blocks() == 14);
+    CHECK((*c)->max_seq_len() == std::min<int64_t>(cfg->max_position_embeddings, 14 * 64));  // 512: the model's
+    for (const auto& l : (*c)->loaded()) CHECK(l.memory_capacity_bytes() == cap);
+    KvStats stats;
+    const auto got = serve_all(**c, requests, true, &stats);
+    CHECK(stats.preemptions > 0);
+    for (const auto& r : requests) {
+      INFO("request " << r.id);
+      CHECK(got.at(r.id).ids == want[r.id].ids);
+      CHECK(same_bits(got.at(r.id).logprobs, want[r.id].logprobs));
+    }
+  }
+  // Too little memory: the error names the host and what took it, and nothing starts.
+  ::setenv("SHOAL_TEST_MEMORY_BYTES", "1000000", 1);
+  ClusterOptions co;
+  co.model_dir = kModel;
+  co.kv_memory_fraction = 0.9;
+  auto c = start_local_cluster(3, co);
+  ::unsetenv("SHOAL_TEST_MEMORY_BYTES");
+  REQUIRE(!c.ok());
+  CHECK_THAT(c.status().message(), Catch::Contains("ranks 0, 1, 2") && Catch::Contains("no room left for a KV pool"));
+}
+
 TEST_CASE("bad KV inputs: a pool too small, bad table edits, positions past a sequence's blocks, bad flags", "[kv][errors]") {
   auto cfg = load_config(kModel);
   REQUIRE(cfg.ok());
@@ -387,7 +498,8 @@ TEST_CASE("bad KV inputs: a pool too small, bad table edits, positions past a se
   CHECK_THAT(rf.status().message(), Catch::Contains("not paged"));
 
   // The flags, through the binary: a size that is not one, a dtype that is not offered.
-  for (const char* flags : {"--kv-memory 12QB", "--kv-memory -5", "--kv-dtype fp16", "--kv-memory 100"}) {
+  for (const char* flags : {"--kv-memory 12QB", "--kv-memory -5", "--kv-dtype fp16", "--kv-memory 100", "--kv-memory 150%",
+                            "--kv-memory 0%", "--kv-memory -3%", "--kv-memory 5%%"}) {
     INFO(flags);
     int status = -1;
     const std::string out = shoal::test::run_command(std::string(SHOAL_BINARY) + " run --model " + kModel +
@@ -396,5 +508,19 @@ TEST_CASE("bad KV inputs: a pool too small, bad table edits, positions past a se
     INFO(out);
     CHECK(status != 0);
     CHECK_THAT(out, Catch::Contains("--kv-") || Catch::Contains("KV pool of 100 bytes"));
+  }
+  // A share through the binary (a 300 MB host): the same tokens as the fixed cache, 50% and 0.5 alike.
+  const std::string run = std::string(SHOAL_BINARY) + " run --model " + kModel + " --ids '0 1 2' --max-tokens 6";
+  int status = -1;
+  auto generated = [](const std::string& out) { return out.substr(0, out.find('\n')); };  // "generated: ids"
+  const std::string fixed_out = generated(shoal::test::run_command(run + " 2>/dev/null", &status));
+  REQUIRE(status == 0);
+  REQUIRE(fixed_out.rfind("generated: ", 0) == 0);
+  for (const char* share : {"50%", "0.5"}) {
+    INFO(share);
+    const std::string out = shoal::test::run_command(
+        "SHOAL_TEST_MEMORY_BYTES=300000000 " + run + " --kv-memory " + share + " 2>/dev/null", &status);
+    CHECK(status == 0);
+    CHECK(generated(out) == fixed_out);
   }
 }
