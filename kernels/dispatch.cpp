@@ -4,6 +4,9 @@
 #include "common/check.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/kernels.h"
+#ifdef SHOAL_HAVE_CUDA
+#include "kernels/cuda/cuda.h"
+#endif
 
 namespace shoal::kernels {
 
@@ -52,6 +55,12 @@ void linear(float* out, const float* x, const Matrix& w, int64_t n, const Contex
   check_matrix(w);
   SHOAL_CHECK(n >= 0);
   count_bytes(w, w.rows);
+#ifdef SHOAL_HAVE_CUDA
+  if (ctx.device == Device::kCuda) {
+    SHOAL_CHECK(cuda::linear_supports(w.dtype));
+    return cuda::linear(out, x, w, n, ctx);
+  }
+#endif
   SHOAL_DISPATCH(linear, out, x, w, n, ctx);
 }
 
@@ -101,10 +110,6 @@ void route(const RouteParams& p, const Context& ctx) {
 }
 
 }  // namespace shoal::kernels
-
-#ifdef SHOAL_HAVE_CUDA
-namespace shoal::kernels::cuda { int device_count(); }
-#endif
 
 namespace shoal::kernels {
 #ifdef SHOAL_HAVE_CUDA

@@ -342,7 +342,7 @@ TEST_CASE("paged, preempted and prefix-reusing runs give the static cache's toke
   }
 }
 
-TEST_CASE("--kv-memory as a share: one host's ranks share its memory, the host with least room sizes the pool", "[kv]") {
+TEST_CASE("a KV pool as a share of memory (--kv-memory 90%): one host's ranks share its memory, the host with least room sizes the pool", "[kv]") {
   auto cfg = load_config(kModel);
   REQUIRE(cfg.ok());
   // tiny-v3: a position of one layer is the latent (32) and the roped key (16) in float32, 192 bytes;
@@ -393,7 +393,7 @@ TEST_CASE("--kv-memory as a share: one host's ranks share its memory, the host w
   for (double bad : {0.0, -0.5, 1.5}) CHECK(!kv_pool_blocks_of_fraction(*cfg, two_hosts, bad, DType::kF32).ok());
 }
 
-TEST_CASE("--kv-memory as a share over local ranks: the pool the memory allows, every token the static cache's", "[kv][model]") {
+TEST_CASE("a KV pool as a share of memory over local ranks: the pool the memory allows, every token the static cache's", "[kv][model]") {
   const auto requests = shared_prefix_requests();
   std::map<uint64_t, Outcome> want;
   for (const auto& r : requests) {

@@ -1109,7 +1109,7 @@ TEST_CASE("serve: bad --lora flags are refused before listening", "[server][serv
 
 TEST_CASE("serve under mpirun -np 3: the same answers as one process", "[server][serve][mpi]") {
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) {
-    WARN("mpirun not found: skipped");
+    WARN("skipped: mpirun not found");
     return;
   }
   const json body = {{"model", "tiny-chat"}, {"prompt", "Hello"}, {"temperature", 0}, {"max_tokens", 16}, {"ignore_eos", true}};

@@ -1,0 +1,24 @@
+// The CUDA backend's entries: the same signatures as kernels/kernels.h (which validates and
+// dispatches here when ctx.device is kCuda). Every pointer is device memory: the matrix's data
+// and scales, the activations and the output; ctx.stream is the cudaStream_t to run on (null:
+// the default stream). Calls are asynchronous on that stream, as CUDA's are.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/kernels.h"
+
+namespace shoal::kernels::cuda {
+
+int device_count();
+
+// out[n, w.rows] = x[n, w.cols] · wᵀ for F32, F16, BF16 and F8_E4M3 with block scales. The order
+// of each output's sum depends only on the matrix (its dtype and width), never on n or on the
+// other tokens beside it: a token's result is bitwise the same alone or in any batch
+// (docs/cuda.md, "The canonical order").
+void linear(float* out, const float* x, const Matrix& w, int64_t n, const Context& ctx);
+
+// Whether linear takes this dtype on the GPU.
+bool linear_supports(DType d);
+
+}  // namespace shoal::kernels::cuda
