@@ -100,25 +100,25 @@ void stored_rows(const Rows& rows, int64_t r0, int64_t r1, const float* x, int64
   for (; r < r1; ++r) tile<1, T>(rows, r, x, K, K, out, os);
 }
 
-// Rows [r0, r1) from the stored format against n tokens in tiles of up to 6: each group of 4 rows
-// is read from memory once and from L1 by the following token tiles (a few tokens: no panel).
+// Rows [r0, r1) from the stored format against n tokens in tiles of kTileRows x up to kTileTokens
+// (simd.h): each group of rows is read from memory once and from L1 by the following token tiles
+// (a few tokens: no panel).
+template <int T, class Rows>
+void stored_rows_upto(const Rows& rows, int64_t r0, int64_t r1, const float* x, int64_t K, int64_t n, float* out,
+                      int64_t os) {
+  if constexpr (T > 1) {
+    if (n < T) return stored_rows_upto<T - 1>(rows, r0, r1, x, K, n, out, os);
+  }
+  stored_rows<kTileRows, T>(rows, r0, r1, x, K, out, os);
+}
+
 template <class Rows>
 void stored_rows_tiled(const Rows& rows, int64_t r0, int64_t r1, const float* x, int64_t K, int64_t n, float* out,
                        int64_t os) {
-  for (int64_t r = r0; r < r1; r += 4) {
-    const int64_t r_end = min64(r1, r + 4);
-    for (int64_t t0 = 0; t0 < n; t0 += 6) {
-      const float* xt = x + t0 * K;
-      float* ot = out + t0 * os;
-      switch (min64(6, n - t0)) {
-        case 1: stored_rows<4, 1>(rows, r, r_end, xt, K, ot, os); break;
-        case 2: stored_rows<4, 2>(rows, r, r_end, xt, K, ot, os); break;
-        case 3: stored_rows<4, 3>(rows, r, r_end, xt, K, ot, os); break;
-        case 4: stored_rows<4, 4>(rows, r, r_end, xt, K, ot, os); break;
-        case 5: stored_rows<4, 5>(rows, r, r_end, xt, K, ot, os); break;
-        default: stored_rows<4, 6>(rows, r, r_end, xt, K, ot, os); break;
-      }
-    }
+  for (int64_t r = r0; r < r1; r += kTileRows) {
+    const int64_t r_end = min64(r1, r + kTileRows);
+    for (int64_t t0 = 0; t0 < n; t0 += kTileTokens)
+      stored_rows_upto<kTileTokens>(rows, r, r_end, x + t0 * K, K, min64(kTileTokens, n - t0), out + t0 * os, os);
   }
 }
 
@@ -217,12 +217,12 @@ template <class Rows>
 void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int64_t K, int64_t n) {
   const bool parallel = R * K * n >= (int64_t(1) << 18) && omp_get_max_threads() > 1 && !omp_in_parallel();  // else fork/join costs more
   if (n <= kStoredTokens) {
-    for_row_runs(R, n == 1 ? 8 : 4, parallel, [&](int64_t r0, int64_t r1) {
+    for_row_runs(R, decode_rows(int(n)), parallel, [&](int64_t r0, int64_t r1) {
       switch (n) {
-        case 1: stored_rows<8, 1>(rows, r0, r1, x, K, out, R); break;
-        case 2: stored_rows<4, 2>(rows, r0, r1, x, K, out, R); break;
-        case 3: stored_rows<4, 3>(rows, r0, r1, x, K, out, R); break;
-        case 4: stored_rows<4, 4>(rows, r0, r1, x, K, out, R); break;
+        case 1: stored_rows<decode_rows(1), 1>(rows, r0, r1, x, K, out, R); break;
+        case 2: stored_rows<decode_rows(2), 2>(rows, r0, r1, x, K, out, R); break;
+        case 3: stored_rows<decode_rows(3), 3>(rows, r0, r1, x, K, out, R); break;
+        case 4: stored_rows<decode_rows(4), 4>(rows, r0, r1, x, K, out, R); break;
         default: break;
       }
     });
@@ -231,7 +231,7 @@ void linear_format(float* out, const float* x, const Rows& rows, int64_t R, int6
   // A few tokens, or rows whose width is not a multiple of 16 (no packed panel for those): tiles
   // over the stored rows, in the same order.
   if (n <= kTiledTokens || K % 16 != 0) {
-    for_row_runs(R, 4, parallel, [&](int64_t r0, int64_t r1) { stored_rows_tiled(rows, r0, r1, x, K, n, out, R); });
+    for_row_runs(R, kTileRows, parallel, [&](int64_t r0, int64_t r1) { stored_rows_tiled(rows, r0, r1, x, K, n, out, R); });
     return;
   }
   const int64_t mc = max64(4, min64(kPanelRowsMax, kPanelBytes / (K * 4)) / 4 * 4), blocks = (R + mc - 1) / mc;

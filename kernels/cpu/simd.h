@@ -28,6 +28,21 @@ inline float bf16_one(uint16_t h) {
   return f;
 }
 
+// Shapes of the stored-format micro-kernels that keep their accumulators (rows x tokens of
+// F32x16) in registers with room for the activations, the weights and their constants: decode
+// takes decode_rows(n) rows per pass for n <= 4 tokens, and 5-64 tokens take tiles of kTileRows
+// rows x kTileTokens tokens. The shapes change only the speed, never a result's bits.
+#if defined(__AVX512F__)  // 32 registers of 16 lanes
+constexpr int decode_rows(int tokens) { return tokens == 1 ? 8 : 4; }
+constexpr int kTileRows = 4, kTileTokens = 6;
+#elif defined(__AVX2__)  // 16 registers of 8 lanes: an F32x16 takes two
+constexpr int decode_rows(int tokens) { return tokens <= 2 ? 4 : 1; }
+constexpr int kTileRows = 1, kTileTokens = 4;
+#else
+constexpr int decode_rows(int tokens) { return tokens == 1 ? 8 : 4; }
+constexpr int kTileRows = 4, kTileTokens = 6;
+#endif
+
 #if defined(__AVX512F__)
 struct F32x16 {
   __m512 v;
