@@ -115,17 +115,7 @@ Status Cluster::size_pool_by_fraction() {
   ctl.mutable_kv_pool()->set_blocks(kv_blocks_);
   ctl.mutable_kv_pool()->set_max_seq_len(max_seq_len_);
   for (int r = 1; r < world; ++r) SHOAL_RETURN_IF_ERROR(wire::send(*t_, r, wire::kControl, ctl, deadline));
-  Status first;
-  for (int r = 1; r < world; ++r) {
-    auto reply = wire::recv<wire::Control>(*t_, r, wire::kControl, deadline);
-    Status s = reply.ok() ? Status{} : reply.status();
-    if (s.ok() && !reply->has_loaded()) s = internal_error(t_->peer_name(r) + " answered the KvPool with something else");
-    if (s.ok() && !reply->loaded().ok())
-      s = Status(Code::kInvalidArgument, t_->peer_name(r) + " refused the KV pool: " + reply->loaded().error());
-    if (s.ok()) loaded_[size_t(r)] = reply->loaded();
-    if (!s.ok() && first.ok()) first = s;
-  }
-  SHOAL_RETURN_IF_ERROR(first);
+  SHOAL_RETURN_IF_ERROR(collect_loaded("the KvPool", "refused the KV pool", deadline));
   if (local_) local_->make_kv_pool(kv_blocks_, max_seq_len_);
   return {};
 }
@@ -166,13 +156,18 @@ Status Cluster::hello_all() {
     h->set_coordinator_host(host_name());
     SHOAL_RETURN_IF_ERROR(wire::send(*t_, r, wire::kControl, ctl, deadline));
   }
+  return collect_loaded("the Hello", "refused the coordinator", deadline);
+}
+
+// Every node's Loaded answer to `asked` into loaded_; the first error (a refusal names why).
+Status Cluster::collect_loaded(const std::string& asked, const std::string& refused, Clock::time_point deadline) {
   Status first;
-  for (int r = 1; r < world; ++r) {
+  for (int r = 1; r < t_->size(); ++r) {
     auto reply = wire::recv<wire::Control>(*t_, r, wire::kControl, deadline);
     Status s = reply.ok() ? Status{} : reply.status();
-    if (s.ok() && !reply->has_loaded()) s = internal_error(t_->peer_name(r) + " answered the Hello with something else");
+    if (s.ok() && !reply->has_loaded()) s = internal_error(t_->peer_name(r) + " answered " + asked + " with something else");
     if (s.ok() && !reply->loaded().ok())
-      s = Status(Code::kInvalidArgument, t_->peer_name(r) + " refused the coordinator: " + reply->loaded().error());
+      s = Status(Code::kInvalidArgument, t_->peer_name(r) + " " + refused + ": " + reply->loaded().error());
     if (s.ok()) loaded_[size_t(r)] = reply->loaded();
     if (!s.ok() && first.ok()) first = s;
   }

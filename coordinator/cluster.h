@@ -85,6 +85,7 @@ class Cluster : public Executor {
  private:
   Cluster() = default;
   Status hello_all();
+  Status collect_loaded(const std::string& asked, const std::string& refused, comm::Clock::time_point deadline);
   Status size_pool_by_fraction();
   void heartbeat_loop();
   Status silent_rank() const;

@@ -17,6 +17,17 @@ namespace shoal::kernels {
                                   "kernel " #op " is not built for this device yet");   \
   } while (0)
 
+// The ops the CUDA backend has (kernels/cuda/cuda.h): there when built with it, else as above.
+#ifdef SHOAL_HAVE_CUDA
+#define SHOAL_DISPATCH_CUDA(op, ...)                                                    \
+  do {                                                                                  \
+    if (ctx.device == Device::kCuda) return cuda::op(__VA_ARGS__);                      \
+    SHOAL_DISPATCH(op, __VA_ARGS__);                                                    \
+  } while (0)
+#else
+#define SHOAL_DISPATCH_CUDA(op, ...) SHOAL_DISPATCH(op, __VA_ARGS__)
+#endif
+
 namespace {
 std::atomic<int64_t> g_weight_bytes{0};
 
@@ -55,26 +66,20 @@ void linear(float* out, const float* x, const Matrix& w, int64_t n, const Contex
   check_matrix(w);
   SHOAL_CHECK(n >= 0);
   count_bytes(w, w.rows);
-#ifdef SHOAL_HAVE_CUDA
-  if (ctx.device == Device::kCuda) {
-    SHOAL_CHECK(cuda::linear_supports(w.dtype));
-    return cuda::linear(out, x, w, n, ctx);
-  }
-#endif
-  SHOAL_DISPATCH(linear, out, x, w, n, ctx);
+  SHOAL_DISPATCH_CUDA(linear, out, x, w, n, ctx);
 }
 
 void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Context& ctx) {
   check_matrix(w);
   SHOAL_CHECK(n >= 0);
   count_bytes(w, w.rows);
-  SHOAL_DISPATCH(linear_t, out, x, w, n, ctx);
+  SHOAL_DISPATCH_CUDA(linear_t, out, x, w, n, ctx);
 }
 
 void rms_norm(float* out, const float* x, const Matrix& weight, int64_t n, float eps, const Context& ctx) {
   check_matrix(weight);
   SHOAL_CHECK_EQ(weight.rows, 1);
-  SHOAL_DISPATCH(rms_norm, out, x, weight, n, eps, ctx);
+  SHOAL_DISPATCH_CUDA(rms_norm, out, x, weight, n, eps, ctx);
 }
 
 void embedding(float* out, const int32_t* ids, const Matrix& w, int64_t n, const Context& ctx) {
@@ -85,12 +90,12 @@ void embedding(float* out, const int32_t* ids, const Matrix& w, int64_t n, const
 }
 
 void silu_mul(float* out, const float* gate, const float* up, int64_t n, int64_t d, const Context& ctx) {
-  SHOAL_DISPATCH(silu_mul, out, gate, up, n, d, ctx);
+  SHOAL_DISPATCH_CUDA(silu_mul, out, gate, up, n, d, ctx);
 }
 
 void rope(const RopeParams& p, const Context& ctx) {
   SHOAL_CHECK(p.rope_dim % 2 == 0);
-  SHOAL_DISPATCH(rope, p, ctx);
+  SHOAL_DISPATCH_CUDA(rope, p, ctx);
 }
 
 void attention(const AttentionParams& p, const Context& ctx) {

@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 
 #include <cstring>
+#include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "kernels/cuda/cuda.h"
@@ -108,5 +110,85 @@ TEST_CASE("CUDA linear: a token's outputs are bitwise the same alone, in a batch
     const std::vector<float> mid(x.begin() + 3 * C, x.begin() + 16 * C);
     const std::vector<float> part = gpu_linear(dw, dw.m, mid, 13);
     CHECK(std::memcmp(part.data(), all.data() + 3 * R, size_t(13 * R) * sizeof(float)) == 0);
+  }
+}
+
+TEST_CASE("CUDA linear_t: the CPU's bits for every dtype, view and token count", "[cuda]") {
+  if (no_gpu()) return;
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3}) {
+    const int64_t R = 300, C = 200;
+    const TestWeight w = make_weight(dt, R, C, 17);
+    const DeviceWeight dw(w);
+    for (int64_t n : {1, 3, 8, 21}) {
+      for (auto [row0, rows] : std::vector<std::pair<int64_t, int64_t>>{{0, R}, {130, 128}}) {
+        INFO(dtype_name(dt) << ", rows " << row0 << ".." << row0 + rows << ", n " << n);
+        const std::vector<float> x = random_vec(size_t(n * rows), uint32_t(n + rows));
+        std::vector<float> want(size_t(n * C));
+        kernels::linear_t(want.data(), x.data(), w.matrix().slice_rows(row0, rows), n, Context{});
+        DeviceArray<float> xd(x), out(size_t(n * C));
+        kernels::linear_t(out.p, xd.p, dw.m.slice_rows(row0, rows), n, kGpu);
+        const std::vector<float> got = out.get();
+        CHECK(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("CUDA rms_norm, silu_mul and rope against the CPU's", "[cuda]") {
+  if (no_gpu()) return;
+  auto ulps = [](float a, float b) {
+    int32_t ia, ib;
+    std::memcpy(&ia, &a, 4);
+    std::memcpy(&ib, &b, 4);
+    return std::abs(int64_t(ia) - int64_t(ib));
+  };
+  auto worst_ulps = [&](const std::vector<float>& a, const std::vector<float>& b) {
+    REQUIRE(a.size() == b.size());
+    int64_t worst = 0;
+    for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, ulps(a[i], b[i]));
+    return worst;
+  };
+  const int64_t n = 13, d = 7168;  // DeepSeek-V3's width: 28 elements per thread
+  const std::vector<float> x = random_vec(size_t(n * d), 3, -4.0f, 4.0f);
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    INFO("rms_norm, weight " << dtype_name(dt));
+    const TestWeight w = make_weight(dt, 1, d, 4);
+    const DeviceWeight dw(w);
+    std::vector<float> want(size_t(n * d));
+    kernels::rms_norm(want.data(), x.data(), w.matrix(), n, 1e-6f, Context{});
+    DeviceArray<float> xd(x), out(size_t(n * d));
+    kernels::rms_norm(out.p, xd.p, dw.m, n, 1e-6f, kGpu);
+    CHECK(worst_ulps(out.get(), want) <= 1);  // the double sums round alike but for a last bit
+  }
+  {
+    INFO("silu_mul");
+    const std::vector<float> up = random_vec(size_t(n * d), 5, -2.0f, 2.0f);
+    std::vector<float> want(size_t(n * d));
+    kernels::silu_mul(want.data(), x.data(), up.data(), n, d, Context{});
+    DeviceArray<float> gd(x), ud(up), out(size_t(n * d));
+    kernels::silu_mul(out.p, gd.p, ud.p, n, d, kGpu);
+    CHECK(worst_ulps(out.get(), want) <= 4);  // CUDA's expf is within 2 ulp, glibc's within 1
+  }
+  for (auto layout : {kernels::RopeLayout::kInterleaved, kernels::RopeLayout::kHalves}) {
+    INFO("rope, layout " << int(layout));
+    const int64_t heads = 5, head_dim = 192, rope_dim = 64;  // the rope part after 128 others, as MLA's q
+    std::vector<float> q = random_vec(size_t(n * heads * head_dim), 6);
+    std::vector<int32_t> pos(static_cast<size_t>(n));
+    for (int64_t t = 0; t < n; ++t) pos[size_t(t)] = int32_t(t * 977 % 40000);
+    std::vector<float> inv(size_t(rope_dim / 2));
+    for (size_t i = 0; i < inv.size(); ++i) inv[i] = std::pow(10000.0f, -2.0f * float(i) / float(rope_dim));
+    kernels::RopeParams p{q.data() + 128, pos.data(), inv.data(), n, heads, rope_dim, heads * head_dim, head_dim};
+    p.attn_factor = 1.25f;
+    p.layout = layout;
+    DeviceArray<float> qd(q);
+    DeviceArray<int32_t> pd(pos);
+    DeviceArray<float> id(inv);
+    kernels::rope(p, Context{});
+    kernels::RopeParams g = p;
+    g.x = qd.p + 128;
+    g.positions = pd.p;
+    g.inv_freq = id.p;
+    kernels::rope(g, kGpu);
+    CHECK(worst_ulps(qd.get(), q) <= 1);  // the same operations; cos and sin in double may differ in a last bit
   }
 }

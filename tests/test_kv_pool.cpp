@@ -251,15 +251,8 @@ std::map<uint64_t, Outcome> serve_all(Executor& ex, const std::vector<Generation
   return got;
 }
 
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-}  // namespace
-
-TEST_CASE("paged, preempted and prefix-reusing runs give the static cache's tokens and logprobs bit for bit", "[kv][model]") {
-  const auto requests = shared_prefix_requests();
-  // The expectation: each request alone on a static cache (one slot of its own, no reuse).
+// The expectation: each request alone on a static cache (one slot of its own, no reuse).
+std::map<uint64_t, Outcome> each_alone_on_a_static_cache(const std::vector<GenerationRequest>& requests) {
   std::map<uint64_t, Outcome> want;
   for (const auto& r : requests) {
     EngineOptions eo;
@@ -270,6 +263,18 @@ TEST_CASE("paged, preempted and prefix-reusing runs give the static cache's toke
     want[r.id] = serve_all(**e, {r}, false)[r.id];
     REQUIRE(want[r.id].ids.size() == size_t(r.max_tokens));
   }
+  return want;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("paged, preempted and prefix-reusing runs give the static cache's tokens and logprobs bit for bit", "[kv][model]") {
+  const auto requests = shared_prefix_requests();
+  std::map<uint64_t, Outcome> want = each_alone_on_a_static_cache(requests);
   auto check_all = [&](const std::map<uint64_t, Outcome>& got) {
     for (const auto& r : requests) {
       INFO("request " << r.id);
@@ -395,15 +400,7 @@ TEST_CASE("a KV pool as a share of memory (--kv-memory 90%): one host's ranks sh
 
 TEST_CASE("a KV pool as a share of memory over local ranks: the pool the memory allows, every token the static cache's", "[kv][model]") {
   const auto requests = shared_prefix_requests();
-  std::map<uint64_t, Outcome> want;
-  for (const auto& r : requests) {
-    EngineOptions eo;
-    eo.n_slots = 1;
-    eo.max_seq_len = 512;
-    auto e = Engine::open(kModel, eo);
-    REQUIRE(e.ok());
-    want[r.id] = serve_all(**e, {r}, false)[r.id];
-  }
+  std::map<uint64_t, Outcome> want = each_alone_on_a_static_cache(requests);
   auto cfg = load_config(kModel);
   REQUIRE(cfg.ok());
   const int64_t slots = 8;

@@ -18,7 +18,16 @@ int device_count();
 // (docs/cuda.md, "The canonical order").
 void linear(float* out, const float* x, const Matrix& w, int64_t n, const Context& ctx);
 
-// Whether linear takes this dtype on the GPU.
+// Whether linear and linear_t take this dtype on the GPU.
 bool linear_supports(DType d);
+
+// out[n, w.cols] = x[n, w.rows] · w in the CPU's order (per column, rows ascending, one fused
+// multiply-add each): the CPU's bits.
+void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Context& ctx);
+// As the CPU's: squares summed in double (a fixed tree here), then x * inv * weight.
+void rms_norm(float* out, const float* x, const Matrix& weight, int64_t n, float eps, const Context& ctx);
+void silu_mul(float* out, const float* gate, const float* up, int64_t n, int64_t d, const Context& ctx);
+// p.x, p.positions and p.inv_freq in device memory.
+void rope(const RopeParams& p, const Context& ctx);
 
 }  // namespace shoal::kernels::cuda
