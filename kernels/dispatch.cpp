@@ -86,7 +86,7 @@ void embedding(float* out, const int32_t* ids, const Matrix& w, int64_t n, const
   check_matrix(w);
   for (int64_t t = 0; t < n; ++t) SHOAL_CHECK(ids[t] >= 0 && ids[t] < w.rows);
   g_weight_bytes.fetch_add(n * dtype_row_bytes(w.dtype, w.cols), std::memory_order_relaxed);
-  SHOAL_DISPATCH(embedding, out, ids, w, n, ctx);
+  SHOAL_DISPATCH_CUDA(embedding, out, ids, w, n, ctx);
 }
 
 void silu_mul(float* out, const float* gate, const float* up, int64_t n, int64_t d, const Context& ctx) {

@@ -60,6 +60,7 @@ void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Cont
 void rms_norm(float* out, const float* x, const Matrix& weight, int64_t n, float eps, const Context& ctx);
 
 // out[n, w.cols] = rows ids[n] of the table w.
+// On kCuda, ids alone stays in host memory (kernels/cuda/cuda.h).
 void embedding(float* out, const int32_t* ids, const Matrix& w, int64_t n, const Context& ctx);
 
 // out[n, d] = silu(gate[n, d]) * up[n, d]

@@ -192,3 +192,21 @@ TEST_CASE("CUDA rms_norm, silu_mul and rope against the CPU's", "[cuda]") {
     CHECK(worst_ulps(qd.get(), q) <= 1);  // the same operations; cos and sin in double may differ in a last bit
   }
 }
+
+TEST_CASE("CUDA embedding: the CPU's rows, every dtype, a view of the table", "[cuda]") {
+  if (no_gpu()) return;
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3}) {
+    INFO(dtype_name(dt));
+    const int64_t R = 300, C = 272;
+    const TestWeight w = make_weight(dt, R, C, 23);
+    const DeviceWeight dw(w);
+    const std::vector<int32_t> ids = {0, 299 - 7, 5, 5, 128, 200, 1};  // repeats, across FP8 row blocks
+    const Matrix view = w.matrix().slice_rows(7, R - 7);
+    std::vector<float> want(ids.size() * size_t(C));
+    kernels::embedding(want.data(), ids.data(), view, int64_t(ids.size()), Context{});
+    DeviceArray<float> out(want.size());
+    kernels::embedding(out.p, ids.data(), dw.m.slice_rows(7, R - 7), int64_t(ids.size()), kGpu);  // ids on the host
+    const std::vector<float> got = out.get();
+    CHECK(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0);
+  }
+}

@@ -34,8 +34,8 @@ using namespace shoal::test;
 
 namespace {
 
-// The backends every kernel test runs on. A CUDA backend joins this list once its kernels exist
-// (the tests then need device copies of their buffers; today's kernels are CPU-only).
+// The backends every kernel test here runs on: the CPU's variants. The CUDA kernels have their
+// own tests (tests/test_cuda_kernels.cpp: device copies of the buffers, the same references).
 std::vector<Context> backends() { return {Context{kernels::Device::kCpu, nullptr}}; }
 const char* backend_name(const Context& c) { return c.device == kernels::Device::kCpu ? "cpu" : "cuda"; }
 

@@ -24,6 +24,9 @@ bool linear_supports(DType d);
 // out[n, w.cols] = x[n, w.rows] · w in the CPU's order (per column, rows ascending, one fused
 // multiply-add each): the CPU's bits.
 void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Context& ctx);
+// Rows ids[n] of the table, as dequantize_row gives them. ids alone is host memory (the token
+// ids come from the host, which checks them against the table); returns once they are copied.
+void embedding(float* out, const int32_t* ids, const Matrix& w, int64_t n, const Context& ctx);
 // As the CPU's: squares summed in double (a fixed tree here), then x * inv * weight.
 void rms_norm(float* out, const float* x, const Matrix& weight, int64_t n, float eps, const Context& ctx);
 void silu_mul(float* out, const float* gate, const float* up, int64_t n, int64_t d, const Context& ctx);

@@ -1,4 +1,4 @@
-// The small ops on the GPU: linear_t, rms_norm, silu_mul and rope (kernels/kernels.h semantics).
+// The small ops on the GPU: linear_t, embedding, rms_norm, silu_mul and rope (kernels/kernels.h semantics).
 // linear_t and rope compute exactly the CPU's operations in the CPU's order, so their results
 // are the CPU's bits; rms_norm sums its squares in double as the CPU does, in a fixed tree instead
 // of a line; silu_mul uses CUDA's expf (within 2 ulp of glibc's). None depends on the batch.
@@ -107,6 +107,14 @@ __global__ void rope_kernel(RopeParams p, int64_t half) {
   v[first * i + second] = a * s + b * c;
 }
 
+// out[t, :] = row ids[t] of w, each value as dequantize_row gives it.
+__global__ void embedding_kernel(float* out, const int32_t* ids, Weights w, int64_t row0, int64_t n) {
+  const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= n * w.cols) return;
+  const int64_t t = k / w.cols, c = k % w.cols;
+  out[k] = w.at(row0 + ids[t], c);
+}
+
 unsigned blocks_for(int64_t items, int threads) { return unsigned((items + threads - 1) / threads); }
 
 }  // namespace
@@ -132,6 +140,29 @@ void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Cont
     check(cudaGetLastError(), "linear_t");
     t0 += take;
   }
+}
+
+void embedding(float* out, const int32_t* ids, const Matrix& w, int64_t n, const Context& ctx) {
+  if (!linear_supports(w.dtype)) {
+    std::fprintf(stderr, "shoal: embedding on CUDA does not take %s weights yet\n", std::string(dtype_name(w.dtype)).c_str());
+    std::abort();
+  }
+  if (n == 0) return;
+  // The ids come from the host (checked there against the table): copied into this thread's
+  // device buffer, which grows as needed and stays for the next call.
+  static thread_local int32_t* device_ids = nullptr;
+  static thread_local int64_t capacity = 0;
+  auto stream = static_cast<cudaStream_t>(ctx.stream);
+  if (n > capacity) {
+    check(cudaStreamSynchronize(stream), "embedding");  // the old buffer may still be read
+    cudaFree(device_ids);
+    check(cudaMalloc(&device_ids, size_t(n) * sizeof(int32_t)), "embedding");
+    capacity = n;
+  }
+  check(cudaMemcpyAsync(device_ids, ids, size_t(n) * sizeof(int32_t), cudaMemcpyHostToDevice, stream), "embedding");
+  embedding_kernel<<<blocks_for(n * w.cols, 256), 256, 0, stream>>>(out, device_ids, weights_of(w), w.row0, n);
+  check(cudaGetLastError(), "embedding");
+  check(cudaStreamSynchronize(stream), "embedding");  // ids may change once this returns
 }
 
 void rms_norm(float* out, const float* x, const Matrix& weight, int64_t n, float eps, const Context& ctx) {
