@@ -9,43 +9,14 @@
 // increasing column, one fused multiply-add per value into a float starting at +0; the 32 lane
 // sums are then added by the butterfly s += shfl_xor(s, m) for m = 16, 8, 4, 2, 1. Nothing in it
 // depends on n, on which tokens share a pass, on the grid or on the alignment of x.
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <string>
 
-#include "kernels/cuda/cuda.h"
+#include "kernels/cuda/common.cuh"
 
 namespace shoal::kernels::cuda {
 namespace {
 
 constexpr int kWarps = 8;        // rows per block of threads, one warp each
-
-void check(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return;
-  std::fprintf(stderr, "shoal: CUDA error in %s: %s\n", what, cudaGetErrorString(e));
-  std::abort();
-}
-
-// One stored value as float32 (the FP8 block scale applied by the caller).
-template <DType T>
-__device__ __forceinline__ float widen(const uint8_t* p, int i) {
-  if constexpr (T == DType::kF32) {
-    return reinterpret_cast<const float*>(p)[i];
-  } else if constexpr (T == DType::kBF16) {
-    return __uint_as_float(uint32_t(reinterpret_cast<const uint16_t*>(p)[i]) << 16);
-  } else if constexpr (T == DType::kF16) {
-    const uint16_t h = reinterpret_cast<const uint16_t*>(p)[i];
-    return __half2float(__ushort_as_half(h));
-  } else {  // e4m3fn: its bits in a float's fields, times 2^120 (exact, subnormals too), then the sign
-    const uint32_t x = p[i];
-    const float mag = __uint_as_float((x & 0x7Fu) << 20) * 0x1p120f;
-    return (x & 0x80u) ? -mag : mag;
-  }
-}
 
 template <DType T>
 inline constexpr int kValueBytes = T == DType::kF32 ? 4 : T == DType::kF8E4M3 ? 1 : 2;
@@ -131,10 +102,7 @@ bool linear_supports(DType d) {
 }
 
 void linear(float* out, const float* x, const Matrix& w, int64_t n, const Context& ctx) {
-  if (!linear_supports(w.dtype)) {
-    std::fprintf(stderr, "shoal: linear on CUDA does not take %s weights yet\n", std::string(dtype_name(w.dtype)).c_str());
-    std::abort();
-  }
+  require_dtype("linear", w.dtype);
   if (n == 0 || w.rows == 0) return;
   Args a;
   a.out = out;

@@ -2,24 +2,11 @@
 // linear_t and rope compute exactly the CPU's operations in the CPU's order, so their results
 // are the CPU's bits; rms_norm sums its squares in double as the CPU does, in a fixed tree instead
 // of a line; silu_mul uses CUDA's expf (within 2 ulp of glibc's). None depends on the batch.
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
 
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <string>
-
-#include "kernels/cuda/cuda.h"
+#include "kernels/cuda/common.cuh"
 
 namespace shoal::kernels::cuda {
 namespace {
-
-void check(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return;
-  std::fprintf(stderr, "shoal: CUDA error in %s: %s\n", what, cudaGetErrorString(e));
-  std::abort();
-}
 
 // The stored value of element (row, col) of the tensor as float32: dequantize_row's value (FP8:
 // the e4m3 value times its block's scale, rounded once).
@@ -31,14 +18,10 @@ struct Weights {
   __device__ __forceinline__ float at(int64_t row, int64_t col) const {
     const int64_t i = row * cols + col;
     switch (dtype) {
-      case DType::kF32: return reinterpret_cast<const float*>(data)[i];
-      case DType::kBF16: return __uint_as_float(uint32_t(reinterpret_cast<const uint16_t*>(data)[i]) << 16);
-      case DType::kF16: return __half2float(__ushort_as_half(reinterpret_cast<const uint16_t*>(data)[i]));
-      default: {
-        const uint32_t x = data[i];
-        const float mag = __uint_as_float((x & 0x7Fu) << 20) * 0x1p120f;
-        return ((x & 0x80u) ? -mag : mag) * scale[(row / block) * scale_cols + col / block];
-      }
+      case DType::kF32: return widen<DType::kF32>(data, i);
+      case DType::kBF16: return widen<DType::kBF16>(data, i);
+      case DType::kF16: return widen<DType::kF16>(data, i);
+      default: return widen<DType::kF8E4M3>(data, i) * scale[(row / block) * scale_cols + col / block];
     }
   }
 };
@@ -120,10 +103,7 @@ unsigned blocks_for(int64_t items, int threads) { return unsigned((items + threa
 }  // namespace
 
 void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Context& ctx) {
-  if (!linear_supports(w.dtype)) {
-    std::fprintf(stderr, "shoal: linear_t on CUDA does not take %s weights yet\n", std::string(dtype_name(w.dtype)).c_str());
-    std::abort();
-  }
+  require_dtype("linear_t", w.dtype);
   if (n == 0 || w.cols == 0) return;
   auto stream = static_cast<cudaStream_t>(ctx.stream);
   const Weights wt = weights_of(w);
@@ -143,10 +123,7 @@ void linear_t(float* out, const float* x, const Matrix& w, int64_t n, const Cont
 }
 
 void embedding(float* out, const int32_t* ids, const Matrix& w, int64_t n, const Context& ctx) {
-  if (!linear_supports(w.dtype)) {
-    std::fprintf(stderr, "shoal: embedding on CUDA does not take %s weights yet\n", std::string(dtype_name(w.dtype)).c_str());
-    std::abort();
-  }
+  require_dtype("embedding", w.dtype);
   if (n == 0) return;
   // The ids come from the host (checked there against the table): copied into this thread's
   // device buffer, which grows as needed and stays for the next call.
