@@ -26,6 +26,7 @@ struct Options {
   std::string model;
   int64_t sequences = 1, prompt_len = 64, tokens = 32, max_seq_len = 0;
   uint64_t seed = 0;
+  int64_t prefill_micro_batches = 0;  // 0: prefill_chunk_tokens()'s rule
   int64_t versus_base = 0;  // rounds of adapters against the base in this process (named adapters)
   ClusterFlags cluster;
 };
@@ -94,13 +95,13 @@ int bench(const Options& o) {
   // weight the timed run reads is then resident and its page faults are behind us, and the
   // difference of the two untimed runs' weight bytes is what the decode steps read.
   const int64_t bytes0 = kernels::weight_bytes_read();
-  if (auto w = generate_greedy(c, prompts, 1, false, false, {}, {}, adapters); !w.ok()) return fail(w.status());
+  if (auto w = generate_greedy(c, prompts, 1, false, false, {}, {}, adapters, o.prefill_micro_batches); !w.ok()) return fail(w.status());
   const int64_t bytes1 = kernels::weight_bytes_read();
-  if (auto w = generate_greedy(c, prompts, o.tokens, false, false, {}, {}, adapters); !w.ok()) return fail(w.status());
+  if (auto w = generate_greedy(c, prompts, o.tokens, false, false, {}, {}, adapters, o.prefill_micro_batches); !w.ok()) return fail(w.status());
   const int64_t bytes2 = kernels::weight_bytes_read();
   const Traffic before = settled_traffic(c);
 
-  auto r = generate_greedy(c, prompts, o.tokens, false, false, {}, {}, adapters);
+  auto r = generate_greedy(c, prompts, o.tokens, false, false, {}, {}, adapters, o.prefill_micro_batches);
   if (!r.ok()) return fail(r.status());
   const Traffic t = settled_traffic(c) - before;
   // Adapters against the base on the same loaded model, runs alternating (base first in odd
@@ -114,7 +115,8 @@ int bench(const Options& o) {
       double rate[2] = {0, 0};
       for (int k = 0; k < 2; ++k) {
         const bool base_run = (k == 0) == (round % 2 == 0);
-        auto w = generate_greedy(c, prompts, o.tokens, false, false, {}, {}, base_run ? none : adapters);
+        auto w = generate_greedy(c, prompts, o.tokens, false, false, {}, {}, base_run ? none : adapters,
+                                 o.prefill_micro_batches);
         if (!w.ok()) return fail(w.status());
         rate[base_run ? 1 : 0] = ratio(double(w->decode_tokens), w->decode_seconds);
       }
@@ -147,6 +149,7 @@ int bench(const Options& o) {
       {"prompt_len", o.prompt_len},
       {"tokens", o.tokens},
       {"prefill_tokens", r->prefill_tokens},
+      {"prefill_chunk_tokens", prefill_chunk_tokens(c.pipeline_depth(), r->prefill_tokens, o.prefill_micro_batches)},
       {"prefill_seconds", r->prefill_seconds},
       {"prefill_tokens_per_s", ratio(double(r->prefill_tokens), r->prefill_seconds)},
       {"decode_tokens", r->decode_tokens},
@@ -210,6 +213,10 @@ void add_bench(CLI::App& app, int& rc) {
   sub->add_option("--tokens", o->tokens, "Tokens to generate per sequence")->check(CLI::PositiveNumber);
   sub->add_option("--max-seq-len", o->max_seq_len, "KV cache positions (default: min(config, 4096))");
   sub->add_option("--seed", o->seed, "Seed of the random prompts");
+  sub->add_option("--prefill-micro-batches", o->prefill_micro_batches,
+                  "Prefill micro-batches the prompts are cut into (default: 8 per pipeline stage, at least 32 tokens "
+                  "each; 1 on one stage)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--versus-base", o->versus_base,
                   "With named adapters (--lora NAME=DIR): this many rounds of the adapters against the base in "
                   "this process, alternating; prints the paired decode ratios and their median")

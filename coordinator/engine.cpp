@@ -175,21 +175,35 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// A micro-batch in flight: which sequences, and how many result rows each has.
+// A piece of one prompt in a prefill micro-batch: positions [begin, begin + count).
+struct Piece {
+  int64_t seq = 0, begin = 0, count = 0;
+  bool last = false;  // the prompt's last piece: its last row chooses the first token
+};
+
+// A micro-batch in flight: pieces of prompts (prefill), or one decode step of a group.
 struct InFlight {
-  int64_t group = 0;
   bool prefill = false;
+  std::vector<Piece> pieces;  // prefill
+  int64_t group = -1;         // decode: the group and its sequences, one row each
   std::vector<int64_t> seqs;
-  std::vector<int64_t> rows;  // result rows per sequence
 };
 
 }  // namespace
+
+int64_t prefill_chunk_tokens(int64_t depth, int64_t prompt_tokens, int64_t micro_batches) {
+  const int64_t tokens = std::max<int64_t>(prompt_tokens, 1);
+  if (micro_batches > 0) return (tokens + micro_batches - 1) / micro_batches;
+  if (depth <= 1) return tokens;
+  const int64_t k = kPrefillMicroBatchesPerStage * depth;
+  return std::max((tokens + k - 1) / k, kMinPrefillChunk);
+}
 
 StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vector<int32_t>>& prompts,
                                        int64_t steps, bool want_prompt_logits, bool want_step_logits,
                                        const std::vector<int32_t>& stop_ids,
                                        const std::function<void(int64_t, int32_t)>& on_token,
-                                       const std::vector<int32_t>& adapters) {
+                                       const std::vector<int32_t>& adapters, int64_t prefill_micro_batches) {
   const int64_t V = ex.config().vocab_size, B = int64_t(prompts.size());
   if (B > ex.n_slots())
     return invalid_argument(std::to_string(B) + " prompts but only " + std::to_string(ex.n_slots()) + " KV slots");
@@ -217,30 +231,92 @@ StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vect
       tables.push_back(std::move(e));
     }
   }
+  // Decode groups: sequence b in group b * G / B, each group one micro-batch per step.
   const int64_t G = std::clamp<int64_t>(ex.pipeline_depth(), 1, std::max<int64_t>(B, 1));
+  std::vector<int64_t> group_of(prompts.size(), 0), group_size(size_t(G), 0), group_ready(size_t(G), 0);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t b = g * B / G; b < (g + 1) * B / G; ++b) group_of[size_t(b)] = g, ++group_size[size_t(g)];
+  std::vector<bool> stopped(size_t(B), false);
+  if (want_prompt_logits)
+    for (int64_t b = 0; b < B; ++b) r.prompt_logits[size_t(b)].resize(prompts[size_t(b)].size());
+
   std::map<uint64_t, InFlight> pending;
   auto submit = [&](InFlight f, const Batch& batch, const std::vector<int64_t>& rows, bool logits) -> Status {
     SHOAL_ASSIGN_OR_RETURN(uint64_t id, ex.submit(batch, rows, logits));
     pending.emplace(id, std::move(f));
     return {};
   };
+  // One decode step of group g: its sequences that go on, each its last token.
+  auto submit_decode = [&](int64_t g, const std::vector<int64_t>& seqs) -> Status {
+    Batch next;
+    InFlight f{false, {}, g, {}};
+    for (int64_t b : seqs) {
+      if (stopped[size_t(b)]) continue;
+      const auto& ids = r.ids[size_t(b)];
+      next.add_sequence(int32_t(b), int32_t(prompts[size_t(b)].size() + ids.size() - 1), {ids.back()}, adapter_of(b));
+      f.seqs.push_back(b);
+    }
+    if (f.seqs.empty()) return {};
+    std::vector<int64_t> rows(f.seqs.size());
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = int64_t(i);
+    return submit(std::move(f), next, rows, want_step_logits);
+  };
+  // A sequence's token at step ids.size(): recorded, shown, and whether it goes on.
+  auto take = [&](int64_t b, int32_t id, const float* logits) {
+    if (int64_t(r.ids[size_t(b)].size()) >= steps) {
+      stopped[size_t(b)] = true;
+      return;
+    }
+    r.ids[size_t(b)].push_back(id);
+    if (want_step_logits) r.step_logits[size_t(b)].emplace_back(logits, logits + V);
+    if (on_token) on_token(b, id);
+    const bool stop = std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end();
+    if (stop || int64_t(r.ids[size_t(b)].size()) >= steps) stopped[size_t(b)] = true;
+  };
+
+  // Prefill: the prompts cut into pieces of `chunk` tokens, packed in order into micro-batches
+  // that follow each other through the stages (a prompt's pieces in order, so each stage has its
+  // earlier positions' cache when the next piece arrives).
   const auto t0 = std::chrono::steady_clock::now();
-  for (int64_t g = 0; g < G; ++g) {
-    InFlight f{g, true, {}, {}};
+  int64_t total = 0;
+  for (const auto& p : prompts) total += int64_t(p.size());
+  const int64_t chunk = prefill_chunk_tokens(G, total, prefill_micro_batches);
+  int64_t prefills_left = 0;
+  {
     Batch batch;
     std::vector<int64_t> rows;
-    for (int64_t b = g * B / G; b < (g + 1) * B / G; ++b) {
-      if (!tables.empty()) batch.tables.push_back(tables[size_t(b)]);
-      batch.add_sequence(int32_t(b), 0, prompts[size_t(b)], adapter_of(b));
-      const SeqRange& s = batch.seqs.back();
-      for (int64_t t = want_prompt_logits ? s.begin : s.begin + s.count - 1; t < s.begin + s.count; ++t) rows.push_back(t);
-      f.seqs.push_back(b);
-      f.rows.push_back(want_prompt_logits ? s.count : 1);
+    InFlight f{true, {}, -1, {}};
+    auto flush = [&]() -> Status {
+      if (f.pieces.empty()) return {};
+      r.prefill_tokens += batch.n_tokens();
+      ++prefills_left;
+      SHOAL_RETURN_IF_ERROR(submit(std::move(f), batch, rows, want_prompt_logits || want_step_logits));
+      batch = Batch();
+      rows.clear();
+      f = InFlight{true, {}, -1, {}};
+      return {};
+    };
+    for (int64_t b = 0; b < B; ++b) {
+      const auto& prompt = prompts[size_t(b)];
+      for (int64_t begin = 0; begin < int64_t(prompt.size());) {
+        const int64_t count = std::min(int64_t(prompt.size()) - begin, chunk - batch.n_tokens());
+        if (begin == 0 && !tables.empty()) batch.tables.push_back(tables[size_t(b)]);
+        batch.add_sequence(int32_t(b), int32_t(begin),
+                           std::vector<int32_t>(prompt.begin() + begin, prompt.begin() + begin + count), adapter_of(b));
+        const bool last = begin + count == int64_t(prompt.size());
+        const SeqRange& s = batch.seqs.back();
+        if (want_prompt_logits)
+          for (int64_t t = s.begin; t < s.begin + s.count; ++t) rows.push_back(t);
+        else if (last)
+          rows.push_back(s.begin + s.count - 1);
+        f.pieces.push_back({b, begin, count, last});
+        begin += count;
+        if (batch.n_tokens() >= chunk) SHOAL_RETURN_IF_ERROR(flush());
+      }
     }
-    r.prefill_tokens += batch.n_tokens();
-    SHOAL_RETURN_IF_ERROR(submit(std::move(f), batch, rows, want_prompt_logits || want_step_logits));
+    SHOAL_RETURN_IF_ERROR(flush());
   }
-  int64_t prefills_left = G;
+
   auto t_decode = t0;
   while (!pending.empty()) {
     SHOAL_ASSIGN_OR_RETURN(StepResult res, ex.next_result());
@@ -248,36 +324,32 @@ StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vect
     if (it == pending.end()) return internal_error("a result for unknown micro-batch " + std::to_string(res.id));
     const InFlight f = std::move(it->second);
     pending.erase(it);
-    if (f.prefill && --prefills_left == 0) {
+    auto row_logits = [&](int64_t k) { return res.logits.empty() ? nullptr : res.logits.data() + k * V; };
+    if (!f.prefill) {
+      r.decode_tokens += int64_t(f.seqs.size());
+      for (size_t i = 0; i < f.seqs.size(); ++i) take(f.seqs[i], res.ids[i], row_logits(int64_t(i)));
+      SHOAL_RETURN_IF_ERROR(submit_decode(f.group, f.seqs));
+      continue;
+    }
+    int64_t row = 0;
+    for (const Piece& p : f.pieces) {
+      if (want_prompt_logits)
+        for (int64_t k = 0; k < p.count; ++k)
+          r.prompt_logits[size_t(p.seq)][size_t(p.begin + k)].assign(row_logits(row + k), row_logits(row + k) + V);
+      if (want_prompt_logits) row += p.count;
+      else if (p.last) ++row;
+      if (!p.last) continue;
+      take(p.seq, res.ids[size_t(row - 1)], row_logits(row - 1));
+      const int64_t g = group_of[size_t(p.seq)];
+      if (++group_ready[size_t(g)] < group_size[size_t(g)]) continue;
+      std::vector<int64_t> seqs;
+      for (int64_t b = g * B / G; b < (g + 1) * B / G; ++b) seqs.push_back(b);
+      SHOAL_RETURN_IF_ERROR(submit_decode(g, seqs));
+    }
+    if (--prefills_left == 0) {
       r.prefill_seconds = seconds_since(t0);
       t_decode = std::chrono::steady_clock::now();
     }
-    if (!f.prefill) r.decode_tokens += int64_t(f.seqs.size());
-    Batch next;
-    InFlight nf{f.group, false, {}, {}};
-    int64_t row = 0;
-    for (size_t i = 0; i < f.seqs.size(); ++i) {
-      const int64_t b = f.seqs[i], last = row + f.rows[i] - 1;
-      auto logits_of = [&](int64_t k) { return std::vector<float>(res.logits.begin() + k * V, res.logits.begin() + (k + 1) * V); };
-      if (f.prefill && want_prompt_logits)
-        for (int64_t k = row; k <= last; ++k) r.prompt_logits[size_t(b)].push_back(logits_of(k));
-      row += f.rows[i];
-      if (int64_t(r.ids[size_t(b)].size()) >= steps) continue;
-      const int32_t id = res.ids[size_t(last)];
-      r.ids[size_t(b)].push_back(id);
-      if (want_step_logits) r.step_logits[size_t(b)].push_back(logits_of(last));
-      if (on_token) on_token(b, id);
-      const bool stop = std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end();
-      if (stop || int64_t(r.ids[size_t(b)].size()) >= steps) continue;
-      next.add_sequence(int32_t(b), int32_t(prompts[size_t(b)].size() + r.ids[size_t(b)].size() - 1), {id},
-                        adapter_of(b));
-      nf.seqs.push_back(b);
-      nf.rows.push_back(1);
-    }
-    if (nf.seqs.empty()) continue;
-    std::vector<int64_t> rows(nf.seqs.size());
-    for (size_t i = 0; i < rows.size(); ++i) rows[i] = int64_t(i);
-    SHOAL_RETURN_IF_ERROR(submit(std::move(nf), next, rows, want_step_logits));
   }
   r.decode_seconds = seconds_since(t_decode);
   return r;

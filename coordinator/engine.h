@@ -68,14 +68,16 @@ struct GreedyResult {
 
 // Prefills every prompt (slot b for prompt b), then decodes up to `steps` greedy tokens for all
 // of them. Step 0's token is the argmax after the prompt. A sequence that generates one of
-// `stop_ids` stops there (that id is its last). The sequences are split into
-// executor.pipeline_depth() groups, each its own micro-batch, all in flight at once.
+// `stop_ids` stops there (that id is its last). The prompts go in prefill_chunk_tokens() pieces
+// (a prompt's pieces in order); for decode the sequences are split into
+// executor.pipeline_depth() groups, each its own micro-batch, all in flight at once, a group's
+// first step as soon as its prompts are in.
 // on_token(seq, id), when given, sees every token as it is chosen.
 // adapters: each prompt's LoRA adapter id (empty: the base model, or the one unnamed adapter).
 StatusOr<GreedyResult> generate_greedy(Executor& executor, const std::vector<std::vector<int32_t>>& prompts,
                                        int64_t steps, bool want_prompt_logits, bool want_step_logits,
                                        const std::vector<int32_t>& stop_ids = {},
                                        const std::function<void(int64_t, int32_t)>& on_token = {},
-                                       const std::vector<int32_t>& adapters = {});
+                                       const std::vector<int32_t>& adapters = {}, int64_t prefill_micro_batches = 0);
 
 }  // namespace shoal

@@ -21,6 +21,17 @@ struct StepResult {
   std::vector<float> logits;  // [rows, vocab] when asked
 };
 
+// Prefill over a pipeline of G > 1 stages (docs/distributed.md, "The pipeline schedule"): the
+// prompts are cut into about kPrefillMicroBatchesPerStage x G micro-batches of at least
+// kMinPrefillChunk tokens, which follow each other through the stages, so that the other stages
+// wait for one small micro-batch, not for half of the prefill. One stage: one micro-batch.
+// (Measured on dist-2048 over 2 one-core ranks: 32-token pieces beat 16, 64, 128 and 256.)
+inline constexpr int64_t kPrefillMicroBatchesPerStage = 8;
+inline constexpr int64_t kMinPrefillChunk = 32;
+// Tokens per prefill micro-batch for `prompt_tokens` over `depth` stages; micro_batches > 0 asks
+// for that many instead (`shoal bench --prefill-micro-batches`).
+int64_t prefill_chunk_tokens(int64_t depth, int64_t prompt_tokens, int64_t micro_batches = 0);
+
 class Executor {
  public:
   virtual ~Executor() = default;

@@ -50,8 +50,8 @@ void Scheduler::cancel(uint64_t id) {
   }
   auto it = running_.find(id);
   if (it == running_.end()) return;
-  if (it->second.in_flight) {
-    it->second.cancelled = true;  // freed when its micro-batch comes back
+  if (it->second.flights > 0) {
+    it->second.cancelled = true;  // freed when its micro-batches come back
     return;
   }
   release_blocks(it->second);
@@ -166,10 +166,10 @@ bool Scheduler::grow(uint64_t id, int64_t end) {
     };
     const Sequence* victim = nullptr;
     for (const auto& [vid, v] : running_)
-      if (vid != id && !v.in_flight && !pinned(v) && (!victim || v.order > victim->order)) victim = &v;
+      if (vid != id && v.flights == 0 && !pinned(v) && (!victim || v.order > victim->order)) victim = &v;
     if (!victim) return false;  // the others are in flight: wait for them
     if (victim->order < s.order) {
-      if (pinned(s)) return false;
+      if (pinned(s) || s.flights > 0) return false;  // its chunks in flight: wait for them
       preempt(id);
       return false;
     }
@@ -250,35 +250,46 @@ RowSampler Scheduler::row_sampler(const Sequence& s) const {
   return r;
 }
 
-// Each sequence not in flight brings its next part: a chunk of its prompt, after a preemption a
-// chunk of the outputs it had (computed again, one path for all, as they were decoded), or the
-// decode of its last token. Every part of a prompt takes the prompt's MLA path.
+// Each sequence with a part ready brings it: a chunk of its prompt, after a preemption a chunk of
+// the outputs it had (computed again, one path for all, as they were decoded), or the decode of
+// its last token. Every part of a prompt takes the prompt's MLA path. A sequence whose chunk is in
+// flight may send its next chunk behind it (each rank keeps the order of its micro-batches), but
+// not a part whose token is still being chosen.
 Status Scheduler::submit_ready() {
-  while (int64_t(in_flight_.size()) < ex_.pipeline_depth()) {
+  const int64_t depth = std::max<int64_t>(ex_.pipeline_depth(), 1);
+  // Over a pipeline, a micro-batch carries at most `chunk` tokens of prompts (decodes apart).
+  const int64_t chunk = depth > 1 ? prefill_chunk_tokens(depth, options_.max_batch_tokens) : options_.max_batch_tokens;
+  while (int64_t(in_flight_.size()) < depth) {
+    // The sequences with a part ready: the micro-batches still free share them.
+    std::vector<uint64_t> ids;
+    for (const auto& [id, s] : running_)
+      if (!s.cancelled && s.cached + s.submitted < int64_t(s.request.prompt.size() + s.output.size())) ids.push_back(id);
+    const int64_t free_batches = depth - int64_t(in_flight_.size());
+    const int64_t share = (int64_t(ids.size()) + free_batches - 1) / free_batches;
     Batch batch;
     std::vector<int64_t> rows;
     std::vector<RowSampler> samplers;  // one per row once any row samples
     bool sampling = false;
     std::vector<Part> parts;
-    int64_t budget = options_.max_batch_tokens;
-    std::vector<uint64_t> ids;
-    for (const auto& [id, s] : running_) ids.push_back(id);
+    int64_t budget = options_.max_batch_tokens, chunk_budget = chunk;
     for (uint64_t id : ids) {
       auto it = running_.find(id);
       if (it == running_.end()) continue;  // preempted meanwhile
-      if (it->second.in_flight || it->second.cancelled || budget == 0) continue;
+      if (budget == 0 || int64_t(parts.size()) == share) break;
       const Sequence& s = it->second;
       const int64_t prompt = int64_t(s.request.prompt.size()), n = int64_t(s.output.size());
-      const int64_t begin = s.cached;
+      const int64_t begin = s.cached + s.submitted;
       int64_t count = 1;
       bool wants = true;
+      const bool chunked = begin < prompt + std::max<int64_t>(n - 1, 0);  // not the decode of its last token
+      if (chunked && chunk_budget == 0) continue;
       AttnImpl attn = AttnImpl::kAbsorb;
       if (begin < prompt) {
-        count = std::min(prompt - begin, budget);
+        count = std::min({prompt - begin, budget, chunk_budget});
         wants = begin + count == prompt && n == 0;
         attn = s.prompt_attn;
       } else if (begin < prompt + n - 1) {
-        count = std::min(prompt + n - 1 - begin, budget);
+        count = std::min({prompt + n - 1 - begin, budget, chunk_budget});
         wants = false;
       }
       if (paged() && !grow(id, begin + count)) continue;
@@ -288,12 +299,14 @@ Status Scheduler::submit_ready() {
       batch.add_sequence(seq.slot, int32_t(begin), tokens, seq.request.adapter);
       batch.seqs.back().attn = attn;
       budget -= count;
+      if (chunked) chunk_budget -= count;
       if (wants) {
         rows.push_back(batch.n_tokens() - 1);
         samplers.push_back(row_sampler(seq));
         sampling = sampling || seq.request.sampling.has_value() || seq.request.constraint;
       }
-      seq.in_flight = true;
+      ++seq.flights;
+      seq.submitted += count;
       parts.push_back({id, count, wants});
     }
     if (parts.empty()) return {};
@@ -337,11 +350,12 @@ StatusOr<std::vector<TokenEvent>> Scheduler::step() {
   size_t row = 0;
   for (const Part& part : parts) {
     Sequence& s = running_.at(part.request);
-    s.in_flight = false;
+    --s.flights;
+    s.submitted -= part.tokens;
     const int64_t pick = part.wants_token ? int64_t(row++) : -1;
     const int32_t token = pick >= 0 ? result.ids.at(size_t(pick)) : -1;
     if (s.cancelled) {
-      finish(part.request, FinishReason::kCancelled, events);
+      if (s.flights == 0) finish(part.request, FinishReason::kCancelled, events);
       continue;
     }
     s.cached += part.tokens;

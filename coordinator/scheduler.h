@@ -1,7 +1,10 @@
 // Continuous batching over an Executor (docs/serving.md, "Scheduler"): requests join and leave
 // between steps; a long prompt is prefilled in chunks so it does not stall the decodes around
-// it; each running sequence holds one KV slot; up to pipeline_depth() micro-batches are in flight
-// (a sequence in at most one), so every pipeline stage has work.
+// it; each running sequence holds one KV slot; up to pipeline_depth() micro-batches are in flight,
+// so every pipeline stage has work: the sequences ready to go are shared among the micro-batches
+// still free, and over a pipeline a prompt goes in chunks of prefill_chunk_tokens(depth,
+// max_batch_tokens) that follow each other through the stages (a sequence may have several chunks
+// in flight, never a part that needs a token not yet chosen).
 //
 // With a paged KV pool (Executor::kv_blocks() > 0; docs/serving.md, "The KV pool") a slot holds
 // only the blocks its positions need: a request is admitted when its prompt's blocks are free,
@@ -109,7 +112,8 @@ class Scheduler {
     int32_t slot = -1;
     int64_t cached = 0;             // positions in the cache: the prompt, then (after a preemption) outputs
     std::vector<int32_t> output;
-    bool in_flight = false;
+    int32_t flights = 0;            // micro-batches in flight with a part of it
+    int64_t submitted = 0;          // positions after `cached` that are in flight
     bool cancelled = false;
     uint64_t order = 0;             // admission order (the youngest is preempted first)
     AttnImpl prompt_attn = AttnImpl::kAuto;  // its prompt's MLA path, fixed for every chunk

@@ -411,3 +411,145 @@ TEST_CASE("choices that share a prompt prefill it once and each sample as they w
     CHECK(counting.tokens == 40 + 2 + int64_t(other.prompt.size()) + decodes);
   }
 }
+
+namespace {
+
+// Records what a pipeline gets: each micro-batch's parts (slot, first position, tokens), how many
+// micro-batches are in flight at most, and how many chunks of one slot were in flight at once.
+class Recording : public Executor {
+ public:
+  struct Part {
+    int32_t slot;
+    int64_t begin, count;
+  };
+  explicit Recording(Executor& inner) : in_(inner) {}
+  const ModelConfig& config() const override { return in_.config(); }
+  int64_t max_seq_len() const override { return in_.max_seq_len(); }
+  int64_t n_slots() const override { return in_.n_slots(); }
+  int64_t pipeline_depth() const override { return in_.pipeline_depth(); }
+  StatusOr<uint64_t> submit(const Batch& b, const std::vector<int64_t>& rows, bool want_logits,
+                            const std::vector<RowSampler>& samplers) override {
+    std::vector<Part> parts;
+    for (const SeqRange& s : b.seqs) {
+      parts.push_back({s.slot, b.positions[size_t(s.begin)], s.count});
+      most_per_slot = std::max(most_per_slot, ++per_slot[s.slot]);
+    }
+    batches.push_back(parts);
+    most_in_flight = std::max(most_in_flight, ++in_flight);
+    auto id = in_.submit(b, rows, want_logits, samplers);
+    if (id.ok()) open[*id] = parts;
+    return id;
+  }
+  StatusOr<StepResult> next_result() override {
+    auto r = in_.next_result();
+    if (r.ok()) {
+      --in_flight;
+      for (const Part& p : open[r->id]) --per_slot[p.slot];
+      open.erase(r->id);
+    }
+    return r;
+  }
+  std::vector<std::vector<Part>> batches;
+  int64_t most_in_flight = 0, most_per_slot = 0;
+
+ private:
+  Executor& in_;
+  int64_t in_flight = 0;
+  std::map<int32_t, int64_t> per_slot;
+  std::map<uint64_t, std::vector<Part>> open;
+};
+
+}  // namespace
+
+TEST_CASE("prefill micro-batches: 8 per stage of at least 32 tokens, one on one stage", "[scheduler][pipeline]") {
+  CHECK(prefill_chunk_tokens(1, 512) == 512);
+  CHECK(prefill_chunk_tokens(2, 1024) == 64);   // 16 micro-batches
+  CHECK(prefill_chunk_tokens(3, 2048) == 86);   // ceil(2048 / 24)
+  CHECK(prefill_chunk_tokens(2, 512) == 32);
+  CHECK(prefill_chunk_tokens(8, 512) == 32);    // not below 32 tokens
+  CHECK(prefill_chunk_tokens(2, 40) == 32);
+  CHECK(prefill_chunk_tokens(2, 40, 5) == 8);   // asked for: no floor
+  CHECK(prefill_chunk_tokens(1, 40, 1) == 40);
+}
+
+TEST_CASE("generate_greedy over a pipeline: prompts in pieces that follow each other, the same bits",
+          "[scheduler][pipeline]") {
+  const std::vector<std::vector<int32_t>> prompts = {make_requests()[2].prompt, make_requests()[7].prompt,
+                                                     make_requests()[1].prompt};  // 40, 25 and 5 tokens
+  std::unique_ptr<Executor> one = open_executor(0, 3);
+  auto want = generate_greedy(*one, prompts, 4, true, true);
+  REQUIRE(want.ok());
+  std::unique_ptr<Executor> ex = open_executor(3, 3);
+  REQUIRE(ex->pipeline_depth() >= 2);
+  for (int64_t micro_batches : {0, 1, 5, 70}) {
+    INFO("micro-batches asked " << micro_batches);
+    Recording rec(*ex);
+    auto got = generate_greedy(rec, prompts, 4, true, true, {}, {}, {}, micro_batches);
+    REQUIRE(got.ok());
+    CHECK(got->ids == want->ids);
+    CHECK(got->prompt_logits == want->prompt_logits);  // bitwise
+    CHECK(got->step_logits == want->step_logits);
+    // 70 tokens: one micro-batch when asked, 5 of 14 tokens, 70 of one; by default 8 per stage
+    // but not under 32 tokens: 3 of 32, 32 and 6.
+    const int64_t chunk = prefill_chunk_tokens(ex->pipeline_depth(), 70, micro_batches);
+    const int64_t pieces = (70 + chunk - 1) / chunk;
+    int64_t prefill = 0;
+    for (size_t k = 0; k < size_t(pieces); ++k) {
+      int64_t n = 0;
+      for (const auto& p : rec.batches[k]) n += p.count;
+      CHECK(n == std::min<int64_t>(chunk, 70 - prefill));
+      prefill += n;
+    }
+    CHECK(prefill == 70);
+    if (pieces > 1) CHECK(rec.most_per_slot >= 2);  // a prompt's next piece went while its last was in flight
+  }
+}
+
+TEST_CASE("the scheduler over a pipeline: ready sequences shared among micro-batches, a prompt's chunks back to back",
+          "[scheduler][pipeline]") {
+  std::unique_ptr<Executor> ex = open_executor(3, 8);
+  const int64_t depth = ex->pipeline_depth();
+  REQUIRE(depth >= 2);
+  SECTION("prompts in chunks of 32 tokens, the next behind the last, each request's tokens as alone") {
+    std::vector<GenerationRequest> requests = make_requests();
+    std::map<uint64_t, std::vector<int32_t>> want;
+    for (const auto& r : requests) want[r.id] = alone(r);
+    Recording rec(*ex);
+    SchedulerOptions so;
+    so.max_batch_tokens = 64;
+    REQUIRE(prefill_chunk_tokens(depth, so.max_batch_tokens) == 32);
+    Scheduler s(rec, so);
+    for (const auto& r : requests) REQUIRE(s.add(r).ok());
+    const auto got = run_all(s);
+    for (const auto& r : requests) {
+      INFO("request " << r.id);
+      CHECK(got.at(r.id).ids == want[r.id]);
+    }
+    CHECK(rec.most_in_flight == depth);
+    CHECK(rec.most_per_slot >= 2);  // the 40-token prompt's second chunk went behind its first
+    for (const auto& batch : rec.batches) {
+      int64_t tokens = 0;
+      for (const auto& p : batch) tokens += p.count;
+      CHECK(tokens <= 32 + int64_t(batch.size()));  // prompt chunks up to 32, and decodes
+    }
+  }
+  SECTION("8 sequences decoding: each micro-batch its share") {
+    const int64_t share = (8 + depth - 1) / depth;
+    Recording rec(*ex);
+    Scheduler s(rec);
+    for (int i = 0; i < 8; ++i) {
+      GenerationRequest r;
+      r.id = uint64_t(i + 1);
+      r.prompt = {int32_t(10 + i)};
+      r.max_tokens = 4;
+      REQUIRE(s.add(r).ok());
+    }
+    run_all(s);
+    REQUIRE(rec.batches.size() >= size_t(depth));
+    size_t first = 0;
+    for (size_t k = 0; k < size_t(depth); ++k) first += rec.batches[k].size();
+    CHECK(first == 8);  // the first micro-batches take all 8, shared
+    for (const auto& batch : rec.batches) CHECK(int64_t(batch.size()) <= share);
+    CHECK(rec.most_in_flight == depth);
+  }
+}
