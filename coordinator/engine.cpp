@@ -280,7 +280,7 @@ StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vect
   const auto t0 = std::chrono::steady_clock::now();
   int64_t total = 0;
   for (const auto& p : prompts) total += int64_t(p.size());
-  const int64_t chunk = prefill_chunk_tokens(G, total, prefill_micro_batches);
+  const int64_t chunk = prefill_chunk_tokens(ex.pipeline_depth(), total, prefill_micro_batches);
   int64_t prefills_left = 0;
   {
     Batch batch;

@@ -503,6 +503,20 @@ TEST_CASE("generate_greedy over a pipeline: prompts in pieces that follow each o
     CHECK(prefill == 70);
     if (pieces > 1) CHECK(rec.most_per_slot >= 2);  // a prompt's next piece went while its last was in flight
   }
+  SECTION("one prompt alone is cut too") {
+    const std::vector<int32_t> prompt = make_requests()[2].prompt;  // 40 tokens: 32 and 8
+    auto one_want = generate_greedy(*one, {prompt}, 3, true, false);
+    REQUIRE(one_want.ok());
+    Recording rec(*ex);
+    auto got = generate_greedy(rec, {prompt}, 3, true, false);
+    REQUIRE(got.ok());
+    CHECK(got->prompt_logits == one_want->prompt_logits);
+    CHECK(got->ids == one_want->ids);
+    REQUIRE(rec.batches.size() == 2 + 2);  // 2 pieces, then 2 decode steps
+    CHECK(rec.batches[0][0].count == 32);
+    CHECK(rec.batches[1][0].count == 8);
+    CHECK(rec.most_per_slot == 2);
+  }
 }
 
 TEST_CASE("the scheduler over a pipeline: ready sequences shared among micro-batches, a prompt's chunks back to back",
