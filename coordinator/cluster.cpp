@@ -181,6 +181,30 @@ int64_t Cluster::pipeline_depth() const {
 
 StatusOr<uint64_t> Cluster::submit(const Batch& asked, const std::vector<int64_t>& rows, bool want_logits,
                                    const std::vector<RowSampler>& samplers) {
+  return send_micro_batch(asked, rows, want_logits, samplers, 0, {});
+}
+
+StatusOr<uint64_t> Cluster::submit_chain(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
+                                         int64_t more_steps, const std::vector<int32_t>& stop_ids) {
+  if (more_steps < 0) return invalid_argument("a decode chain of " + std::to_string(more_steps) + " more steps");
+  if (rows.size() != batch.seqs.size())
+    return invalid_argument("a decode chain needs one row per sequence, not " + std::to_string(rows.size()) + " for " +
+                            std::to_string(batch.seqs.size()));
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const SeqRange& s = batch.seqs[i];
+    if (rows[i] != s.begin + s.count - 1)
+      return invalid_argument("a decode chain's row " + std::to_string(i) + " is not its sequence's last token");
+    if (s.start_pos + s.count + more_steps > max_seq_len())
+      return invalid_argument("a decode chain of " + std::to_string(more_steps) + " more steps from position " +
+                              std::to_string(s.start_pos + s.count - 1) + " passes the context of " +
+                              std::to_string(max_seq_len()));
+  }
+  return send_micro_batch(batch, rows, want_logits, {}, more_steps, stop_ids);
+}
+
+StatusOr<uint64_t> Cluster::send_micro_batch(const Batch& asked, const std::vector<int64_t>& rows, bool want_logits,
+                                             const std::vector<RowSampler>& samplers, int64_t more_steps,
+                                             const std::vector<int32_t>& stop_ids) {
   const std::vector<std::string> adapters = adapter_names();
   SHOAL_RETURN_IF_ERROR(check_batch(asked, config(), n_slots(), max_seq_len(), adapters, kv_blocks()));
   const Batch batch = with_served_adapters(asked, adapters);
@@ -214,6 +238,9 @@ StatusOr<uint64_t> Cluster::submit(const Batch& asked, const std::vector<int64_t
   mb.set_want_logits(want_logits);
   for (const RowSampler& s : samplers) to_wire(s, *mb.add_sampling());
   mb.set_next_layer(-1);
+  mb.set_more_steps(int32_t(more_steps));
+  mb.mutable_stop_ids()->Add(stop_ids.begin(), stop_ids.end());
+  next_id_ += uint64_t(more_steps);  // the chain's ids, id + 1 .. id + more_steps
   trace::set_thread(0, "coordinator");
   trace::Span span("submit", int64_t(id), plan_.embed);
   SHOAL_RETURN_IF_ERROR(wire::send(*t_, plan_.embed, wire::kHidden, mb, Clock::now() + options_.step_timeout));
@@ -244,6 +271,10 @@ StatusOr<StepResult> Cluster::next_result() {
         for (size_t i = 0; i < out.ids.size(); ++i) out.picks[i].id = out.ids[i];
         if (!logprobs_from_wire(r, out.picks))
           return internal_error(t_->peer_name(m->src) + " sent logprobs for the wrong number of rows");
+      }
+      if (r.continued()) {
+        out.continued = true;
+        in_flight_[r.id() + 1] = it->second;
       }
       in_flight_.erase(it);
       return out;

@@ -68,6 +68,9 @@ class Cluster : public Executor {
   std::vector<std::string> adapter_names() const override { return lora_names(loras_); }
   StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
                             const std::vector<RowSampler>& samplers = {}) override;
+  bool chains_decode() const override { return true; }
+  StatusOr<uint64_t> submit_chain(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
+                                  int64_t more_steps, const std::vector<int32_t>& stop_ids) override;
   StatusOr<StepResult> next_result() override;
 
   const cluster::Plan& plan() const { return plan_; }
@@ -83,6 +86,9 @@ class Cluster : public Executor {
   void on_shutdown(std::function<void()> f) { after_shutdown_ = std::move(f); }
 
  private:
+  StatusOr<uint64_t> send_micro_batch(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
+                                      const std::vector<RowSampler>& samplers, int64_t more_steps,
+                                      const std::vector<int32_t>& stop_ids);
   Cluster() = default;
   Status hello_all();
   Status collect_loaded(const std::string& asked, const std::string& refused, comm::Clock::time_point deadline);

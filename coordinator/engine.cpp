@@ -246,20 +246,31 @@ StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vect
     pending.emplace(id, std::move(f));
     return {};
   };
-  // One decode step of group g: its sequences that go on, each its last token.
+  // The sequences of `seqs` that go on.
+  auto going_on = [&](const std::vector<int64_t>& seqs) {
+    std::vector<int64_t> out;
+    for (int64_t b : seqs)
+      if (!stopped[size_t(b)]) out.push_back(b);
+    return out;
+  };
+  // One decode step of group g: its sequences that go on, each its last token. Over ranks it
+  // starts a chain: the head sends the group's later steps on by itself (Executor::submit_chain).
   auto submit_decode = [&](int64_t g, const std::vector<int64_t>& seqs) -> Status {
     Batch next;
-    InFlight f{false, {}, g, {}};
-    for (int64_t b : seqs) {
-      if (stopped[size_t(b)]) continue;
+    InFlight f{false, {}, g, going_on(seqs)};
+    if (f.seqs.empty()) return {};
+    for (int64_t b : f.seqs) {
       const auto& ids = r.ids[size_t(b)];
       next.add_sequence(int32_t(b), int32_t(prompts[size_t(b)].size() + ids.size() - 1), {ids.back()}, adapter_of(b));
-      f.seqs.push_back(b);
     }
-    if (f.seqs.empty()) return {};
     std::vector<int64_t> rows(f.seqs.size());
     for (size_t i = 0; i < rows.size(); ++i) rows[i] = int64_t(i);
-    return submit(std::move(f), next, rows, want_step_logits);
+    if (!ex.chains_decode()) return submit(std::move(f), next, rows, want_step_logits);
+    // Every sequence of a group has as many tokens: the steps left after this one.
+    const int64_t more = std::max<int64_t>(steps - int64_t(r.ids[size_t(f.seqs[0])].size()) - 1, 0);
+    SHOAL_ASSIGN_OR_RETURN(uint64_t id, ex.submit_chain(next, rows, want_step_logits, more, stop_ids));
+    pending.emplace(id, std::move(f));
+    return {};
   };
   // A sequence's token at step ids.size(): recorded, shown, and whether it goes on.
   auto take = [&](int64_t b, int32_t id, const float* logits) {
@@ -328,7 +339,10 @@ StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vect
     if (!f.prefill) {
       r.decode_tokens += int64_t(f.seqs.size());
       for (size_t i = 0; i < f.seqs.size(); ++i) take(f.seqs[i], res.ids[i], row_logits(int64_t(i)));
-      SHOAL_RETURN_IF_ERROR(submit_decode(f.group, f.seqs));
+      if (res.continued)  // the head sent the next step on: the same sequences, those that go on
+        pending.emplace(res.id + 1, InFlight{false, {}, f.group, going_on(f.seqs)});
+      else
+        SHOAL_RETURN_IF_ERROR(submit_decode(f.group, f.seqs));
       continue;
     }
     int64_t row = 0;

@@ -19,6 +19,7 @@ struct StepResult {
   std::vector<int32_t> ids;   // the chosen token of each asked row (argmax without samplers)
   std::vector<SampleResult> picks;  // [rows] with the ids and logprobs when the submit had samplers
   std::vector<float> logits;  // [rows, vocab] when asked
+  bool continued = false;     // a decode chain's next step (id + 1) is in flight (submit_chain)
 };
 
 // Prefill over a pipeline of G > 1 stages (docs/distributed.md, "The pipeline schedule"): the
@@ -54,6 +55,17 @@ class Executor {
   // Token ids, positions and slots are checked first: bad ones are an error.
   virtual StatusOr<uint64_t> submit(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
                                     const std::vector<RowSampler>& samplers = {}) = 0;
+  // A greedy decode chain (docs/distributed.md, "The pipeline schedule"): `batch` holds one token
+  // per sequence and `rows` each one's row; after it the head itself runs up to `more_steps`
+  // further steps of the sequences whose token is not one of `stop_ids` (results id + 1, id + 2,
+  // ...; StepResult::continued says another follows), with no round trip through the caller.
+  // Executors whose steps cost no round trip (one process) do not chain.
+  virtual bool chains_decode() const { return false; }
+  virtual StatusOr<uint64_t> submit_chain(const Batch& batch, const std::vector<int64_t>& rows, bool want_logits,
+                                          int64_t more_steps, const std::vector<int32_t>& stop_ids) {
+    (void)batch, (void)rows, (void)want_logits, (void)more_steps, (void)stop_ids;
+    return unimplemented("this executor does not chain decode steps");
+  }
   // After a failure (a rank lost): whether heal() may bring the executor back, and one attempt
   // at it (bounded in time; ok when it can take micro-batches again, with empty KV slots).
   virtual bool can_heal() const { return false; }

@@ -468,7 +468,46 @@ Status Worker::head(const float* x, const Batch& b, const std::vector<int64_t>& 
   logprobs_to_wire(picks, result);
   if (mb.want_logits()) result.set_logits(wire::float_bytes(logits.data(), logits.size()));
   trace::record("head", started, Clock::now(), int64_t(mb.id()));
+  if (mb.more_steps() != 0) {  // a decode chain: the next step first, straight to the embedding rank
+    SHOAL_ASSIGN_OR_RETURN(std::optional<wire::MicroBatch> next, next_chain_step(mb, b, rows, picks));
+    if (next) {
+      trace::Span span("send", int64_t(next->id()), plan_.embed);
+      SHOAL_RETURN_IF_ERROR(send(plan_.embed, wire::kHidden, *next, next->tokens_size()));
+      result.set_continued(true);
+    }
+  }
   return send(0, wire::kResult, result, m);
+}
+
+StatusOr<std::optional<wire::MicroBatch>> Worker::next_chain_step(const wire::MicroBatch& mb, const Batch& b,
+                                                                  const std::vector<int64_t>& rows,
+                                                                  const std::vector<SampleResult>& picks) const {
+  const std::string what = "micro-batch " + std::to_string(mb.id()) + ": a decode chain ";
+  if (mb.more_steps() < 0) return invalid_argument(what + "of " + std::to_string(mb.more_steps()) + " more steps");
+  if (rows.size() != b.seqs.size() || mb.sampling_size() != 0)
+    return invalid_argument(what + "needs one greedy row per sequence");
+  wire::MicroBatch next;
+  next.set_id(mb.id() + 1);
+  next.set_next_layer(-1);
+  next.set_want_logits(mb.want_logits());
+  next.set_more_steps(mb.more_steps() - 1);
+  *next.mutable_stop_ids() = mb.stop_ids();
+  const auto& stops = mb.stop_ids();
+  for (size_t i = 0; i < b.seqs.size(); ++i) {
+    const SeqRange& s = b.seqs[i];
+    if (rows[i] != s.begin + s.count - 1) return invalid_argument(what + "row is not its sequence's last token");
+    const int32_t token = picks[i].id;
+    if (std::find(stops.begin(), stops.end(), token) != stops.end()) continue;
+    next.add_logit_rows(next.tokens_size());
+    next.add_tokens(token);
+    next.add_positions(s.start_pos + int32_t(s.count));
+    next.add_seq_count(1);
+    next.add_seq_slot(s.slot);
+    if (mb.seq_adapter_size() != 0) next.add_seq_adapter(mb.seq_adapter(int(i)));
+    if (mb.seq_attn_size() != 0) next.add_seq_attn(mb.seq_attn(int(i)));
+  }
+  if (next.tokens_size() == 0) return std::optional<wire::MicroBatch>();
+  return std::optional<wire::MicroBatch>(std::move(next));
 }
 
 }  // namespace shoal

@@ -23,6 +23,7 @@
 #include "model/expert_combine.h"
 #include "model/layers.h"
 #include "node/kv_cache.h"
+#include "node/sampling.h"
 
 namespace shoal {
 
@@ -82,6 +83,11 @@ class Worker {
   // The head: final norm, lm_head, the token of each logit row (sampled when the micro-batch
   // carries samplers), and the Result to rank 0.
   Status head(const float* x, const Batch& b, const std::vector<int64_t>& rows, const wire::MicroBatch& mb);
+  // A decode chain's next step after `mb` (wire.proto, MicroBatch.more_steps): the sequences whose
+  // chosen token is not a stop id, each at its next position; none when every one stopped.
+  StatusOr<std::optional<wire::MicroBatch>> next_chain_step(const wire::MicroBatch& mb, const Batch& b,
+                                                            const std::vector<int64_t>& rows,
+                                                            const std::vector<SampleResult>& picks) const;
   void record(const Status& s);
 
   ModelConfig config_;

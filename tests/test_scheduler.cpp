@@ -440,17 +440,28 @@ class Recording : public Executor {
     if (id.ok()) open[*id] = parts;
     return id;
   }
+  // Decode chains pass through when `chains` is set (the submit is recorded, not the head's steps).
+  bool chains_decode() const override { return chains && in_.chains_decode(); }
+  StatusOr<uint64_t> submit_chain(const Batch& b, const std::vector<int64_t>& rows, bool want_logits, int64_t more,
+                                  const std::vector<int32_t>& stop_ids) override {
+    std::vector<Part> parts;
+    for (const SeqRange& s : b.seqs) parts.push_back({s.slot, b.positions[size_t(s.begin)], s.count});
+    batches.push_back(parts);
+    return in_.submit_chain(b, rows, want_logits, more, stop_ids);
+  }
   StatusOr<StepResult> next_result() override {
     auto r = in_.next_result();
     if (r.ok()) {
       --in_flight;
       for (const Part& p : open[r->id]) --per_slot[p.slot];
       open.erase(r->id);
+      if (r->continued) ++continued;
     }
     return r;
   }
   std::vector<std::vector<Part>> batches;
-  int64_t most_in_flight = 0, most_per_slot = 0;
+  int64_t most_in_flight = 0, most_per_slot = 0, continued = 0;
+  bool chains = false;
 
  private:
   Executor& in_;
@@ -566,4 +577,41 @@ TEST_CASE("the scheduler over a pipeline: ready sequences shared among micro-bat
     for (const auto& batch : rec.batches) CHECK(int64_t(batch.size()) <= share);
     CHECK(rec.most_in_flight == depth);
   }
+}
+
+TEST_CASE("decode chains: the head sends each next step to the embedding rank, the same bits and stops",
+          "[scheduler][pipeline][chain]") {
+  const std::vector<std::vector<int32_t>> prompts = {make_requests()[2].prompt, make_requests()[7].prompt,
+                                                     make_requests()[1].prompt};
+  std::unique_ptr<Executor> one = open_executor(0, 3);
+  auto want = generate_greedy(*one, prompts, 6, false, true);
+  REQUIRE(want.ok());
+  // A stop id: the second prompt's third token ends it there (the others go on).
+  const std::vector<int32_t> stop = {want->ids[1][2]};
+  auto want_stop = generate_greedy(*one, prompts, 6, false, true, stop);
+  REQUIRE(want_stop.ok());
+  REQUIRE(want_stop->ids[1].size() == 3);
+  std::unique_ptr<Executor> ex = open_executor(3, 3);
+  REQUIRE(ex->chains_decode());
+  const int64_t depth = ex->pipeline_depth(), groups = std::min<int64_t>(depth, 3);
+  for (bool with_stop : {false, true}) {
+    INFO("stop id " << with_stop);
+    Recording rec(*ex);
+    rec.chains = true;
+    auto got = generate_greedy(rec, prompts, 6, false, true, with_stop ? stop : std::vector<int32_t>{});
+    REQUIRE(got.ok());
+    const GreedyResult& w = with_stop ? *want_stop : *want;
+    CHECK(got->ids == w.ids);
+    CHECK(got->step_logits == w.step_logits);  // bitwise
+    // The coordinator sent the prompts' pieces and one decode step per group; the head the rest.
+    const int64_t pieces = (70 + prefill_chunk_tokens(depth, 70) - 1) / prefill_chunk_tokens(depth, 70);
+    CHECK(int64_t(rec.batches.size()) == pieces + groups);
+    CHECK(rec.continued > 0);
+  }
+  // A chain past the context, or with rows that are not each sequence's last token, is refused.
+  Batch b;
+  b.add_sequence(0, 5, {7});
+  CHECK(ex->submit_chain(b, {0}, false, ex->max_seq_len(), {}).status().code() == Code::kInvalidArgument);
+  CHECK(ex->submit_chain(b, {0, 1}, false, 2, {}).status().code() == Code::kInvalidArgument);
+  CHECK(ex->submit_chain(b, {0}, false, -1, {}).status().code() == Code::kInvalidArgument);
 }

@@ -6,7 +6,7 @@
 
 namespace shoal::wire {
 
-constexpr uint32_t kWireVersion = 9;
+constexpr uint32_t kWireVersion = 10;
 
 enum Tag : uint32_t {
   kControl = 1,        // Control: Hello, Loaded, Shutdown
