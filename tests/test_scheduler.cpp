@@ -329,25 +329,35 @@ TEST_CASE("a constrained request gets the best allowed token at every step; its 
 
 namespace {
 
-// Counts the token rows and KV copies the scheduler submits, and passes everything on.
-class Counting : public Executor {
+// An executor that passes everything on to another; the test wrappers below watch some of it.
+class Forwarding : public Executor {
  public:
-  explicit Counting(Executor& inner) : in_(inner) {}
+  explicit Forwarding(Executor& inner) : in_(inner) {}
   const ModelConfig& config() const override { return in_.config(); }
   int64_t max_seq_len() const override { return in_.max_seq_len(); }
   int64_t n_slots() const override { return in_.n_slots(); }
   int64_t pipeline_depth() const override { return in_.pipeline_depth(); }
   StatusOr<uint64_t> submit(const Batch& b, const std::vector<int64_t>& rows, bool want_logits,
                             const std::vector<RowSampler>& samplers) override {
+    return in_.submit(b, rows, want_logits, samplers);
+  }
+  StatusOr<StepResult> next_result() override { return in_.next_result(); }
+
+ protected:
+  Executor& in_;
+};
+
+// Counts the token rows and KV copies the scheduler submits, and passes everything on.
+class Counting : public Forwarding {
+ public:
+  using Forwarding::Forwarding;
+  StatusOr<uint64_t> submit(const Batch& b, const std::vector<int64_t>& rows, bool want_logits,
+                            const std::vector<RowSampler>& samplers) override {
     tokens += b.n_tokens();
     copies += int64_t(b.copies.size());
     return in_.submit(b, rows, want_logits, samplers);
   }
-  StatusOr<StepResult> next_result() override { return in_.next_result(); }
   int64_t tokens = 0, copies = 0;
-
- private:
-  Executor& in_;
 };
 
 }  // namespace
@@ -416,17 +426,13 @@ namespace {
 
 // Records what a pipeline gets: each micro-batch's parts (slot, first position, tokens), how many
 // micro-batches are in flight at most, and how many chunks of one slot were in flight at once.
-class Recording : public Executor {
+class Recording : public Forwarding {
  public:
   struct Part {
     int32_t slot;
     int64_t begin, count;
   };
-  explicit Recording(Executor& inner) : in_(inner) {}
-  const ModelConfig& config() const override { return in_.config(); }
-  int64_t max_seq_len() const override { return in_.max_seq_len(); }
-  int64_t n_slots() const override { return in_.n_slots(); }
-  int64_t pipeline_depth() const override { return in_.pipeline_depth(); }
+  using Forwarding::Forwarding;
   StatusOr<uint64_t> submit(const Batch& b, const std::vector<int64_t>& rows, bool want_logits,
                             const std::vector<RowSampler>& samplers) override {
     std::vector<Part> parts;
@@ -464,7 +470,6 @@ class Recording : public Executor {
   bool chains = false;
 
  private:
-  Executor& in_;
   int64_t in_flight = 0;
   std::map<int32_t, int64_t> per_slot;
   std::map<uint64_t, std::vector<Part>> open;
