@@ -143,14 +143,14 @@ void Worker::make_kv_pool(int64_t blocks, int64_t max_seq_len) {
                                        options_.kv_dtype);
 }
 
-Status Worker::send(int dst, uint32_t tag, const google::protobuf::MessageLite& m, int64_t tokens) {
+Status Worker::send(int dst, uint32_t tag, const google::protobuf::MessageLite& m, int64_t tokens, bool chain_step) {
   std::string bytes;
   if (!m.SerializeToString(&bytes)) return internal_error("cannot serialise a " + m.GetTypeName());
   SHOAL_RETURN_IF_ERROR(t_->send(dst, tag, comm::as_bytes_of(bytes), Clock::now() + options_.peer_timeout));
   if (tag == wire::kExpertRequest || tag == wire::kExpertReply) {
     expert_messages_ += 1;
     expert_bytes_ += int64_t(bytes.size());
-  } else if (tag == wire::kResult) {
+  } else if (tag == wire::kResult || chain_step) {
     result_messages_ += 1;
     result_bytes_ += int64_t(bytes.size());
   } else {
@@ -472,7 +472,7 @@ Status Worker::head(const float* x, const Batch& b, const std::vector<int64_t>& 
     SHOAL_ASSIGN_OR_RETURN(std::optional<wire::MicroBatch> next, next_chain_step(mb, b, rows, picks));
     if (next) {
       trace::Span span("send", int64_t(next->id()), plan_.embed);
-      SHOAL_RETURN_IF_ERROR(send(plan_.embed, wire::kHidden, *next, next->tokens_size()));
+      SHOAL_RETURN_IF_ERROR(send(plan_.embed, wire::kHidden, *next, next->tokens_size(), /*chain_step=*/true));
       result.set_continued(true);
     }
   }

@@ -107,7 +107,9 @@ class Worker {
   std::unique_ptr<KvCache> cache_;
   int64_t weight_bytes_ = 0;
 
-  Status send(int dst, uint32_t tag, const google::protobuf::MessageLite& m, int64_t tokens);
+  // Counted by tag (WorkerStats), except a decode chain's step (chain_step), which carries token
+  // ids, not hidden states: it counts with the head's Results.
+  Status send(int dst, uint32_t tag, const google::protobuf::MessageLite& m, int64_t tokens, bool chain_step = false);
 
   comm::Transport* t_ = nullptr;
   std::atomic<int64_t> hidden_messages_{0}, hidden_bytes_{0}, hidden_tokens_{0}, expert_messages_{0}, expert_bytes_{0},
