@@ -233,9 +233,10 @@ StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vect
   }
   // Decode groups: sequence b in group b * G / B, each group one micro-batch per step.
   const int64_t G = std::clamp<int64_t>(ex.pipeline_depth(), 1, std::max<int64_t>(B, 1));
-  std::vector<int64_t> group_of(prompts.size(), 0), group_size(size_t(G), 0), group_ready(size_t(G), 0);
+  std::vector<std::vector<int64_t>> group(static_cast<size_t>(G));
+  std::vector<int64_t> group_of(prompts.size(), 0), group_ready(size_t(G), 0);  // its prompts that are in
   for (int64_t g = 0; g < G; ++g)
-    for (int64_t b = g * B / G; b < (g + 1) * B / G; ++b) group_of[size_t(b)] = g, ++group_size[size_t(g)];
+    for (int64_t b = g * B / G; b < (g + 1) * B / G; ++b) group_of[size_t(b)] = g, group[size_t(g)].push_back(b);
   std::vector<bool> stopped(size_t(B), false);
   if (want_prompt_logits)
     for (int64_t b = 0; b < B; ++b) r.prompt_logits[size_t(b)].resize(prompts[size_t(b)].size());
@@ -347,18 +348,17 @@ StatusOr<GreedyResult> generate_greedy(Executor& ex, const std::vector<std::vect
     }
     int64_t row = 0;
     for (const Piece& p : f.pieces) {
-      if (want_prompt_logits)
+      if (want_prompt_logits) {
         for (int64_t k = 0; k < p.count; ++k)
           r.prompt_logits[size_t(p.seq)][size_t(p.begin + k)].assign(row_logits(row + k), row_logits(row + k) + V);
-      if (want_prompt_logits) row += p.count;
-      else if (p.last) ++row;
+        row += p.count;
+      } else if (p.last) {
+        ++row;
+      }
       if (!p.last) continue;
       take(p.seq, res.ids[size_t(row - 1)], row_logits(row - 1));
       const int64_t g = group_of[size_t(p.seq)];
-      if (++group_ready[size_t(g)] < group_size[size_t(g)]) continue;
-      std::vector<int64_t> seqs;
-      for (int64_t b = g * B / G; b < (g + 1) * B / G; ++b) seqs.push_back(b);
-      SHOAL_RETURN_IF_ERROR(submit_decode(g, seqs));
+      if (++group_ready[size_t(g)] == int64_t(group[size_t(g)].size())) SHOAL_RETURN_IF_ERROR(submit_decode(g, group[size_t(g)]));
     }
     if (--prefills_left == 0) {
       r.prefill_seconds = seconds_since(t0);
