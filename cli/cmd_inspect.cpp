@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <sched.h>
 
+#include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -73,6 +74,15 @@ int inspect_lora(const Options& o) {
 int inspect_system(const Options& o) {
   const kernels::ReadBandwidth bw = kernels::measure_read_bandwidth();
   const double peak = kernels::measure_fma_peak_gflops();
+  nlohmann::json linear = nlohmann::json::object();  // tokens -> GFLOP/s, the spec's cpu_linear_gflops
+  std::string rates;
+  for (int64_t t : {1, 2, 4, 8, 16}) {
+    const double g = std::round(kernels::measure_linear_gflops(t) * 10) / 10;
+    linear[std::to_string(t)] = g;
+    char text[48];
+    std::snprintf(text, sizeof text, "%s%lld: %.1f", rates.empty() ? "" : ", ", (long long)t, g);
+    rates += text;
+  }
   cpu_set_t set;
   const int affinity = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
   nlohmann::json j = {{"cpu_variant", kernels::cpu_variant()},
@@ -83,6 +93,7 @@ int inspect_system(const Options& o) {
                       {"read_bandwidth_gbs", bw.gbs},
                       {"read_bandwidth_threads", bw.threads},
                       {"fma_peak_gflops", peak},
+                      {"linear_gflops", linear},
                       {"cuda_devices", kernels::cuda_device_count()}};
   if (o.json) {
     std::printf("%s\n", j.dump().c_str());
@@ -94,6 +105,7 @@ int inspect_system(const Options& o) {
     std::printf("read bandwidth:  %.1f GB/s (best of 3 read kernels, 1..%d threads; best: %s, %d threads)\n", bw.gbs,
                 omp_get_max_threads(), bw.kernel, bw.threads);
     std::printf("fp32 FMA peak:   %.1f GFLOP/s\n", peak);
+    std::printf("linear (BF16):   %s GFLOP/s by tokens (shoal plan's cpu_linear_gflops)\n", rates.c_str());
     std::printf("cuda devices:    %d\n", kernels::cuda_device_count());
   }
   return 0;

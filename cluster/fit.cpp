@@ -334,6 +334,7 @@ StatusOr<std::vector<RankSlot>> rank_slots(const ClusterSpec& s, const FitOption
       r.host_bandwidth_gbs = ram_bw;
       r.host_efficiency = cpu_eff;
       r.cpu_gflops = n.cpu_gflops / double(n.gpus.size());
+      for (const auto& [t, g] : n.cpu_linear_gflops) r.cpu_linear_gflops[t] = g / double(n.gpus.size());
       out.push_back(r);
     }
     if (!n.gpus.empty()) continue;
@@ -346,6 +347,7 @@ StatusOr<std::vector<RankSlot>> rank_slots(const ClusterSpec& s, const FitOption
       r.bandwidth_gbs = r.host_bandwidth_gbs = ram_bw;
       r.efficiency = r.host_efficiency = cpu_eff;
       r.cpu_gflops = n.cpu_gflops / double(n.cpu_ranks);
+      for (const auto& [t, g] : n.cpu_linear_gflops) r.cpu_linear_gflops[t] = g / double(n.cpu_ranks);
       out.push_back(r);
     }
   }

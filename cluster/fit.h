@@ -63,7 +63,13 @@ struct RankSlot {
   double bandwidth_gbs = 0, efficiency = 0;            // the device
   double host_bandwidth_gbs = 0, host_efficiency = 0;  // the node's host memory
   double cpu_gflops = 0;  // its share of the node's float32 FMA peak (spec cpu_gflops); 0: not modeled
+  std::map<double, double> cpu_linear_gflops;  // its share of the node's linear rate by tokens (spec)
 };
+
+// A CPU rank's multiply-add rate, GFLOP/s, when each weight serves `tokens` tokens of a step:
+// its cpu_linear_gflops, linear in log2(tokens) between the measured points and flat beyond
+// them, or else half its cpu_gflops; 0 when the spec gives neither (cluster/predict.cpp).
+double cpu_compute_gflops(const RankSlot& slot, double tokens);
 
 struct ExpertRange {
   int64_t layer = 0, first = 0, last = 0;  // experts [first, last] of layer, inclusive

@@ -20,8 +20,25 @@ namespace {
 constexpr double kHeaderBytes = 12;  // token id, position and framing per row (docs/performance.md)
 constexpr double kResultBytes = 16;  // the head's token id back to rank 0
 // The fraction of the float32 FMA peak shoal's CPU kernels reach once a matrix serves several
-// tokens: bench_gemm 0.49-0.55 (prefill), bench_linear 0.49-0.66 at 8-32 tokens (docs/performance.md).
+// tokens, where the spec gives cpu_gflops but not the measured cpu_linear_gflops: bench_gemm
+// 0.49-0.55 (prefill), bench_linear 0.49-0.66 at 8-32 tokens on the AVX-512 machine
+// (docs/performance.md).
 constexpr double kCpuComputeEfficiency = 0.5;
+
+}  // namespace
+
+double cpu_compute_gflops(const RankSlot& slot, double tokens) {
+  const auto& curve = slot.cpu_linear_gflops;
+  if (curve.empty()) return slot.cpu_gflops * kCpuComputeEfficiency;
+  const auto hi = curve.lower_bound(tokens);
+  if (hi == curve.begin()) return hi->second;
+  if (hi == curve.end()) return std::prev(hi)->second;
+  const auto lo = std::prev(hi);
+  const double f = std::log2(tokens / lo->first) / std::log2(hi->first / lo->first);
+  return lo->second + f * (hi->second - lo->second);
+}
+
+namespace {
 
 struct Model {
   const ModelConfig& c;
@@ -29,6 +46,7 @@ struct Model {
   const FitResult& r;
   const UnitBytes& bytes;
   double hop_bytes, kv_read;  // per token; per layer and sequence
+  double attention_flops;     // per layer and token, at the end of the context
 
   const RankSlot& slot(int rank) const { return r.ranks[size_t(rank)].slot; }
   static double rate(double gbs, double eff) { return gbs * eff * 1e9; }
@@ -38,13 +56,25 @@ struct Model {
 
   // Seconds for rank q's kernels to apply `n` weight bytes (from its device, or from host memory)
   // to `uses` token rows in all (a matrix that serves 8 tokens of a step: n bytes, 8n uses): the
-  // bytes streamed, or, on a CPU whose FMA peak the spec gives, the multiply-adds if slower.
+  // bytes streamed, or, on a CPU whose compute the spec gives, the multiply-adds if slower.
   double apply(int q, double n, double uses, bool host = false) const {
     const double streaming = n > 0 ? n / (host ? host_rate(q) : device_rate(q)) : 0;
     const RankSlot& sq = slot(q);
-    if ((sq.gpu >= 0 && !host) || sq.cpu_gflops <= 0) return streaming;
-    const double flops = 2 * uses / bytes_per_param;
-    return std::max(streaming, flops / (sq.cpu_gflops * kCpuComputeEfficiency * 1e9));
+    if (n <= 0 || (sq.gpu >= 0 && !host)) return streaming;
+    const double gflops = cpu_compute_gflops(sq, uses / n);
+    if (gflops <= 0) return streaming;
+    return std::max(streaming, 2 * uses / bytes_per_param / (gflops * 1e9));
+  }
+
+
+  // Seconds for rank a to read its cache for b tokens in one layer: the cache's bytes, or on a CPU
+  // whose compute the spec gives, the attention's multiply-adds if slower (each sequence attends
+  // over its own cache, so they run at the rate of one token).
+  double attend(int a, double b) const {
+    const double streaming = b * kv_read / device_rate(a);
+    const RankSlot& sa = slot(a);
+    const double gflops = sa.gpu >= 0 ? 0 : cpu_compute_gflops(sa, 1);
+    return gflops > 0 ? std::max(streaming, b * attention_flops / (gflops * 1e9)) : streaming;
   }
 
   // Seconds for one message of `n` bytes from rank a to rank b.
@@ -153,32 +183,43 @@ struct LayerCost {
   double seconds = 0, weight_s = 0, kv_s = 0, link_s = 0, expert_bytes = 0;
 };
 
-// Memories: a GPU (node, gpu) or a node's host memory (node, -1); seconds of streaming each.
+// What a step asks of each shared resource. Memories: a GPU (node, gpu) or a node's host memory
+// (node, -1), seconds of streaming each. Served: each rank's seconds of computing routed experts
+// for the tokens of layers another rank runs (expert scatter), which its cores do beside their
+// own stage's work.
 using Memories = std::map<std::pair<size_t, int>, double>;
+struct Load {
+  Memories mem;
+  std::map<int, double> served;
+};
 
-LayerCost layer_cost(const Model& m, int64_t i, double b, Memories& mem) {
+LayerCost layer_cost(const Model& m, int64_t i, double b, Load& load) {
+  Memories& mem = load.mem;
   const ModelConfig& c = m.c;
   const int a = m.r.plan.attn[size_t(i)];
   const RankSlot& sa = m.slot(a);
   LayerCost out;
   const double attn = double(m.bytes.attn[size_t(i)]);
   out.weight_s = m.apply(a, attn, b * attn);
-  out.kv_s = b * m.kv_read / m.device_rate(a);
-  mem[{sa.node, sa.gpu}] += attn / m.device_rate(a) + out.kv_s;
+  out.kv_s = m.attend(a, b);
+  mem[{sa.node, sa.gpu}] += (attn + b * m.kv_read) / m.device_rate(a);
   const auto& owners = m.r.plan.experts[size_t(i)];
   if (!owners.empty()) {
     const double E = double(c.n_routed_experts), k = double(c.n_activated_experts);
     const double used = 1 - std::pow(1 - k / E, b);  // an expert's chance of serving a step of b tokens
     const std::map<int, std::vector<CombineNode>> nodes = maximal_nodes_by_owner(owners);
-    std::map<int, double> dev, host;
+    std::map<int, double> dev, host, dev_uses, host_uses;  // expected bytes streamed; token rows through them
     for (size_t e = 0; e < owners.size(); ++e) {
-      const double n = double(m.bytes.experts[size_t(i)][e]) * used;
-      (m.r.expert_on_host[size_t(i)][e] ? host : dev)[owners[e]] += n;
+      const double n = double(m.bytes.experts[size_t(i)][e]);
+      const bool on_host = m.r.expert_on_host[size_t(i)][e];
+      (on_host ? host : dev)[owners[e]] += n * used;
+      (on_host ? host_uses : dev_uses)[owners[e]] += n * b * k / E;
     }
-    for (const auto& [q, n] : nodes) {  // what each memory streams: expectations add up
+    for (const auto& [q, n] : nodes) {  // what each memory streams and each rank computes: expectations add up
       const RankSlot& sq = m.slot(q);
       mem[{sq.node, sq.gpu}] += dev[q] / m.device_rate(q);
       mem[{sq.node, -1}] += sq.gpu >= 0 ? host[q] / m.host_rate(q) : 0;
+      if (q != a) load.served[q] += m.apply(q, dev[q], dev_uses[q]) + m.apply(q, host[q], host_uses[q], true);
       if (q == a) continue;
       // The token's row goes to q when one of its k experts is there; q answers one partial sum
       // per maximal combine node of its experts that the token reaches (model/expert_combine.h).
@@ -199,8 +240,12 @@ LayerCost layer_cost(const Model& m, int64_t i, double b, Memories& mem) {
 Prediction predict(const ModelConfig& c, const ClusterSpec& s, const FitResult& r, const UnitBytes& bytes) {
   Prediction p;
   const FitOptions& o = r.options;
+  // Attention's multiply-adds per cached position: MLA's absorbed scores (latent and rope key) and
+  // output (latent) per head; GQA's keys and values per head.
+  const double attention_width = c.uses_mla() ? double(2 * c.kv_lora_rank + c.qk_rope_head_dim) : 2.0 * double(c.head_dim);
   const Model m{c, s, r, bytes, double(c.dim) * double(o.wire_value_bytes) + kHeaderBytes,
                 double(o.context) * double(kv_token_bytes(c, 1, o.kv_dtype)),
+                2 * double(o.context) * double(c.n_heads) * attention_width,
                 r.params.total > 0 && r.weight_bytes > 0 ? double(r.weight_bytes) / double(r.params.total) : 2.0};
   p.hop_bytes_per_token = m.hop_bytes;
   const Plan& plan = r.plan;
@@ -221,7 +266,8 @@ Prediction predict(const ModelConfig& c, const ClusterSpec& s, const FitResult& 
   p.pipeline_stages = int64_t(stage_rank.size());
 
   // One step of b tokens per stage: its own seconds, and what each memory streams.
-  auto step = [&](double b, std::vector<double>& stage_s, Memories& mem, Prediction* detail) {
+  auto step = [&](double b, std::vector<double>& stage_s, Load& load, Prediction* detail) {
+    Memories& mem = load.mem;
     stage_s.assign(stage_rank.size(), 0);
     const double embed_s = b * double(bytes.embed) / double(std::max<int64_t>(1, c.vocab_size)) / m.device_rate(plan.embed);
     const double head_s = m.apply(plan.head, double(bytes.head), b * double(bytes.head));
@@ -230,7 +276,7 @@ Prediction predict(const ModelConfig& c, const ClusterSpec& s, const FitResult& 
     mem[{m.slot(plan.head).node, m.slot(plan.head).gpu}] += double(bytes.head) / m.device_rate(plan.head);
     if (detail) detail->weight_ms += (embed_s + head_s) * 1e3;
     for (int64_t i = 0; i < c.n_layers; ++i) {
-      const LayerCost lc = layer_cost(m, i, b, mem);
+      const LayerCost lc = layer_cost(m, i, b, load);
       stage_s[size_t(stage_of[size_t(i) + 1])] += lc.seconds;
       if (detail) {
         detail->weight_ms += lc.weight_s * 1e3;
@@ -250,21 +296,28 @@ Prediction predict(const ModelConfig& c, const ClusterSpec& s, const FitResult& 
   };
 
   std::vector<double> stage_s;
-  Memories mem;
-  step(1, stage_s, mem, &p);
+  Load load;
+  step(1, stage_s, load, &p);
   double one = 0;
   for (double t : stage_s) one += t;
   p.one_sequence_tokens_per_s = one > 0 ? 1 / one : 0;
 
   // Every stage busy: `stages` micro-batches of b sequences; a cycle lasts as long as the slowest
-  // stage or the busiest memory (ranks sharing a node's host memory stream one after another).
+  // stage, the busiest memory (ranks sharing a node's host memory stream one after another) or
+  // the busiest rank: its stages' time and the experts it runs for the other stages' tokens, one
+  // after the other (a rank serving experts while it waits for another's is not counted as
+  // overlap: against that, its requests queue behind the other rank's own work, which the
+  // expert wait above does not count either).
   const int64_t P = p.pipeline_stages;
   const int64_t b = (std::max(o.concurrency, P) + P - 1) / P;
   p.pipeline_sequences = b * P;
-  mem.clear();
-  step(double(b), stage_s, mem, nullptr);
+  load = Load{};
+  step(double(b), stage_s, load, nullptr);
   double cycle = *std::max_element(stage_s.begin(), stage_s.end());
-  for (const auto& [where, seconds] : mem) cycle = std::max(cycle, seconds);
+  for (const auto& [where, seconds] : load.mem) cycle = std::max(cycle, seconds);
+  std::map<int, double> busy = load.served;
+  for (size_t k = 0; k < stage_rank.size(); ++k) busy[stage_rank[k]] += stage_s[k];
+  for (const auto& [rank, seconds] : busy) cycle = std::max(cycle, seconds);
   p.full_pipeline_tokens_per_s = cycle > 0 ? double(b) / cycle : 0;
   return p;
 }

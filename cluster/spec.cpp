@@ -1,6 +1,7 @@
 #include "cluster/spec.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -65,7 +66,7 @@ Status read_node(const json& n, const std::string& where, const std::string& at,
   if (!n.is_object()) return spec_error(where, at + " is a " + std::string(n.type_name()) + ", not an object");
   SHOAL_RETURN_IF_ERROR(check_fields(n, where, at,
                                      {"name", "gpus_gib", "gpu_kind", "gpu_bandwidth_gbs", "ram_gib", "link_gbps",
-                                      "latency_us", "cpu_kind", "ram_bandwidth_gbs", "cpu_gflops", "cpu_ranks", "local_gbps",
+                                      "latency_us", "cpu_kind", "ram_bandwidth_gbs", "cpu_gflops", "cpu_linear_gflops", "cpu_ranks", "local_gbps",
                                       "local_latency_us"}));
   for (const char* key : {"name", "ram_gib", "link_gbps"})
     if (!n.contains(key)) return spec_error(where, at + "." + key + " is missing");
@@ -115,6 +116,19 @@ Status read_node(const json& n, const std::string& where, const std::string& at,
   }
   if (n.contains("cpu_gflops")) {
     SHOAL_ASSIGN_OR_RETURN(node.cpu_gflops, read_number(n.at("cpu_gflops"), where, at + ".cpu_gflops", true));
+  }
+  if (n.contains("cpu_linear_gflops")) {
+    const json& t = n.at("cpu_linear_gflops");
+    const std::string field = at + ".cpu_linear_gflops";
+    if (!t.is_object() || t.empty())
+      return spec_error(where, field + " = " + shown(t) + " is not an object of tokens -> GFLOP/s (shoal inspect --system)");
+    for (const auto& [k, v] : t.items()) {
+      char* end = nullptr;
+      const double tokens = std::strtod(k.c_str(), &end);
+      if (k.empty() || *end != '\0' || !std::isfinite(tokens) || tokens < 1)
+        return spec_error(where, field + ": key \"" + k + "\" is not a token count of 1 or more");
+      SHOAL_ASSIGN_OR_RETURN(node.cpu_linear_gflops[tokens], read_number(v, where, field + "." + k, true));
+    }
   }
   if (n.contains("local_gbps")) {
     SHOAL_ASSIGN_OR_RETURN(node.local_gbps, read_number(n.at("local_gbps"), where, at + ".local_gbps", true));

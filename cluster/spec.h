@@ -32,6 +32,9 @@ struct NodeSpec {
   std::string cpu_kind = "cpu";     // key of the bandwidth table for host memory
   double ram_bandwidth_gbs = 0;     // 0: from the table by cpu_kind
   double cpu_gflops = 0;            // float32 FMA peak of the cores shoal uses, GFLOP/s; 0: compute not modeled
+  // What linear reaches on those cores at t tokens a matrix (t -> GFLOP/s, `shoal inspect
+  // --system`'s linear_gflops); given, it replaces half of cpu_gflops as a CPU matrix's compute rate.
+  std::map<double, double> cpu_linear_gflops;
   int cpu_ranks = 1;                // ranks a CPU node runs (e.g. one per socket, --local-nodes)
   double local_gbps = 80;           // between ranks of this node
   double local_latency_us = 20;

@@ -210,6 +210,16 @@ TEST_CASE("the minimal cluster spec reads, and a bad one names the field", "[clu
   CHECK_THAT(err(R"({"node": []})"), Contains("node is not a field of a cluster spec"));
   CHECK_THAT(err(R"({"nodes": [{"name": "a", "ram_gib": 8, "link_gbps": 1}], "efficiency": {"cpu": 2}})"),
              Contains("efficiency.cpu = 2 is more than 1"));
+  CHECK_THAT(err(R"({"nodes": [{"name": "a", "ram_gib": 8, "link_gbps": 1, "cpu_linear_gflops": 20}]})"),
+             Contains("nodes[0].cpu_linear_gflops = 20 is not an object of tokens -> GFLOP/s"));
+  CHECK_THAT(err(R"({"nodes": [{"name": "a", "ram_gib": 8, "link_gbps": 1, "cpu_linear_gflops": {}}]})"),
+             Contains("nodes[0].cpu_linear_gflops = {} is not an object"));
+  CHECK_THAT(err(R"({"nodes": [{"name": "a", "ram_gib": 8, "link_gbps": 1, "cpu_linear_gflops": {"four": 20}}]})"),
+             Contains("nodes[0].cpu_linear_gflops: key \"four\" is not a token count of 1 or more"));
+  CHECK_THAT(err(R"({"nodes": [{"name": "a", "ram_gib": 8, "link_gbps": 1, "cpu_linear_gflops": {"0.5": 20}}]})"),
+             Contains("key \"0.5\" is not a token count of 1 or more"));
+  CHECK_THAT(err(R"({"nodes": [{"name": "a", "ram_gib": 8, "link_gbps": 1, "cpu_linear_gflops": {"4": 0}}]})"),
+             Contains("nodes[0].cpu_linear_gflops.4 = 0 must be positive"));
 }
 
 TEST_CASE("read_spec_file names the file", "[cluster_plan][spec]") {
@@ -524,6 +534,86 @@ TEST_CASE("cpu_gflops: on a slow enough CPU a token takes its multiply-adds' tim
   const json fast = {{"nodes", {{{"name", "a"}, {"ram_gib", 16}, {"link_gbps", 1e6}, {"latency_us", 0}, {"ram_bandwidth_gbs", 60}}}}};
   CHECK(plan_cli(fast, "--context 1 --weights bf16", kBenchConfig).j["prediction"]["one_sequence_tokens_per_s"].get<double>() >
         50 / seconds);
+}
+
+// The measured compute rate (cpu_linear_gflops, `shoal inspect --system`'s linear_gflops): linear
+// in log2 of the tokens between its points, flat beyond them; shared by a node's ranks; without
+// it, half the FMA peak.
+TEST_CASE("cpu_compute_gflops: the measured curve, interpolated in log2 of the tokens", "[cluster_plan][predict]") {
+  RankSlot r;
+  CHECK(cpu_compute_gflops(r, 4) == 0);  // neither given: compute not modeled
+  r.cpu_gflops = 80;
+  CHECK(cpu_compute_gflops(r, 4) == Approx(40));
+  r.cpu_linear_gflops = {{1, 10}, {4, 30}, {16, 40}};
+  CHECK(cpu_compute_gflops(r, 1) == Approx(10));
+  CHECK(cpu_compute_gflops(r, 0.5) == Approx(10));  // flat below the first point
+  CHECK(cpu_compute_gflops(r, 2) == Approx(20));    // halfway from 1 to 4 in log2
+  CHECK(cpu_compute_gflops(r, 4) == Approx(30));
+  CHECK(cpu_compute_gflops(r, 8) == Approx(35));
+  CHECK(cpu_compute_gflops(r, 64) == Approx(40));   // flat beyond the last
+  // A node's figure is shared by the ranks it runs.
+  const ClusterSpec spec = spec_from_json(json::parse(R"({"nodes": [{"name": "a", "ram_gib": 16, "link_gbps": 1,
+      "cpu_ranks": 2, "cpu_linear_gflops": {"1": 10, "8": 40}}]})"), "c.json").value();
+  FitOptions o;
+  const std::vector<RankSlot> slots = rank_slots(spec, o).value();
+  REQUIRE(slots.size() == 2);
+  CHECK(cpu_compute_gflops(slots[1], 1) == Approx(5));
+  CHECK(cpu_compute_gflops(slots[1], 8) == Approx(20));
+}
+
+// With a measured rate so slow that every matrix is compute-bound, one token takes 2 x its active
+// parameters over the rate at 1 token, and a full step of 8 sequences (one stage: one micro-batch
+// of 8) 2 x 8 x active over the rate at 8 tokens when the curve is flat from 1 to 8: every
+// multiply-add counted once, whatever the routing. Attention's multiply-adds at a long context:
+// 2 x context x heads x (2 x kv_lora_rank + rope) a token and layer, at the rate of one token.
+TEST_CASE("cpu_linear_gflops: steps take their multiply-adds at the measured rate", "[cluster_plan][predict]") {
+  const ModelConfig c = config_of(kBenchConfig);
+  auto spec = [](const json& curve) {
+    return json{{"nodes", {{{"name", "a"}, {"ram_gib", 16}, {"link_gbps", 1e6}, {"latency_us", 0},
+                            {"ram_bandwidth_gbs", 60}, {"cpu_gflops", 1000}, {"cpu_linear_gflops", curve}}}}};
+  };
+  const double active = double(count_params(c).active);
+  const PlanRun one = plan_cli(spec({{"1", 1}, {"8", 1}}), "--context 1 --weights bf16", kBenchConfig);
+  REQUIRE(one.rc == 0);
+  CHECK(one.j["prediction"]["one_sequence_tokens_per_s"].get<double>() == Approx(1e9 / (2 * active)).epsilon(0.02));
+  // The curve, not half of cpu_gflops (which would be 500 times faster).
+  const PlanRun eight = plan_cli(spec({{"1", 2}, {"8", 2}}), "--context 1 --weights bf16 --concurrency 8", kBenchConfig);
+  REQUIRE(eight.rc == 0);
+  CHECK(eight.j["prediction"]["full_pipeline_tokens_per_s"].get<double>() == Approx(2e9 / (2 * active)).epsilon(0.02));
+  // A rate that grows with the tokens: a step of 8 beats 8 steps of one by up to the ratio.
+  const PlanRun rising = plan_cli(spec({{"1", 1}, {"8", 4}}), "--context 1 --weights bf16 --concurrency 8", kBenchConfig);
+  const double full = rising.j["prediction"]["full_pipeline_tokens_per_s"].get<double>();
+  CHECK(full > 1.5e9 / (2 * active));
+  CHECK(full < 4e9 / (2 * active));
+  // Attention at a context of 4096, one sequence, 1 GFLOP/s.
+  const int64_t context = 4096;
+  const PlanRun longer = plan_cli(spec({{"1", 1}}), "--context 4096 --weights bf16", kBenchConfig);
+  REQUIRE(longer.rc == 0);
+  const double attention_ms = 2.0 * double(context) * double(c.n_heads) *
+                              double(2 * c.kv_lora_rank + c.qk_rope_head_dim) * double(c.n_layers) / 1e9 * 1e3;
+  CHECK(longer.j["prediction"]["one_sequence_ms"]["kv_cache"].get<double>() == Approx(attention_ms).epsilon(0.01));
+}
+
+// Two compute-bound one-core nodes cannot do more multiply-adds than both cores together: the full
+// pipeline's tokens/s stays within 2 x rate / (2 x active), pipelined or with experts scattered,
+// where each rank also runs experts for the other's tokens (counted beside its own stage).
+TEST_CASE("full pipeline: no more multiply-adds than the cores can do, experts served counted", "[cluster_plan][predict]") {
+  const ModelConfig c = config_of(kBenchConfig);
+  const json node = {{"ram_gib", 16}, {"link_gbps", 1e6}, {"latency_us", 0}, {"ram_bandwidth_gbs", 60},
+                     {"cpu_linear_gflops", {{"1", 1}}}};
+  json a = node, b = node;
+  a["name"] = "a";
+  b["name"] = "b";
+  const json spec = {{"nodes", {a, b}}};
+  const double bound = 2e9 / (2 * double(count_params(c).active));
+  for (const std::string mode : {"", " --expert-scatter"}) {
+    INFO(mode);
+    const PlanRun r = plan_cli(spec, "--context 1 --weights bf16 --concurrency 8" + mode, kBenchConfig);
+    REQUIRE(r.rc == 0);
+    const double full = r.j["prediction"]["full_pipeline_tokens_per_s"].get<double>();
+    CHECK(full <= bound * 1.001);
+    CHECK(full > bound * 0.5);
+  }
 }
 
 // Expert scatter: a layer waits for the rank with the larger share of the token's experts. On
