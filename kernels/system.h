@@ -26,9 +26,10 @@ ReadBandwidth measure_read_bandwidth(int64_t bytes = int64_t(1) << 30, int reps 
 // (2 flops per FMA), best of `reps` runs of about 0.1 s.
 double measure_fma_peak_gflops(int reps = 3);
 
-// GFLOP/s (2 flops per multiply-add) that linear reaches streaming a 128 MiB BF16 matrix from
-// memory and applying it to `tokens` tokens, with all OpenMP threads, the median of `reps` calls
-// (kernels/cpu/linear_probe.cpp). At 1 token it is the weight stream (BF16: GFLOP/s = GB/s).
+// GFLOP/s (2 flops per multiply-add) that linear reaches streaming a BF16 matrix of 32-128 MiB
+// from memory and applying it to `tokens` tokens, with all OpenMP threads, the median of up to
+// `reps` calls (at least 3, about a second at most; kernels/cpu/linear_probe.cpp). At 1 token it
+// is the weight stream (BF16: GFLOP/s = GB/s).
 double measure_linear_gflops(int64_t tokens, int reps = 5);
 
 // Int8 dot-product peak (the fast numerics' maddubs + madd, int32 accumulation) of the active

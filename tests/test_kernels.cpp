@@ -1194,6 +1194,7 @@ TEST_CASE("shoal inspect --system names the CPU variant, SHOAL_CPU forces a lowe
   CHECK(j["cpu_variant"] == kernels::cpu_variant());
   CHECK(j["read_bandwidth_gbs"].get<double>() > 0.1);
   CHECK(j["fma_peak_gflops"].get<double>() > 0.1);
+  for (const char* tokens : {"1", "2", "4", "8", "16"}) CHECK(j["linear_gflops"][tokens].get<double>() > 0.01);
   CHECK(j["affinity_cpus"].get<int>() >= 1);
   for (auto v : kernels::cpu::supported_variants()) {
     const std::string name(kernels::cpu::variant_name(v));
