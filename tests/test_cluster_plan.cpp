@@ -616,6 +616,42 @@ TEST_CASE("full pipeline: no more multiply-adds than the cores can do, experts s
   }
 }
 
+// A rank that runs experts for another stage's tokens does that work beside its own stage. Two
+// compute-bound stages (a flat 1 GFLOP/s), every routed expert of every layer placed on the first:
+// per cycle (a micro-batch of b = 4 tokens in each stage) the first rank computes its layers'
+// attention units and all 7 MoE layers' experts for b tokens each (b x k uses of an expert's
+// parameters a layer, whatever the routing), 2 multiply-adds a parameter and use.
+TEST_CASE("full pipeline: a rank's cycle counts the experts it runs for the other stage", "[cluster_plan][predict]") {
+  const ModelConfig c = config_of(kBenchConfig);
+  const json spec_json = {{"nodes", {{{"name", "a"}, {"ram_gib", 16}, {"link_gbps", 1e6}, {"latency_us", 0},
+                                      {"ram_bandwidth_gbs", 60}, {"cpu_linear_gflops", {{"1", 1}}}},
+                                     {{"name", "b"}, {"ram_gib", 16}, {"link_gbps", 1e6}, {"latency_us", 0},
+                                      {"ram_bandwidth_gbs", 60}, {"cpu_linear_gflops", {{"1", 1}}}}}}};
+  const ClusterSpec spec = spec_from_json(spec_json, "c.json").value();
+  FitOptions o;
+  o.weights = WeightFormat::kBf16;
+  o.context = 1;
+  o.concurrency = 8;
+  FitResult r = fit_plan(c, spec, o).value();
+  REQUIRE(r.fits);
+  const UnitBytes bytes = unit_bytes_in(c, WeightFormat::kBf16);
+  const int first = r.plan.attn.front(), second = r.plan.attn.back();
+  REQUIRE(first != second);
+  for (auto& owners : r.plan.experts) std::fill(owners.begin(), owners.end(), first);
+  const double bpp = double(r.weight_bytes) / double(r.params.total), b = 4, g = 1e9;
+  const double k = double(c.n_activated_experts);
+  double first_s = 0, experts_s = 0;
+  for (size_t i = 0; i < r.plan.attn.size(); ++i) {
+    if (r.plan.attn[i] == first) first_s += 2 * b * double(bytes.attn[i]) / bpp / g;
+    if (!bytes.experts[i].empty()) experts_s += 2 * b * k * double(bytes.experts[i][0]) / bpp / g;
+  }
+  const Prediction p = predict(c, spec, r, bytes);
+  REQUIRE(p.pipeline_stages == 2);
+  // The first rank's cycle: its attention units and every layer's experts (the embedding's rows
+  // and context-1 attention are a fraction of a percent).
+  CHECK(p.full_pipeline_tokens_per_s == Approx(b / (first_s + experts_s)).epsilon(0.01));
+}
+
 // Expert scatter: a layer waits for the rank with the larger share of the token's experts. On
 // dist-2048 over two ranks of 4 groups each (6 experts of 64, top 4 of 8 groups), the larger share
 // averages E[max(X, 6 - X)]: the groups a token picks on the first rank, j, are hypergeometric
