@@ -226,6 +226,13 @@ void kv_capacity(const ModelConfig& c, FitResult& res) {
   for (int64_t ctx : kv_serve_contexts(c)) res.kv_serves.push_back({ctx, kv_sequences(res.kv_tokens, ctx)});
 }
 
+// One rank's share of a node's compute rates (each point divided among `ranks`).
+std::map<double, double> share_of(const std::map<double, double>& rates, double ranks) {
+  std::map<double, double> out;
+  for (const auto& [tokens, gflops] : rates) out[tokens] = gflops / ranks;
+  return out;
+}
+
 }  // namespace
 
 int64_t cpu_workspace_bytes(const ModelConfig& c, int64_t prefill_chunk, int64_t concurrency) {
@@ -334,7 +341,7 @@ StatusOr<std::vector<RankSlot>> rank_slots(const ClusterSpec& s, const FitOption
       r.host_bandwidth_gbs = ram_bw;
       r.host_efficiency = cpu_eff;
       r.cpu_gflops = n.cpu_gflops / double(n.gpus.size());
-      for (const auto& [t, g] : n.cpu_linear_gflops) r.cpu_linear_gflops[t] = g / double(n.gpus.size());
+      r.cpu_linear_gflops = share_of(n.cpu_linear_gflops, double(n.gpus.size()));
       out.push_back(r);
     }
     if (!n.gpus.empty()) continue;
@@ -347,7 +354,7 @@ StatusOr<std::vector<RankSlot>> rank_slots(const ClusterSpec& s, const FitOption
       r.bandwidth_gbs = r.host_bandwidth_gbs = ram_bw;
       r.efficiency = r.host_efficiency = cpu_eff;
       r.cpu_gflops = n.cpu_gflops / double(n.cpu_ranks);
-      for (const auto& [t, g] : n.cpu_linear_gflops) r.cpu_linear_gflops[t] = g / double(n.cpu_ranks);
+      r.cpu_linear_gflops = share_of(n.cpu_linear_gflops, double(n.cpu_ranks));
       out.push_back(r);
     }
   }

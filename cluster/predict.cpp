@@ -61,11 +61,8 @@ struct Model {
     const double streaming = n > 0 ? n / (host ? host_rate(q) : device_rate(q)) : 0;
     const RankSlot& sq = slot(q);
     if (n <= 0 || (sq.gpu >= 0 && !host)) return streaming;
-    const double gflops = cpu_compute_gflops(sq, uses / n);
-    if (gflops <= 0) return streaming;
-    return std::max(streaming, 2 * uses / bytes_per_param / (gflops * 1e9));
+    return std::max(streaming, cpu_seconds(sq, 2 * uses / bytes_per_param, uses / n));
   }
-
 
   // Seconds for rank a to read its cache for b tokens in one layer: the cache's bytes, or on a CPU
   // whose compute the spec gives, the attention's multiply-adds if slower (each sequence attends
@@ -73,8 +70,14 @@ struct Model {
   double attend(int a, double b) const {
     const double streaming = b * kv_read / device_rate(a);
     const RankSlot& sa = slot(a);
-    const double gflops = sa.gpu >= 0 ? 0 : cpu_compute_gflops(sa, 1);
-    return gflops > 0 ? std::max(streaming, b * attention_flops / (gflops * 1e9)) : streaming;
+    return sa.gpu >= 0 ? streaming : std::max(streaming, cpu_seconds(sa, b * attention_flops, 1));
+  }
+
+  // Seconds of `flops` on a CPU rank at its rate for `tokens` tokens a weight; 0 where the spec
+  // gives no compute rate.
+  static double cpu_seconds(const RankSlot& sq, double flops, double tokens) {
+    const double gflops = cpu_compute_gflops(sq, tokens);
+    return gflops > 0 ? flops / (gflops * 1e9) : 0;
   }
 
   // Seconds for one message of `n` bytes from rank a to rank b.
@@ -219,8 +222,8 @@ LayerCost layer_cost(const Model& m, int64_t i, double b, Load& load) {
       const RankSlot& sq = m.slot(q);
       mem[{sq.node, sq.gpu}] += dev[q] / m.device_rate(q);
       mem[{sq.node, -1}] += sq.gpu >= 0 ? host[q] / m.host_rate(q) : 0;
-      if (q != a) load.served[q] += m.apply(q, dev[q], dev_uses[q]) + m.apply(q, host[q], host_uses[q], true);
       if (q == a) continue;
+      load.served[q] += m.apply(q, dev[q], dev_uses[q]) + m.apply(q, host[q], host_uses[q], true);
       // The token's row goes to q when one of its k experts is there; q answers one partial sum
       // per maximal combine node of its experts that the token reaches (model/expert_combine.h).
       double partials = 0;

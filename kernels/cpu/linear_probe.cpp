@@ -3,8 +3,6 @@
 // At one token this is the weight stream; at several, on a core whose multiply-adds cannot keep
 // up with memory, it is the kernel's compute rate. shoal plan takes a CPU matrix's time as the
 // longer of streaming its bytes and its multiply-adds at this rate (docs/plan.md).
-#include <omp.h>
-
 #include <algorithm>
 #include <chrono>
 #include <vector>
