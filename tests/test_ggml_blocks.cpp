@@ -220,5 +220,27 @@ TEMPLATE_TEST_CASE("fast linear: exact integer dots, same bits in any batch and 
     INFO(shoal::dtype_name(t) << " variant " << shoal::kernels::cpu::variant_name(variant));
     CHECK(std::memcmp(again.data(), fast.data(), fast.size() * sizeof(float)) == 0);
   }
+  // Activations of every magnitude, whose per-16 scales and products round: every variant, in a
+  // batch or a token at a time, gives the portable baseline's bits (its scalar order is the
+  // definition of the canonical sum).
+  std::vector<float> y(x.size());
+  for (size_t i = 0; i < y.size(); ++i) {
+    seed = seed * 1664525u + 1013904223u;
+    y[i] = std::ldexp(float(int32_t(seed >> 8) - (1 << 23)) / float(1 << 23), int(seed % 7) - 3);
+  }
+  shoal::kernels::cpu::set_variant(shoal::kernels::cpu::Variant::kBaseline);
+  std::vector<float> reference(fast.size());
+  k::linear(reference.data(), y.data(), w, n, ctx);
+  for (auto variant : shoal::kernels::cpu::supported_variants()) {
+    shoal::kernels::cpu::set_variant(variant);
+    std::vector<float> batch(fast.size());
+    k::linear(batch.data(), y.data(), w, n, ctx);
+    INFO(shoal::dtype_name(t) << " variant " << shoal::kernels::cpu::variant_name(variant));
+    CHECK(std::memcmp(batch.data(), reference.data(), reference.size() * sizeof(float)) == 0);
+    for (int64_t tok = 0; tok < n; ++tok) {
+      k::linear(one.data(), y.data() + tok * K, w, 1, ctx);
+      CHECK(std::memcmp(one.data(), reference.data() + tok * R, size_t(R) * sizeof(float)) == 0);
+    }
+  }
   shoal::kernels::cpu::set_variant(active);
 }

@@ -378,9 +378,11 @@ inline float tree8(__m256 t) {
 }
 #endif
 
-// u[lane] of a whole unit for one token (xq: its 256 activations; xd, xs: its 16 slots).
+#if defined(__AVX2__)
+// u of a whole unit for one token (xq: its 256 activations; xd, xs: its 16 slots), as two
+// halves: v0 holds lanes 0-7, v1 lanes 8-15.
 template <DType T>
-inline void unit_u(const Unit<T>& w, const int8_t* xq, const float* xd, const int32_t* xs, float* u) {
+inline void unit_halves(const Unit<T>& w, const int8_t* xq, const float* xd, const int32_t* xs, __m256& v0, __m256& v1) {
 #if defined(__AVX512BW__)
   // Four 64-weight products; each int32 lane holds 4 weights, 4 lanes a sub-block.
   const __m512i ones = _mm512_set1_epi16(1);
@@ -405,8 +407,9 @@ inline void unit_u(const Unit<T>& w, const int8_t* xq, const float* xd, const in
     const __m512 m = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_mullo_epi32(_mm512_load_si512(w.mn), sums)), dx);
     v = _mm512_sub_ps(v, _mm512_mul_ps(_mm512_load_ps(w.dmin), m));
   }
-  _mm512_storeu_ps(u, v);
-#elif defined(__AVX2__)
+  v0 = _mm512_castps512_ps256(v);
+  v1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+#else
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i p[8];
   for (int c = 0; c < 8; ++c) {
@@ -416,20 +419,78 @@ inline void unit_u(const Unit<T>& w, const int8_t* xq, const float* xd, const in
     const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qa + 32 * c));
     p[c] = _mm256_madd_epi16(_mm256_maddubs_epi16(a, x), ones);
   }
+  __m256 v[2];
   for (int h = 0; h < 2; ++h) {
     __m256i g = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4 * h], p[4 * h + 1]), _mm256_hadd_epi32(p[4 * h + 2], p[4 * h + 3]));
     const __m256i sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + 8 * h));
     if constexpr (form_of(T) == Form::kOffset) g = _mm256_sub_epi32(g, _mm256_mullo_epi32(sums, _mm256_set1_epi32(offset_of(T))));
     const __m256i ints = _mm256_mullo_epi32(g, _mm256_load_si256(reinterpret_cast<const __m256i*>(w.sc + 8 * h)));
     const __m256 dx = _mm256_loadu_ps(xd + 8 * h);
-    __m256 v = _mm256_mul_ps(_mm256_load_ps(w.d + 8 * h), _mm256_mul_ps(_mm256_cvtepi32_ps(ints), dx));
+    v[h] = _mm256_mul_ps(_mm256_load_ps(w.d + 8 * h), _mm256_mul_ps(_mm256_cvtepi32_ps(ints), dx));
     if constexpr (has_mins(T)) {
       const __m256i mins = _mm256_mullo_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.mn + 8 * h)), sums);
       const __m256 m = _mm256_mul_ps(_mm256_cvtepi32_ps(mins), dx);
-      v = _mm256_sub_ps(v, _mm256_mul_ps(_mm256_load_ps(w.dmin + 8 * h), m));
+      v[h] = _mm256_sub_ps(v[h], _mm256_mul_ps(_mm256_load_ps(w.dmin + 8 * h), m));
     }
-    _mm256_storeu_ps(u + 8 * h, v);
   }
+  v0 = v[0];
+  v1 = v[1];
+#endif
+}
+
+// The first level of a unit's sum for one (row, token), in 8 lanes:
+//   256-weight types: t[k] = u[k] + u[k + 8] (the tree's first level);
+//   32-weight types: block b's value u[8h + k] + u[8h + k + 4] in lane b = 4h + k.
+template <DType T>
+inline __m256 unit_level1(const Unit<T>& w, const int8_t* xq, const float* xd, const int32_t* xs) {
+  __m256 v0, v1;
+  unit_halves<T>(w, xq, xd, xs, v0, v1);
+  if constexpr (Unit<T>::kBlocks == 1) return _mm256_add_ps(v0, v1);
+  else return _mm256_add_ps(_mm256_permute2f128_ps(v0, v1, 0x20), _mm256_permute2f128_ps(v0, v1, 0x31));
+}
+
+// acc[k] + the rest of row k's tree (t[k] += t[k + 4]; t[k] += t[k + 2]; t[0] + t[1]) for the 8
+// rows k of a group at once: the same sums as tree8 row by row, lanes moved instead of rows.
+inline __m256 add_trees8(__m256 acc, const __m256* t) {
+  __m256 x[4];  // x[p] = [x of row 2p | x of row 2p + 1], x[k] = t[k] + t[k + 4]
+  for (int p = 0; p < 4; ++p)
+    x[p] = _mm256_add_ps(_mm256_permute2f128_ps(t[2 * p], t[2 * p + 1], 0x20), _mm256_permute2f128_ps(t[2 * p], t[2 * p + 1], 0x31));
+  __m256 y[2];  // y[q]: [y0, y1 of row 4q, the same of row 4q + 2 | rows 4q + 1, 4q + 3], y[k] = x[k] + x[k + 2]
+  for (int q = 0; q < 2; ++q)
+    y[q] = _mm256_add_ps(_mm256_shuffle_ps(x[2 * q], x[2 * q + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm256_shuffle_ps(x[2 * q], x[2 * q + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m256 r = _mm256_add_ps(_mm256_shuffle_ps(y[0], y[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm256_shuffle_ps(y[0], y[1], _MM_SHUFFLE(3, 1, 3, 1)));  // rows 0 2 4 6 | 1 3 5 7
+  return _mm256_add_ps(acc, _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+// acc[k] + block 0 + block 1 + ... + block 7 of row k (c[k] lane b) for the 8 rows at once.
+inline __m256 add_blocks8(__m256 acc, const __m256* c) {
+  __m256 t[8], s[8];
+  for (int p = 0; p < 4; ++p) {
+    t[2 * p] = _mm256_unpacklo_ps(c[2 * p], c[2 * p + 1]);
+    t[2 * p + 1] = _mm256_unpackhi_ps(c[2 * p], c[2 * p + 1]);
+  }
+  for (int q = 0; q < 2; ++q)
+    for (int h = 0; h < 2; ++h) {
+      s[4 * q + 2 * h] = _mm256_shuffle_ps(t[4 * q + h], t[4 * q + h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+      s[4 * q + 2 * h + 1] = _mm256_shuffle_ps(t[4 * q + h], t[4 * q + h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+  // s[4q + j] holds block j (and j + 4 in the high half) of rows 4q .. 4q + 3.
+  for (int b = 0; b < 8; ++b)
+    acc = _mm256_add_ps(acc, b < 4 ? _mm256_permute2f128_ps(s[b], s[4 + b], 0x20) : _mm256_permute2f128_ps(s[b - 4], s[b], 0x31));
+  return acc;
+}
+#endif
+
+// u[lane] of a whole unit for one token (xq: its 256 activations; xd, xs: its 16 slots).
+template <DType T>
+inline void unit_u(const Unit<T>& w, const int8_t* xq, const float* xd, const int32_t* xs, float* u) {
+#if defined(__AVX2__)
+  __m256 v0, v1;
+  unit_halves<T>(w, xq, xd, xs, v0, v1);
+  _mm256_storeu_ps(u, v0);
+  _mm256_storeu_ps(u + 8, v1);
 #else
   for (int lane = 0; lane < 16; ++lane) {
     const int s = kLaneSub[lane];
@@ -513,6 +574,17 @@ void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
         for (int64_t t = 0; t < n; ++t) {
           const int8_t* xq = acts.q.data() + t * Kp + un * kUnit;
           const size_t slot = size_t(t * (Kp / 16) + un * 16);
+#if defined(__AVX2__)
+          if (g == kQRows && blocks == U::kBlocks) {  // a whole group and unit: 8 rows' sums at once
+            __m256 level1[kQRows];
+            for (int k = 0; k < kQRows; ++k)
+              level1[k] = unit_level1<T>(prep[size_t(k)], xq, acts.d.data() + slot, acts.sum.data() + slot);
+            float* a = acc.data() + t * kQRows;
+            const __m256 before = _mm256_loadu_ps(a);
+            _mm256_storeu_ps(a, U::kBlocks == 1 ? add_trees8(before, level1) : add_blocks8(before, level1));
+            continue;
+          }
+#endif
           for (int k = 0; k < g; ++k) {
             unit_u<T>(prep[size_t(k)], xq, acts.d.data() + slot, acts.sum.data() + slot, u);
             float& a = acc[size_t(t * kQRows + k)];
