@@ -9,6 +9,9 @@
 // pair and each sub-block s of a unit:
 //   i[s] = sc[s] * sum_{j in s} q_j x_j                         (exact int32)
 //   a[s] = float(i[s]) * d_x[s];  m[s] = float(mn[s] * sum_{j in s} x_j) * d_x[s]
+// (float(i[s]) is computed as float(sum q x) * float(sc[s]) and float(mn * sum x) as
+// float(mn) * float(sum x): every factor is an integer below 2^24, so each product is the same
+// single rounding of the same integer, without integer multiplies.)
 //   u[s] = d * a[s] - dmin * m[s]    (d, dmin of the block holding s; "- dmin * m" only with mins)
 // The 16 sub-blocks sit in lanes in the order P = 0 2 4 6 1 3 5 7 | 8 10 12 14 9 11 13 15 (what
 // two rounds of hadd leave), and a unit's value is, for the 256-weight types, the tree
@@ -56,7 +59,7 @@ struct QuantActs {
   int64_t K = 0, Kp = 0;
   std::vector<int8_t> q;     // [n, Kp]
   std::vector<float> d;      // [n, Kp / 16], slots as sub_slot
-  std::vector<int32_t> sum;  // [n, Kp / 16]: sums of q per 16, same slots
+  std::vector<float> sum;    // [n, Kp / 16]: sums of q per 16 (integers, exact), same slots
 };
 
 inline void quantize_acts(const float* x, int64_t n, int64_t K, QuantActs& a) {
@@ -70,7 +73,7 @@ inline void quantize_acts(const float* x, int64_t n, int64_t K, QuantActs& a) {
     std::memset(a.q.data() + t * Kp + K, 0, size_t(Kp - K));
     for (int64_t s = K / 16; s < Kp / 16; ++s) {
       a.d[size_t(t * (Kp / 16) + sub_slot(s))] = 0.0f;
-      a.sum[size_t(t * (Kp / 16) + sub_slot(s))] = 0;
+      a.sum[size_t(t * (Kp / 16) + sub_slot(s))] = 0.0f;
     }
   }
   for (int64_t t = 0; t < n; ++t)
@@ -88,7 +91,7 @@ inline void quantize_acts(const float* x, int64_t n, int64_t K, QuantActs& a) {
       }
       const size_t slot = size_t(t * (Kp / 16) + sub_slot(s));
       a.d[slot] = amax / 127.0f;
-      a.sum[slot] = sum;
+      a.sum[slot] = float(sum);
     }
 }
 
@@ -120,16 +123,7 @@ constexpr bool has_mins(DType t) {
 }
 
 #if defined(__AVX2__)
-// The IQ2 sign codes (7 stored bits, parity for the 8th) as byte masks: 0xFF where negative.
-constexpr std::array<uint64_t, 128> kSignBytes = [] {
-  std::array<uint64_t, 128> t{};
-  for (uint32_t c = 0; c < 128; ++c) {
-    const uint8_t s = ggml::iq_signs(c);
-    for (int j = 0; j < 8; ++j)
-      if ((s >> j) & 1) t[c] |= uint64_t(0xFF) << (8 * j);
-  }
-  return t;
-}();
+#include "kernels/cpu/qlinear_avx2_blocks.h"
 #endif
 
 // One unit of one row, ready for the token loop: maddubs' weight operand, the sign source, and
@@ -140,8 +134,8 @@ struct Unit {
   static constexpr int kBlocks = int(kUnit) / kW;
   alignas(64) int8_t qa[256];
   alignas(64) int8_t qs[256];   // kSign: q (its signs)
-  alignas(64) int32_t sc[16];
-  alignas(64) int32_t mn[16];
+  alignas(64) float sc[16];  // integers, as floats
+  alignas(64) float mn[16];
   alignas(64) float d[16];
   alignas(64) float dmin[16];
 
@@ -151,8 +145,8 @@ struct Unit {
     std::memset(qs + kW * k, 0, size_t(kW * (kBlocks - k)));
     for (int s = k * (kW / 16); s < 16; ++s) {
       const int lane = kSubLane[s];
-      sc[lane] = 1;
-      mn[lane] = 0;
+      sc[lane] = 1.0f;
+      mn[lane] = 0.0f;
       d[lane] = 0.0f;
       dmin[lane] = 0.0f;
     }
@@ -161,10 +155,7 @@ struct Unit {
   // Block k (of kBlocks) of the unit from its bytes.
   void take(int k, const uint8_t* b) {
 #if defined(__AVX2__)
-    if constexpr (T == DType::kQ4_K || T == DType::kQ6_K || T == DType::kQ8_0 || T == DType::kQ2_K ||
-                  T == DType::kQ3_K || T == DType::kIQ2_XXS || T == DType::kQ4_0 || T == DType::kQ5_0 ||
-                  T == DType::kIQ4_NL || T == DType::kIQ1_S)
-      return take_simd(k, b);
+    if constexpr (kAvx2Unit<T> || kAvx2Block<T>) return take_simd(k, b);
 #endif
     IntBlock w;
     ggml::unpack_block<T>(b, w);
@@ -181,188 +172,38 @@ struct Unit {
     }
     for (int s = 0; s < kW / 16; ++s) {
       const int lane = kSubLane[k * (kW / 16) + s];
-      sc[lane] = w.sc[s];
-      mn[lane] = w.mn[s];
+      sc[lane] = float(w.sc[s]);
+      mn[lane] = float(w.mn[s]);
       d[lane] = w.d;
       dmin[lane] = w.dmin;
     }
   }
 
 #if defined(__AVX2__)
-  // The same fields straight from the bytes for the types that dominate the usual files.
-  static __m256i load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  // The same fields from the AVX2 parts (kernels/cpu/qlinear_avx2_blocks.h).
   static void store(void* p, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), v); }
-  static float f16(const uint8_t* p) {  // the F16C conversion: exact, as f16_to_float
-    uint16_t h;
-    std::memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-  }
-  // A 256-weight block's per-lane fields: d, dmin on every lane; scales (and mins) of 16-weight
-  // sub-blocks given in column order (int8 or uint8 s[16]) are put in lane order P.
-  void block_scalars(float dd, float dm) {
-    const __m256 vd = _mm256_set1_ps(dd), vm = _mm256_set1_ps(dm);
-    _mm256_store_ps(d, vd), _mm256_store_ps(d + 8, vd);
-    _mm256_store_ps(dmin, vm), _mm256_store_ps(dmin + 8, vm);
-  }
-  static void lanes_of16(int32_t* out, __m128i s16_epi8, bool is_signed) {
-    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    const __m128i hi = _mm_srli_si128(s16_epi8, 8);
-    const __m256i a = is_signed ? _mm256_cvtepi8_epi32(s16_epi8) : _mm256_cvtepu8_epi32(s16_epi8);
-    const __m256i c = is_signed ? _mm256_cvtepi8_epi32(hi) : _mm256_cvtepu8_epi32(hi);
-    store(out, _mm256_permutevar8x32_epi32(a, order));
-    store(out + 8, _mm256_permutevar8x32_epi32(c, order));
-  }
-  // Scales of 32-weight sub-blocks (8 bytes): sub-blocks 2j, 2j + 1 share byte j. In order P,
-  // half h's lanes are bytes 4h .. 4h + 3, twice.
-  static void lanes_of32(int32_t* out, const uint8_t* s8) {
-    uint32_t lo, hi;
-    std::memcpy(&lo, s8, 4);
-    std::memcpy(&hi, s8 + 4, 4);
-    store(out, _mm256_cvtepu8_epi32(_mm_set1_epi32(int32_t(lo))));
-    store(out + 8, _mm256_cvtepu8_epi32(_mm_set1_epi32(int32_t(hi))));
-  }
-
   void take_simd(int k, const uint8_t* b) {
-    const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
-    if constexpr (T == DType::kQ8_0) {  // d f16 @0, qs int8[32] @2
-      const __m256i q = load(b + 2);
-      store(qs + 32 * k, q);
-      store(qa + 32 * k, _mm256_sign_epi8(q, q));  // |q|; |-128| stays 0x80, read as u8 128
-      const float dd = f16(b);
+    if constexpr (kAvx2Unit<T>) {
+      Avx2Unit<T>::chunks(b, [&](int c, __m256i v) { store(qa + 32 * c, v); });
+      const UnitScalars s = Avx2Unit<T>::scalars(b);
+      for (int h = 0; h < 2; ++h) {
+        _mm256_store_ps(d + 8 * h, _mm256_set1_ps(s.d));
+        _mm256_store_ps(sc + 8 * h, s.sc[h]);
+        if constexpr (has_mins(T)) {
+          _mm256_store_ps(dmin + 8 * h, _mm256_set1_ps(s.dmin));
+          _mm256_store_ps(mn + 8 * h, s.mn[h]);
+        }
+      }
+    } else {
+      __m256i q = _mm256_setzero_si256();
+      store(qa + 32 * k, Avx2Block<T>::chunk(b, q));
+      if constexpr (form_of(T) == Form::kSign) store(qs + 32 * k, q);
+      const float dd = Avx2Block<T>::d(b);
       d[kSubLane[2 * k]] = dd;
       d[kSubLane[2 * k + 1]] = dd;
       if (k == 0) {  // sub-block scale 1, no mins: the same for every unit
-        store(sc, _mm256_set1_epi32(1)), store(sc + 8, _mm256_set1_epi32(1));
-        store(mn, _mm256_setzero_si256()), store(mn + 8, _mm256_setzero_si256());
-        _mm256_store_ps(dmin, _mm256_setzero_ps()), _mm256_store_ps(dmin + 8, _mm256_setzero_ps());
+        _mm256_store_ps(sc, _mm256_set1_ps(1.0f)), _mm256_store_ps(sc + 8, _mm256_set1_ps(1.0f));
       }
-    } else if constexpr (T == DType::kQ4_K) {  // d, dmin f16 @0, @2; scales[12] @4; qs[128] @16
-      block_scalars(f16(b), f16(b + 2));
-      // The 8 six-bit scales and mins (k_scale_min) as bytes, four per 32-bit word.
-      uint32_t u[3];
-      std::memcpy(u, b + 4, 12);
-      const uint32_t six = 0x3F3F3F3F, four = 0x0F0F0F0F, two = 0x03030303;
-      const uint32_t sc8[2] = {u[0] & six, (u[2] & four) | (((u[0] >> 6) & two) << 4)};
-      const uint32_t mn8[2] = {u[1] & six, ((u[2] >> 4) & four) | (((u[1] >> 6) & two) << 4)};
-      lanes_of32(sc, reinterpret_cast<const uint8_t*>(sc8));
-      lanes_of32(mn, reinterpret_cast<const uint8_t*>(mn8));
-      for (int p = 0; p < 4; ++p) {
-        const __m256i v = load(b + 16 + 32 * p);
-        store(qa + 64 * p, _mm256_and_si256(v, low4));
-        store(qa + 64 * p + 32, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
-      }
-    } else if constexpr (T == DType::kQ6_K) {  // ql[128] @0, qh[64] @128, scales int8[16] @192, d f16 @208
-      block_scalars(f16(b + 208), 0.0f);
-      lanes_of16(sc, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)), true);
-      for (int h = 0; h < 2; ++h) {
-        const __m256i hi = load(b + 128 + 32 * h);
-        for (int r = 0; r < 4; ++r) {
-          __m256i lo = load(b + 64 * h + 32 * (r & 1));
-          if (r >= 2) lo = _mm256_srli_epi16(lo, 4);
-          lo = _mm256_and_si256(lo, low4);
-          const __m256i top = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hi, 2 * r), low2), 4);
-          store(qa + 128 * h + 32 * r, _mm256_or_si256(lo, top));  // q + 32 (0..63)
-        }
-      }
-    } else if constexpr (T == DType::kQ2_K) {  // scales[16] @0 (low: scale, high: min), qs[64] @16, d, dmin @80, @82
-      block_scalars(f16(b + 80), f16(b + 82));
-      const __m128i s = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
-      lanes_of16(sc, _mm_and_si128(s, _mm_set1_epi8(0x0F)), false);
-      lanes_of16(mn, _mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F)), false);
-      for (int h = 0; h < 2; ++h) {
-        const __m256i q = load(b + 16 + 32 * h);
-        for (int r = 0; r < 4; ++r) store(qa + 128 * h + 32 * r, _mm256_and_si256(_mm256_srli_epi16(q, 2 * r), low2));
-      }
-    } else if constexpr (T == DType::kQ3_K) {  // hmask[32] @0, qs[64] @32, scales[12] @96, d @108
-      block_scalars(f16(b + 108), 0.0f);
-      uint32_t u[3];
-      std::memcpy(u, b + 96, 12);
-      const uint32_t four = 0x0F0F0F0F, two = 0x03030303;
-      // Sixteen 6-bit scales - 32: low nibbles from bytes 0..7 (i < 8) and their high nibbles
-      // (i >= 8), top two bits from bytes 8..11 at bits 2(i / 4).
-      uint32_t v[4] = {(u[0] & four) | ((u[2] & two) << 4), (u[1] & four) | (((u[2] >> 2) & two) << 4),
-                       ((u[0] >> 4) & four) | (((u[2] >> 4) & two) << 4), ((u[1] >> 4) & four) | (((u[2] >> 6) & two) << 4)};
-      const __m128i s = _mm_sub_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)), _mm_set1_epi8(32));
-      lanes_of16(sc, s, true);
-      const __m256i m = load(b);
-      for (int h = 0; h < 2; ++h) {
-        const __m256i q = load(b + 32 + 32 * h);
-        for (int r = 0; r < 4; ++r) {
-          // q + 4 = low two bits + 4 * (hmask bit 4h + r)
-          const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * r), low2);
-          const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(m, 4 * h + r), _mm256_set1_epi8(1));
-          store(qa + 128 * h + 32 * r, _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2)));
-        }
-      }
-    } else if constexpr (T == DType::kQ4_0 || T == DType::kQ5_0 || T == DType::kIQ4_NL) {
-      // 32-weight blocks, d f16 @0; Q4_0/IQ4_NL: qs[16] @2; Q5_0: qh u32 @2, qs[16] @6. Byte j of
-      // qs holds weight j (low nibble) and j + 16 (high nibble).
-      const uint8_t* q = b + (T == DType::kQ5_0 ? 6 : 2);
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-      const __m128i m4 = _mm_set1_epi8(0x0F);
-      __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
-      if constexpr (T == DType::kQ5_0) {  // fifth bit j of qh above weight j: q + 16 = nibble | bit << 4
-        uint32_t qh;
-        std::memcpy(&qh, b + 2, 4);
-        const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(int32_t(qh)),
-                                                  _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202,
-                                                                     0x0303030303030303));
-        const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
-        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
-        nib = _mm256_or_si256(nib, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
-      }
-      if constexpr (T == DType::kIQ4_NL) {  // the 16 levels, then the sign form
-        const __m128i lv = _mm_setr_epi8(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
-        const __m256i lq = _mm256_shuffle_epi8(_mm256_set_m128i(lv, lv), nib);
-        store(qs + 32 * k, lq);
-        store(qa + 32 * k, _mm256_sign_epi8(lq, lq));
-      } else {
-        store(qa + 32 * k, nib);  // q + 8 (Q4_0), q + 16 (Q5_0): the offset form
-      }
-      const float dd = f16(b);
-      d[kSubLane[2 * k]] = dd;
-      d[kSubLane[2 * k + 1]] = dd;
-      if (k == 0) {
-        store(sc, _mm256_set1_epi32(1)), store(sc + 8, _mm256_set1_epi32(1));
-        store(mn, _mm256_setzero_si256()), store(mn + 8, _mm256_setzero_si256());
-      }
-    } else if constexpr (T == DType::kIQ1_S) {  // d @0; qs[32] @2; qh u16[8] @34
-      block_scalars(f16(b) * 0.125f, 0.0f);
-      alignas(16) uint8_t s8[16];
-      const __m256i eight = _mm256_set1_epi8(8);
-      for (int g = 0; g < 8; ++g) {
-        uint16_t qh;
-        std::memcpy(&qh, b + 34 + 2 * g, 2);
-        s8[2 * g] = s8[2 * g + 1] = uint8_t(2 * ((qh >> 12) & 7) + 1);
-        uint64_t grid[4];
-        for (int r = 0; r < 4; ++r)
-          std::memcpy(&grid[r], ggml::kIq1sGrid[b[2 + 4 * g + r] | (((qh >> (3 * r)) & 7) << 8)].data(), 8);
-        const __m256i gv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grid));
-        // q + 9 = 8 grid + delta + 9 (grid in -1, 0, 1; delta -1 or 1)
-        const __m256i q8 = _mm256_sign_epi8(eight, gv);
-        store(qa + 32 * g, _mm256_add_epi8(q8, _mm256_set1_epi8(int8_t(10 - 2 * (qh >> 15)))));  // no branch
-      }
-      lanes_of16(sc, _mm_load_si128(reinterpret_cast<const __m128i*>(s8)), false);
-    } else if constexpr (T == DType::kIQ2_XXS) {  // d @0; per 32: 4 grid indices, u32 of signs and scale
-      block_scalars(f16(b) * 0.125f, 0.0f);
-      alignas(16) uint8_t s8[16];
-      const __m256i off = _mm256_set1_epi8(43);
-      for (int g = 0; g < 8; ++g) {
-        const uint8_t* q = b + 2 + 8 * g;
-        uint32_t aux;
-        std::memcpy(&aux, q + 4, 4);
-        s8[2 * g] = s8[2 * g + 1] = uint8_t(2 * (aux >> 28) + 1);
-        uint64_t grid[4], neg[4];
-        for (int r = 0; r < 4; ++r) {
-          std::memcpy(&grid[r], ggml::kIq2xxsGrid[q[r]].data(), 8);
-          neg[r] = kSignBytes[(aux >> (7 * r)) & 127];
-        }
-        const __m256i gv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grid));
-        const __m256i nv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(neg));
-        // Negate where the sign is set, then the offset form (+ 43).
-        store(qa + 32 * g, _mm256_add_epi8(_mm256_sub_epi8(_mm256_xor_si256(gv, nv), nv), off));
-      }
-      lanes_of16(sc, _mm_load_si128(reinterpret_cast<const __m128i*>(s8)), false);
     }
   }
 #endif
@@ -378,11 +219,29 @@ inline float tree8(__m256 t) {
 }
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512BW__)
+// 32 columns' products, 4 int32 lanes per sub-block of 16 (exact: see Form).
+inline __m256i chunk_dot(__m256i a, __m256i x) { return _mm256_madd_epi16(_mm256_maddubs_epi16(a, x), _mm256_set1_epi16(1)); }
+
+// u of half a unit (8 lanes of order P) from its 4 chunks' products p: the float part.
+template <DType T>
+inline __m256 half_u(const __m256i* p, __m256 sc, __m256 d, __m256 mn, __m256 dmin, const float* xd, const float* xs) {
+  const __m256i g = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+  const __m256 sums = _mm256_loadu_ps(xs);
+  __m256 gf = _mm256_cvtepi32_ps(g);  // exact, as every integer below
+  if constexpr (form_of(T) == Form::kOffset) gf = _mm256_sub_ps(gf, _mm256_mul_ps(sums, _mm256_set1_ps(float(offset_of(T)))));
+  const __m256 dx = _mm256_loadu_ps(xd);
+  __m256 v = _mm256_mul_ps(d, _mm256_mul_ps(_mm256_mul_ps(gf, sc), dx));
+  if constexpr (has_mins(T)) v = _mm256_sub_ps(v, _mm256_mul_ps(dmin, _mm256_mul_ps(_mm256_mul_ps(mn, sums), dx)));
+  return v;
+}
+#endif
+
 #if defined(__AVX2__)
 // u of a whole unit for one token (xq: its 256 activations; xd, xs: its 16 slots), as two
 // halves: v0 holds lanes 0-7, v1 lanes 8-15.
 template <DType T>
-inline void unit_halves(const Unit<T>& w, const int8_t* xq, const float* xd, const int32_t* xs, __m256& v0, __m256& v1) {
+inline void unit_halves(const Unit<T>& w, const int8_t* xq, const float* xd, const float* xs, __m256& v0, __m256& v1) {
 #if defined(__AVX512BW__)
   // Four 64-weight products; each int32 lane holds 4 weights, 4 lanes a sub-block.
   const __m512i ones = _mm512_set1_epi16(1);
@@ -398,55 +257,83 @@ inline void unit_halves(const Unit<T>& w, const int8_t* xq, const float* xd, con
   const __m512i t2 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2], p[3]), _mm512_unpackhi_epi32(p[2], p[3]));
   __m512i g = _mm512_add_epi32(_mm512_unpacklo_epi64(t1, t2), _mm512_unpackhi_epi64(t1, t2));
   g = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 1, 9, 4, 12, 5, 13, 2, 10, 3, 11, 6, 14, 7, 15), g);
-  const __m512i sums = _mm512_loadu_si512(xs);
-  if constexpr (form_of(T) == Form::kOffset) g = _mm512_sub_epi32(g, _mm512_mullo_epi32(sums, _mm512_set1_epi32(offset_of(T))));
-  const __m512i ints = _mm512_mullo_epi32(g, _mm512_load_si512(w.sc));
+  const __m512 sums = _mm512_loadu_ps(xs);
+  __m512 gf = _mm512_cvtepi32_ps(g);  // exact, as every integer below
+  if constexpr (form_of(T) == Form::kOffset) gf = _mm512_sub_ps(gf, _mm512_mul_ps(sums, _mm512_set1_ps(float(offset_of(T)))));
   const __m512 dx = _mm512_loadu_ps(xd);
-  __m512 v = _mm512_mul_ps(_mm512_load_ps(w.d), _mm512_mul_ps(_mm512_cvtepi32_ps(ints), dx));
+  __m512 v = _mm512_mul_ps(_mm512_load_ps(w.d), _mm512_mul_ps(_mm512_mul_ps(gf, _mm512_load_ps(w.sc)), dx));
   if constexpr (has_mins(T)) {
-    const __m512 m = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_mullo_epi32(_mm512_load_si512(w.mn), sums)), dx);
+    const __m512 m = _mm512_mul_ps(_mm512_mul_ps(_mm512_load_ps(w.mn), sums), dx);
     v = _mm512_sub_ps(v, _mm512_mul_ps(_mm512_load_ps(w.dmin), m));
   }
   v0 = _mm512_castps512_ps256(v);
   v1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
 #else
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256i p[8];
   for (int c = 0; c < 8; ++c) {
     __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * c));
     if constexpr (form_of(T) == Form::kSign)
       x = _mm256_sign_epi8(x, _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qs + 32 * c)));
-    const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qa + 32 * c));
-    p[c] = _mm256_madd_epi16(_mm256_maddubs_epi16(a, x), ones);
+    p[c] = chunk_dot(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.qa + 32 * c)), x);
   }
   __m256 v[2];
-  for (int h = 0; h < 2; ++h) {
-    __m256i g = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4 * h], p[4 * h + 1]), _mm256_hadd_epi32(p[4 * h + 2], p[4 * h + 3]));
-    const __m256i sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + 8 * h));
-    if constexpr (form_of(T) == Form::kOffset) g = _mm256_sub_epi32(g, _mm256_mullo_epi32(sums, _mm256_set1_epi32(offset_of(T))));
-    const __m256i ints = _mm256_mullo_epi32(g, _mm256_load_si256(reinterpret_cast<const __m256i*>(w.sc + 8 * h)));
-    const __m256 dx = _mm256_loadu_ps(xd + 8 * h);
-    v[h] = _mm256_mul_ps(_mm256_load_ps(w.d + 8 * h), _mm256_mul_ps(_mm256_cvtepi32_ps(ints), dx));
-    if constexpr (has_mins(T)) {
-      const __m256i mins = _mm256_mullo_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.mn + 8 * h)), sums);
-      const __m256 m = _mm256_mul_ps(_mm256_cvtepi32_ps(mins), dx);
-      v[h] = _mm256_sub_ps(v[h], _mm256_mul_ps(_mm256_load_ps(w.dmin + 8 * h), m));
-    }
-  }
+  for (int h = 0; h < 2; ++h)
+    v[h] = half_u<T>(p + 4 * h, _mm256_load_ps(w.sc + 8 * h), _mm256_load_ps(w.d + 8 * h),
+                     has_mins(T) ? _mm256_load_ps(w.mn + 8 * h) : _mm256_setzero_ps(),
+                     has_mins(T) ? _mm256_load_ps(w.dmin + 8 * h) : _mm256_setzero_ps(), xd + 8 * h, xs + 8 * h);
   v0 = v[0];
   v1 = v[1];
 #endif
 }
 
+#if !defined(__AVX512BW__)
+// u of a whole unit for one token straight from its bytes (b; bb: bytes per block), with no Unit
+// stored: what take and unit_halves give, for the types with AVX2 parts, in fewer stores.
+template <DType T>
+inline void unit_halves_from_bytes(const uint8_t* b, int64_t bb, const int8_t* xq, const float* xd, const float* xs,
+                                   __m256& v0, __m256& v1) {
+  __m256i p[8];
+  __m256 d[2], sc[2], mn[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, dmin = _mm256_setzero_ps();
+  if constexpr (kAvx2Unit<T>) {
+    Avx2Unit<T>::chunks(b, [&](int c, __m256i a) { p[c] = chunk_dot(a, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * c))); });
+    const UnitScalars s = Avx2Unit<T>::scalars(b);
+    d[0] = d[1] = _mm256_set1_ps(s.d);
+    dmin = _mm256_set1_ps(s.dmin);
+    sc[0] = s.sc[0], sc[1] = s.sc[1], mn[0] = s.mn[0], mn[1] = s.mn[1];
+  } else {
+    alignas(16) float dd[8];
+    for (int k = 0; k < 8; ++k) {
+      __m256i q = _mm256_setzero_si256();
+      const __m256i a = Avx2Block<T>::chunk(b + k * bb, q);
+      __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * k));
+      if constexpr (form_of(T) == Form::kSign) x = _mm256_sign_epi8(x, q);
+      p[k] = chunk_dot(a, x);
+      dd[k] = Avx2Block<T>::d(b + k * bb);
+    }
+    for (int h = 0; h < 2; ++h) {  // block 4h + k at lanes k and k + 4 of half h
+      const __m128 q4 = _mm_load_ps(dd + 4 * h);
+      d[h] = _mm256_set_m128(q4, q4);
+    }
+    sc[0] = sc[1] = _mm256_set1_ps(1.0f);
+  }
+  v0 = half_u<T>(p, sc[0], d[0], mn[0], dmin, xd, xs);
+  v1 = half_u<T>(p + 4, sc[1], d[1], mn[1], dmin, xd + 8, xs + 8);
+}
+#endif
+
 // The first level of a unit's sum for one (row, token), in 8 lanes:
 //   256-weight types: t[k] = u[k] + u[k + 8] (the tree's first level);
 //   32-weight types: block b's value u[8h + k] + u[8h + k + 4] in lane b = 4h + k.
 template <DType T>
-inline __m256 unit_level1(const Unit<T>& w, const int8_t* xq, const float* xd, const int32_t* xs) {
-  __m256 v0, v1;
-  unit_halves<T>(w, xq, xd, xs, v0, v1);
+inline __m256 level1_of(__m256 v0, __m256 v1) {
   if constexpr (Unit<T>::kBlocks == 1) return _mm256_add_ps(v0, v1);
   else return _mm256_add_ps(_mm256_permute2f128_ps(v0, v1, 0x20), _mm256_permute2f128_ps(v0, v1, 0x31));
+}
+template <DType T>
+inline __m256 unit_level1(const Unit<T>& w, const int8_t* xq, const float* xd, const float* xs) {
+  __m256 v0, v1;
+  unit_halves<T>(w, xq, xd, xs, v0, v1);
+  return level1_of<T>(v0, v1);
 }
 
 // acc[k] + the rest of row k's tree (t[k] += t[k + 4]; t[k] += t[k + 2]; t[0] + t[1]) for the 8
@@ -485,7 +372,7 @@ inline __m256 add_blocks8(__m256 acc, const __m256* c) {
 
 // u[lane] of a whole unit for one token (xq: its 256 activations; xd, xs: its 16 slots).
 template <DType T>
-inline void unit_u(const Unit<T>& w, const int8_t* xq, const float* xd, const int32_t* xs, float* u) {
+inline void unit_u(const Unit<T>& w, const int8_t* xq, const float* xd, const float* xs, float* u) {
 #if defined(__AVX2__)
   __m256 v0, v1;
   unit_halves<T>(w, xq, xd, xs, v0, v1);
@@ -500,10 +387,10 @@ inline void unit_u(const Unit<T>& w, const int8_t* xq, const float* xd, const in
       if constexpr (form_of(T) == Form::kSign) dot += int32_t(uint8_t(w.qa[16 * s + j])) * (w.qs[16 * s + j] < 0 ? -xj : w.qs[16 * s + j] == 0 ? 0 : xj);
       else dot += int32_t(uint8_t(w.qa[16 * s + j])) * xj;
     }
-    if constexpr (form_of(T) == Form::kOffset) dot -= offset_of(T) * xs[lane];
-    const float a = float(dot * w.sc[lane]) * xd[lane];
+    if constexpr (form_of(T) == Form::kOffset) dot -= offset_of(T) * int32_t(xs[lane]);
+    const float a = float(dot * int32_t(w.sc[lane])) * xd[lane];
     float v = w.d[lane] * a;
-    if constexpr (has_mins(T)) v = v - w.dmin[lane] * (float(w.mn[lane] * xs[lane]) * xd[lane]);
+    if constexpr (has_mins(T)) v = v - w.dmin[lane] * (float(int32_t(w.mn[lane]) * int32_t(xs[lane])) * xd[lane]);
     u[lane] = v;
   }
 #endif
@@ -565,6 +452,25 @@ void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
         // Prefetch two units ahead in each row's stream; near a row's end, the same row of the
         // next group (where the run continues).
         const int64_t ahead = un + 2 < units ? 2 * unit_bytes : kQRows * stride - (units - 2) * unit_bytes;
+#if defined(__AVX2__) && !defined(__AVX512BW__)
+        if constexpr (kAvx2Unit<T> || kAvx2Block<T>) {
+          if (n == 1 && g == kQRows && blocks == U::kBlocks) {  // one token: from the bytes, no unit stored
+            const int8_t* xq = acts.q.data() + un * kUnit;
+            __m256 level1[kQRows];
+            for (int k = 0; k < kQRows; ++k) {
+              const uint8_t* p = base + (rg + k) * stride + un * unit_bytes;
+              for (int64_t o = 0; o < unit_bytes; o += 64) __builtin_prefetch(p + ahead + o);
+              __m256 v0, v1;
+              unit_halves_from_bytes<T>(p, bb, xq, acts.d.data() + un * 16, acts.sum.data() + un * 16, v0, v1);
+              level1[k] = level1_of<T>(v0, v1);
+            }
+            float* a = acc.data();
+            const __m256 before = _mm256_loadu_ps(a);
+            _mm256_storeu_ps(a, U::kBlocks == 1 ? add_trees8(before, level1) : add_blocks8(before, level1));
+            continue;
+          }
+        }
+#endif
         for (int k = 0; k < g; ++k) {
           const uint8_t* p = base + (rg + k) * stride + un * unit_bytes;
           for (int64_t o = 0; o < unit_bytes; o += 64) __builtin_prefetch(p + ahead + o);
