@@ -226,7 +226,11 @@ inline __m256i chunk_dot(__m256i a, __m256i x) { return _mm256_madd_epi16(_mm256
 // u of half a unit (8 lanes of order P) from its 4 chunks' products p: the float part.
 template <DType T>
 inline __m256 half_u(const __m256i* p, __m256 sc, __m256 d, __m256 mn, __m256 dmin, const float* xd, const float* xs) {
-  const __m256i g = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+  // Each 128-bit lane: [sum of p[0]'s 4 lanes, p[1]'s, p[2]'s, p[3]'s] (as two rounds of hadd
+  // leave them; unpacks are single-cycle shuffles where hadd is not).
+  const __m256i t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
+  const __m256i t2 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
+  const __m256i g = _mm256_add_epi32(_mm256_unpacklo_epi64(t1, t2), _mm256_unpackhi_epi64(t1, t2));
   const __m256 sums = _mm256_loadu_ps(xs);
   __m256 gf = _mm256_cvtepi32_ps(g);  // exact, as every integer below
   if constexpr (form_of(T) == Form::kOffset) gf = _mm256_sub_ps(gf, _mm256_mul_ps(sums, _mm256_set1_ps(float(offset_of(T)))));
