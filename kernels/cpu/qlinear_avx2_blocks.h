@@ -47,6 +47,15 @@ inline void lanes_of32(__m256* out, const uint8_t* s8) {
   out[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set1_epi32(int32_t(hi))));
 }
 
+// Scales 2 s + 1 of the 16 sub-blocks where the two of each 32 weights share s = code(g) (IQ2_XXS,
+// IQ1_S), in lane order P.
+template <class Code>
+inline void odd_scales_per32(__m256* out, Code&& code) {
+  alignas(16) uint8_t s8[16];
+  for (int g = 0; g < 8; ++g) s8[2 * g] = s8[2 * g + 1] = uint8_t(2 * code(g) + 1);
+  lanes_of16(out, _mm_load_si128(reinterpret_cast<const __m128i*>(s8)), false);
+}
+
 // A 256-weight block's scalars: d and dmin for every lane, scales and mins per lane (mins 0 where
 // the type has none).
 struct UnitScalars {
@@ -189,13 +198,11 @@ struct Avx2Unit<DType::kIQ2_XXS> {  // d @0; per 32: 4 grid indices, u32 of sign
   static UnitScalars scalars(const uint8_t* b) {
     UnitScalars s;
     s.d = f16_at(b) * 0.125f;
-    alignas(16) uint8_t s8[16];
-    for (int g = 0; g < 8; ++g) {
+    odd_scales_per32(s.sc, [&](int g) {
       uint32_t aux;
       std::memcpy(&aux, b + 2 + 8 * g + 4, 4);
-      s8[2 * g] = s8[2 * g + 1] = uint8_t(2 * (aux >> 28) + 1);
-    }
-    lanes_of16(s.sc, _mm_load_si128(reinterpret_cast<const __m128i*>(s8)), false);
+      return aux >> 28;
+    });
     return s;
   }
 };
@@ -220,13 +227,11 @@ struct Avx2Unit<DType::kIQ1_S> {  // d @0; qs[32] @2; qh u16[8] @34
   static UnitScalars scalars(const uint8_t* b) {
     UnitScalars s;
     s.d = f16_at(b) * 0.125f;
-    alignas(16) uint8_t s8[16];
-    for (int g = 0; g < 8; ++g) {
+    odd_scales_per32(s.sc, [&](int g) {
       uint16_t qh;
       std::memcpy(&qh, b + 34 + 2 * g, 2);
-      s8[2 * g] = s8[2 * g + 1] = uint8_t(2 * ((qh >> 12) & 7) + 1);
-    }
-    lanes_of16(s.sc, _mm_load_si128(reinterpret_cast<const __m128i*>(s8)), false);
+      return uint32_t(qh >> 12) & 7;
+    });
     return s;
   }
 };
