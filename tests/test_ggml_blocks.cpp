@@ -241,6 +241,11 @@ TEMPLATE_TEST_CASE("fast linear: exact integer dots, same bits in any batch and 
       k::linear(one.data(), y.data() + tok * K, w, 1, ctx);
       CHECK(std::memcmp(one.data(), reference.data() + tok * R, size_t(R) * sizeof(float)) == 0);
     }
+    for (int64_t m : {2, 3}) {  // the few-token paths
+      std::vector<float> few(static_cast<size_t>(m * R));
+      k::linear(few.data(), y.data() + K, w, m, ctx);
+      CHECK(std::memcmp(few.data(), reference.data() + R, few.size() * sizeof(float)) == 0);
+    }
   }
   shoal::kernels::cpu::set_variant(active);
 }

@@ -429,6 +429,9 @@ inline float unit_add(const float* u, float acc, int blocks) {
 }
 
 constexpr int kQRows = 8;  // rows whose units are prepared together
+// Up to this many tokens the AVX2 types with parts read each unit from its bytes once per token
+// rather than storing it once for all: faster for one token, and for two in Q4_K and Q8_0 (docs/performance.md).
+constexpr int64_t kFromBytesTokens = 2;
 
 template <DType T>
 void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
@@ -458,19 +461,25 @@ void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
         const int64_t ahead = un + 2 < units ? 2 * unit_bytes : kQRows * stride - (units - 2) * unit_bytes;
 #if defined(__AVX2__) && !defined(__AVX512BW__)
         if constexpr (kAvx2Unit<T> || kAvx2Block<T>) {
-          if (n == 1 && g == kQRows && blocks == U::kBlocks) {  // one token: from the bytes, no unit stored
-            const int8_t* xq = acts.q.data() + un * kUnit;
-            __m256 level1[kQRows];
+          if (n <= kFromBytesTokens && g == kQRows && blocks == U::kBlocks) {  // few tokens: from the bytes
             for (int k = 0; k < kQRows; ++k) {
               const uint8_t* p = base + (rg + k) * stride + un * unit_bytes;
               for (int64_t o = 0; o < unit_bytes; o += 64) __builtin_prefetch(p + ahead + o);
-              __m256 v0, v1;
-              unit_halves_from_bytes<T>(p, bb, xq, acts.d.data() + un * 16, acts.sum.data() + un * 16, v0, v1);
-              level1[k] = level1_of<T>(v0, v1);
             }
-            float* a = acc.data();
-            const __m256 before = _mm256_loadu_ps(a);
-            _mm256_storeu_ps(a, U::kBlocks == 1 ? add_trees8(before, level1) : add_blocks8(before, level1));
+            for (int64_t t = 0; t < n; ++t) {
+              const int8_t* xq = acts.q.data() + t * Kp + un * kUnit;
+              const size_t slot = size_t(t * (Kp / 16) + un * 16);
+              __m256 level1[kQRows];
+              for (int k = 0; k < kQRows; ++k) {
+                __m256 v0, v1;
+                unit_halves_from_bytes<T>(base + (rg + k) * stride + un * unit_bytes, bb, xq, acts.d.data() + slot,
+                                          acts.sum.data() + slot, v0, v1);
+                level1[k] = level1_of<T>(v0, v1);
+              }
+              float* a = acc.data() + t * kQRows;
+              const __m256 before = _mm256_loadu_ps(a);
+              _mm256_storeu_ps(a, U::kBlocks == 1 ? add_trees8(before, level1) : add_blocks8(before, level1));
+            }
             continue;
           }
         }
