@@ -372,6 +372,13 @@ inline __m256 add_blocks8(__m256 acc, const __m256* c) {
     acc = _mm256_add_ps(acc, b < 4 ? _mm256_permute2f128_ps(s[b], s[4 + b], 0x20) : _mm256_permute2f128_ps(s[b - 4], s[b], 0x31));
   return acc;
 }
+
+// A group's 8 running sums (acc, one token) plus the 8 rows' unit values, from their first levels.
+template <DType T>
+inline void add_units8(float* acc, const __m256* level1) {
+  const __m256 before = _mm256_loadu_ps(acc);
+  _mm256_storeu_ps(acc, Unit<T>::kBlocks == 1 ? add_trees8(before, level1) : add_blocks8(before, level1));
+}
 #endif
 
 // u[lane] of a whole unit for one token (xq: its 256 activations; xd, xs: its 16 slots).
@@ -476,9 +483,7 @@ void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
                                           acts.sum.data() + slot, v0, v1);
                 level1[k] = level1_of<T>(v0, v1);
               }
-              float* a = acc.data() + t * kQRows;
-              const __m256 before = _mm256_loadu_ps(a);
-              _mm256_storeu_ps(a, U::kBlocks == 1 ? add_trees8(before, level1) : add_blocks8(before, level1));
+              add_units8<T>(acc.data() + t * kQRows, level1);
             }
             continue;
           }
@@ -498,9 +503,7 @@ void qlinear_type(float* out, const float* x, const Matrix& w, int64_t n) {
             __m256 level1[kQRows];
             for (int k = 0; k < kQRows; ++k)
               level1[k] = unit_level1<T>(prep[size_t(k)], xq, acts.d.data() + slot, acts.sum.data() + slot);
-            float* a = acc.data() + t * kQRows;
-            const __m256 before = _mm256_loadu_ps(a);
-            _mm256_storeu_ps(a, U::kBlocks == 1 ? add_trees8(before, level1) : add_blocks8(before, level1));
+            add_units8<T>(acc.data() + t * kQRows, level1);
             continue;
           }
 #endif

@@ -1,14 +1,15 @@
 // The AVX2 unpacking of the ggml block types that dominate the usual files, as parts that both
 // users of a unit share (included by kernels/cpu/qlinear.h inside its namespace, AVX2 only):
-// Unit<T>::take stores them for a batch of tokens, the one-token path uses them in registers.
+// Unit<T>::take stores them for a batch of tokens, the path for one or two tokens uses them in
+// registers.
 //
 // Every weight comes out in maddubs' form (form_of(T) in qlinear.h: q as is, q + offset, or |q|
 // with q kept for its signs), 32 columns at a time ("chunk" c: columns 32c .. 32c + 31, i.e.
 // sub-blocks 2c and 2c + 1); sub-block scales and mins come out as floats in lane order P, two
 // halves of 8 lanes.
 //
-// 256-weight types: Avx2Unit<T>::chunks(b, fn) calls fn(c, qa) (and for the sign form
-// fn(c, qa, q)) for c = 0 .. 7 of the block at b; Avx2Unit<T>::scalars(b) gives d, dmin and the
+// 256-weight types (none in the sign form): Avx2Unit<T>::chunks(b, fn) calls fn(c, qa) for
+// c = 0 .. 7, in that order, of the block at b; Avx2Unit<T>::scalars(b) gives d, dmin and the
 // scale and min lanes. 32-weight types: Avx2Block<T>::chunk(b, q) gives a block's 32 weights (q:
 // its signed values, sign form only) and Avx2Block<T>::d(b) its scale.
 
